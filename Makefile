@@ -1,0 +1,49 @@
+# possync: two commands. `make run` serves on the embedded default; `make test` passes the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-long lint typecheck bench bench-quick services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Mosquitto and PostgreSQL binaries for the test fixtures (they start their own servers
+# on free ports; nothing here touches the machine's running services).
+services:
+	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] \
+	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  echo "installing mosquitto and postgresql binaries"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients postgresql >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/possync serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) services lint typecheck
+	$(BIN)/pytest -q
+
+test-long: $(STAMP) services
+	POSSYNC_LONG=1 $(BIN)/pytest -q -m long --timeout 3600
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

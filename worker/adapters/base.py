@@ -1,0 +1,60 @@
+"""The Adapter extension point: a native POS payload in, canonical records out.
+
+An adapter is a pure, synchronous parser (no I/O): `parse(body, ctx)` returns the records
+it could read plus per-item rejections. A payload it cannot read at all raises
+`RecordInvalid` (400, naming the field); a bad signature raises `AuthError` (401); a
+content type it does not speak raises `UnsupportedMediaType` (415). Nothing is applied
+until the whole payload has been parsed, so a 400 never half-applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from worker.config import StoreConfig
+from worker.records import Record
+
+
+class Rejection(msgspec.Struct, frozen=True):
+    """One item of a payload that could not be read: index in the payload, reason, field path."""
+
+    index: int
+    error: str
+    field: str | None
+
+
+class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What an adapter knows besides the body."""
+
+    store: StoreConfig
+    zone: ZoneInfo
+    headers: Mapping[str, str]  # lower-cased header names
+    content_type: str  # media type only, lower-case, e.g. "application/json"
+    received_at: datetime
+    topic: str | None = None  # MQTT kind / Shopify topic / file name
+    filename: str | None = None  # for file drops and uploads
+    mapping: Mapping[str, Any] | None = None  # declarative mapping for file/CSV sources
+
+
+class Parsed(msgspec.Struct, kw_only=True):
+    """An adapter's output."""
+
+    records: list[Record] = msgspec.field(default_factory=list)
+    rejected: list[Rejection] = msgspec.field(default_factory=list)
+    dropped: dict[str, int] = msgspec.field(default_factory=dict)  # e.g. {"test_order": 1}
+    delivery_id: str | None = None  # transport-level dedup key (X-Shopify-Webhook-Id, file hash)
+
+
+class Adapter(Protocol):
+    """Turns one native payload into canonical records."""
+
+    name: str
+
+    def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
+        """Parse a whole payload. Raise RecordInvalid/AuthError/UnsupportedMediaType."""
+        ...

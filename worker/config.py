@@ -1,0 +1,330 @@
+"""Configuration: TOML decoded once into frozen msgspec Structs that reject unknown keys.
+
+Durations and sizes carry their unit in the key name (`linger_ms`, `spread_s`,
+`max_body_bytes`). `load()` is the only entry point; it returns a validated `Config` or
+raises `ConfigError` naming the offending key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from worker.errors import ConfigError
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+Pos = Annotated[int, msgspec.Meta(gt=0)]
+_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class HttpConfig(_Base):
+    """[http]"""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    admin_token: str = ""
+    max_body_bytes: Pos = 10 * 1024 * 1024
+    max_backfill_bytes: Pos = 64 * 1024 * 1024 * 1024
+    shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class WindowsConfig(_Base):
+    """[windows]: when each store's spooled sales are validated and committed."""
+
+    times: list[str] = msgspec.field(default_factory=lambda: ["02:00", "14:00"])
+    timezone: str = "UTC"
+    spread_s: NonNeg = 900
+    hold_windows: NonNeg = 2
+    batch_size: Pos = 5000
+    commit_retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+class SpoolConfig(_Base):
+    """[spool]: the durable per-store buffers (one SQLite file, WAL)."""
+
+    path: str = ""  # default: <data_dir>/spool.db
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    max_records_per_store: Pos = 2_000_000
+    max_bytes_per_store: Pos = 2 * 1024 * 1024 * 1024
+    max_group_records: Pos = 20_000
+    linger_ms: NonNeg = 0
+    retry_after_s: Pos = 30
+
+
+class SqliteSinkConfig(_Base, tag="sqlite", tag_field="kind"):
+    """[sink] kind = "sqlite": the embedded clienteling database."""
+
+    path: str = ""  # default: <data_dir>/clientbook.db
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    busy_timeout_ms: NonNeg = 5000
+
+
+class PostgresSinkConfig(_Base, tag="postgres", tag_field="kind"):
+    """[sink] kind = "postgres": asyncpg pool against a PostgreSQL database."""
+
+    dsn: str
+    pool_min: Pos = 1
+    pool_max: Pos = 8
+    schema: str = "public"
+    command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+
+SinkConfig = SqliteSinkConfig | PostgresSinkConfig
+
+
+class StoreConfig(_Base):
+    """[[stores]]"""
+
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    source: str = "canonical"
+    timezone: str | None = None
+    token: str = ""
+    secret: str = ""
+    previous_secret: str = ""  # accepted too while a signing secret rotates
+    brand: str | None = None
+    mapping: str | None = None  # name of a [mappings.NAME] table or a built-in mapping
+    windows: list[str] | None = None  # overrides [windows] times for this store
+
+
+class TriggerConfig(_Base):
+    """[[triggers]]: a sales trigger (customer-facing automation)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    days_after: NonNeg = 0
+    min_total: str | None = None
+    max_total: str | None = None
+    categories: list[str] = []
+    action: Literal["message", "reminder"] = "message"
+
+
+class MqttConfig(_Base):
+    """[mqtt]: subscribe to `{prefix}/{source}/{store}/{kind}`."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str = "possync"
+    prefix: str = "pos"
+    max_inflight: Pos = 256
+    keepalive_s: Pos = 30
+    reconnect_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class InboxConfig(_Base):
+    """[inbox]: drop folders under <data_dir>/inbox/{source}/{store}/."""
+
+    enabled: bool = True
+    scan_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
+    stable_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+
+
+class Config(_Base):
+    """The whole configuration."""
+
+    data_dir: str = "var"
+    trigger_max_age_days: NonNeg = 30
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    windows: WindowsConfig = msgspec.field(default_factory=WindowsConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    sink: SinkConfig = msgspec.field(default_factory=SqliteSinkConfig)
+    stores: list[StoreConfig] = []
+    triggers: list[TriggerConfig] = []
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    inbox: InboxConfig = msgspec.field(default_factory=InboxConfig)
+    mappings: dict[str, dict[str, Any]] = {}
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Derived helpers (pure; the struct stays frozen).
+    @property
+    def data_path(self) -> Path:
+        """`data_dir` as a Path."""
+        return Path(self.data_dir)
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool database file."""
+        return Path(self.spool.path) if self.spool.path else self.data_path / "spool.db"
+
+    def store(self, store_id: str) -> StoreConfig | None:
+        """The store's config, or None."""
+        for s in self.stores:
+            if s.id == store_id:
+                return s
+        return None
+
+    def store_zone(self, store: StoreConfig) -> ZoneInfo:
+        """The store's IANA zone (its own, else `[windows] timezone`)."""
+        return ZoneInfo(store.timezone or self.windows.timezone)
+
+    def store_times(self, store: StoreConfig) -> list[str]:
+        """The store's window times."""
+        return store.windows if store.windows is not None else self.windows.times
+
+
+def parse_time(text: str) -> tuple[int, int, int]:
+    """"HH:MM" or "HH:MM:SS" -> (h, m, s); ValueError otherwise."""
+    m = _TIME.match(text)
+    if not m:
+        raise ValueError(f"bad time {text!r}: want HH:MM or HH:MM:SS")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+_KEY_PATH = re.compile(r"`([^`]+)`")
+
+
+def decode(raw: dict[str, Any], origin: str = "config") -> Config:
+    """Decode and cross-check a parsed TOML table."""
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        raise ConfigError(f"{origin}: {text}", field=_field_of(text)) from None
+    validate(cfg, origin)
+    return cfg
+
+
+def _field_of(text: str) -> str | None:
+    at = text.rsplit(" - at ", 1)
+    path = at[1].strip("`") if len(at) == 2 else "$"
+    unknown = re.search(r"unknown field `([^`]+)`", text)
+    missing = re.search(r"missing required field `([^`]+)`", text)
+    name = unknown or missing
+    if name:
+        path = f"{path}.{name.group(1)}"
+    return path
+
+
+def validate(cfg: Config, origin: str = "config") -> None:
+    """Cross-field checks msgspec cannot express."""
+    for t in cfg.windows.times:
+        try:
+            parse_time(t)
+        except ValueError as e:
+            raise ConfigError(f"{origin}: {e}", field="$.windows.times") from None
+    if not cfg.windows.times:
+        raise ConfigError(f"{origin}: at least one window time", field="$.windows.times")
+    _zone(cfg.windows.timezone, "$.windows.timezone", origin)
+    seen: set[str] = set()
+    for i, s in enumerate(cfg.stores):
+        if s.id in seen:
+            raise ConfigError(f"{origin}: duplicate store id {s.id!r}", field=f"$.stores[{i}].id")
+        seen.add(s.id)
+        if s.timezone:
+            _zone(s.timezone, f"$.stores[{i}].timezone", origin)
+        for t in s.windows or []:
+            try:
+                parse_time(t)
+            except ValueError as e:
+                raise ConfigError(f"{origin}: {e}", field=f"$.stores[{i}].windows") from None
+    names: set[str] = set()
+    for i, t in enumerate(cfg.triggers):
+        if t.name in names:
+            raise ConfigError(f"{origin}: duplicate trigger {t.name!r}", field=f"$.triggers[{i}].name")
+        names.add(t.name)
+        for key in ("min_total", "max_total"):
+            value = getattr(t, key)
+            if value is not None:
+                from decimal import Decimal, InvalidOperation
+
+                try:
+                    ok = Decimal(value).is_finite()
+                except InvalidOperation:
+                    ok = False
+                if not ok:
+                    raise ConfigError(f"{origin}: {key} must be a decimal string", field=f"$.triggers[{i}].{key}")
+    if not _is_loopback(cfg.http.host):
+        empty = [f"$.stores[{i}].token" for i, s in enumerate(cfg.stores) if not s.token]
+        if not cfg.http.admin_token:
+            empty.insert(0, "$.http.admin_token")
+        if empty:
+            raise ConfigError(
+                f"{origin}: refusing to bind {cfg.http.host} (not loopback) with an empty token",
+                field=empty[0],
+            )
+    if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
+        raise ConfigError(f"{origin}: tls_cert and tls_key go together", field="$.http.tls_key")
+
+
+def _zone(name: str, field: str, origin: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{origin}: unknown time zone {name!r}", field=field) from None
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and decode a TOML config file."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}", field=None) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}", field=None) from None
+    return decode(raw, str(p))
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    """Tokens generated once for the embedded default and kept in the data directory."""
+
+    admin_token: str
+    demo_token: str
+
+
+def embedded_default(data_dir: str = "var") -> tuple[Config, Credentials]:
+    """The no-config default: SQLite sink in `data_dir`, one demo store, generated tokens."""
+    base = Path(data_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    cred_file = base / "credentials.json"
+    creds: Credentials | None = None
+    if cred_file.exists():
+        try:
+            creds = msgspec.json.decode(cred_file.read_bytes(), type=Credentials)
+        except msgspec.DecodeError:
+            creds = None  # unreadable: regenerate below, the old tokens stop working
+    if creds is None:
+        creds = Credentials(admin_token=secrets.token_urlsafe(24), demo_token=secrets.token_urlsafe(24))
+        tmp = cred_file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.json.encode(creds))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cred_file)
+    cfg = decode(
+        {
+            "data_dir": str(base),
+            "http": {"host": "127.0.0.1", "port": 8080, "admin_token": creds.admin_token},
+            "sink": {"kind": "sqlite"},
+            "stores": [
+                {"id": "demo", "source": "canonical", "timezone": "America/New_York", "token": creds.demo_token}
+            ],
+        },
+        "embedded default",
+    )
+    return cfg, creds

@@ -1,0 +1,348 @@
+"""Canonical records: the one shape every adapter produces and every sink consumes.
+
+Tagged by `"type"`: customer, product, sale, void. Money and quantities are `Decimal`
+(msgspec decodes JSON numbers and decimal strings into Decimal without going through
+float). Times must carry a UTC offset. The natural key is (store, type, id); `version`
+(an integer, else `updated_at` in microseconds) orders updates so an older version never
+overwrites a newer one.
+
+Decoders are built once at import (msgspec practice) and reused on the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from worker.errors import RecordInvalid
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+ShortText = Annotated[str, msgspec.Meta(max_length=256)]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+
+# Bounds on every Decimal: finite, below a trillion, at most 8 decimal places
+# (R-Series carries fractional cents; nothing real needs more).
+_MAX_ABS = Decimal("1e12")
+_MAX_PLACES = 8
+_ZERO = Decimal(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _check_decimal(name: str, value: Decimal) -> None:
+    if not value.is_finite():
+        raise ValueError(f"{name}|must be a finite number")
+    if abs(value) >= _MAX_ABS:
+        raise ValueError(f"{name}|magnitude must be below 1e12")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -_MAX_PLACES:
+        raise ValueError(f"{name}|at most {_MAX_PLACES} decimal places")
+
+
+def _check_aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name}|must be ISO-8601 with a UTC offset")
+
+
+def version_of(version: int | None, updated_at: datetime | None) -> int:
+    """The ordering key: explicit `version`, else `updated_at` in microseconds, else 0."""
+    if version is not None:
+        return version
+    if updated_at is not None:
+        return (updated_at - _EPOCH) // _US
+    return 0
+
+
+_US = datetime.resolution  # one microsecond as a timedelta
+
+
+class Address(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A postal address."""
+
+    line1: Text | None = None
+    line2: Text | None = None
+    city: ShortText | None = None
+    region: ShortText | None = None
+    postal_code: ShortText | None = None
+    country_code: ShortText | None = None
+    kind: ShortText | None = None
+
+
+class Customer(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="customer", tag_field="type"
+):
+    """A store's customer (real-time record)."""
+
+    id: Id
+    first_name: Text | None = None
+    last_name: Text | None = None
+    email: Text | None = None
+    phone: Text | None = None
+    company: Text | None = None
+    address: Address | None = None
+    birth_date: date | None = None
+    anniversary_date: date | None = None
+    marketing_email: Literal["opted_in", "opted_out", "unknown"] = "unknown"
+    marketing_sms: Literal["opted_in", "opted_out", "unknown"] = "unknown"
+    assigned_employee_id: Id | None = None
+    linked_customer_id: Id | None = None
+    tags: list[ShortText] = []
+    notes: Text | None = None
+    status: Literal["active", "inactive", "deleted"] = "active"
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int | None = None
+    source_ref: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_aware("created_at", self.created_at)
+        _check_aware("updated_at", self.updated_at)
+
+    @property
+    def effective_version(self) -> int:
+        """Ordering key for upserts."""
+        return version_of(self.version, self.updated_at)
+
+
+class Product(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="product", tag_field="type"
+):
+    """A product at SKU/variant level (real-time record)."""
+
+    id: Id
+    sku: ShortText | None = None
+    name: Text | None = None
+    category: Text | None = None
+    price: Decimal | None = None
+    currency: Currency | None = None
+    parent_id: Id | None = None
+    barcode: ShortText | None = None
+    vendor: Text | None = None
+    description: Text | None = None
+    is_unique_piece: bool = False
+    status: Literal["active", "archived", "deleted", "sold"] = "active"
+    attributes: dict[ShortText, Text] = {}
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int | None = None
+    source_ref: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        if self.price is not None:
+            _check_decimal("price", self.price)
+        _check_aware("created_at", self.created_at)
+        _check_aware("updated_at", self.updated_at)
+
+    @property
+    def effective_version(self) -> int:
+        """Ordering key for upserts."""
+        return version_of(self.version, self.updated_at)
+
+
+LineKind = Literal["item", "gift_card", "fee", "service", "shipping", "deposit"]
+
+
+class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One line of a sale. `quantity` is signed: negative means returned."""
+
+    sku: ShortText
+    quantity: Decimal
+    unit_price: Decimal
+    discount: Decimal = _ZERO
+    tax: Decimal = _ZERO
+    product_id: Id | None = None
+    description: Text | None = None
+    category: Text | None = None
+    line_id: Id | None = None
+    line_kind: LineKind = "item"
+    employee_id: Id | None = None
+    original_line_id: Id | None = None
+    restock: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_decimal("quantity", self.quantity)
+        _check_decimal("unit_price", self.unit_price)
+        _check_decimal("discount", self.discount)
+        _check_decimal("tax", self.tax)
+
+    @property
+    def net(self) -> Decimal:
+        """quantity x unit_price - discount (before tax)."""
+        return self.quantity * self.unit_price - self.discount
+
+
+class Tender(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A payment (positive) or refund (negative)."""
+
+    method: ShortText
+    amount: Decimal
+    reference: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_decimal("amount", self.amount)
+
+
+SaleKind = Literal["sale", "return", "exchange"]
+Origin = Literal["pos", "manual", "backfill"]
+
+
+class Sale(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="sale", tag_field="type"):
+    """A completed sale, return or exchange. Spooled, then committed at the store's window."""
+
+    id: Id
+    occurred_at: datetime
+    currency: Currency
+    lines: Annotated[list[SaleLine], msgspec.Meta(max_length=2000)]
+    subtotal: Decimal
+    tax: Decimal
+    total: Decimal
+    tenders: Annotated[list[Tender], msgspec.Meta(max_length=200)] = []
+    kind: SaleKind = "sale"
+    origin: Origin = "pos"
+    customer_id: Id | None = None
+    employee_id: Id | None = None
+    original_id: Id | None = None
+    display_number: ShortText | None = None
+    location_id: Id | None = None
+    register_id: Id | None = None
+    channel: Literal["pos", "web", "other"] = "pos"
+    shipping: Decimal = _ZERO
+    fees: Decimal = _ZERO
+    tip: Decimal = _ZERO
+    presentment_currency: Currency | None = None
+    business_date: date | None = None
+    tz_assumed: bool = False
+    updated_at: datetime | None = None
+    version: int | None = None
+    source_ref: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_aware("occurred_at", self.occurred_at)
+        _check_aware("updated_at", self.updated_at)
+        for name in ("subtotal", "tax", "total", "shipping", "fees", "tip"):
+            _check_decimal(name, getattr(self, name))
+
+    @property
+    def effective_version(self) -> int:
+        """Ordering key: a newer version supersedes an older one of the same id."""
+        return version_of(self.version, self.updated_at)
+
+
+class Void(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="void", tag_field="type"):
+    """Voids the sale `id`: the sale stays in the log, leaves the report."""
+
+    id: Id
+    occurred_at: datetime
+    reason: Text | None = None
+    version: int | None = None
+    source_ref: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_aware("occurred_at", self.occurred_at)
+
+    @property
+    def effective_version(self) -> int:
+        """Voids are final; a later void of the same sale is a duplicate."""
+        return self.version or 0
+
+
+Record = Customer | Product | Sale | Void
+Entity = Customer | Product
+Spooled = Sale | Void
+
+RECORD_DECODER: msgspec.json.Decoder[Record] = msgspec.json.Decoder(Record)
+SALE_DECODER: msgspec.json.Decoder[Sale] = msgspec.json.Decoder(Sale)
+SPOOLED_DECODER: msgspec.json.Decoder[Spooled] = msgspec.json.Decoder(Spooled)
+ENCODER = msgspec.json.Encoder(decimal_format="string")
+
+_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def invalid_from(exc: msgspec.ValidationError | msgspec.DecodeError) -> RecordInvalid:
+    """Turn a msgspec error into RecordInvalid with a `$.a.b[0].c` field path."""
+    text = str(exc)
+    m = _PATH.match(text)
+    msg, path = (m.group("msg"), m.group("path")) if m else (text, None)
+    path = path or "$"
+    if "|" in msg:  # raised by a __post_init__ check: "field|message"
+        name, msg = msg.split("|", 1)
+        path = f"{path}.{name}"
+        msg = f"`{name}` {msg}"
+    else:
+        missing = _MISSING.search(msg)
+        if missing:
+            path = f"{path}.{missing.group(1)}"
+    if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
+        path = "$"
+    return RecordInvalid(msg, field=path)
+
+
+def decode_record(data: bytes | str) -> Record:
+    """Decode one canonical record or raise RecordInvalid naming the field."""
+    try:
+        return RECORD_DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_from(exc) from None
+
+
+def convert_record(obj: object) -> Record:
+    """Convert an already-parsed JSON value (dict) into a record, or raise RecordInvalid."""
+    try:
+        return msgspec.convert(obj, Record)
+    except msgspec.ValidationError as exc:
+        raise invalid_from(exc) from None
+
+
+def encode(record: Record) -> bytes:
+    """Canonical JSON bytes (money as decimal strings)."""
+    return ENCODER.encode(record)
+
+
+def business_date(instant: datetime, zone: ZoneInfo) -> date:
+    """The store-local calendar date of an instant."""
+    return instant.astimezone(zone).date()
+
+
+def localize(sale: Sale, zone: ZoneInfo) -> Sale:
+    """Fill `business_date` from the store's zone when the adapter did not set it."""
+    if sale.business_date is not None:
+        return sale
+    return msgspec.structs.replace(sale, business_date=business_date(sale.occurred_at, zone))
+
+
+def natural_key(store: str, record: Record) -> tuple[str, str, str]:
+    """(store, type, id)."""
+    return (store, type_of(record), record.id)
+
+
+_TYPE_NAMES: dict[type, str] = {Customer: "customer", Product: "product", Sale: "sale", Void: "void"}
+
+
+def type_of(record: Record) -> str:
+    """The record's `type` tag."""
+    return _TYPE_NAMES[type(record)]
+
+
+def iter_ndjson(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(index, line) for each non-blank line of an NDJSON body."""
+    index = 0
+    for raw in body.split(b"\n"):
+        line = raw.strip()
+        if line:
+            yield index, line
+            index += 1
+
+
+def sum_decimals(values: Iterable[Decimal]) -> Decimal:
+    """Exact sum (start at Decimal zero, never int/float)."""
+    total = _ZERO
+    for v in values:
+        total += v
+    return total

@@ -1,0 +1,166 @@
+"""The Sink extension point: where committed data lands (the clienteling database).
+
+A sink is opened as one async context (`open_sink(config)` in `worker.sinks`) and offers:
+
+* `upsert_entities`: customers/products in real time, one transaction, version-guarded
+  (an older version never overwrites a newer one; equal version is a no-op).
+* `commit_sales`: one window batch (sales + lines + tenders + voids + trigger outbox rows +
+  a manifest) in ONE transaction, idempotent by `batch_id` and by (store, sale id, version).
+  Re-running a batch that already committed returns `already_committed=True` and writes
+  nothing. A sale whose stored version is >= the batch's version is left alone (unchanged).
+* `deliver_due_triggers`: moves due outbox events to the trigger sink (`trigger_events`)
+  exactly once (both in one transaction).
+* reads for the HTTP API and validation (existence checks, sales log, report, triggers).
+* `health`: raise `SinkError` when the sink cannot take writes.
+
+Every failure is a `SinkError` whose `retriable` flag drives the caller's backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+import msgspec
+
+from worker.records import Entity, Sale, Void
+
+
+class EntityOutcome(msgspec.Struct, frozen=True):
+    """Result of an entity upsert: rows written vs. rows skipped as stale or equal."""
+
+    applied: int
+    stale: int
+
+
+class SaleRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated sale ready for commit. `sale.business_date` is always set."""
+
+    sale: Sale
+    version: int
+    customer_linked: bool = True
+    warning: str | None = None
+
+
+class TriggerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One sales-trigger event (outbox row). `event_id` is deterministic: store:sale:trigger."""
+
+    event_id: str
+    store: str
+    sale_id: str
+    trigger: str
+    action: str
+    customer_id: str | None
+    total: Decimal
+    business_date: date
+    due_date: date
+    due_at: datetime  # UTC instant of store-local midnight of due_date
+    created_at: datetime
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """Counts, sums and a hash of the ids of one committed batch (for audit)."""
+
+    batch_id: str
+    store: str
+    window_at: datetime
+    sales: int
+    voids: int
+    triggers: int
+    total_sum: Decimal
+    ids_sha256: str
+
+
+class CommitBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything one sink transaction writes."""
+
+    batch_id: str
+    store: str
+    window_at: datetime
+    sales: Sequence[SaleRow]
+    voids: Sequence[Void]
+    triggers: Sequence[TriggerEvent]
+    manifest: Manifest
+
+
+class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What a commit did."""
+
+    batch_id: str
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    voided: int = 0
+    triggers: int = 0
+    already_committed: bool = False
+
+
+class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A Sales Report row for one business date (voided sales excluded from the sums)."""
+
+    date: date
+    count: int
+    gross: Decimal
+    returns: Decimal
+    net: Decimal
+    voided: int
+
+
+class Sink(Protocol):
+    """A destination for customers, products and committed sales."""
+
+    name: str
+
+    async def health(self) -> None:
+        """Raise SinkError if the sink cannot take writes now."""
+        ...
+
+    async def upsert_entities(self, store: str, records: Sequence[Entity]) -> EntityOutcome:
+        """Upsert customers/products in one transaction, never going back in version."""
+        ...
+
+    async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
+        """Write one batch atomically and idempotently."""
+        ...
+
+    async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
+        """Move outbox events with due_at <= now to trigger_events, exactly once."""
+        ...
+
+    async def existing_customers(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are customers of `store` in the sink."""
+        ...
+
+    async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are committed sales of `store`."""
+        ...
+
+    async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
+        """The stored customer as a JSON-able dict (its canonical record + version)."""
+        ...
+
+    async def get_product(self, store: str, product_id: str) -> dict[str, Any] | None:
+        """The stored product as a JSON-able dict."""
+        ...
+
+    async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
+        """One committed sale with lines, tenders and voided flag."""
+        ...
+
+    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Committed sales of a business date (voided ones included, flagged)."""
+        ...
+
+    async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
+        """One row per business date in [start, end] that has sales."""
+        ...
+
+    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Trigger events of a store: outbox (pending) and delivered, newest first."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts per table, for /status and tests."""
+        ...
