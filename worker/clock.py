@@ -101,7 +101,7 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (deadline, next(self._seq), fut))
         self.waiting.set()
-        stop_task = asyncio.ensure_future(stop.wait())
+        stop_task: asyncio.Future[None] = asyncio.ensure_future(self._stopped(stop))
         try:
             done, _ = await asyncio.wait({fut, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -111,3 +111,7 @@ class FakeClock:
             if not fut.done():
                 fut.cancel()
         return fut in done and not fut.cancelled()
+
+    @staticmethod
+    async def _stopped(stop: asyncio.Event) -> None:
+        await stop.wait()

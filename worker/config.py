@@ -29,7 +29,7 @@ class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tru
     pass
 
 
-class HttpConfig(_Base):
+class HttpConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[http]"""
 
     host: str = "127.0.0.1"
@@ -42,7 +42,7 @@ class HttpConfig(_Base):
     tls_key: str | None = None
 
 
-class WindowsConfig(_Base):
+class WindowsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[windows]: when each store's spooled sales are validated and committed."""
 
     times: list[str] = msgspec.field(default_factory=lambda: ["02:00", "14:00"])
@@ -53,7 +53,7 @@ class WindowsConfig(_Base):
     commit_retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
-class SpoolConfig(_Base):
+class SpoolConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[spool]: the durable per-store buffers (one SQLite file, WAL)."""
 
     path: str = ""  # default: <data_dir>/spool.db
@@ -65,7 +65,9 @@ class SpoolConfig(_Base):
     retry_after_s: Pos = 30
 
 
-class SqliteSinkConfig(_Base, tag="sqlite", tag_field="kind"):
+class SqliteSinkConfig(
+    _Base, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="sqlite", tag_field="kind"
+):
     """[sink] kind = "sqlite": the embedded clienteling database."""
 
     path: str = ""  # default: <data_dir>/clientbook.db
@@ -73,7 +75,9 @@ class SqliteSinkConfig(_Base, tag="sqlite", tag_field="kind"):
     busy_timeout_ms: NonNeg = 5000
 
 
-class PostgresSinkConfig(_Base, tag="postgres", tag_field="kind"):
+class PostgresSinkConfig(
+    _Base, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="postgres", tag_field="kind"
+):
     """[sink] kind = "postgres": asyncpg pool against a PostgreSQL database."""
 
     dsn: str
@@ -86,7 +90,7 @@ class PostgresSinkConfig(_Base, tag="postgres", tag_field="kind"):
 SinkConfig = SqliteSinkConfig | PostgresSinkConfig
 
 
-class StoreConfig(_Base):
+class StoreConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[[stores]]"""
 
     id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -100,7 +104,7 @@ class StoreConfig(_Base):
     windows: list[str] | None = None  # overrides [windows] times for this store
 
 
-class TriggerConfig(_Base):
+class TriggerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[[triggers]]: a sales trigger (customer-facing automation)."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
@@ -111,7 +115,7 @@ class TriggerConfig(_Base):
     action: Literal["message", "reminder"] = "message"
 
 
-class MqttConfig(_Base):
+class MqttConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[mqtt]: subscribe to `{prefix}/{source}/{store}/{kind}`."""
 
     enabled: bool = False
@@ -126,7 +130,7 @@ class MqttConfig(_Base):
     reconnect_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
-class InboxConfig(_Base):
+class InboxConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[inbox]: drop folders under <data_dir>/inbox/{source}/{store}/."""
 
     enabled: bool = True
@@ -134,7 +138,7 @@ class InboxConfig(_Base):
     stable_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
 
 
-class Config(_Base):
+class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration."""
 
     data_dir: str = "var"
@@ -178,7 +182,7 @@ class Config(_Base):
 
 
 def parse_time(text: str) -> tuple[int, int, int]:
-    """"HH:MM" or "HH:MM:SS" -> (h, m, s); ValueError otherwise."""
+    """ "HH:MM" or "HH:MM:SS" -> (h, m, s); ValueError otherwise."""
     m = _TIME.match(text)
     if not m:
         raise ValueError(f"bad time {text!r}: want HH:MM or HH:MM:SS")
@@ -212,9 +216,9 @@ def _field_of(text: str) -> str | None:
 
 def validate(cfg: Config, origin: str = "config") -> None:
     """Cross-field checks msgspec cannot express."""
-    for t in cfg.windows.times:
+    for wt in cfg.windows.times:
         try:
-            parse_time(t)
+            parse_time(wt)
         except ValueError as e:
             raise ConfigError(f"{origin}: {e}", field="$.windows.times") from None
     if not cfg.windows.times:
@@ -227,15 +231,17 @@ def validate(cfg: Config, origin: str = "config") -> None:
         seen.add(s.id)
         if s.timezone:
             _zone(s.timezone, f"$.stores[{i}].timezone", origin)
-        for t in s.windows or []:
+        for st in s.windows or []:
             try:
-                parse_time(t)
+                parse_time(st)
             except ValueError as e:
                 raise ConfigError(f"{origin}: {e}", field=f"$.stores[{i}].windows") from None
     names: set[str] = set()
     for i, t in enumerate(cfg.triggers):
         if t.name in names:
-            raise ConfigError(f"{origin}: duplicate trigger {t.name!r}", field=f"$.triggers[{i}].name")
+            raise ConfigError(
+                f"{origin}: duplicate trigger {t.name!r}", field=f"$.triggers[{i}].name"
+            )
         names.add(t.name)
         for key in ("min_total", "max_total"):
             value = getattr(t, key)
@@ -247,7 +253,9 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 except InvalidOperation:
                     ok = False
                 if not ok:
-                    raise ConfigError(f"{origin}: {key} must be a decimal string", field=f"$.triggers[{i}].{key}")
+                    raise ConfigError(
+                        f"{origin}: {key} must be a decimal string", field=f"$.triggers[{i}].{key}"
+                    )
     if not _is_loopback(cfg.http.host):
         empty = [f"$.stores[{i}].token" for i, s in enumerate(cfg.stores) if not s.token]
         if not cfg.http.admin_token:
@@ -308,7 +316,9 @@ def embedded_default(data_dir: str = "var") -> tuple[Config, Credentials]:
         except msgspec.DecodeError:
             creds = None  # unreadable: regenerate below, the old tokens stop working
     if creds is None:
-        creds = Credentials(admin_token=secrets.token_urlsafe(24), demo_token=secrets.token_urlsafe(24))
+        creds = Credentials(
+            admin_token=secrets.token_urlsafe(24), demo_token=secrets.token_urlsafe(24)
+        )
         tmp = cred_file.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -322,7 +332,12 @@ def embedded_default(data_dir: str = "var") -> tuple[Config, Credentials]:
             "http": {"host": "127.0.0.1", "port": 8080, "admin_token": creds.admin_token},
             "sink": {"kind": "sqlite"},
             "stores": [
-                {"id": "demo", "source": "canonical", "timezone": "America/New_York", "token": creds.demo_token}
+                {
+                    "id": "demo",
+                    "source": "canonical",
+                    "timezone": "America/New_York",
+                    "token": creds.demo_token,
+                }
             ],
         },
         "embedded default",

@@ -75,7 +75,12 @@ class Address(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 
 
 class Customer(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="customer", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+    tag="customer",
+    tag_field="type",
 ):
     """A store's customer (real-time record)."""
 
@@ -111,7 +116,12 @@ class Customer(
 
 
 class Product(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="product", tag_field="type"
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+    tag="product",
+    tag_field="type",
 ):
     """A product at SKU/variant level (real-time record)."""
 
@@ -192,7 +202,14 @@ SaleKind = Literal["sale", "return", "exchange"]
 Origin = Literal["pos", "manual", "backfill"]
 
 
-class Sale(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="sale", tag_field="type"):
+class Sale(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+    tag="sale",
+    tag_field="type",
+):
     """A completed sale, return or exchange. Spooled, then committed at the store's window."""
 
     id: Id
@@ -234,7 +251,14 @@ class Sale(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True
         return version_of(self.version, self.updated_at)
 
 
-class Void(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="void", tag_field="type"):
+class Void(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    kw_only=True,
+    tag="void",
+    tag_field="type",
+):
     """Voids the sale `id`: the sale stays in the log, leaves the report."""
 
     id: Id
@@ -295,7 +319,8 @@ def decode_record(data: bytes | str) -> Record:
 def convert_record(obj: object) -> Record:
     """Convert an already-parsed JSON value (dict) into a record, or raise RecordInvalid."""
     try:
-        return msgspec.convert(obj, Record)
+        record: Record = msgspec.convert(obj, Record)
+        return record
     except msgspec.ValidationError as exc:
         raise invalid_from(exc) from None
 
@@ -322,7 +347,12 @@ def natural_key(store: str, record: Record) -> tuple[str, str, str]:
     return (store, type_of(record), record.id)
 
 
-_TYPE_NAMES: dict[type, str] = {Customer: "customer", Product: "product", Sale: "sale", Void: "void"}
+_TYPE_NAMES: dict[type, str] = {
+    Customer: "customer",
+    Product: "product",
+    Sale: "sale",
+    Void: "void",
+}
 
 
 def type_of(record: Record) -> str:

@@ -1,0 +1,800 @@
+"""The spool: durable per-store buffers of sales and voids in one SQLite database.
+
+Schema (one file, WAL, `synchronous=FULL` by default)::
+
+    spool(seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- arrival order of the current version
+          store TEXT, kind TEXT, rid TEXT,          -- natural key, UNIQUE(store, kind, rid)
+          version INTEGER, origin TEXT,
+          received_at REAL,                        -- unix s; decides which window takes it
+          state INTEGER,                           -- 0 pending, 2 retired (committed)
+          held INTEGER,                            -- windows this row was held back
+          size INTEGER, body BLOB)                 -- canonical JSON; NULL once retired
+    quarantine(qid, store, kind, rid, version, received_at, quarantined_at, reasons, body)
+    audit(id, at, action, store, ref, detail)
+    deliveries(store, source, delivery_id, seen_at)   -- transport dedup (Shopify webhook id)
+    kv(store, key, value)                             -- scheduler state (last window, paused)
+
+Invariants
+
+* One writer. Every statement runs on the aiosqlite connection's single thread, and each
+  public operation is ONE function that runs there inside ONE transaction (`_run`). Appends
+  from concurrent requests are coalesced by the group-commit task into one transaction:
+  everything staged when the task wakes is written, committed (fsync), and only then is each
+  waiting request answered. A 202 therefore means "on disk".
+* Dedup by natural key and version: a record whose (store, kind, id) exists with a version
+  >= its own is a duplicate (also after the row was committed and retired: retired rows keep
+  key and version, body dropped). A newer version replaces the row under a NEW seq, so a
+  commit in flight for the old version cannot retire the new one (ack is by seq).
+* Bounded per store in rows and bytes (pending only). Over the cap an append fails whole
+  with `SpoolFull` (503 + Retry-After) before anything is written: backpressure, no drops.
+* Leases are in memory. A crash forgets them, so every leased-but-unacknowledged row is
+  simply pending again at start-up. Ack happens only after the sink confirmed the commit.
+
+Recovery
+
+* At open: `PRAGMA quick_check`. A damaged file is moved aside (`spool.db.corrupt-<ts>`,
+  with its -wal/-shm) and a fresh spool is created; the event is reported on /readyz and
+  /status (`spool.recovered_from`). SQLite's WAL replay restores every committed group.
+* Disk full while writing: the group's transaction rolls back, its requests get 507, the
+  spool stays consistent, and the next group tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+import orjson
+
+from worker.buffers.base import AppendResult, Entry, Lease, Priority, QuarantineItem, StoreStats
+from worker.clock import Clock
+from worker.config import SpoolConfig
+from worker.errors import SpoolFull, StorageFull, Unavailable
+from worker.records import Spooled, Void, encode
+
+log = logging.getLogger("possync.spool")
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
+    version INTEGER NOT NULL, origin TEXT NOT NULL,
+    received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
+    UNIQUE(store, kind, rid));
+CREATE INDEX IF NOT EXISTS spool_pending ON spool(store, state, seq);
+CREATE TABLE IF NOT EXISTS quarantine(
+    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL, version INTEGER NOT NULL,
+    received_at REAL NOT NULL, quarantined_at REAL NOT NULL, reasons TEXT NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS quarantine_store ON quarantine(store, qid);
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
+    store TEXT, ref TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS deliveries(
+    store TEXT NOT NULL, source TEXT NOT NULL, delivery_id TEXT NOT NULL, seen_at REAL NOT NULL,
+    PRIMARY KEY(store, source, delivery_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv(
+    store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY(store, key)) WITHOUT ROWID;
+"""
+
+_KINDS: dict[type, str] = {Void: "void"}
+
+
+class _Append:
+    """One request's records, staged until the group commit answers it."""
+
+    __slots__ = ("future", "rows", "store")
+
+    def __init__(self, store: str, rows: list[tuple[str, str, int, str, float, bytes]]) -> None:
+        self.store = store
+        self.rows = rows  # (kind, rid, version, origin, received_at, body)
+        self.future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+
+
+class _Counts:
+    __slots__ = ("bytes", "rows")
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.bytes = 0
+
+
+def _storage_error(exc: sqlite3.Error) -> Exception:
+    text = str(exc).lower()
+    if "full" in text:
+        return StorageFull("spool disk is full: nothing was written, retry later", field=None)
+    if "locked" in text or "busy" in text:
+        return Unavailable("spool is busy: retry", field=None, retry_after_s=1)
+    return Unavailable(f"spool write failed: {exc}", field=None, retry_after_s=5)
+
+
+class SqliteSpool:
+    """The per-store spool. Open with `open_spool`; see the module docstring for invariants."""
+
+    def __init__(
+        self, conn: aiosqlite.Connection, cfg: SpoolConfig, clock: Clock, path: Path
+    ) -> None:
+        self._conn = conn
+        self._cfg = cfg
+        self._clock = clock
+        self.path = path
+        self._live: deque[_Append] = deque()
+        self._bulk: deque[_Append] = deque()
+        self._staged: dict[str, _Counts] = {}
+        self._counts: dict[str, _Counts] = {}
+        self._wake = asyncio.Event()
+        self._leases: dict[int, tuple[str, frozenset[int]]] = {}
+        self._next_lease = 1
+        self.failed: BaseException | None = None
+        self.recovered_from: str | None = None
+        self.last_error: str | None = None
+        self.groups = 0
+        self.group_rows = 0
+        self._closing = False
+        self.writer_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the connection thread inside one transaction."""
+
+        def tx() -> T:
+            db = self._conn._conn  # the sqlite3 connection owned by aiosqlite's thread
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")  # fsync (synchronous=FULL): durable from here on
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        # aiosqlite runs every call through `_execute` on its one thread; we hand it one
+        # function per transaction so a group commit is a single hop, not one per row.
+        result: T = await self._conn._execute(tx)  # type: ignore[no-untyped-call]
+        return result
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `fn(conn)` on the connection thread."""
+        result: T = await self._conn._execute(lambda: fn(self._conn._conn))  # type: ignore[no-untyped-call]
+        return result
+
+    # ------------------------------------------------------------------ append
+
+    def _check_room(self, store: str, rows: int, nbytes: int) -> None:
+        have = self._counts.get(store) or _Counts()
+        staged = self._staged.get(store) or _Counts()
+        if have.rows + staged.rows + rows > self._cfg.max_records_per_store:
+            raise SpoolFull(
+                f"spool for store {store!r} is full ({have.rows} pending records, cap "
+                f"{self._cfg.max_records_per_store}); retry after the next window",
+                field="store",
+                retry_after_s=self._cfg.retry_after_s,
+            )
+        if have.bytes + staged.bytes + nbytes > self._cfg.max_bytes_per_store:
+            raise SpoolFull(
+                f"spool for store {store!r} is full ({have.bytes} bytes pending, cap "
+                f"{self._cfg.max_bytes_per_store})",
+                field="store",
+                retry_after_s=self._cfg.retry_after_s,
+            )
+
+    async def append(
+        self, store: str, records: Sequence[Spooled], *, priority: Priority = "live"
+    ) -> AppendResult:
+        """Stage records; return when the group holding them is committed to disk."""
+        if self.failed is not None:
+            raise Unavailable("spool writer is down", field=None)
+        if not records:
+            return AppendResult(0, 0)
+        now = self._clock.now().timestamp()
+        rows = [
+            (
+                _KINDS.get(type(r), "sale"),
+                r.id,
+                r.effective_version,
+                getattr(r, "origin", "pos"),
+                now,
+                encode(r),
+            )
+            for r in records
+        ]
+        return await self.append_rows(store, rows, priority=priority)
+
+    async def append_rows(
+        self,
+        store: str,
+        rows: list[tuple[str, str, int, str, float, bytes]],
+        *,
+        priority: Priority = "live",
+    ) -> AppendResult:
+        """Append pre-encoded rows (kind, rid, version, origin, received_at, body)."""
+        if self.failed is not None:
+            raise Unavailable("spool writer is down", field=None)
+        if self._closing:
+            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
+        nbytes = sum(len(r[5]) for r in rows)
+        self._check_room(store, len(rows), nbytes)
+        staged = self._staged.setdefault(store, _Counts())
+        staged.rows += len(rows)
+        staged.bytes += nbytes
+        item = _Append(store, rows)
+        (self._live if priority == "live" else self._bulk).append(item)
+        self._wake.set()
+        try:
+            return await asyncio.shield(item.future)
+        finally:
+            staged.rows -= len(rows)
+            staged.bytes -= nbytes
+
+    def live_waiting(self) -> bool:
+        """True while live appends are staged (bulk producers yield to them)."""
+        return bool(self._live)
+
+    async def run_writer(self) -> None:
+        """The group-commit loop. Owned by `open_spool`; its death fails every waiter."""
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._cfg.linger_ms:
+                    await asyncio.sleep(self._cfg.linger_ms / 1000)
+                while self._live or self._bulk:
+                    group = self._take_group()
+                    await self._commit_group(group)
+                if self._closing:
+                    return
+        except asyncio.CancelledError:
+            self._fail_all(Unavailable("spool is shutting down", field=None))
+            raise
+        except BaseException as exc:
+            self.failed = exc
+            log.exception("spool writer died")
+            self._fail_all(Unavailable(f"spool writer died: {exc}", field=None))
+            raise
+
+    def _take_group(self) -> list[_Append]:
+        limit = self._cfg.max_group_records
+        group: list[_Append] = []
+        n = 0
+        # Live requests first; bulk (backfill) only fills what is left of the group.
+        for queue in (self._live, self._bulk):
+            while queue and (n == 0 or n + len(queue[0].rows) <= limit):
+                item = queue.popleft()
+                group.append(item)
+                n += len(item.rows)
+        return group
+
+    async def _commit_group(self, group: list[_Append]) -> None:
+        try:
+            results = await self._run(lambda db: _write_group(db, group))
+        except sqlite3.Error as exc:
+            err = _storage_error(exc)
+            self.last_error = str(exc)
+            log.exception("spool group of %d requests failed", len(group))
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(err)
+            return
+        self.last_error = None
+        self.groups += 1
+        for item, (result, deltas) in zip(group, results, strict=True):
+            for store, (drows, dbytes) in deltas.items():
+                c = self._counts.setdefault(store, _Counts())
+                c.rows += drows
+                c.bytes += dbytes
+                self.group_rows += result.accepted + result.duplicates
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _fail_all(self, exc: Exception) -> None:
+        for queue in (self._live, self._bulk):
+            while queue:
+                item = queue.popleft()
+                if not item.future.done():
+                    item.future.set_exception(exc)
+
+    # ------------------------------------------------------------------ lease / ack
+
+    async def lease(self, store: str, *, upto: datetime, after_seq: int, limit: int) -> Lease:
+        """A page of pending rows (received at or before `upto`), held in memory only."""
+        cutoff = upto.timestamp()
+        leased = {s for st, seqs in self._leases.values() if st == store for s in seqs}
+
+        def q(db: sqlite3.Connection) -> list[Entry]:
+            cur = db.execute(
+                "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
+                "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
+                (store, after_seq, cutoff, limit),
+            )
+            return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
+
+        entries = [e for e in await self._read(q) if e.seq not in leased]
+        lease_id = self._next_lease
+        self._next_lease += 1
+        self._leases[lease_id] = (store, frozenset(e.seq for e in entries))
+        return Lease(lease_id, store, entries)
+
+    def _lease_seqs(self, lease_id: int, seqs: Sequence[int]) -> tuple[str, list[int]]:
+        store, owned = self._leases.get(lease_id, ("", frozenset()))
+        return store, [s for s in seqs if s in owned]
+
+    async def ack(self, lease_id: int, seqs: Sequence[int]) -> None:
+        """Retire committed rows (key and version stay for dedup; body is dropped)."""
+        store, mine = self._lease_seqs(lease_id, seqs)
+        if mine:
+            freed = await self._run(lambda db: _retire(db, mine))
+            self._debit(store, freed)
+        self._forget(lease_id, mine)
+
+    async def hold(self, lease_id: int, seqs: Sequence[int]) -> None:
+        """Count one more hold on these rows and leave them pending."""
+        _, mine = self._lease_seqs(lease_id, seqs)
+        if mine:
+            await self._run(
+                lambda db: db.executemany(
+                    "UPDATE spool SET held=held+1 WHERE seq=?", [(s,) for s in mine]
+                )
+            )
+        self._forget(lease_id, mine)
+
+    async def quarantine(
+        self, lease_id: int, items: Sequence[tuple[int, list[dict[str, Any]]]]
+    ) -> None:
+        """Move rows to quarantine with every reason; the key leaves the spool entirely."""
+        store, mine = self._lease_seqs(lease_id, [s for s, _ in items])
+        if not mine:
+            return
+        reasons = {s: orjson.dumps(r).decode() for s, r in items if s in set(mine)}
+        now = self._clock.now().timestamp()
+
+        def q(db: sqlite3.Connection) -> tuple[int, int]:
+            rows = 0
+            size = 0
+            for seq, why in reasons.items():
+                got = db.execute(
+                    "SELECT size FROM spool WHERE seq=? AND state=0", (seq,)
+                ).fetchone()
+                if got is None:
+                    continue
+                db.execute(
+                    "INSERT INTO quarantine(store, kind, rid, version, received_at, quarantined_at, reasons, body) "
+                    "SELECT store, kind, rid, version, received_at, ?, ?, body FROM spool WHERE seq=?",
+                    (now, why, seq),
+                )
+                db.execute("DELETE FROM spool WHERE seq=?", (seq,))
+                rows += 1
+                size += got[0]
+            return rows, size
+
+        freed = await self._run(q)
+        self._debit(store, freed)
+        self._forget(lease_id, mine)
+
+    async def release(self, lease_id: int) -> None:
+        """Forget a lease; its rows stay pending."""
+        self._leases.pop(lease_id, None)
+
+    def _forget(self, lease_id: int, seqs: Sequence[int]) -> None:
+        got = self._leases.get(lease_id)
+        if got is None:
+            return
+        store, owned = got
+        rest = owned.difference(seqs)
+        if rest:
+            self._leases[lease_id] = (store, rest)
+        else:
+            del self._leases[lease_id]
+
+    def _debit(self, store: str, freed: tuple[int, int]) -> None:
+        c = self._counts.setdefault(store, _Counts())
+        c.rows -= freed[0]
+        c.bytes -= freed[1]
+
+    # ------------------------------------------------------------------ queries
+
+    def stats(self, store: str) -> StoreStats:
+        """Pending rows and bytes (exact, from memory); oldest is filled by `oldest`."""
+        c = self._counts.get(store) or _Counts()
+        return StoreStats(c.rows, c.bytes, None)
+
+    def stores_with_pending(self) -> list[str]:
+        """Stores that have pending rows."""
+        return [s for s, c in self._counts.items() if c.rows > 0]
+
+    async def oldest(self, store: str) -> float | None:
+        """Arrival time of the oldest pending row of a store."""
+
+        def q(db: sqlite3.Connection) -> float | None:
+            row = db.execute(
+                "SELECT min(received_at) FROM (SELECT received_at FROM spool WHERE store=? AND state=0 "
+                "ORDER BY seq LIMIT 1000)",
+                (store,),
+            ).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
+
+        return await self._read(q)
+
+    async def pending_ids(self, store: str, kind: str, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are pending (not retired) in the store's spool."""
+        if not ids:
+            return set()
+
+        def q(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for i in range(0, len(ids), 500):
+                chunk = list(ids[i : i + 500])
+                marks = ",".join("?" * len(chunk))
+                cur = db.execute(
+                    f"SELECT rid FROM spool WHERE store=? AND kind=? AND state=0 AND rid IN ({marks})",
+                    (store, kind, *chunk),
+                )
+                found.update(r[0] for r in cur)
+            return found
+
+        return await self._read(q)
+
+    async def pending_entries(self, store: str, limit: int = 100_000) -> list[Entry]:
+        """Every pending row of a store (for previews)."""
+
+        def q(db: sqlite3.Connection) -> list[Entry]:
+            cur = db.execute(
+                "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
+                "WHERE store=? AND state=0 ORDER BY seq LIMIT ?",
+                (store, limit),
+            )
+            return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
+
+        return await self._read(q)
+
+    # ------------------------------------------------------------------ quarantine admin
+
+    async def list_quarantine(self, store: str | None, limit: int = 1000) -> list[QuarantineItem]:
+        """Quarantined records, newest first."""
+
+        def q(db: sqlite3.Connection) -> list[QuarantineItem]:
+            sql = "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body FROM quarantine"
+            args: tuple[Any, ...] = ()
+            if store is not None:
+                sql += " WHERE store=?"
+                args = (store,)
+            sql += " ORDER BY qid DESC LIMIT ?"
+            cur = db.execute(sql, (*args, limit))
+            return [
+                QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
+                for r in cur
+            ]
+
+        return await self._read(q)
+
+    async def quarantine_count(self, store: str) -> int:
+        """Quarantine size of a store."""
+        return await self._read(
+            lambda db: int(
+                db.execute("SELECT count(*) FROM quarantine WHERE store=?", (store,)).fetchone()[0]
+            )
+        )
+
+    async def get_quarantined(self, qid: int) -> QuarantineItem | None:
+        """One quarantined record."""
+
+        def q(db: sqlite3.Connection) -> QuarantineItem | None:
+            r = db.execute(
+                "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body "
+                "FROM quarantine WHERE qid=?",
+                (qid,),
+            ).fetchone()
+            if r is None:
+                return None
+            return QuarantineItem(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8]
+            )
+
+        return await self._read(q)
+
+    async def release_quarantined(self, qid: int, record: Spooled, actor: str) -> bool:
+        """Move a quarantined record (possibly corrected) back to the spool, with an audit entry."""
+        body = encode(record)
+        now = self._clock.now().timestamp()
+        kind = _KINDS.get(type(record), "sale")
+
+        def q(db: sqlite3.Connection) -> tuple[str, int, int] | None:
+            r = db.execute("SELECT store FROM quarantine WHERE qid=?", (qid,)).fetchone()
+            if r is None:
+                return None
+            store = str(r[0])
+            db.execute("DELETE FROM quarantine WHERE qid=?", (qid,))
+            old = db.execute(
+                "SELECT seq, state, size FROM spool WHERE store=? AND kind=? AND rid=?",
+                (store, kind, record.id),
+            ).fetchone()
+            drows, dbytes = 1, len(body)
+            if old is not None:
+                if old[1] == 0:
+                    drows, dbytes = 0, len(body) - int(old[2])
+                db.execute("DELETE FROM spool WHERE seq=?", (old[0],))
+            db.execute(
+                "INSERT INTO spool(store, kind, rid, version, origin, received_at, state, held, size, body) "
+                "VALUES(?,?,?,?,?,?,0,0,?,?)",
+                (
+                    store,
+                    kind,
+                    record.id,
+                    record.effective_version,
+                    getattr(record, "origin", "pos"),
+                    now,
+                    len(body),
+                    body,
+                ),
+            )
+            _audit(db, now, "quarantine.release", store, str(qid), actor)
+            return store, drows, dbytes
+
+        got = await self._run(q)
+        if got is None:
+            return False
+        store, drows, dbytes = got
+        c = self._counts.setdefault(store, _Counts())
+        c.rows += drows
+        c.bytes += dbytes
+        return True
+
+    async def discard_quarantined(self, qid: int, actor: str, reason: str) -> bool:
+        """Delete a quarantined record, keeping an audit entry with its body."""
+        now = self._clock.now().timestamp()
+
+        def q(db: sqlite3.Connection) -> bool:
+            r = db.execute("SELECT store, rid, body FROM quarantine WHERE qid=?", (qid,)).fetchone()
+            if r is None:
+                return False
+            db.execute("DELETE FROM quarantine WHERE qid=?", (qid,))
+            detail = orjson.dumps(
+                {"by": actor, "reason": reason, "rid": r[1], "body": bytes(r[2]).decode()}
+            ).decode()
+            _audit(db, now, "quarantine.discard", r[0], str(qid), detail)
+            return True
+
+        return await self._run(q)
+
+    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Recent audit entries."""
+
+        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            cur = db.execute(
+                "SELECT id, at, action, store, ref, detail FROM audit ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+            return [
+                dict(zip(("id", "at", "action", "store", "ref", "detail"), r, strict=True))
+                for r in cur
+            ]
+
+        return await self._read(q)
+
+    # ------------------------------------------------------------------ small state
+
+    async def seen_delivery(self, store: str, source: str, delivery_id: str) -> bool:
+        """Whether this transport delivery id was already processed."""
+        return await self._read(
+            lambda db: (
+                db.execute(
+                    "SELECT 1 FROM deliveries WHERE store=? AND source=? AND delivery_id=?",
+                    (store, source, delivery_id),
+                ).fetchone()
+                is not None
+            )
+        )
+
+    async def remember_delivery(
+        self, store: str, source: str, delivery_id: str, keep_s: float = 7 * 86400
+    ) -> None:
+        """Record a processed delivery id (kept `keep_s`, well past Shopify's 4-hour retries)."""
+        now = self._clock.now().timestamp()
+
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries VALUES(?,?,?,?)",
+                (store, source, delivery_id, now),
+            )
+            db.execute("DELETE FROM deliveries WHERE seen_at < ?", (now - keep_s,))
+
+        await self._run(q)
+
+    async def get_state(self, store: str) -> dict[str, Any]:
+        """Per-store key/value state (JSON values)."""
+
+        def q(db: sqlite3.Connection) -> dict[str, Any]:
+            cur = db.execute("SELECT key, value FROM kv WHERE store=?", (store,))
+            return {k: orjson.loads(v) for k, v in cur}
+
+        return await self._read(q)
+
+    async def put_state(self, store: str, values: dict[str, Any]) -> None:
+        """Upsert per-store state."""
+        rows = [(store, k, orjson.dumps(v).decode()) for k, v in values.items()]
+        await self._run(
+            lambda db: db.executemany(
+                "INSERT INTO kv(store, key, value) VALUES(?,?,?) "
+                "ON CONFLICT(store, key) DO UPDATE SET value=excluded.value",
+                rows,
+            )
+        )
+
+    async def check(self) -> None:
+        """Readiness: the spool accepts a write transaction."""
+        if self.failed is not None:
+            raise Unavailable(f"spool writer died: {self.failed}", field="spool")
+        try:
+            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from None
+
+    def total_pending(self) -> int:
+        """Pending rows over all stores."""
+        return sum(c.rows for c in self._counts.values())
+
+
+def _audit(
+    db: sqlite3.Connection, now: float, action: str, store: str, ref: str, detail: str
+) -> None:
+    db.execute(
+        "INSERT INTO audit(at, action, store, ref, detail) VALUES(?,?,?,?,?)",
+        (now, action, store, ref, detail),
+    )
+
+
+def _write_group(
+    db: sqlite3.Connection, group: list[_Append]
+) -> list[tuple[AppendResult, dict[str, tuple[int, int]]]]:
+    """The group-commit body (runs on the DB thread inside one transaction)."""
+    out: list[tuple[AppendResult, dict[str, tuple[int, int]]]] = []
+    insert = (
+        "INSERT OR IGNORE INTO spool(store, kind, rid, version, origin, received_at, state, held, size, body) "
+        "VALUES(?,?,?,?,?,?,0,0,?,?)"
+    )
+    for item in group:
+        store = item.store
+        accepted = 0
+        drows = 0
+        dbytes = 0
+        for kind, rid, version, origin, received_at, body in item.rows:
+            size = len(body)
+            # Fast path: a new key is one statement (the common case, above all in backfill).
+            cur = db.execute(insert, (store, kind, rid, version, origin, received_at, size, body))
+            if cur.rowcount == 1:
+                accepted += 1
+                drows += 1
+                dbytes += size
+                continue
+            old = db.execute(
+                "SELECT seq, version, state, size FROM spool WHERE store=? AND kind=? AND rid=?",
+                (store, kind, rid),
+            ).fetchone()
+            if old[1] >= version:
+                continue  # duplicate: same or older version than what we have (or committed)
+            # A newer version: replace under a new seq so an in-flight commit of the old one
+            # cannot retire it.
+            db.execute("DELETE FROM spool WHERE seq=?", (old[0],))
+            db.execute(insert, (store, kind, rid, version, origin, received_at, size, body))
+            accepted += 1
+            if old[2] == 0:
+                dbytes += size - old[3]
+            else:
+                drows += 1
+                dbytes += size
+        n = len(item.rows)
+        out.append((AppendResult(accepted, n - accepted), {store: (drows, dbytes)}))
+    return out
+
+
+def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
+    rows = 0
+    size = 0
+    for i in range(0, len(seqs), 500):
+        chunk = seqs[i : i + 500]
+        marks = ",".join("?" * len(chunk))
+        got = db.execute(
+            f"SELECT count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 AND seq IN ({marks})",
+            chunk,
+        ).fetchone()
+        rows += int(got[0])
+        size += int(got[1])
+        db.execute(
+            f"UPDATE spool SET state=2, body=NULL, size=0 WHERE state=0 AND seq IN ({marks})", chunk
+        )
+    return rows, size
+
+
+def _quick_check(path: Path) -> str | None:
+    """None if the file is sound (or absent), else the problem."""
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(path)
+        try:
+            row = con.execute("PRAGMA quick_check").fetchone()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    if row is None or row[0] != "ok":
+        return str(row[0] if row else "quick_check returned nothing")
+    return None
+
+
+def _move_aside(path: Path, problem: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            os.replace(src, Path(str(target) + suffix))
+    log.error(
+        "spool %s is damaged (%s); moved aside to %s and starting fresh", path, problem, target
+    )
+    return str(target)
+
+
+@contextlib.asynccontextmanager
+async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
+    """Open (creating or recovering) the spool and run its group-commit task."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    problem = await asyncio.to_thread(_quick_check, path)
+    recovered = _move_aside(path, problem) if problem else None
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute(f"PRAGMA synchronous={cfg.synchronous}")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        await conn.executescript(_SCHEMA)
+        spool = SqliteSpool(conn, cfg, clock, path)
+        spool.recovered_from = recovered
+        cur = await conn.execute(
+            "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
+        )
+        for store, n, size in await cur.fetchall():
+            c = spool._counts.setdefault(store, _Counts())
+            c.rows, c.bytes = int(n), int(size)
+        writer = asyncio.create_task(spool.run_writer(), name="spool-writer")
+        spool.writer_task = writer
+        try:
+            yield spool
+        finally:
+            # Final bounded group commit: staged requests are written and answered, then
+            # the writer returns. New appends are refused from here on.
+            spool._closing = True
+            spool._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), timeout=30)
+            except TimeoutError:
+                log.exception("spool writer did not drain in 30 s; cancelling")
+            except Exception:  # noqa: BLE001 - already logged and recorded in spool.failed
+                log.debug("spool writer ended with an error")
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await conn.close()
+
+
+def decode_entry(entry: Entry) -> Spooled:
+    """The canonical record stored in a spool row."""
+    from worker.records import SPOOLED_DECODER
+
+    return SPOOLED_DECODER.decode(entry.body)
