@@ -1,0 +1,91 @@
+"""The real app on an ephemeral port, with a fake clock, for HTTP tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from worker import keys
+from worker.app import build_app
+from worker.clock import FakeClock
+from worker.config import Config, decode
+
+ADMIN = "admin-secret-token"
+S1_TOKEN = "s1-token-abcdef"
+S2_TOKEN = "s2-token-ghijkl"
+
+
+def make_config(tmp: Path, **overrides: Any) -> Config:
+    """A config with two canonical stores and a trigger, data in `tmp`."""
+    raw: dict[str, Any] = {
+        "data_dir": str(tmp),
+        "http": {"admin_token": ADMIN, "max_body_bytes": 1024 * 1024},
+        "windows": {"times": ["02:00", "14:00"], "timezone": "UTC", "spread_s": 0},
+        "sink": {"kind": "sqlite"},
+        "stores": [
+            {"id": "S1", "source": "canonical", "timezone": "America/New_York", "token": S1_TOKEN},
+            {"id": "S2", "source": "canonical", "timezone": "Europe/Paris", "token": S2_TOKEN},
+        ],
+        "triggers": [
+            {"name": "thank-you", "days_after": 0},
+            {"name": "follow-up", "days_after": 30},
+        ],
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k] = {**raw[k], **v}
+        else:
+            raw[k] = v
+    return decode(raw)
+
+
+class Harness:
+    """A started app plus its client and clock."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        client: TestClient[web.Request, web.Application],
+        clock: FakeClock,
+    ) -> None:
+        self.app = app
+        self.client = client
+        self.clock = clock
+
+    def admin(self) -> dict[str, str]:
+        """Admin auth header."""
+        return {"Authorization": f"Bearer {ADMIN}"}
+
+    def store(self, token: str = S1_TOKEN) -> dict[str, str]:
+        """Store auth header."""
+        return {"Authorization": f"Bearer {token}"}
+
+    @property
+    def sink(self) -> Any:
+        """The running sink."""
+        return self.app[keys.SINK]
+
+    @property
+    def spool(self) -> Any:
+        """The running spool."""
+        return self.app[keys.SPOOL]
+
+
+@asynccontextmanager
+async def running(cfg: Config, now: datetime) -> AsyncIterator[Harness]:
+    """Start the app on an ephemeral port; stop it on exit."""
+    clock = FakeClock(now)
+    app = build_app(cfg, clock=clock)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    client: TestClient[web.Request, web.Application] = TestClient(server)
+    await client.start_server()
+    try:
+        yield Harness(app, client, clock)
+    finally:
+        await client.close()

@@ -1,0 +1,92 @@
+"""`possync serve | backfill | --version`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from worker import __version__
+from worker.config import Config, Credentials, embedded_default, load
+from worker.errors import ConfigError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from worker.app import build_app
+
+    path = args.config or os.environ.get("POSSYNC_CONFIG")
+    creds: Credentials | None = None
+    try:
+        if path:
+            cfg: Config = load(path)
+        else:
+            cfg, creds = embedded_default(os.environ.get("POSSYNC_DATA_DIR", "var"))
+    except ConfigError as exc:
+        print(f"possync: config error: {exc.message} (field: {exc.field})", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.port is not None:
+        import msgspec
+
+        cfg = msgspec.structs.replace(cfg, http=msgspec.structs.replace(cfg.http, port=args.port))
+    app = build_app(cfg, credentials=creds)
+    scheme = "https" if cfg.http.tls_cert else "http"
+    base = f"{scheme}://{cfg.http.host}:{cfg.http.port}"
+    if creds is not None:
+        print(
+            "possync: running on the embedded default (SQLite sink in "
+            f"{cfg.data_dir}/, one demo store 'demo').\n"
+            f"  admin token: {creds.admin_token}\n"
+            f"  demo store token: {creds.demo_token}\n"
+            "  push a sale:\n"
+            f"    curl -sS -X POST {base}/v1/push/canonical/demo \\\n"
+            f"      -H 'Authorization: Bearer {creds.demo_token}' -H 'Content-Type: application/json' \\\n"
+            '      -d \'{"type":"sale","id":"T-1","occurred_at":"2026-11-25T10:00:00-05:00","currency":"USD",'
+            '"lines":[{"sku":"RING-1","quantity":1,"unit_price":"100.00"}],"subtotal":"100.00","tax":"8.00",'
+            '"total":"108.00","tenders":[{"method":"card","amount":"108.00"}]}\'\n'
+            f"    curl -sS {base}/status -H 'Authorization: Bearer {creds.admin_token}'",
+            flush=True,
+        )
+    ssl_context = None
+    if cfg.http.tls_cert and cfg.http.tls_key:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(cfg.http.tls_cert, cfg.http.tls_key)
+    web.run_app(
+        app,
+        host=cfg.http.host,
+        port=cfg.http.port,
+        shutdown_timeout=cfg.http.shutdown_timeout_s,
+        ssl_context=ssl_context,
+        print=lambda msg: print(f"possync: listening on {base}", flush=True),
+        access_log=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(prog="possync", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"possync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service")
+    serve.add_argument(
+        "--config", help="TOML config file (default: $POSSYNC_CONFIG, else the embedded default)"
+    )
+    serve.add_argument("--port", type=int, default=None, help="override [http] port")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        import uvloop
+
+        uvloop.install()
+        return _serve(args)
+    parser.error(f"unknown command {args.command}")
+    return 2

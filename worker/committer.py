@@ -1,0 +1,503 @@
+"""Window commits: lease a store's spooled sales, validate, commit to the sink, then ack.
+
+    lease page (rows received <= window instant) -> decode -> validate_batch
+        -> sink.commit_sales(sales + voids + trigger outbox + manifest)   [one transaction]
+        -> spool.ack(committed) ; spool.quarantine(invalid) ; spool.hold(waiting for customer)
+
+Finalize only after the sink confirms: rows are acked after `commit_sales` returned. A crash
+anywhere re-leases the same rows; the sink is idempotent by batch id and by (sale, version),
+and trigger events by event id, so a rerun leaves each sale in the sink exactly once.
+
+The `Scheduler` owns the timing: each store's two windows in its own zone, staggered,
+caught up once at start-up, one commit per store at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from worker.buffers.base import Entry
+from worker.buffers.sqlite import SqliteSpool
+from worker.clock import Clock
+from worker.config import Config, StoreConfig
+from worker.errors import RecordInvalid, SinkError
+from worker.metrics import Metrics
+from worker.records import SPOOLED_DECODER, Sale, Void, invalid_from, localize
+from worker.sinks.base import CommitBatch, Manifest, SaleRow, Sink, TriggerEvent
+from worker.triggers import match_triggers
+from worker.validation import BatchItem, Failure, ValidationContext, validate_batch, validate_sale
+from worker.windows import due_catch_up, next_store_window
+
+log = logging.getLogger("possync.committer")
+
+
+class WindowResult(msgspec.Struct, kw_only=True):
+    """One store-window commit, as shown on /status and returned by /v1/admin/commit."""
+
+    store: str
+    window_at: datetime
+    started_at: datetime
+    committed: int = 0
+    voids: int = 0
+    quarantined: int = 0
+    held: int = 0
+    superseded: int = 0
+    triggers: int = 0
+    duration_s: float = 0.0
+    skipped: str | None = None  # "paused" | "busy"
+    error: str | None = None
+
+
+class Committer:
+    """Commits spooled sales of one store at a time; also commits manual sales at once."""
+
+    def __init__(
+        self, cfg: Config, spool: SqliteSpool, sink: Sink, clock: Clock, metrics: Metrics
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.sink = sink
+        self.clock = clock
+        self.metrics = metrics
+        self.stop = asyncio.Event()
+        self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in cfg.stores}
+        self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
+        self.paused: set[str] = set()
+        self.last: dict[str, WindowResult] = {}
+        self.last_window: dict[str, datetime] = {}
+        self.sink_error: str | None = None
+
+    # ----------------------------------------------------------------- timing
+
+    def visible_at(self, store: StoreConfig) -> datetime:
+        """When sales pushed now become visible: this store's next (staggered) window."""
+        return next_store_window(
+            self.clock.now(),
+            self._zones[store.id],
+            self.cfg.store_times(store),
+            store.id,
+            self.cfg.windows.spread_s,
+        )
+
+    async def load_state(self) -> None:
+        """Restore paused flags and last windows from the spool's state table."""
+        for store in self.cfg.stores:
+            state = await self.spool.get_state(store.id)
+            if state.get("paused"):
+                self.paused.add(store.id)
+            if "last_window" in state:
+                self.last_window[store.id] = datetime.fromisoformat(state["last_window"])
+            if "last_result" in state:
+                with contextlib.suppress(msgspec.ValidationError):
+                    self.last[store.id] = msgspec.convert(state["last_result"], WindowResult)
+
+    async def set_paused(self, store: StoreConfig, paused: bool) -> None:
+        """Pause or resume a store's windows (pushes are still accepted)."""
+        (self.paused.add if paused else self.paused.discard)(store.id)
+        await self.spool.put_state(store.id, {"paused": paused})
+
+    # ----------------------------------------------------------------- window commit
+
+    async def commit_store(
+        self, store: StoreConfig, window_at: datetime, *, force: bool = False
+    ) -> WindowResult:
+        """Run one store-window: commit what the spool held at `window_at`."""
+        started = self.clock.now()
+        result = WindowResult(store=store.id, window_at=window_at, started_at=started)
+        if store.id in self.paused and not force:
+            result.skipped = "paused"
+            return result
+        lock = self._locks[store.id]
+        if lock.locked():
+            result.skipped = "busy"  # a commit that overruns the next window is not doubled
+            return result
+        t0 = self.clock.monotonic()
+        async with lock:
+            try:
+                await self._commit_pages(store, window_at, result)
+            except SinkError as exc:
+                result.error = exc.message
+                self.metrics.window_commits.labels("error").inc()
+                raise
+            finally:
+                result.duration_s = round(self.clock.monotonic() - t0, 6)
+                self.last[store.id] = result
+            self.metrics.window_commits.labels("ok").inc()
+            self.metrics.commit_seconds.observe(result.duration_s)
+            await self.spool.put_state(
+                store.id,
+                {"last_window": window_at.isoformat(), "last_result": msgspec.to_builtins(result)},
+            )
+            self.last_window[store.id] = window_at
+        await self.deliver_triggers()
+        return result
+
+    async def _commit_pages(
+        self, store: StoreConfig, window_at: datetime, result: WindowResult
+    ) -> None:
+        after = 0
+        size = self.cfg.windows.batch_size
+        while True:
+            lease = await self.spool.lease(store.id, upto=window_at, after_seq=after, limit=size)
+            if not lease.entries:
+                await self.spool.release(lease.lease_id)
+                return
+            after = lease.last_seq
+            try:
+                await self._commit_page(store, window_at, lease.lease_id, lease.entries, result)
+            finally:
+                await self.spool.release(lease.lease_id)
+
+    async def _commit_page(
+        self,
+        store: StoreConfig,
+        window_at: datetime,
+        lease_id: int,
+        entries: list[Entry],
+        result: WindowResult,
+    ) -> None:
+        zone = self._zones[store.id]
+        items: list[BatchItem] = []
+        broken: list[tuple[int, list[dict[str, Any]]]] = []
+        for e in entries:
+            try:
+                items.append(
+                    BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
+                )
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                err = invalid_from(exc)
+                broken.append(
+                    (e.seq, [{"rule": "schema", "field": err.field, "message": err.message}])
+                )
+        ctx = await self._context(store, items)
+        verdict = validate_batch(items, ctx)
+        now = self.clock.now()
+        triggers: list[TriggerEvent] = []
+        for _, row in verdict.sales:
+            triggers.extend(
+                match_triggers(
+                    row, store.id, zone, self.cfg.triggers, now, self.cfg.trigger_max_age_days
+                )
+            )
+        rows = [row for _, row in verdict.sales]
+        voids = [v for _, v in verdict.voids]
+        first, last = entries[0].seq, entries[-1].seq
+        batch_id = f"{store.id}:{window_at.isoformat()}:{first}-{last}"
+        batch = CommitBatch(
+            batch_id=batch_id,
+            store=store.id,
+            window_at=window_at,
+            sales=rows,
+            voids=voids,
+            triggers=triggers,
+            manifest=_manifest(batch_id, store.id, window_at, rows, voids, len(triggers)),
+        )
+        if rows or voids:
+            await self._commit_with_retry(batch)
+        done = (
+            [s for s, _ in verdict.sales] + [s for s, _ in verdict.voids] + list(verdict.superseded)
+        )
+        # Finalize only now that the sink has confirmed.
+        await self.spool.ack(lease_id, done)
+        quarantined = broken + [
+            (s, [msgspec.structs.asdict(f) for f in fs]) for s, fs in verdict.quarantined
+        ]
+        if quarantined:
+            await self.spool.quarantine(lease_id, quarantined)
+        if verdict.held:
+            await self.spool.hold(lease_id, verdict.held)
+        result.committed += len(rows)
+        result.voids += len(voids)
+        result.quarantined += len(quarantined)
+        result.held += len(verdict.held)
+        result.superseded += len(verdict.superseded)
+        result.triggers += len(triggers)
+        self.metrics.committed.inc(len(rows))
+        self.metrics.quarantined.inc(len(quarantined))
+        self.metrics.triggers.labels("written").inc(len(triggers))
+
+    async def _context(self, store: StoreConfig, items: Sequence[BatchItem]) -> ValidationContext:
+        customers = {
+            r.customer_id for i in items if isinstance(r := i.record, Sale) and r.customer_id
+        }
+        originals = {
+            r.original_id for i in items if isinstance(r := i.record, Sale) and r.original_id
+        }
+        void_targets = {i.record.id for i in items if isinstance(i.record, Void)}
+        existing_customers = (
+            await self.sink.existing_customers(store.id, customers) if customers else set()
+        )
+        existing_sales = await self.sink.existing_sales(store.id, originals | void_targets)
+        pending = await self.spool.pending_ids(store.id, "sale", sorted(void_targets))
+        return ValidationContext(
+            store=store.id,
+            zone=self._zones[store.id],
+            now=self.clock.now(),
+            existing_customers=frozenset(existing_customers),
+            existing_sales=frozenset(existing_sales),
+            pending_sale_ids=frozenset(pending),
+            hold_windows=self.cfg.windows.hold_windows,
+        )
+
+    async def _commit_with_retry(self, batch: CommitBatch) -> None:
+        """Commit, retrying retriable sink errors with backoff and jitter until stopped."""
+        delay = 0.5
+        while True:
+            try:
+                await self.sink.commit_sales(batch)
+                self.sink_error = None
+                return
+            except SinkError as exc:
+                self.metrics.sink_errors.labels(str(exc.retriable).lower()).inc()
+                self.sink_error = exc.message
+                if not exc.retriable or self.stop.is_set():
+                    raise
+                log.warning(
+                    "sink commit of %s failed (%s); retrying in %.1fs",
+                    batch.batch_id,
+                    exc.message,
+                    delay,
+                )
+                deadline = self.clock.now().timestamp() + delay * (0.5 + random.random())
+                await self.clock.wait_until(datetime.fromtimestamp(deadline, UTC), self.stop)
+                if self.stop.is_set():
+                    raise
+                delay = min(delay * 2, self.cfg.windows.commit_retry_max_s)
+
+    async def deliver_triggers(self) -> int:
+        """Deliver every due outbox event to the trigger sink (exactly once)."""
+        delivered = await self.sink.deliver_due_triggers(self.clock.now())
+        self.metrics.triggers.labels("delivered").inc(len(delivered))
+        return len(delivered)
+
+    # ----------------------------------------------------------------- manual sales
+
+    async def commit_manual(self, store: StoreConfig, sales: Sequence[Sale]) -> tuple[int, int]:
+        """Manual entries bypass the window: validated and committed at once, triggers fire."""
+        zone = self._zones[store.id]
+        items = [
+            BatchItem(seq=i, record=localize(s, zone), held=self.cfg.windows.hold_windows)
+            for i, s in enumerate(sales)
+        ]
+        ctx = await self._context(store, items)
+        for item in items:
+            assert isinstance(item.record, Sale)
+            failures = validate_sale(item.record, ctx)
+            if failures:
+                raise _invalid(failures)
+        verdict = validate_batch(items, ctx)
+        if verdict.quarantined:
+            raise _invalid(verdict.quarantined[0][1])
+        now = self.clock.now()
+        rows = [row for _, row in verdict.sales]
+        triggers = [
+            ev
+            for row in rows
+            for ev in match_triggers(
+                row, store.id, zone, self.cfg.triggers, now, self.cfg.trigger_max_age_days
+            )
+        ]
+        digest = hashlib.sha256(
+            "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
+        ).hexdigest()[:16]
+        batch_id = f"manual:{store.id}:{digest}"
+        batch = CommitBatch(
+            batch_id=batch_id,
+            store=store.id,
+            window_at=now,
+            sales=rows,
+            voids=[],
+            triggers=triggers,
+            manifest=_manifest(batch_id, store.id, now, rows, [], len(triggers)),
+        )
+        outcome = await self.sink.commit_sales(batch)
+        await self.deliver_triggers()
+        written = outcome.inserted + outcome.updated
+        if outcome.already_committed:
+            written = 0
+        return written, len(sales) - written
+
+    async def preview(self, store: StoreConfig) -> dict[str, Any]:
+        """Dry run: validate everything pending for a store without writing."""
+        entries = await self.spool.pending_entries(store.id)
+        items: list[BatchItem] = []
+        broken = []
+        for e in entries:
+            try:
+                items.append(
+                    BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
+                )
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                err = invalid_from(exc)
+                broken.append(
+                    {
+                        "seq": e.seq,
+                        "rid": e.rid,
+                        "failures": [
+                            {"rule": "schema", "field": err.field, "message": err.message}
+                        ],
+                    }
+                )
+        verdict = validate_batch(items, await self._context(store, items))
+        by_seq = {i.seq: i.record.id for i in items}
+        return {
+            "store": store.id,
+            "pending": len(entries),
+            "would_commit": len(verdict.sales),
+            "voids": len(verdict.voids),
+            "held": [by_seq[s] for s in verdict.held],
+            "superseded": len(verdict.superseded),
+            "invalid": broken
+            + [
+                {"seq": s, "rid": by_seq[s], "failures": [msgspec.structs.asdict(f) for f in fs]}
+                for s, fs in verdict.quarantined
+            ],
+            "next_window": self.visible_at(store).isoformat(),
+        }
+
+
+def _invalid(failures: Sequence[Failure]) -> RecordInvalid:
+    first = failures[0]
+    return RecordInvalid(f"{first.rule}: {first.message}", field=first.field)
+
+
+def _manifest(
+    batch_id: str,
+    store: str,
+    window_at: datetime,
+    rows: Sequence[SaleRow],
+    voids: Sequence[Void],
+    triggers: int,
+) -> Manifest:
+    ids = sorted(f"{r.sale.id}@{r.version}" for r in rows) + sorted(f"void:{v.id}" for v in voids)
+    total = Decimal(0)
+    for r in rows:
+        total += r.sale.total
+    return Manifest(
+        batch_id=batch_id,
+        store=store,
+        window_at=window_at,
+        sales=len(rows),
+        voids=len(voids),
+        triggers=triggers,
+        total_sum=total,
+        ids_sha256=hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+    )
+
+
+class Scheduler:
+    """Fires each store's windows (store-local, staggered); catches missed ones up once."""
+
+    def __init__(
+        self, cfg: Config, committer: Committer, clock: Clock, trigger_poll_s: float = 60.0
+    ) -> None:
+        self.cfg = cfg
+        self.committer = committer
+        self.clock = clock
+        self.trigger_poll_s = trigger_poll_s
+        self.wake = asyncio.Event()
+        self.running: dict[str, asyncio.Task[WindowResult]] = {}
+        self.next_due: dict[str, datetime] = {}
+        self.ticks = 0
+
+    def _next(self, store: StoreConfig, after: datetime) -> datetime:
+        return next_store_window(
+            after,
+            self.cfg.store_zone(store),
+            self.cfg.store_times(store),
+            store.id,
+            self.cfg.windows.spread_s,
+        )
+
+    async def run(self) -> None:
+        """The scheduling loop; owned by the app's cleanup context."""
+        stop = self.committer.stop
+        now = self.clock.now()
+        for store in self.cfg.stores:
+            last = self.committer.last_window.get(store.id)
+            due = due_catch_up(
+                last,
+                now,
+                self.cfg.store_zone(store),
+                self.cfg.store_times(store),
+                store.id,
+                self.cfg.windows.spread_s,
+            )
+            if due is not None:
+                log.info(
+                    "store %s missed its window at %s: catching up once", store.id, due.isoformat()
+                )
+                self._start(store, due)
+            self.next_due[store.id] = self._next(store, now)
+        try:
+            while not stop.is_set():
+                soonest = min(self.next_due.values(), default=None)
+                poll = datetime.fromtimestamp(
+                    self.clock.now().timestamp() + self.trigger_poll_s, UTC
+                )
+                deadline = poll if soonest is None else min(soonest, poll)
+                await self.clock.wait_until(deadline, stop)
+                if stop.is_set():
+                    break
+                self.ticks += 1
+                now = self.clock.now()
+                for store in self.cfg.stores:
+                    due_at = self.next_due[store.id]
+                    if due_at <= now:
+                        self._start(store, due_at)
+                        self.next_due[store.id] = self._next(store, now)
+                try:
+                    await self.committer.deliver_triggers()
+                except SinkError as exc:
+                    log.warning("trigger delivery failed: %s", exc.message)
+        finally:
+            tasks = list(self.running.values())
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, SinkError):
+                    await t
+
+    def _start(self, store: StoreConfig, window_at: datetime) -> None:
+        running = self.running.get(store.id)
+        if running is not None and not running.done():
+            log.warning(
+                "store %s: previous commit still running; window %s skipped",
+                store.id,
+                window_at.isoformat(),
+            )
+            return
+        task = asyncio.create_task(self._commit(store, window_at), name=f"commit-{store.id}")
+        self.running[store.id] = task
+
+    async def _commit(self, store: StoreConfig, window_at: datetime) -> WindowResult:
+        try:
+            return await self.committer.commit_store(store, window_at)
+        except SinkError as exc:
+            log.error("store %s window %s failed: %s", store.id, window_at.isoformat(), exc.message)  # noqa: TRY400
+            return WindowResult(
+                store=store.id, window_at=window_at, started_at=self.clock.now(), error=exc.message
+            )
+
+
+@contextlib.asynccontextmanager
+async def open_committer(
+    cfg: Config, spool: SqliteSpool, sink: Sink, clock: Clock, metrics: Metrics
+) -> AsyncIterator[Committer]:
+    """The committer; its stop event is set on exit so retries end promptly."""
+    committer = Committer(cfg, spool, sink, clock, metrics)
+    await committer.load_state()
+    try:
+        yield committer
+    finally:
+        committer.stop.set()

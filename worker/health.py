@@ -1,0 +1,69 @@
+"""Readiness bookkeeping: every background task registers here; a dead one fails /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
+
+log = logging.getLogger("possync.health")
+
+Check = Callable[[], Awaitable[None]]
+
+
+class Health:
+    """Named readiness checks plus the owned background tasks."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, Check] = {}
+        self.tasks: dict[str, asyncio.Task[Any]] = {}
+        self.notes: dict[str, str] = {}  # non-fatal conditions shown on /readyz and /status
+
+    def add_check(self, name: str, check: Check) -> None:
+        """Register a readiness check (raises when not ready)."""
+        self.checks[name] = check
+
+    @contextlib.asynccontextmanager
+    async def owned_task(
+        self, name: str, coro: Coroutine[Any, Any, None]
+    ) -> AsyncIterator[asyncio.Task[None]]:
+        """Run a background task for the life of the context; cancel AND await it on exit."""
+        task = asyncio.create_task(coro, name=name)
+        self.tasks[name] = task
+
+        def _done(t: asyncio.Task[None]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("background task %s died: %r", name, t.exception())
+
+        task.add_done_callback(_done)
+        try:
+            yield task
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await task
+                except Exception:  # noqa: BLE001 - its failure was logged by _done already
+                    log.debug("task %s ended with an error during shutdown", name)
+            self.tasks.pop(name, None)
+
+    async def run(self) -> dict[str, str]:
+        """Every check and task: name -> "ok" or the failure."""
+        out: dict[str, str] = {}
+        for name, task in self.tasks.items():
+            if task.done():
+                exc = None if task.cancelled() else task.exception()
+                out[f"task:{name}"] = f"dead: {exc!r}" if exc else "stopped"
+            else:
+                out[f"task:{name}"] = "ok"
+        for name, check in self.checks.items():
+            try:
+                await asyncio.wait_for(check(), timeout=5)
+                out[name] = "ok"
+            except TimeoutError:
+                out[name] = "timed out after 5 s"
+            except Exception as exc:  # noqa: BLE001 - a failing check is reported, not raised
+                out[name] = str(exc) or type(exc).__name__
+        return out

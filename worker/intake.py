@@ -1,0 +1,292 @@
+"""Intake: a push in any transport -> adapter -> router -> sink (now) or spool (window).
+
+    body --adapter--> canonical records --+-- customers, products --> sink.upsert (real time)
+                                          +-- sales, voids --------> spool.append (durable)
+                                          +-- manual sales ---------> committer (at once)
+
+`ingest` returns only when every accepted record is durable: the spool group containing it
+has committed (fsync) and/or the sink transaction has committed. Any failure raises a
+`PossyncError` and the whole request may be retried: every write is idempotent by natural
+key and version, so a retry after a partial failure cannot double anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from worker.adapters import get_adapter
+from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.buffers.sqlite import SqliteSpool
+from worker.clock import Clock
+from worker.config import Config, StoreConfig
+from worker.errors import AuthError, NotFound, RecordInvalid
+from worker.metrics import Metrics
+from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void, localize
+from worker.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from worker.committer import Committer
+
+log = logging.getLogger("possync.intake")
+
+# Bodies above this are parsed off the event loop so one big push cannot stall the rest.
+_THREAD_PARSE_BYTES = 256 * 1024
+
+
+class NothingAcceptable(RecordInvalid):
+    """400: every item of the payload was rejected."""
+
+    def __init__(self, rejected: list[Rejection]) -> None:
+        first = rejected[0]
+        super().__init__(f"no acceptable record: {first.error}", field=first.field)
+        self.rejected = rejected
+
+    def to_json(self) -> dict[str, object]:
+        """Error body plus the per-item rejections."""
+        body = super().to_json()
+        body["rejected"] = [msgspec.structs.asdict(r) for r in self.rejected]
+        return body
+
+
+class IngestOutcome(msgspec.Struct, kw_only=True):
+    """What a push did (the 202 body)."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+    dropped: dict[str, int]
+    visible_at: datetime | None
+    realtime: int = 0
+    spooled: int = 0
+    manual: int = 0
+
+
+def token_ok(given: str | None, expected: str) -> bool:
+    """Constant-time token comparison; an empty expected token never matches."""
+    if not expected or given is None:
+        return False
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class Intake:
+    """Routes parsed records to the sink or the spool. One per app."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        spool: SqliteSpool,
+        sink: Sink,
+        committer: Committer,
+        clock: Clock,
+        metrics: Metrics,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.sink = sink
+        self.committer = committer
+        self.clock = clock
+        self.metrics = metrics
+        self._stores = {s.id: s for s in cfg.stores}
+        self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
+        self._mappings = _load_mappings(cfg)
+
+    def store(self, store_id: str) -> StoreConfig:
+        """The store's config or 404."""
+        store = self._stores.get(store_id)
+        if store is None:
+            raise NotFound(f"unknown store {store_id!r}", field="store")
+        return store
+
+    def authorize(self, store: StoreConfig, token: str | None) -> None:
+        """The store's own token (or the admin token) or 401."""
+        if token_ok(token, store.token) or token_ok(token, self.cfg.http.admin_token):
+            return
+        raise AuthError("missing or invalid bearer token for this store", field="Authorization")
+
+    def parse(
+        self,
+        source: str,
+        store: StoreConfig,
+        body: bytes,
+        *,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        topic: str | None = None,
+        filename: str | None = None,
+    ) -> Parsed:
+        """Run the source's adapter (pure) on a whole payload."""
+        adapter = get_adapter(source)
+        if adapter is None:
+            raise NotFound(f"unknown source {source!r}", field="source")
+        if source not in ("canonical", store.source):
+            raise NotFound(
+                f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
+                field="source",
+            )
+        ctx = AdapterContext(
+            store=store,
+            zone=self._zones[store.id],
+            headers={k.lower(): v for k, v in (headers or {}).items()},
+            content_type=content_type,
+            received_at=self.clock.now(),
+            topic=topic,
+            filename=filename,
+            mapping=self._mappings.get(store.id),
+        )
+        return adapter.parse(body, ctx)
+
+    async def ingest(
+        self,
+        source: str,
+        store_id: str,
+        body: bytes,
+        *,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+        topic: str | None = None,
+        filename: str | None = None,
+        priority: Literal["live", "bulk"] = "live",
+        authorized: bool = False,
+        token: str | None = None,
+        origin: Literal["backfill"] | None = None,
+    ) -> IngestOutcome:
+        """Parse, route and durably write one payload; see the module docstring."""
+        store = self.store(store_id)
+        adapter = get_adapter(source)
+        if adapter is None:
+            raise NotFound(f"unknown source {source!r}", field="source")
+        # Signed sources (Shopify) authenticate by HMAC of the raw body inside the adapter.
+        if not authorized and not getattr(adapter, "signed", False):
+            self.authorize(store, token)
+        if len(body) > _THREAD_PARSE_BYTES:
+            parsed = await asyncio.to_thread(
+                self.parse,
+                source,
+                store,
+                body,
+                content_type=content_type,
+                headers=headers,
+                topic=topic,
+                filename=filename,
+            )
+        else:
+            parsed = self.parse(
+                source,
+                store,
+                body,
+                content_type=content_type,
+                headers=headers,
+                topic=topic,
+                filename=filename,
+            )
+        if parsed.delivery_id and await self.spool.seen_delivery(
+            store.id, source, parsed.delivery_id
+        ):
+            self.metrics.records.labels(source, "duplicate_delivery").inc(len(parsed.records))
+            return IngestOutcome(
+                accepted=0,
+                duplicates=len(parsed.records),
+                rejected=parsed.rejected,
+                dropped=parsed.dropped,
+                visible_at=self.committer.visible_at(store),
+            )
+        if not parsed.records and parsed.rejected:
+            self.metrics.records.labels(source, "rejected").inc(len(parsed.rejected))
+            raise NothingAcceptable(parsed.rejected)
+        outcome = await self.route(store, parsed.records, priority=priority, origin=origin)
+        if parsed.delivery_id:
+            await self.spool.remember_delivery(store.id, source, parsed.delivery_id)
+        outcome.rejected = parsed.rejected
+        outcome.dropped = parsed.dropped
+        m = self.metrics.records
+        m.labels(source, "accepted").inc(outcome.accepted)
+        m.labels(source, "duplicate").inc(outcome.duplicates)
+        m.labels(source, "rejected").inc(len(parsed.rejected))
+        for reason, n in parsed.dropped.items():
+            m.labels(source, f"dropped_{reason}").inc(n)
+        return outcome
+
+    async def route(
+        self,
+        store: StoreConfig,
+        records: Sequence[Record],
+        *,
+        priority: Literal["live", "bulk"] = "live",
+        origin: Literal["backfill"] | None = None,
+    ) -> IngestOutcome:
+        """Entities to the sink now, sales/voids to the spool, manual sales to the committer."""
+        zone = self._zones[store.id]
+        entities: list[Entity] = []
+        spooled: list[Spooled] = []
+        manual: list[Sale] = []
+        for r in records:
+            if isinstance(r, Customer | Product):
+                entities.append(r)
+            elif isinstance(r, Sale):
+                sale = localize(r, zone)
+                if origin is not None and sale.origin != origin:
+                    sale = msgspec.structs.replace(sale, origin=origin)
+                (manual if sale.origin == "manual" else spooled).append(sale)
+            elif isinstance(r, Void):
+                spooled.append(r)
+        accepted = 0
+        duplicates = 0
+        jobs: list[asyncio.Future[tuple[int, int]]] = []
+        if entities:
+            jobs.append(asyncio.ensure_future(self._upsert(store.id, entities)))
+        if spooled:
+            jobs.append(asyncio.ensure_future(self._spool(store.id, spooled, priority)))
+        if manual:
+            jobs.append(asyncio.ensure_future(self.committer.commit_manual(store, manual)))
+        if jobs:
+            # Wait for every part even if one fails, so nothing is left running unobserved;
+            # then surface the first failure (the client retries; writes are idempotent).
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+            for res in results:
+                assert not isinstance(res, BaseException)
+                accepted += res[0]
+                duplicates += res[1]
+        return IngestOutcome(
+            accepted=accepted,
+            duplicates=duplicates,
+            rejected=[],
+            dropped={},
+            visible_at=self.committer.visible_at(store) if spooled else None,
+            realtime=len(entities),
+            spooled=len(spooled),
+            manual=len(manual),
+        )
+
+    async def _upsert(self, store: str, entities: list[Entity]) -> tuple[int, int]:
+        out = await self.sink.upsert_entities(store, entities)
+        return out.applied, out.stale
+
+    async def _spool(
+        self, store: str, records: list[Spooled], priority: Literal["live", "bulk"]
+    ) -> tuple[int, int]:
+        res = await self.spool.append(store, records, priority=priority)
+        return res.accepted, res.duplicates
+
+
+def _load_mappings(cfg: Config) -> dict[str, Mapping[str, object]]:
+    """Per store: its declarative mapping (file/CSV sources), validated at start-up."""
+    try:
+        from worker.adapters.mapping import load_mapping
+    except ImportError:  # the mapping adapter is optional at this layer
+        return {}
+    out: dict[str, Mapping[str, object]] = {}
+    for store in cfg.stores:
+        spec = load_mapping(cfg, store)
+        if spec is not None:
+            out[store.id] = spec  # type: ignore[assignment]
+    return out

@@ -1,0 +1,31 @@
+"""Typed application state keys (aiohttp `web.AppKey`), all in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from worker.buffers.sqlite import SqliteSpool
+    from worker.clock import Clock
+    from worker.committer import Committer, Scheduler
+    from worker.config import Config, Credentials
+    from worker.health import Health
+    from worker.intake import Intake
+    from worker.metrics import Metrics
+    from worker.sinks.base import Sink
+
+CONFIG: web.AppKey[Config] = web.AppKey("config")
+CREDENTIALS: web.AppKey[Credentials | None] = web.AppKey("credentials")
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+SPOOL: web.AppKey[SqliteSpool] = web.AppKey("spool")
+SINK: web.AppKey[Sink] = web.AppKey("sink")
+COMMITTER: web.AppKey[Committer] = web.AppKey("committer")
+INTAKE: web.AppKey[Intake] = web.AppKey("intake")
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+HEALTH: web.AppKey[Health] = web.AppKey("health")
+# Extra /status sections (MQTT, backfills, inbox): name -> snapshot function.
+STATUS_EXTRA: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey("status_extra")
+SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")

@@ -1,0 +1,1 @@
+"""Transports that feed the intake: HTTP, MQTT, drop folders."""

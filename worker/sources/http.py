@@ -1,0 +1,483 @@
+"""HTTP API (aiohttp): pushes, reads, admin, health.
+
+Every error is JSON `{"error": ..., "field": ...}` with a precise status; nothing on input
+returns a 500. Body limits are enforced from Content-Length before reading and again while
+reading, so an oversized body is never held whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from worker import keys
+from worker.committer import WindowResult
+from worker.config import StoreConfig
+from worker.errors import (
+    AuthError,
+    NotFound,
+    PayloadTooLarge,
+    PossyncError,
+    RecordInvalid,
+    SpoolFull,
+    Unavailable,
+)
+from worker.intake import IngestOutcome, token_ok
+from worker.records import SPOOLED_DECODER, Spooled, invalid_from
+
+log = logging.getLogger("possync.http")
+
+_JSON = msgspec.json.Encoder(decimal_format="string")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded by msgspec (Decimals as strings, datetimes ISO-8601)."""
+    return web.Response(
+        body=_JSON.encode(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(exc: PossyncError) -> web.Response:
+    """The JSON error body with its status (and Retry-After where it applies)."""
+    headers = {}
+    if isinstance(exc, SpoolFull | Unavailable):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, AuthError):
+        headers["WWW-Authenticate"] = 'Bearer realm="possync"'
+    return json_response(exc.to_json(), status=exc.status, headers=headers)
+
+
+_HTTP_FIELDS = {413: "body", 415: "Content-Type", 405: "method", 404: "path"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to a JSON body; count requests and latency."""
+    metrics = request.app[keys.METRICS]
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    t0 = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except PossyncError as exc:
+        resp = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = json_response(
+            {
+                "error": exc.reason
+                if exc.status != 413
+                else f"body larger than {request.app[keys.CONFIG].http.max_body_bytes} bytes",
+                "field": _HTTP_FIELDS.get(exc.status),
+            },
+            status=exc.status,
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = json_response({"error": "internal error", "field": None}, status=500)
+    metrics.requests.labels(route, str(resp.status)).inc()
+    metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
+    return resp
+
+
+def _bearer(request: web.Request) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None
+
+
+def require_admin(request: web.Request) -> None:
+    """401 unless the admin token is presented."""
+    if not token_ok(_bearer(request), request.app[keys.CONFIG].http.admin_token):
+        raise AuthError("admin token required", field="Authorization")
+
+
+def _store(request: web.Request) -> StoreConfig:
+    return request.app[keys.INTAKE].store(request.match_info["store"])
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the body, refusing (413) from Content-Length or as soon as `limit` is passed."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _outcome_json(out: IngestOutcome) -> dict[str, Any]:
+    return {
+        "accepted": out.accepted,
+        "duplicates": out.duplicates,
+        "rejected": [msgspec.structs.asdict(r) for r in out.rejected],
+        "dropped": out.dropped,
+        "visible_at": out.visible_at.isoformat() if out.visible_at else None,
+    }
+
+
+async def push(request: web.Request) -> web.Response:
+    """POST /v1/push/{source}/{store}."""
+    intake = request.app[keys.INTAKE]
+    cfg = request.app[keys.CONFIG]
+    store = intake.store(request.match_info["store"])
+    body = await read_body(request, cfg.http.max_body_bytes)
+    out = await intake.ingest(
+        request.match_info["source"],
+        store.id,
+        body,
+        content_type=request.content_type if request.headers.get("Content-Type") else "",
+        headers=dict(request.headers),
+        topic=request.headers.get("X-Shopify-Topic") or request.query.get("topic"),
+        filename=request.query.get("filename"),
+        token=_bearer(request),
+    )
+    return json_response(_outcome_json(out), status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: spool writable, sink healthy, background tasks alive."""
+    require_admin(request)
+    checks = await request.app[keys.HEALTH].run()
+    failing = {k: v for k, v in checks.items() if v != "ok"}
+    body: dict[str, Any] = {
+        "ready": not failing,
+        "checks": checks,
+        "notes": request.app[keys.HEALTH].notes,
+    }
+    if failing:
+        name = next(iter(failing))
+        body["error"] = f"{name}: {failing[name]}"
+        body["field"] = name
+        return json_response(body, status=503)
+    return json_response(body)
+
+
+async def status(request: web.Request) -> web.Response:
+    """Everything an operator wants on one page."""
+    require_admin(request)
+    app = request.app
+    cfg = app[keys.CONFIG]
+    spool = app[keys.SPOOL]
+    committer = app[keys.COMMITTER]
+    clock = app[keys.CLOCK]
+    now = clock.now()
+    stores = {}
+    for s in cfg.stores:
+        st = spool.stats(s.id)
+        oldest = await spool.oldest(s.id) if st.pending else None
+        last = committer.last.get(s.id)
+        stores[s.id] = {
+            "source": s.source,
+            "timezone": str(cfg.store_zone(s)),
+            "pending": st.pending,
+            "pending_bytes": st.bytes,
+            "oldest_pending_age_s": round(now.timestamp() - oldest, 3)
+            if oldest is not None
+            else None,
+            "next_window": committer.visible_at(s).isoformat(),
+            "last_window": _last_json(last),
+            "quarantine": await spool.quarantine_count(s.id),
+            "paused": s.id in committer.paused,
+        }
+    extra = app.get(keys.STATUS_EXTRA)
+    body: dict[str, Any] = {
+        "version": __import__("worker").__version__,
+        "now": now.isoformat(),
+        "stores": stores,
+        "spool": {
+            "path": str(spool.path),
+            "pending": spool.total_pending(),
+            "groups_committed": spool.groups,
+            "last_error": spool.last_error,
+            "recovered_from": spool.recovered_from,
+            "writer_alive": spool.writer_task is not None and not spool.writer_task.done(),
+        },
+        "sink": {"kind": app[keys.SINK].name, "last_error": committer.sink_error},
+        "health": await app[keys.HEALTH].run(),
+    }
+    if extra:
+        for name, fn in extra.items():
+            body[name] = fn()
+    return json_response(body)
+
+
+def _last_json(last: WindowResult | None) -> dict[str, Any] | None:
+    return None if last is None else msgspec.to_builtins(last)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition."""
+    require_admin(request)
+    m = request.app[keys.METRICS]
+    m.spool_pending.set(request.app[keys.SPOOL].total_pending())
+    return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/customers/{id}."""
+    require_admin(request)
+    store = _store(request)
+    got = await request.app[keys.SINK].get_customer(store.id, request.match_info["id"])
+    if got is None:
+        raise NotFound(
+            f"no customer {request.match_info['id']!r} in store {store.id!r}", field="id"
+        )
+    return json_response(got)
+
+
+async def get_product(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/products/{id}."""
+    require_admin(request)
+    store = _store(request)
+    got = await request.app[keys.SINK].get_product(store.id, request.match_info["id"])
+    if got is None:
+        raise NotFound(f"no product {request.match_info['id']!r} in store {store.id!r}", field="id")
+    return json_response(got)
+
+
+async def get_spool(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/spool: pending count and oldest age."""
+    require_admin(request)
+    store = _store(request)
+    spool = request.app[keys.SPOOL]
+    st = spool.stats(store.id)
+    oldest = await spool.oldest(store.id) if st.pending else None
+    now = request.app[keys.CLOCK].now().timestamp()
+    return json_response(
+        {
+            "store": store.id,
+            "pending": st.pending,
+            "bytes": st.bytes,
+            "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
+            "next_window": request.app[keys.COMMITTER].visible_at(store).isoformat(),
+        }
+    )
+
+
+def _date_param(request: web.Request, name: str) -> date:
+    raw = request.query.get(name)
+    if raw is None:
+        raise RecordInvalid(f"query parameter {name!r} is required (YYYY-MM-DD)", field=name)
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise RecordInvalid(
+            f"{name} must be a date YYYY-MM-DD, got {raw[:40]!r}", field=name
+        ) from None
+
+
+async def sales_log(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/sales?date=YYYY-MM-DD: the Sales Log."""
+    require_admin(request)
+    store = _store(request)
+    day = _date_param(request, "date")
+    sales = await request.app[keys.SINK].sales_log(store.id, day)
+    return json_response({"store": store.id, "date": day.isoformat(), "sales": sales})
+
+
+async def sales_report(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/report?from=&to=: the Sales Report."""
+    require_admin(request)
+    store = _store(request)
+    start, end = _date_param(request, "from"), _date_param(request, "to")
+    if end < start:
+        raise RecordInvalid("`to` is before `from`", field="to")
+    if (end - start).days > 3660:
+        raise RecordInvalid("range longer than ten years", field="to")
+    rows = await request.app[keys.SINK].sales_report(store.id, start, end)
+    return json_response(
+        {"store": store.id, "from": start.isoformat(), "to": end.isoformat(), "rows": rows}
+    )
+
+
+async def list_triggers(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/triggers."""
+    require_admin(request)
+    store = _store(request)
+    events = await request.app[keys.SINK].list_triggers(store.id)
+    return json_response({"store": store.id, "events": events})
+
+
+async def admin_commit(request: web.Request) -> web.Response:
+    """POST /v1/admin/commit[?store=]: run the window now."""
+    require_admin(request)
+    cfg = request.app[keys.CONFIG]
+    committer = request.app[keys.COMMITTER]
+    wanted = request.query.get("store")
+    stores = [request.app[keys.INTAKE].store(wanted)] if wanted else list(cfg.stores)
+    now = request.app[keys.CLOCK].now()
+    out: dict[str, Any] = {}
+    for store in stores:
+        res = await committer.commit_store(store, now, force=True)
+        out[store.id] = {
+            "committed": res.committed,
+            "quarantined": res.quarantined,
+            "held": res.held,
+            "triggers": res.triggers,
+            "voids": res.voids,
+            "skipped": res.skipped,
+        }
+    return json_response({"window_at": now.isoformat(), "stores": out})
+
+
+async def admin_preview(request: web.Request) -> web.Response:
+    """GET /v1/admin/stores/{store}/preview: dry-run validation of what is pending."""
+    require_admin(request)
+    return json_response(await request.app[keys.COMMITTER].preview(_store(request)))
+
+
+async def admin_pause(request: web.Request) -> web.Response:
+    """POST /v1/admin/stores/{store}/pause | resume."""
+    require_admin(request)
+    store = _store(request)
+    paused = request.match_info["action"] == "pause"
+    await request.app[keys.COMMITTER].set_paused(store, paused)
+    return json_response({"store": store.id, "paused": paused})
+
+
+async def quarantine_list(request: web.Request) -> web.Response:
+    """GET /v1/admin/quarantine?store=."""
+    require_admin(request)
+    store = request.query.get("store")
+    if store is not None:
+        request.app[keys.INTAKE].store(store)
+    items = await request.app[keys.SPOOL].list_quarantine(store)
+    return json_response(
+        {
+            "items": [
+                {
+                    "id": i.qid,
+                    "store": i.store,
+                    "type": i.kind,
+                    "record_id": i.rid,
+                    "version": i.version,
+                    "received_at": datetime.fromtimestamp(i.received_at).astimezone().isoformat(),
+                    "quarantined_at": datetime.fromtimestamp(i.quarantined_at)
+                    .astimezone()
+                    .isoformat(),
+                    "reasons": i.reasons,
+                    "record": msgspec.json.decode(i.body),
+                }
+                for i in items
+            ]
+        }
+    )
+
+
+def _qid(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise NotFound("quarantine id must be an integer", field="id") from None
+
+
+async def quarantine_release(request: web.Request) -> web.Response:
+    """POST /v1/admin/quarantine/{id}/release [corrected record]: re-validate, back to the spool."""
+    require_admin(request)
+    spool = request.app[keys.SPOOL]
+    qid = _qid(request)
+    item = await spool.get_quarantined(qid)
+    if item is None:
+        raise NotFound(f"no quarantined record {qid}", field="id")
+    body = await read_body(request, request.app[keys.CONFIG].http.max_body_bytes)
+    raw = body if body.strip() else item.body
+    try:
+        record: Spooled = SPOOLED_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise invalid_from(exc) from None
+    if record.id != item.rid:
+        raise RecordInvalid(
+            f"corrected record id {record.id!r} differs from {item.rid!r}", field="$.id"
+        )
+    committer = request.app[keys.COMMITTER]
+    store = request.app[keys.INTAKE].store(item.store)
+    from worker.records import Sale, localize
+    from worker.validation import BatchItem, validate_batch
+
+    if isinstance(record, Sale):
+        record = localize(record, request.app[keys.CONFIG].store_zone(store))
+    verdict = validate_batch(
+        [BatchItem(seq=0, record=record, held=0)],
+        await committer._context(store, [BatchItem(seq=0, record=record, held=0)]),
+    )
+    if verdict.quarantined:
+        failures = verdict.quarantined[0][1]
+        return json_response(
+            {
+                "error": "record is still invalid",
+                "field": failures[0].field,
+                "reasons": [msgspec.structs.asdict(f) for f in failures],
+            },
+            status=422,
+        )
+    await spool.release_quarantined(qid, record, actor="admin")
+    return json_response(
+        {
+            "released": qid,
+            "store": item.store,
+            "visible_at": committer.visible_at(store).isoformat(),
+        }
+    )
+
+
+async def quarantine_delete(request: web.Request) -> web.Response:
+    """DELETE /v1/admin/quarantine/{id}: discard with an audit entry."""
+    require_admin(request)
+    qid = _qid(request)
+    reason = request.query.get("reason", "")[:500]
+    if not await request.app[keys.SPOOL].discard_quarantined(qid, actor="admin", reason=reason):
+        raise NotFound(f"no quarantined record {qid}", field="id")
+    return json_response({"discarded": qid})
+
+
+async def audit(request: web.Request) -> web.Response:
+    """GET /v1/admin/audit."""
+    require_admin(request)
+    return json_response({"entries": await request.app[keys.SPOOL].audit_log()})
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route."""
+    r = app.router
+    r.add_post("/v1/push/{source}/{store}", push)
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/status", status)
+    r.add_get("/metrics", metrics)
+    r.add_get("/v1/stores/{store}/customers/{id}", get_customer)
+    r.add_get("/v1/stores/{store}/products/{id}", get_product)
+    r.add_get("/v1/stores/{store}/spool", get_spool)
+    r.add_get("/v1/stores/{store}/sales", sales_log)
+    r.add_get("/v1/stores/{store}/report", sales_report)
+    r.add_get("/v1/stores/{store}/triggers", list_triggers)
+    r.add_post("/v1/admin/commit", admin_commit)
+    r.add_get("/v1/admin/stores/{store}/preview", admin_preview)
+    r.add_post("/v1/admin/stores/{store}/{action:pause|resume}", admin_pause)
+    r.add_get("/v1/admin/quarantine", quarantine_list)
+    r.add_post("/v1/admin/quarantine/{id}/release", quarantine_release)
+    r.add_delete("/v1/admin/quarantine/{id}", quarantine_delete)
+    r.add_get("/v1/admin/audit", audit)
