@@ -1,0 +1,135 @@
+"""The real server as a subprocess (`python -m worker serve`), for crash and fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ADMIN = "admin-token-proc"
+TOKEN = "store-token-proc"
+
+
+def free_port() -> int:
+    """An ephemeral port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(tmp: Path, port: int, extra: str = "") -> Path:
+    """A TOML config for one canonical store S1 with data in `tmp`."""
+    path = tmp / "possync.toml"
+    path.write_text(
+        f"""
+data_dir = "{tmp / "data"}"
+[http]
+host = "127.0.0.1"
+port = {port}
+admin_token = "{ADMIN}"
+shutdown_timeout_s = 5
+[windows]
+times = ["02:00", "14:00"]
+spread_s = 0
+[sink]
+kind = "sqlite"
+[[stores]]
+id = "S1"
+source = "canonical"
+timezone = "America/New_York"
+token = "{TOKEN}"
+{extra}
+"""
+    )
+    return path
+
+
+class ServerProcess:
+    """Start, kill -9, SIGTERM and restart `possync serve` on a fixed port."""
+
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.config = config
+        self.port = port
+        self.log = log
+        self.proc: asyncio.subprocess.Process | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start and wait for the 'listening' line on stdout (no polling)."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        logf = self.log.open("ab")
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "serve",
+            "--config",
+            str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=logf,
+            env=env,
+        )
+        logf.close()
+        assert self.proc.stdout is not None
+
+        async def wait_listening() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            while True:
+                line = await self.proc.stdout.readline()
+                if not line:
+                    raise RuntimeError(
+                        f"server exited early; see {self.log}: {self.log.read_text()[-2000:]}"
+                    )
+                if b"listening on" in line:
+                    return
+
+        await asyncio.wait_for(wait_listening(), timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL: no cleanup of any kind runs."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+
+    def term(self) -> None:
+        """SIGTERM: graceful shutdown."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        """Wait for exit; return the code."""
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def stop(self) -> None:
+        """Make sure the process is gone."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+def sale_body(sid: str) -> bytes:
+    """A consistent single-sale canonical body."""
+    return orjson.dumps(
+        {
+            "type": "sale",
+            "id": sid,
+            "occurred_at": "2026-11-20T10:00:00-05:00",
+            "currency": "USD",
+            "lines": [{"sku": "RING-14K-001", "quantity": "1", "unit_price": "100.00"}],
+            "subtotal": "100.00",
+            "tax": "8.00",
+            "total": "108.00",
+            "tenders": [{"method": "card", "amount": "108.00"}],
+        }
+    )
+
+
+def headers(token: str = TOKEN) -> dict[str, Any]:
+    """Auth + JSON content type."""
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
