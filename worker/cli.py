@@ -89,4 +89,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         uvloop.install()
         return _serve(args)
     parser.error(f"unknown command {args.command}")
-    return 2
