@@ -159,7 +159,9 @@ async def test_wrong_content_type_is_415(h: Harness) -> None:
 
 async def test_oversized_body_is_413_before_reading(h: Harness) -> None:
     huge = b"[" + orjson.dumps(sale_dict("S", at=NOW)) + b"]" + b" " * (1024 * 1024)
-    resp = await h.client.post(URL, data=io.BytesIO(huge), headers={**h.store(), "Content-Type": "application/json"})
+    resp = await h.client.post(
+        URL, data=io.BytesIO(huge), headers={**h.store(), "Content-Type": "application/json"}
+    )
     assert resp.status == 413 and (await resp.json())["field"] == "body"
 
     async def chunks() -> AsyncIterator[bytes]:

@@ -1,1 +1,1 @@
-"""Transports that feed the intake: HTTP, MQTT, drop folders."""
+"""Sources: the transports pushes arrive by (`http`, `mqtt`). Each module is named after its protocol."""
