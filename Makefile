@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml
 # Mosquitto and PostgreSQL binaries for the test fixtures (they start their own servers
 # on free ports; nothing here touches the machine's running services).
 services:
-	@if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ] \
-	   || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
-	  echo "installing mosquitto and postgresql binaries"; \
+	@need=0; \
+	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need=1; \
+	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need=1; \
+	if [ $$need = 1 ]; then \
+	  echo "installing mosquitto and postgresql binaries for the test fixtures"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients postgresql >/dev/null; \
 	fi
