@@ -115,6 +115,7 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
             source: Any = await stack.enter_async_context(
                 open_mqtt_source(cfg, app[keys.INTAKE], app[keys.CLOCK])
             )
+            app[keys.MQTT] = source
             app[keys.HEALTH].add_check("mqtt", source.check)
             app[keys.STATUS_EXTRA]["mqtt"] = source.snapshot
         yield

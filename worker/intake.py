@@ -279,14 +279,11 @@ class Intake:
 
 
 def _load_mappings(cfg: Config) -> dict[str, Mapping[str, object]]:
-    """Per store: its declarative mapping (file/CSV sources), validated at start-up."""
-    try:
-        from worker.adapters.mapping import load_mapping
-    except ImportError:  # the mapping adapter is optional at this layer
-        return {}
-    out: dict[str, Mapping[str, object]] = {}
-    for store in cfg.stores:
-        spec = load_mapping(cfg, store)
-        if spec is not None:
-            out[store.id] = spec  # type: ignore[assignment]
-    return out
+    """Per store: its declarative mapping (file/CSV sources), validated at start-up.
+
+    A bad mapping raises ConfigError naming the key, so the service refuses to start
+    rather than rejecting every file later.
+    """
+    from worker.adapters.mapping import builtin_names, load_mappings
+
+    return {store: spec.as_context() for store, spec in load_mappings(cfg, builtin_names()).items()}

@@ -29,3 +29,4 @@ HEALTH: web.AppKey[Health] = web.AppKey("health")
 # Extra /status sections (MQTT, backfills, inbox): name -> snapshot function.
 STATUS_EXTRA: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey("status_extra")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+MQTT: web.AppKey[Any] = web.AppKey("mqtt")  # worker.sources.mqtt.MqttSource when enabled
