@@ -1,0 +1,954 @@
+"""PostgreSQL sink: the clienteling database behind an asyncpg pool.
+
+Same tables, keys and invariants as the SQLite sink (see `worker.sinks.sqlite`), with native
+types: money and quantities are NUMERIC (exact, scale kept), instants TIMESTAMPTZ, business
+dates DATE, record bodies JSONB. Every table lives in `[sink] schema`; the schema and
+tables are created at start-up by idempotent DDL, serialized across processes by an
+advisory lock.
+
+Invariants specific to PostgreSQL:
+
+* A batch starts by claiming its `commit_batches` row (`ON CONFLICT DO NOTHING`). A second
+  commit of the same batch id blocks on that row until the first one ends, then sees it
+  and returns `already_committed`; the outcome is filled in before the transaction commits.
+* Bulk writes send one array per column and `INSERT ... SELECT FROM unnest(...)`: one
+  round-trip per table whatever the batch size.
+* The sales upsert is guarded in SQL (`WHERE excluded.version > sales.version`) and
+  `RETURNING` tells which rows were written, so lines/tenders are rewritten only for those.
+* Delivery locks due outbox rows with `FOR UPDATE SKIP LOCKED`: concurrent deliverers never
+  hand out the same event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+from worker.config import Config, PostgresSinkConfig
+from worker.errors import ConfigError, SinkError
+from worker.records import Customer, Entity, Product, SaleLine, Tender, encode
+from worker.sinks.base import (
+    CommitBatch,
+    CommitOutcome,
+    EntityOutcome,
+    ReportRow,
+    SaleRow,
+    TriggerEvent,
+)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+log = logging.getLogger(__name__)
+
+TABLES = (
+    "customers",
+    "products",
+    "sales",
+    "sale_lines",
+    "tenders",
+    "voids",
+    "trigger_outbox",
+    "trigger_events",
+    "commit_batches",
+)
+
+_DDL_LOCK = 0x706F7373796E63  # "possync": serializes start-up DDL across processes
+
+_DDL = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE IF NOT EXISTS {s}.customers (
+    store text NOT NULL,
+    id text NOT NULL,
+    version bigint NOT NULL,
+    first_name text,
+    last_name text,
+    email text,
+    phone text,
+    status text NOT NULL,
+    updated_at timestamptz,
+    synced_at timestamptz NOT NULL,
+    body jsonb NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS customers_by_email ON {s}.customers (store, email);
+CREATE TABLE IF NOT EXISTS {s}.products (
+    store text NOT NULL,
+    id text NOT NULL,
+    version bigint NOT NULL,
+    sku text,
+    name text,
+    category text,
+    price numeric,
+    currency text,
+    status text NOT NULL,
+    is_unique_piece boolean NOT NULL,
+    updated_at timestamptz,
+    synced_at timestamptz NOT NULL,
+    body jsonb NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS products_by_sku ON {s}.products (store, sku);
+CREATE TABLE IF NOT EXISTS {s}.sales (
+    store text NOT NULL,
+    id text NOT NULL,
+    version bigint NOT NULL,
+    business_date date NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    kind text NOT NULL,
+    origin text NOT NULL,
+    channel text NOT NULL,
+    customer_id text,
+    customer_linked boolean NOT NULL,
+    employee_id text,
+    original_id text,
+    display_number text,
+    location_id text,
+    register_id text,
+    currency text NOT NULL,
+    subtotal numeric NOT NULL,
+    tax numeric NOT NULL,
+    total numeric NOT NULL,
+    shipping numeric NOT NULL,
+    fees numeric NOT NULL,
+    tip numeric NOT NULL,
+    line_count integer NOT NULL,
+    voided boolean NOT NULL DEFAULT false,
+    voided_at timestamptz,
+    warning text,
+    committed_at timestamptz NOT NULL,
+    batch_id text NOT NULL,
+    body jsonb NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS sales_by_date ON {s}.sales (store, business_date);
+CREATE INDEX IF NOT EXISTS sales_by_customer ON {s}.sales (store, customer_id)
+    WHERE customer_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS {s}.sale_lines (
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    line_no integer NOT NULL,
+    line_id text,
+    sku text NOT NULL,
+    product_id text,
+    description text,
+    category text,
+    quantity numeric NOT NULL,
+    unit_price numeric NOT NULL,
+    discount numeric NOT NULL,
+    tax numeric NOT NULL,
+    line_kind text NOT NULL,
+    employee_id text,
+    original_line_id text,
+    restock boolean,
+    PRIMARY KEY (store, sale_id, line_no)
+);
+CREATE TABLE IF NOT EXISTS {s}.tenders (
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    seq integer NOT NULL,
+    method text NOT NULL,
+    amount numeric NOT NULL,
+    reference text,
+    PRIMARY KEY (store, sale_id, seq)
+);
+CREATE TABLE IF NOT EXISTS {s}.voids (
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    occurred_at timestamptz NOT NULL,
+    reason text,
+    version bigint NOT NULL,
+    batch_id text NOT NULL,
+    PRIMARY KEY (store, sale_id)
+);
+CREATE TABLE IF NOT EXISTS {s}.trigger_outbox (
+    event_id text PRIMARY KEY,
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    trigger_name text NOT NULL,
+    action text NOT NULL,
+    customer_id text,
+    total numeric NOT NULL,
+    business_date date NOT NULL,
+    due_date date NOT NULL,
+    due_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+    batch_id text NOT NULL,
+    delivered_at timestamptz,
+    cancelled boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS trigger_outbox_due ON {s}.trigger_outbox (due_at)
+    WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON {s}.trigger_outbox (store, created_at);
+CREATE TABLE IF NOT EXISTS {s}.trigger_events (
+    event_id text PRIMARY KEY,
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    trigger_name text NOT NULL,
+    action text NOT NULL,
+    customer_id text,
+    total numeric NOT NULL,
+    business_date date NOT NULL,
+    due_date date NOT NULL,
+    due_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+    fired_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {s}.commit_batches (
+    batch_id text PRIMARY KEY,
+    store text NOT NULL,
+    window_at timestamptz NOT NULL,
+    sales integer NOT NULL,
+    voids integer NOT NULL,
+    triggers integer NOT NULL,
+    total_sum numeric NOT NULL,
+    ids_sha256 text NOT NULL,
+    committed_at timestamptz NOT NULL,
+    outcome jsonb
+);
+"""
+
+Cols = Sequence[tuple[str, str]]
+
+
+def _cols(spec: str) -> tuple[tuple[str, str], ...]:
+    """'name:type name:type' -> ((name, type), ...)."""
+    return tuple((n, t) for n, _, t in (item.partition(":") for item in spec.split()))
+
+
+def _unnest(cols: Cols, first: int) -> str:
+    """`unnest($first::t1[], ...) AS u(c1, ...)`: one array parameter per column."""
+    args = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(cols, first))
+    return f"unnest({args}) AS u({', '.join(n for n, _ in cols)})"
+
+
+def _set_excluded(columns: Sequence[str], key: Sequence[str]) -> str:
+    return ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+
+
+# Per-row columns sent as arrays ($2... after store = $1).
+_CUSTOMER = _cols(
+    "id:text version:int8 first_name:text last_name:text email:text phone:text status:text "
+    "updated_at:timestamptz body:text"
+)
+_PRODUCT = _cols(
+    "id:text version:int8 sku:text name:text category:text price:numeric currency:text "
+    "status:text is_unique_piece:bool updated_at:timestamptz body:text"
+)
+_SALE = _cols(
+    "id:text version:int8 business_date:date occurred_at:timestamptz kind:text origin:text "
+    "channel:text customer_id:text customer_linked:bool employee_id:text original_id:text "
+    "display_number:text location_id:text register_id:text currency:text subtotal:numeric "
+    "tax:numeric total:numeric shipping:numeric fees:numeric tip:numeric line_count:int4 "
+    "warning:text body:text"
+)
+_LINE = _cols(
+    "sale_id:text line_no:int4 line_id:text sku:text product_id:text description:text "
+    "category:text quantity:numeric unit_price:numeric discount:numeric tax:numeric "
+    "line_kind:text employee_id:text original_line_id:text restock:bool"
+)
+_TENDER = _cols("sale_id:text seq:int4 method:text amount:numeric reference:text")
+_VOID = _cols("sale_id:text occurred_at:timestamptz reason:text version:int8")
+_TRIGGER = _cols(
+    "event_id:text store:text sale_id:text trigger_name:text action:text customer_id:text "
+    "total:numeric business_date:date due_date:date due_at:timestamptz created_at:timestamptz"
+)
+_TRIGGER_NAMES = ", ".join(n for n, _ in _TRIGGER)
+
+_SALE_LOG = [
+    "id",
+    "version",
+    "business_date",
+    "occurred_at",
+    "kind",
+    "origin",
+    "channel",
+    "customer_id",
+    "customer_linked",
+    "employee_id",
+    "original_id",
+    "display_number",
+    "currency",
+    "subtotal",
+    "tax",
+    "total",
+    "line_count",
+    "voided",
+    "voided_at",
+    "warning",
+    "committed_at",
+    "batch_id",
+]
+
+
+class _Sql:
+    """Every statement of the sink, with the schema name baked in once."""
+
+    def __init__(self, schema: str) -> None:
+        s = '"' + schema.replace('"', '""') + '"'
+        self.ddl = _DDL.format(s=s)
+        names = [n for n, _ in _CUSTOMER]
+        self.upsert_customers = (
+            f"INSERT INTO {s}.customers AS t (store, {', '.join(names)}, synced_at)"
+            f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-1])}, u.body::jsonb, now()"
+            f" FROM {_unnest(_CUSTOMER, 2)}"
+            f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded([*names, 'synced_at'], ['id'])}"
+            " WHERE excluded.version > t.version RETURNING t.id"
+        )
+        names = [n for n, _ in _PRODUCT]
+        self.upsert_products = (
+            f"INSERT INTO {s}.products AS t (store, {', '.join(names)}, synced_at)"
+            f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-1])}, u.body::jsonb, now()"
+            f" FROM {_unnest(_PRODUCT, 2)}"
+            f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded([*names, 'synced_at'], ['id'])}"
+            " WHERE excluded.version > t.version RETURNING t.id"
+        )
+        names = [n for n, _ in _SALE]
+        sale_cols = [
+            *names[:-2],
+            "voided",
+            "voided_at",
+            "warning",
+            "committed_at",
+            "batch_id",
+            "body",
+        ]
+        self.claim_batch = (
+            f"INSERT INTO {s}.commit_batches (batch_id, store, window_at, sales, voids, triggers,"
+            " total_sum, ids_sha256, committed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now())"
+            " ON CONFLICT (batch_id) DO NOTHING RETURNING batch_id"
+        )
+        self.batch_outcome = f"SELECT outcome::text FROM {s}.commit_batches WHERE batch_id = $1"
+        self.finish_batch = f"UPDATE {s}.commit_batches SET outcome = $2::jsonb WHERE batch_id = $1"
+        self.lock_sales = (
+            f"SELECT id, version, voided FROM {s}.sales WHERE store = $1 AND id = ANY($2::text[])"
+            " FOR UPDATE"
+        )
+        self.insert_voids = (
+            f"INSERT INTO {s}.voids (store, sale_id, occurred_at, reason, version, batch_id)"
+            f" SELECT $1::text, u.sale_id, u.occurred_at, u.reason, u.version, $2::text"
+            f" FROM {_unnest(_VOID, 3)} ON CONFLICT (store, sale_id) DO NOTHING"
+        )
+        self.upsert_sales = (
+            f"INSERT INTO {s}.sales AS t (store, {', '.join(sale_cols)})"
+            f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-2])},"
+            " v.sale_id IS NOT NULL, v.occurred_at, u.warning, now(), $2::text, u.body::jsonb"
+            f" FROM {_unnest(_SALE, 3)}"
+            f" LEFT JOIN {s}.voids v ON v.store = $1::text AND v.sale_id = u.id"
+            f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded(sale_cols, ['id'])}"
+            " WHERE excluded.version > t.version RETURNING t.id, t.voided"
+        )
+        self.delete_lines = (
+            f"DELETE FROM {s}.sale_lines WHERE store = $1 AND sale_id = ANY($2::text[])"
+        )
+        self.delete_tenders = (
+            f"DELETE FROM {s}.tenders WHERE store = $1 AND sale_id = ANY($2::text[])"
+        )
+        self.insert_lines = (
+            f"INSERT INTO {s}.sale_lines (store, {', '.join(n for n, _ in _LINE)})"
+            f" SELECT $1::text, u.* FROM {_unnest(_LINE, 2)}"
+        )
+        self.insert_tenders = (
+            f"INSERT INTO {s}.tenders (store, {', '.join(n for n, _ in _TENDER)})"
+            f" SELECT $1::text, u.* FROM {_unnest(_TENDER, 2)}"
+        )
+        self.void_existing = (
+            f"UPDATE {s}.sales t SET voided = true, voided_at = v.occurred_at FROM {s}.voids v"
+            " WHERE t.store = $1 AND t.id = ANY($2::text[]) AND NOT t.voided"
+            " AND v.store = t.store AND v.sale_id = t.id RETURNING t.id"
+        )
+        self.insert_outbox = (
+            f"INSERT INTO {s}.trigger_outbox ({_TRIGGER_NAMES}, batch_id)"
+            f" SELECT u.*, $1::text FROM {_unnest(_TRIGGER, 2)}"
+            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+        )
+        self.due_outbox = (
+            f"SELECT {', '.join(f'o.{n}' for n, _ in _TRIGGER)}, coalesce(s.voided, false)"
+            f" FROM {s}.trigger_outbox o LEFT JOIN {s}.sales s"
+            " ON s.store = o.store AND s.id = o.sale_id"
+            " WHERE o.delivered_at IS NULL AND o.due_at <= $1"
+            " ORDER BY o.due_at, o.event_id LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+        )
+        self.fire = (
+            f"INSERT INTO {s}.trigger_events ({_TRIGGER_NAMES}, fired_at)"
+            f" SELECT {_TRIGGER_NAMES}, $1 FROM {s}.trigger_outbox"
+            " WHERE event_id = ANY($2::text[]) ON CONFLICT (event_id) DO NOTHING"
+        )
+        self.mark_outbox = (
+            f"UPDATE {s}.trigger_outbox SET delivered_at = $1, cancelled = $3"
+            " WHERE event_id = ANY($2::text[])"
+        )
+        self.existing = {
+            t: f"SELECT id FROM {s}.{t} WHERE store = $1 AND id = ANY($2::text[])"
+            for t in ("customers", "sales")
+        }
+        self.entity = {
+            t: f"SELECT version, body::text FROM {s}.{t} WHERE store = $1 AND id = $2"
+            for t in ("customers", "products")
+        }
+        self.sale_head = (
+            "SELECT version, voided, voided_at, customer_linked, warning, committed_at, batch_id,"
+            f" body::text FROM {s}.sales WHERE store = $1 AND id = $2"
+        )
+        self.sale_lines = (
+            "SELECT line_id, sku, product_id, description, category, quantity, unit_price,"
+            " discount, tax, line_kind, employee_id, original_line_id, restock"
+            f" FROM {s}.sale_lines WHERE store = $1 AND sale_id = $2 ORDER BY line_no"
+        )
+        self.sale_tenders = (
+            f"SELECT method, amount, reference FROM {s}.tenders"
+            " WHERE store = $1 AND sale_id = $2 ORDER BY seq"
+        )
+        self.sales_log = (
+            f"SELECT {', '.join(_SALE_LOG)} FROM {s}.sales"
+            " WHERE store = $1 AND business_date = $2 ORDER BY occurred_at, id LIMIT $3"
+        )
+        self.sales_report = (
+            "SELECT business_date, count(*) FILTER (WHERE NOT voided),"
+            " coalesce(sum(total) FILTER (WHERE NOT voided AND total > 0), 0),"
+            " coalesce(sum(-total) FILTER (WHERE NOT voided AND total < 0), 0),"
+            " count(*) FILTER (WHERE voided)"
+            f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3"
+            " GROUP BY business_date ORDER BY business_date"
+        )
+        self.list_triggers = (
+            f"SELECT {_TRIGGER_NAMES}, delivered_at, cancelled FROM {s}.trigger_outbox"
+            " WHERE store = $1 ORDER BY created_at DESC, event_id DESC LIMIT $2"
+        )
+        self.counts = "SELECT " + ", ".join(f"(SELECT count(*) FROM {s}.{t})" for t in TABLES)
+        self.health = (
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+        )
+
+
+# SQLSTATE classes worth retrying: connection exception, transaction rollback
+# (serialization failure, deadlock), insufficient resources (disk full, too many
+# connections), operator intervention (shutdown, cancel), system error (I/O).
+_RETRIABLE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_RETRIABLE_STATES = frozenset({"55P03", "55006"})  # lock_not_available, object_in_use
+
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+)
+
+
+def _sink_error(exc: BaseException, what: str) -> SinkError:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(getattr(exc, "sqlstate", "") or "")
+        retriable = state[:2] in _RETRIABLE_CLASSES or state in _RETRIABLE_STATES
+    elif isinstance(exc, asyncpg.InterfaceError):
+        # Client-side data/config errors are ValueErrors; the rest (connection closed, ...)
+        # are connection trouble and clear once the pool reconnects.
+        retriable = not isinstance(
+            exc,
+            ValueError
+            | asyncpg.UnsupportedClientFeatureError
+            | asyncpg.UnsupportedServerFeatureError,
+        )
+    elif isinstance(exc, asyncpg.InternalClientError):
+        retriable = False
+    else:  # OSError, TimeoutError: network or server down
+        retriable = True
+    return SinkError(f"postgres sink: {what}: {exc!r}", retriable=retriable)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Turn every driver error into a SinkError with the right `retriable` flag."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise _sink_error(exc, what) from exc
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ts_opt(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """Column value -> the JSON-able form the SQLite sink stores (same strings)."""
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, datetime):
+        return _ts(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Row tuples -> one list per column (the unnest parameters)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
+def _latest(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
+    """The highest version of each sale id in a batch, and how many rows lost to it."""
+    best: dict[str, SaleRow] = {}
+    for row in rows:
+        seen = best.get(row.sale.id)
+        if seen is None or row.version > seen.version:
+            best[row.sale.id] = row
+    return best, len(rows) - len(best)
+
+
+def _customer_row(c: Customer) -> tuple[Any, ...]:
+    return (
+        c.id,
+        c.effective_version,
+        c.first_name,
+        c.last_name,
+        c.email,
+        c.phone,
+        c.status,
+        c.updated_at,
+        encode(c).decode(),
+    )
+
+
+def _product_row(p: Product) -> tuple[Any, ...]:
+    return (
+        p.id,
+        p.effective_version,
+        p.sku,
+        p.name,
+        p.category,
+        p.price,
+        p.currency,
+        p.status,
+        p.is_unique_piece,
+        p.updated_at,
+        encode(p).decode(),
+    )
+
+
+def _sale_row(row: SaleRow) -> tuple[Any, ...]:
+    s = row.sale
+    if s.business_date is None:
+        raise SinkError(
+            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
+        )
+    return (
+        s.id,
+        row.version,
+        s.business_date,
+        s.occurred_at,
+        s.kind,
+        s.origin,
+        s.channel,
+        s.customer_id,
+        row.customer_linked,
+        s.employee_id,
+        s.original_id,
+        s.display_number,
+        s.location_id,
+        s.register_id,
+        s.currency,
+        s.subtotal,
+        s.tax,
+        s.total,
+        s.shipping,
+        s.fees,
+        s.tip,
+        len(s.lines),
+        row.warning,
+        encode(s).decode(),
+    )
+
+
+def _trigger_from(r: asyncpg.Record) -> TriggerEvent:
+    return TriggerEvent(
+        event_id=r[0],
+        store=r[1],
+        sale_id=r[2],
+        trigger=r[3],
+        action=r[4],
+        customer_id=r[5],
+        total=r[6],
+        business_date=r[7],
+        due_date=r[8],
+        due_at=r[9],
+        created_at=r[10],
+    )
+
+
+_OUTCOME_DECODER = msgspec.json.Decoder(CommitOutcome)
+_DICT_DECODER = msgspec.json.Decoder(dict[str, Any])
+_JSON = msgspec.json.Encoder()
+
+
+class PostgresSink:
+    """The Sink protocol over an asyncpg pool."""
+
+    name: str = "postgres"
+
+    def __init__(self, pool: asyncpg.Pool[asyncpg.Record], sql: _Sql, timeout_s: float) -> None:
+        self._pool = pool
+        self._sql = sql
+        self._timeout = timeout_s
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse further calls (the pool is closed by `open_postgres_sink`)."""
+        self._closed = True
+
+    @asynccontextmanager
+    async def _conn(
+        self, what: str, *, write: bool = True
+    ) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """A pooled connection inside one transaction; driver errors become SinkError."""
+        if self._closed:
+            raise SinkError("postgres sink is closed", retriable=False)
+        with _errors(what):
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                tx = conn.transaction(
+                    readonly=not write, isolation="read_committed" if write else "repeatable_read"
+                )
+                async with tx:
+                    yield conn
+
+    async def health(self) -> None:
+        """Raise SinkError unless the server answers and accepts writes."""
+        # A read-write transaction: inside a READ ONLY one the setting would always be on.
+        async with self._conn("health") as conn:
+            read_only = await conn.fetchval(self._sql.health)
+        if read_only:
+            raise SinkError(
+                "postgres sink: server is read-only (recovery or standby)", retriable=True
+            )
+
+    async def upsert_entities(self, store: str, records: Sequence[Entity]) -> EntityOutcome:
+        """Upsert customers/products in one transaction; older or equal versions are skipped."""
+        customers: dict[str, Customer] = {}
+        products: dict[str, Product] = {}
+        for rec in records:
+            bucket: dict[str, Any] = customers if isinstance(rec, Customer) else products
+            seen = bucket.get(rec.id)
+            if seen is None or rec.effective_version > seen.effective_version:
+                bucket[rec.id] = rec
+        applied = 0
+        async with self._conn("upsert_entities") as conn:
+            if customers:
+                rows = [_customer_row(c) for c in customers.values()]
+                cols = _columns(rows, len(_CUSTOMER))
+                applied += len(await conn.fetch(self._sql.upsert_customers, store, *cols))
+            if products:
+                rows = [_product_row(p) for p in products.values()]
+                cols = _columns(rows, len(_PRODUCT))
+                applied += len(await conn.fetch(self._sql.upsert_products, store, *cols))
+        return EntityOutcome(applied=applied, stale=len(records) - applied)
+
+    async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
+        """Write one window batch in one transaction; idempotent by batch id and version."""
+        sql = self._sql
+        store, batch_id = batch.store, batch.batch_id
+        latest, superseded = _latest(batch.sales)
+        void_ids = list(dict.fromkeys(v.id for v in batch.voids))
+        sale_rows = [_sale_row(row) for row in latest.values()]
+        m = batch.manifest
+        async with self._conn("commit_sales") as conn:
+            claimed = await conn.fetchval(
+                sql.claim_batch,
+                batch_id,
+                store,
+                batch.window_at,
+                m.sales,
+                m.voids,
+                m.triggers,
+                m.total_sum,
+                m.ids_sha256,
+            )
+            if claimed is None:
+                previous = await conn.fetchval(sql.batch_outcome, batch_id)
+                return msgspec.structs.replace(
+                    _OUTCOME_DECODER.decode(previous), already_committed=True
+                )
+            existing: dict[str, tuple[int, bool]] = {}
+            if latest or void_ids:
+                locked = await conn.fetch(sql.lock_sales, store, [*latest, *void_ids])
+                existing = {r[0]: (r[1], r[2]) for r in locked}
+            # Voids first: a sale and its void in the same batch (or a void that came
+            # earlier) make the sale land already voided.
+            if batch.voids:
+                voids = [(v.id, v.occurred_at, v.reason, v.effective_version) for v in batch.voids]
+                await conn.execute(sql.insert_voids, store, batch_id, *_columns(voids, len(_VOID)))
+            written: dict[str, bool] = {}
+            if sale_rows:
+                returned = await conn.fetch(
+                    sql.upsert_sales, store, batch_id, *_columns(sale_rows, len(_SALE))
+                )
+                written = {r[0]: r[1] for r in returned}
+            replaced = [sid for sid in written if sid in existing]
+            if replaced:
+                await conn.execute(sql.delete_lines, store, replaced)
+                await conn.execute(sql.delete_tenders, store, replaced)
+            lines: list[tuple[Any, ...]] = []
+            tenders: list[tuple[Any, ...]] = []
+            for sid in written:
+                s = latest[sid].sale
+                lines.extend(
+                    (
+                        sid,
+                        no,
+                        ln.line_id,
+                        ln.sku,
+                        ln.product_id,
+                        ln.description,
+                        ln.category,
+                        ln.quantity,
+                        ln.unit_price,
+                        ln.discount,
+                        ln.tax,
+                        ln.line_kind,
+                        ln.employee_id,
+                        ln.original_line_id,
+                        ln.restock,
+                    )
+                    for no, ln in enumerate(s.lines, 1)
+                )
+                tenders.extend(
+                    (sid, no, t.method, t.amount, t.reference) for no, t in enumerate(s.tenders, 1)
+                )
+            if lines:
+                await conn.execute(sql.insert_lines, store, *_columns(lines, len(_LINE)))
+            if tenders:
+                await conn.execute(sql.insert_tenders, store, *_columns(tenders, len(_TENDER)))
+
+            voided = sum(
+                1
+                for sid, is_voided in written.items()
+                if is_voided and not (sid in existing and existing[sid][1])
+            )
+            others = [sid for sid in void_ids if sid not in written and sid in existing]
+            if others:
+                voided += len(await conn.fetch(sql.void_existing, store, others))
+            triggers = 0
+            if batch.triggers:
+                rows = [
+                    (
+                        t.event_id,
+                        t.store,
+                        t.sale_id,
+                        t.trigger,
+                        t.action,
+                        t.customer_id,
+                        t.total,
+                        t.business_date,
+                        t.due_date,
+                        t.due_at,
+                        t.created_at,
+                    )
+                    for t in batch.triggers
+                ]
+                inserted = await conn.fetch(
+                    sql.insert_outbox, batch_id, *_columns(rows, len(_TRIGGER))
+                )
+                triggers = len(inserted)
+            outcome = CommitOutcome(
+                batch_id=batch_id,
+                inserted=len(written) - len(replaced),
+                updated=len(replaced),
+                unchanged=len(latest) - len(written) + superseded,
+                voided=voided,
+                triggers=triggers,
+            )
+            await conn.execute(sql.finish_batch, batch_id, _JSON.encode(outcome).decode())
+        return outcome
+
+    async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
+        """Move due outbox events to trigger_events once; cancel those of voided sales."""
+        if now.tzinfo is None:
+            raise ValueError("naive datetime: the sink stores aware UTC instants only")
+        sql = self._sql
+        async with self._conn("deliver_due_triggers") as conn:
+            rows = await conn.fetch(sql.due_outbox, now, limit)
+            deliver = [r for r in rows if not r[-1]]
+            cancel = [r[0] for r in rows if r[-1]]
+            if deliver:
+                ids = [r[0] for r in deliver]
+                await conn.execute(sql.fire, now, ids)
+                await conn.execute(sql.mark_outbox, now, ids, False)
+            if cancel:
+                await conn.execute(sql.mark_outbox, now, cancel, True)
+        return [_trigger_from(r) for r in deliver]
+
+    async def _ids(self, table: str, store: str, ids: Collection[str]) -> set[str]:
+        if not ids:
+            return set()
+        async with self._conn(f"existing {table}", write=False) as conn:
+            rows = await conn.fetch(self._sql.existing[table], store, list(ids))
+        return {r[0] for r in rows}
+
+    async def existing_customers(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are customers of `store`."""
+        return await self._ids("customers", store, ids)
+
+    async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are committed sales of `store`."""
+        return await self._ids("sales", store, ids)
+
+    async def _entity(self, table: str, store: str, entity_id: str) -> dict[str, Any] | None:
+        async with self._conn(f"get {table}", write=False) as conn:
+            row = await conn.fetchrow(self._sql.entity[table], store, entity_id)
+        if row is None:
+            return None
+        out = _DICT_DECODER.decode(row[1])
+        out["version"] = row[0]
+        return out
+
+    async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
+        """The stored customer: its canonical record, `version` = the stored ordering key."""
+        return await self._entity("customers", store, customer_id)
+
+    async def get_product(self, store: str, product_id: str) -> dict[str, Any] | None:
+        """The stored product: its canonical record, `version` = the stored ordering key."""
+        return await self._entity("products", store, product_id)
+
+    async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
+        """The committed sale: canonical record, lines/tenders from their tables, sink state."""
+        sql = self._sql
+        async with self._conn("get_sale", write=False) as conn:
+            head = await conn.fetchrow(sql.sale_head, store, sale_id)
+            if head is None:
+                return None
+            lines = await conn.fetch(sql.sale_lines, store, sale_id)
+            tenders = await conn.fetch(sql.sale_tenders, store, sale_id)
+        version, voided, voided_at, linked, warning, committed_at, batch_id, body = head
+        out = _DICT_DECODER.decode(body)
+        out["lines"] = [
+            msgspec.to_builtins(
+                SaleLine(
+                    line_id=r[0],
+                    sku=r[1],
+                    product_id=r[2],
+                    description=r[3],
+                    category=r[4],
+                    quantity=r[5],
+                    unit_price=r[6],
+                    discount=r[7],
+                    tax=r[8],
+                    line_kind=r[9],
+                    employee_id=r[10],
+                    original_line_id=r[11],
+                    restock=r[12],
+                )
+            )
+            for r in lines
+        ]
+        out["tenders"] = [
+            msgspec.to_builtins(Tender(method=r[0], amount=r[1], reference=r[2])) for r in tenders
+        ]
+        out.update(
+            version=version,
+            voided=voided,
+            voided_at=_ts_opt(voided_at),
+            customer_linked=linked,
+            warning=warning,
+            committed_at=_ts(committed_at),
+            batch_id=batch_id,
+        )
+        return out
+
+    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Committed sales of one business date, voided ones included and flagged."""
+        async with self._conn("sales_log", write=False) as conn:
+            rows = await conn.fetch(self._sql.sales_log, store, day, limit)
+        return [{k: _jsonable(v) for k, v in zip(_SALE_LOG, r, strict=True)} for r in rows]
+
+    async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
+        """Per business date: count, gross, returns, net over non-voided sales; voided count."""
+        async with self._conn("sales_report", write=False) as conn:
+            rows = await conn.fetch(self._sql.sales_report, store, start, end)
+        return [
+            ReportRow(
+                date=r[0],
+                count=r[1],
+                gross=Decimal(r[2]),
+                returns=Decimal(r[3]),
+                net=Decimal(r[2]) - Decimal(r[3]),
+                voided=r[4],
+            )
+            for r in rows
+        ]
+
+    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Trigger events of a store (pending, delivered, cancelled), newest first."""
+        async with self._conn("list_triggers", write=False) as conn:
+            rows = await conn.fetch(self._sql.list_triggers, store, limit)
+        out = []
+        for r in rows:
+            item = {n: _jsonable(v) for (n, _), v in zip(_TRIGGER, r, strict=False)}
+            item["trigger"] = item.pop("trigger_name")
+            delivered_at, cancelled = r[-2], r[-1]
+            item["delivered_at"] = _ts_opt(delivered_at)
+            item["status"] = (
+                "cancelled" if cancelled else "delivered" if delivered_at else "pending"
+            )
+            out.append(item)
+        return out
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts per table."""
+        async with self._conn("counts", write=False) as conn:
+            row = await conn.fetchrow(self._sql.counts)
+        assert row is not None  # a SELECT without FROM returns exactly one row
+        return {t: int(v) for t, v in zip(TABLES, row, strict=True)}
+
+
+async def _create_schema(pool: asyncpg.Pool[asyncpg.Record], sql: _Sql) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs; the
+        # transaction-scoped advisory lock makes start-up DDL one-at-a-time.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+        await conn.execute(sql.ddl)
+
+
+async def _close_pool(pool: asyncpg.Pool[asyncpg.Record], timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), timeout=timeout_s)
+    except TimeoutError:
+        log.warning("postgres sink: pool did not close in %.0fs; terminating", timeout_s)
+        pool.terminate()
+
+
+@asynccontextmanager
+async def open_postgres_sink(cfg: Config) -> AsyncIterator[PostgresSink]:
+    """Open the asyncpg pool, create schema and tables if missing, close the pool on exit."""
+    pc = cfg.sink
+    if not isinstance(pc, PostgresSinkConfig):
+        raise ConfigError("open_postgres_sink needs [sink] kind = 'postgres'", field="$.sink.kind")
+    sql = _Sql(pc.schema)
+    with _errors("connect"):
+        pool = await asyncpg.create_pool(
+            pc.dsn,
+            min_size=min(pc.pool_min, pc.pool_max),
+            max_size=pc.pool_max,
+            command_timeout=pc.command_timeout_s,
+            timeout=pc.command_timeout_s,
+        )
+    try:
+        with _errors("create schema"):
+            await _create_schema(pool, sql)
+        sink = PostgresSink(pool, sql, pc.command_timeout_s)
+        try:
+            yield sink
+        finally:
+            sink.close()
+    finally:
+        await _close_pool(pool, pc.command_timeout_s)

@@ -1,0 +1,1025 @@
+"""SQLite sink: the embedded clienteling database (aiosqlite, WAL).
+
+Schema (money is TEXT holding an exact decimal string, never REAL; instants are TEXT in
+UTC, ISO-8601 with microseconds, so text order is time order; dates are TEXT YYYY-MM-DD):
+
+    customers(store, id, version, first_name, last_name, email, phone, status, updated_at,
+              synced_at, body)                                          PK (store, id)
+    products(store, id, version, sku, name, category, price, currency, status,
+             is_unique_piece, updated_at, synced_at, body)              PK (store, id)
+    sales(store, id, version, business_date, occurred_at, kind, origin, channel,
+          customer_id, customer_linked, employee_id, original_id, display_number,
+          location_id, register_id, currency, subtotal, tax, total, shipping, fees, tip,
+          line_count, voided, voided_at, warning, committed_at, batch_id, body)
+                                                                        PK (store, id)
+    sale_lines(store, sale_id, line_no, line_id, sku, product_id, description, category,
+               quantity, unit_price, discount, tax, line_kind, employee_id,
+               original_line_id, restock)                  PK (store, sale_id, line_no)
+    tenders(store, sale_id, seq, method, amount, reference)    PK (store, sale_id, seq)
+    voids(store, sale_id, occurred_at, reason, version, batch_id)  PK (store, sale_id)
+    trigger_outbox(event_id, store, sale_id, trigger_name, action, customer_id, total,
+                   business_date, due_date, due_at, created_at, batch_id, delivered_at,
+                   cancelled)                                           PK event_id
+    trigger_events(event_id, ..., fired_at)                             PK event_id
+    commit_batches(batch_id, store, window_at, sales, voids, triggers, total_sum,
+                   ids_sha256, committed_at, outcome)                   PK batch_id
+
+`body` is the canonical JSON of the record (`worker.records.encode`).
+
+Invariants:
+
+* One writer connection guarded by one asyncio.Lock; every write is one `BEGIN IMMEDIATE`
+  transaction, so a batch is all-or-nothing and writers never interleave statements.
+* Reads use a second, query-only connection: in WAL mode it sees committed data only.
+* A batch is committed iff its `commit_batches` row exists (written in the same
+  transaction), which makes re-running a batch a no-op.
+* A sale row is replaced only by a strictly newer version; its lines and tenders are
+  deleted and rewritten with it.
+* `voids` keeps every void ever received (first one wins). A sale is voided iff a void for
+  (store, id) exists, so a void that arrives before its sale, and a newer version of a
+  voided sale, both end voided.
+* Outbox events of a voided sale are cancelled at delivery instead of being delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from worker.config import Config, SqliteSinkConfig
+from worker.errors import ConfigError, SinkError
+from worker.records import Customer, Entity, Product, SaleLine, Tender, Void, encode
+from worker.sinks.base import (
+    CommitBatch,
+    CommitOutcome,
+    EntityOutcome,
+    ReportRow,
+    SaleRow,
+    TriggerEvent,
+)
+
+log = logging.getLogger(__name__)
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS customers (
+    store TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    first_name TEXT,
+    last_name TEXT,
+    email TEXT,
+    phone TEXT,
+    status TEXT NOT NULL,
+    updated_at TEXT,
+    synced_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS customers_by_email ON customers (store, email);
+CREATE TABLE IF NOT EXISTS products (
+    store TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    sku TEXT,
+    name TEXT,
+    category TEXT,
+    price TEXT,
+    currency TEXT,
+    status TEXT NOT NULL,
+    is_unique_piece INTEGER NOT NULL,
+    updated_at TEXT,
+    synced_at TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS products_by_sku ON products (store, sku);
+CREATE TABLE IF NOT EXISTS sales (
+    store TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    business_date TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    customer_id TEXT,
+    customer_linked INTEGER NOT NULL,
+    employee_id TEXT,
+    original_id TEXT,
+    display_number TEXT,
+    location_id TEXT,
+    register_id TEXT,
+    currency TEXT NOT NULL,
+    subtotal TEXT NOT NULL,
+    tax TEXT NOT NULL,
+    total TEXT NOT NULL,
+    shipping TEXT NOT NULL,
+    fees TEXT NOT NULL,
+    tip TEXT NOT NULL,
+    line_count INTEGER NOT NULL,
+    voided INTEGER NOT NULL DEFAULT 0,
+    voided_at TEXT,
+    warning TEXT,
+    committed_at TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (store, id)
+);
+CREATE INDEX IF NOT EXISTS sales_by_date ON sales (store, business_date);
+CREATE INDEX IF NOT EXISTS sales_by_customer ON sales (store, customer_id)
+    WHERE customer_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS sale_lines (
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    line_no INTEGER NOT NULL,
+    line_id TEXT,
+    sku TEXT NOT NULL,
+    product_id TEXT,
+    description TEXT,
+    category TEXT,
+    quantity TEXT NOT NULL,
+    unit_price TEXT NOT NULL,
+    discount TEXT NOT NULL,
+    tax TEXT NOT NULL,
+    line_kind TEXT NOT NULL,
+    employee_id TEXT,
+    original_line_id TEXT,
+    restock INTEGER,
+    PRIMARY KEY (store, sale_id, line_no)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tenders (
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    method TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    reference TEXT,
+    PRIMARY KEY (store, sale_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS voids (
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    reason TEXT,
+    version INTEGER NOT NULL,
+    batch_id TEXT NOT NULL,
+    PRIMARY KEY (store, sale_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trigger_outbox (
+    event_id TEXT PRIMARY KEY,
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    trigger_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    customer_id TEXT,
+    total TEXT NOT NULL,
+    business_date TEXT NOT NULL,
+    due_date TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    batch_id TEXT NOT NULL,
+    delivered_at TEXT,
+    cancelled INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS trigger_outbox_due ON trigger_outbox (due_at)
+    WHERE delivered_at IS NULL;
+CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON trigger_outbox (store, created_at);
+CREATE TABLE IF NOT EXISTS trigger_events (
+    event_id TEXT PRIMARY KEY,
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    trigger_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    customer_id TEXT,
+    total TEXT NOT NULL,
+    business_date TEXT NOT NULL,
+    due_date TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    fired_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commit_batches (
+    batch_id TEXT PRIMARY KEY,
+    store TEXT NOT NULL,
+    window_at TEXT NOT NULL,
+    sales INTEGER NOT NULL,
+    voids INTEGER NOT NULL,
+    triggers INTEGER NOT NULL,
+    total_sum TEXT NOT NULL,
+    ids_sha256 TEXT NOT NULL,
+    committed_at TEXT NOT NULL,
+    outcome TEXT NOT NULL
+);
+"""
+
+
+def _cols(names: str) -> tuple[str, ...]:
+    return tuple(names.split())
+
+
+TABLES = _cols(
+    "customers products sales sale_lines tenders voids trigger_outbox trigger_events commit_batches"
+)
+
+
+def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    """INSERT ... ON CONFLICT DO UPDATE guarded so only a strictly newer version lands."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
+    marks = ", ".join("?" for _ in columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates} "
+        f"WHERE excluded.version > {table}.version"
+    )
+
+
+def _insert(table: str, columns: Sequence[str], suffix: str = "") -> str:
+    marks = ", ".join("?" for _ in columns)
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {suffix}".rstrip()
+
+
+_CUSTOMER_COLS = _cols(
+    "store id version first_name last_name email phone status updated_at synced_at body"
+)
+_PRODUCT_COLS = _cols(
+    "store id version sku name category price currency status is_unique_piece "
+    "updated_at synced_at body"
+)
+_SALE_COLS = _cols(
+    "store id version business_date occurred_at kind origin channel customer_id "
+    "customer_linked employee_id original_id display_number location_id register_id "
+    "currency subtotal tax total shipping fees tip line_count voided voided_at "
+    "warning committed_at batch_id body"
+)
+_LINE_COLS = _cols(
+    "store sale_id line_no line_id sku product_id description category quantity "
+    "unit_price discount tax line_kind employee_id original_line_id restock"
+)
+_TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference")
+_VOID_COLS = ("store", "sale_id", "occurred_at", "reason", "version", "batch_id")
+_TRIGGER_COLS = _cols(
+    "event_id store sale_id trigger_name action customer_id total business_date "
+    "due_date due_at created_at"
+)
+_BATCH_COLS = _cols(
+    "batch_id store window_at sales voids triggers total_sum ids_sha256 committed_at outcome"
+)
+
+_UPSERT_CUSTOMER = _upsert("customers", _CUSTOMER_COLS, ("store", "id"))
+_UPSERT_PRODUCT = _upsert("products", _PRODUCT_COLS, ("store", "id"))
+_UPSERT_SALE = _upsert("sales", _SALE_COLS, ("store", "id"))
+_INSERT_LINE = _insert("sale_lines", _LINE_COLS)
+_INSERT_TENDER = _insert("tenders", _TENDER_COLS)
+_INSERT_VOID = _insert("voids", _VOID_COLS, "ON CONFLICT (store, sale_id) DO NOTHING")
+_INSERT_TRIGGER = _insert(
+    "trigger_outbox", (*_TRIGGER_COLS, "batch_id"), "ON CONFLICT (event_id) DO NOTHING"
+)
+_INSERT_BATCH = _insert("commit_batches", _BATCH_COLS)
+
+# A JSON array bound as one parameter: one round-trip for any number of ids.
+_IN_IDS = "(SELECT value FROM json_each(?))"
+
+_SALE_LOG_COLS = _cols(
+    "id version business_date occurred_at kind origin channel customer_id "
+    "customer_linked employee_id original_id display_number currency subtotal tax "
+    "total line_count voided voided_at warning committed_at batch_id"
+)
+_BOOL_COLS = frozenset({"customer_linked", "voided"})
+
+# SQLite primary result codes worth retrying: the database is busy/locked, the disk is
+# full or failing, it cannot be opened, or was made read-only. Everything else (constraint,
+# schema, SQL, mismatch) will fail the same way again.
+_RETRIABLE_CODES = frozenset(
+    {
+        5,  # SQLITE_BUSY
+        6,  # SQLITE_LOCKED
+        7,  # SQLITE_NOMEM
+        8,  # SQLITE_READONLY
+        9,  # SQLITE_INTERRUPT
+        10,  # SQLITE_IOERR
+        13,  # SQLITE_FULL
+        14,  # SQLITE_CANTOPEN
+        15,  # SQLITE_PROTOCOL
+    }
+)
+
+_OUTCOME_DECODER = msgspec.json.Decoder(CommitOutcome)
+_DICT_DECODER = msgspec.json.Decoder(dict[str, Any])
+_JSON = msgspec.json.Encoder()
+
+
+def _sink_error(exc: sqlite3.Error, what: str) -> SinkError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        retriable = (code & 0xFF) in _RETRIABLE_CODES
+    else:
+        retriable = isinstance(exc, sqlite3.OperationalError)
+    return SinkError(f"sqlite sink: {what}: {exc}", retriable=retriable)
+
+
+@contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """Turn every sqlite3 error into a SinkError with the right `retriable` flag."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _sink_error(exc, what) from exc
+
+
+def _money(value: Decimal) -> str:
+    """Exact decimal text without exponent ('1E+2' -> '100')."""
+    text = str(value)  # 3-4x faster than format(); only exponent forms need the slow path
+    return format(value, "f") if "E" in text else text
+
+
+def _money_opt(value: Decimal | None) -> str | None:
+    return None if value is None else _money(value)
+
+
+def _ts(value: datetime) -> str:
+    """Fixed-width UTC text, so comparing strings compares instants."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: the sink stores aware UTC instants only")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _ts_opt(value: datetime | None) -> str | None:
+    return None if value is None else _ts(value)
+
+
+def _json_list(values: Iterable[str]) -> str:
+    return _JSON.encode(list(values)).decode()
+
+
+def _bool_opt(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def _latest(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
+    """The highest version of each sale id in a batch, and how many rows lost to it."""
+    best: dict[str, SaleRow] = {}
+    for row in rows:
+        seen = best.get(row.sale.id)
+        if seen is None or row.version > seen.version:
+            best[row.sale.id] = row
+    return best, len(rows) - len(best)
+
+
+def _customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]:
+    return (
+        store,
+        c.id,
+        c.effective_version,
+        c.first_name,
+        c.last_name,
+        c.email,
+        c.phone,
+        c.status,
+        _ts_opt(c.updated_at),
+        synced_at,
+        encode(c).decode(),
+    )
+
+
+def _product_params(store: str, p: Product, synced_at: str) -> tuple[Any, ...]:
+    return (
+        store,
+        p.id,
+        p.effective_version,
+        p.sku,
+        p.name,
+        p.category,
+        _money_opt(p.price),
+        p.currency,
+        p.status,
+        int(p.is_unique_piece),
+        _ts_opt(p.updated_at),
+        synced_at,
+        encode(p).decode(),
+    )
+
+
+def _sale_params(
+    store: str, row: SaleRow, voided_at: str | None, committed_at: str, batch_id: str
+) -> tuple[Any, ...]:
+    s = row.sale
+    if s.business_date is None:
+        raise SinkError(
+            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
+        )
+    return (
+        store,
+        s.id,
+        row.version,
+        s.business_date.isoformat(),
+        _ts(s.occurred_at),
+        s.kind,
+        s.origin,
+        s.channel,
+        s.customer_id,
+        int(row.customer_linked),
+        s.employee_id,
+        s.original_id,
+        s.display_number,
+        s.location_id,
+        s.register_id,
+        s.currency,
+        _money(s.subtotal),
+        _money(s.tax),
+        _money(s.total),
+        _money(s.shipping),
+        _money(s.fees),
+        _money(s.tip),
+        len(s.lines),
+        int(voided_at is not None),
+        voided_at,
+        row.warning,
+        committed_at,
+        batch_id,
+        encode(s).decode(),
+    )
+
+
+def _line_params(store: str, sale_id: str, no: int, ln: SaleLine) -> tuple[Any, ...]:
+    return (
+        store,
+        sale_id,
+        no,
+        ln.line_id,
+        ln.sku,
+        ln.product_id,
+        ln.description,
+        ln.category,
+        _money(ln.quantity),
+        _money(ln.unit_price),
+        _money(ln.discount),
+        _money(ln.tax),
+        ln.line_kind,
+        ln.employee_id,
+        ln.original_line_id,
+        _bool_opt(ln.restock),
+    )
+
+
+def _void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
+    return (store, v.id, _ts(v.occurred_at), v.reason, v.effective_version, batch_id)
+
+
+def _trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
+    return (
+        t.event_id,
+        t.store,
+        t.sale_id,
+        t.trigger,
+        t.action,
+        t.customer_id,
+        _money(t.total),
+        t.business_date.isoformat(),
+        t.due_date.isoformat(),
+        _ts(t.due_at),
+        _ts(t.created_at),
+        batch_id,
+    )
+
+
+def _trigger_from_row(r: Sequence[Any]) -> TriggerEvent:
+    return TriggerEvent(
+        event_id=r[0],
+        store=r[1],
+        sale_id=r[2],
+        trigger=r[3],
+        action=r[4],
+        customer_id=r[5],
+        total=Decimal(r[6]),
+        business_date=date.fromisoformat(r[7]),
+        due_date=date.fromisoformat(r[8]),
+        due_at=datetime.fromisoformat(r[9]),
+        created_at=datetime.fromisoformat(r[10]),
+    )
+
+
+def _line_dict(r: Sequence[Any]) -> dict[str, Any]:
+    line = SaleLine(
+        line_id=r[0],
+        sku=r[1],
+        product_id=r[2],
+        description=r[3],
+        category=r[4],
+        quantity=Decimal(r[5]),
+        unit_price=Decimal(r[6]),
+        discount=Decimal(r[7]),
+        tax=Decimal(r[8]),
+        line_kind=r[9],
+        employee_id=r[10],
+        original_line_id=r[11],
+        restock=None if r[12] is None else bool(r[12]),
+    )
+    out: dict[str, Any] = msgspec.to_builtins(line)
+    return out
+
+
+def _tender_dict(r: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(
+        Tender(method=r[0], amount=Decimal(r[1]), reference=r[2])
+    )
+    return out
+
+
+class _Day:
+    """Running Sales Report sums of one business date (exact Decimal arithmetic)."""
+
+    __slots__ = ("count", "gross", "returns", "voided")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gross = Decimal(0)
+        self.returns = Decimal(0)
+        self.voided = 0
+
+    def add(self, total: Decimal, voided: bool) -> None:
+        if voided:
+            self.voided += 1
+            return
+        self.count += 1
+        if total > 0:
+            self.gross += total
+        elif total < 0:
+            self.returns -= total
+
+    def row(self, day: date) -> ReportRow:
+        return ReportRow(
+            date=day,
+            count=self.count,
+            gross=self.gross,
+            returns=self.returns,
+            net=self.gross - self.returns,
+            voided=self.voided,
+        )
+
+
+class SqliteSink:
+    """The Sink protocol over one SQLite file (one writer, one reader connection)."""
+
+    name: str = "sqlite"
+
+    def __init__(
+        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+    ) -> None:
+        self.path = path
+        self._w = writer
+        self._r = reader
+        self._wlock = asyncio.Lock()
+        self._rlock = asyncio.Lock()
+        self._closed = False
+
+    def close(self) -> None:
+        """Refuse further calls (the connections are closed by `open_sqlite_sink`)."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SinkError("sqlite sink is closed", retriable=False)
+
+    @asynccontextmanager
+    async def _write(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error."""
+        self._check_open()
+        async with self._wlock:
+            db = self._w
+            with _errors(what):
+                try:
+                    # IMMEDIATE takes the write lock up front (waiting busy_timeout), so the
+                    # transaction never fails half-way on a lock upgrade. Inside the try: a
+                    # cancellation while BEGIN runs on the thread must still roll back.
+                    await db.execute("BEGIN IMMEDIATE")
+                    yield db
+                    await db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback(db, what)
+                    raise
+
+    @asynccontextmanager
+    async def _read(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One read snapshot on the reader connection."""
+        self._check_open()
+        async with self._rlock:
+            db = self._r
+            with _errors(what):
+                try:
+                    await db.execute("BEGIN")
+                    yield db
+                finally:
+                    await self._rollback(db, what)
+
+    @staticmethod
+    async def _rollback(db: aiosqlite.Connection, what: str) -> None:
+        # Not `if db.in_transaction: ROLLBACK`: after a cancellation the BEGIN may still be
+        # running on the connection thread. Connection.rollback() is queued behind it and
+        # checks SQLite's own autocommit state there, so it never leaves a transaction open.
+        try:
+            await db.rollback()
+        except sqlite3.Error:
+            # The original error is what the caller must see; a failed rollback leaves
+            # SQLite to roll back on the next statement or on close.
+            log.exception("sqlite sink: rollback after %s failed", what)
+
+    async def health(self) -> None:
+        """Take and release the write lock: raises if the database cannot take writes now."""
+        async with self._write("health"):
+            pass
+
+    async def upsert_entities(self, store: str, records: Sequence[Entity]) -> EntityOutcome:
+        """Upsert customers/products in one transaction; older or equal versions are skipped."""
+        customers: dict[str, Customer] = {}
+        products: dict[str, Product] = {}
+        for rec in records:
+            bucket: dict[str, Any] = customers if isinstance(rec, Customer) else products
+            seen = bucket.get(rec.id)
+            if seen is None or rec.effective_version > seen.effective_version:
+                bucket[rec.id] = rec
+        synced_at = _ts(datetime.now(UTC))
+        applied = 0
+        async with self._write("upsert_entities") as db:
+            if customers:
+                params = [_customer_params(store, c, synced_at) for c in customers.values()]
+                async with db.executemany(_UPSERT_CUSTOMER, params) as cur:
+                    applied += cur.rowcount
+            if products:
+                params = [_product_params(store, p, synced_at) for p in products.values()]
+                async with db.executemany(_UPSERT_PRODUCT, params) as cur:
+                    applied += cur.rowcount
+        return EntityOutcome(applied=applied, stale=len(records) - applied)
+
+    async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
+        """Write one window batch in one transaction; idempotent by batch id and version."""
+        store = batch.store
+        latest, superseded = _latest(batch.sales)
+        void_ids = list(dict.fromkeys(v.id for v in batch.voids))
+        committed_at = _ts(datetime.now(UTC))
+        async with self._write("commit_sales") as db:
+            done = await db.execute_fetchall(
+                "SELECT outcome FROM commit_batches WHERE batch_id = ?", (batch.batch_id,)
+            )
+            for (outcome_json,) in done:
+                previous = _OUTCOME_DECODER.decode(outcome_json)
+                return msgspec.structs.replace(previous, already_committed=True)
+
+            existing: dict[str, tuple[int, bool]] = {}
+            if latest or void_ids:
+                rows = await db.execute_fetchall(
+                    f"SELECT id, version, voided FROM sales WHERE store = ? AND id IN {_IN_IDS}",
+                    (store, _json_list([*latest, *void_ids])),
+                )
+                existing = {r[0]: (r[1], bool(r[2])) for r in rows}
+            written = [
+                row
+                for sid, row in latest.items()
+                if sid not in existing or existing[sid][0] < row.version
+            ]
+            written_ids = {row.sale.id for row in written}
+            replaced = [sid for sid in written_ids if sid in existing]
+
+            # Voids first: a sale and its void in the same batch (or a void that came
+            # earlier) make the sale land already voided.
+            if batch.voids:
+                await db.executemany(
+                    _INSERT_VOID, [_void_params(store, v, batch.batch_id) for v in batch.voids]
+                )
+            void_at: dict[str, str] = {}
+            if written:
+                rows = await db.execute_fetchall(
+                    f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {_IN_IDS}",
+                    (store, _json_list(written_ids)),
+                )
+                void_at = {r[0]: r[1] for r in rows}
+                # Generators, not lists: the rows are built on the connection thread while
+                # executemany consumes them, so a 5,000-sale batch does not stall the loop.
+                await db.executemany(
+                    _UPSERT_SALE,
+                    (
+                        _sale_params(
+                            store, row, void_at.get(row.sale.id), committed_at, batch.batch_id
+                        )
+                        for row in written
+                    ),
+                )
+            if replaced:
+                keys = [(store, sid) for sid in replaced]
+                await db.executemany("DELETE FROM sale_lines WHERE store = ? AND sale_id = ?", keys)
+                await db.executemany("DELETE FROM tenders WHERE store = ? AND sale_id = ?", keys)
+            if written:
+                await db.executemany(
+                    _INSERT_LINE,
+                    (
+                        _line_params(store, row.sale.id, no, ln)
+                        for row in written
+                        for no, ln in enumerate(row.sale.lines, 1)
+                    ),
+                )
+                await db.executemany(
+                    _INSERT_TENDER,
+                    (
+                        (store, row.sale.id, no, t.method, _money(t.amount), t.reference)
+                        for row in written
+                        for no, t in enumerate(row.sale.tenders, 1)
+                    ),
+                )
+
+            voided = sum(1 for sid in void_at if not (sid in existing and existing[sid][1]))
+            others = [
+                (store, sid) for sid in void_ids if sid not in written_ids and sid in existing
+            ]
+            if others:
+                async with db.executemany(
+                    "UPDATE sales SET voided = 1, voided_at = (SELECT v.occurred_at FROM voids v"
+                    " WHERE v.store = sales.store AND v.sale_id = sales.id)"
+                    " WHERE store = ? AND id = ? AND voided = 0",
+                    others,
+                ) as cur:
+                    voided += cur.rowcount
+
+            triggers = 0
+            if batch.triggers:
+                async with db.executemany(
+                    _INSERT_TRIGGER, [_trigger_params(t, batch.batch_id) for t in batch.triggers]
+                ) as cur:
+                    triggers = cur.rowcount
+
+            outcome = CommitOutcome(
+                batch_id=batch.batch_id,
+                inserted=len(written) - len(replaced),
+                updated=len(replaced),
+                unchanged=len(latest) - len(written) + superseded,
+                voided=voided,
+                triggers=triggers,
+            )
+            m = batch.manifest
+            await db.execute(
+                _INSERT_BATCH,
+                (
+                    batch.batch_id,
+                    store,
+                    _ts(batch.window_at),
+                    m.sales,
+                    m.voids,
+                    m.triggers,
+                    _money(m.total_sum),
+                    m.ids_sha256,
+                    committed_at,
+                    _JSON.encode(outcome).decode(),
+                ),
+            )
+        return outcome
+
+    async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
+        """Move due outbox events to trigger_events once; cancel those of voided sales."""
+        at = _ts(now)
+        async with self._write("deliver_due_triggers") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT o.{', o.'.join(_TRIGGER_COLS)}, coalesce(s.voided, 0)"
+                " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
+                " WHERE o.delivered_at IS NULL AND o.due_at <= ?"
+                " ORDER BY o.due_at, o.event_id LIMIT ?",
+                (at, limit),
+            )
+            if not rows:
+                return []
+            deliver = [r for r in rows if not r[-1]]
+            cancel = [r[0] for r in rows if r[-1]]
+            deliver_ids = _json_list(r[0] for r in deliver)
+            if deliver:
+                await db.execute(
+                    f"INSERT INTO trigger_events ({', '.join(_TRIGGER_COLS)}, fired_at)"
+                    f" SELECT {', '.join(_TRIGGER_COLS)}, ? FROM trigger_outbox"
+                    f" WHERE event_id IN {_IN_IDS} ON CONFLICT (event_id) DO NOTHING",
+                    (at, deliver_ids),
+                )
+                await db.execute(
+                    f"UPDATE trigger_outbox SET delivered_at = ? WHERE event_id IN {_IN_IDS}",
+                    (at, deliver_ids),
+                )
+            if cancel:
+                await db.execute(
+                    "UPDATE trigger_outbox SET delivered_at = ?, cancelled = 1"
+                    f" WHERE event_id IN {_IN_IDS}",
+                    (at, _json_list(cancel)),
+                )
+        return [_trigger_from_row(r) for r in deliver]
+
+    async def _ids(self, table: str, store: str, ids: Collection[str]) -> set[str]:
+        if not ids:
+            return set()
+        async with self._read(f"existing {table}") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT id FROM {table} WHERE store = ? AND id IN {_IN_IDS}",
+                (store, _json_list(ids)),
+            )
+        return {r[0] for r in rows}
+
+    async def existing_customers(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are customers of `store`."""
+        return await self._ids("customers", store, ids)
+
+    async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
+        """Which of `ids` are committed sales of `store`."""
+        return await self._ids("sales", store, ids)
+
+    async def _entity(self, table: str, store: str, entity_id: str) -> dict[str, Any] | None:
+        async with self._read(f"get {table}") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT version, body FROM {table} WHERE store = ? AND id = ?", (store, entity_id)
+            )
+        for version, body in rows:
+            out = _DICT_DECODER.decode(body)
+            out["version"] = version
+            return out
+        return None
+
+    async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
+        """The stored customer: its canonical record, `version` = the stored ordering key."""
+        return await self._entity("customers", store, customer_id)
+
+    async def get_product(self, store: str, product_id: str) -> dict[str, Any] | None:
+        """The stored product: its canonical record, `version` = the stored ordering key."""
+        return await self._entity("products", store, product_id)
+
+    async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
+        """The committed sale: canonical record, lines/tenders from their tables, sink state."""
+        key = (store, sale_id)
+        async with self._read("get_sale") as db:
+            head = list(
+                await db.execute_fetchall(
+                    "SELECT version, voided, voided_at, customer_linked, warning, committed_at,"
+                    " batch_id, body FROM sales WHERE store = ? AND id = ?",
+                    key,
+                )
+            )
+            if not head:
+                return None
+            lines = await db.execute_fetchall(
+                "SELECT line_id, sku, product_id, description, category, quantity, unit_price,"
+                " discount, tax, line_kind, employee_id, original_line_id, restock"
+                " FROM sale_lines WHERE store = ? AND sale_id = ? ORDER BY line_no",
+                key,
+            )
+            tenders = await db.execute_fetchall(
+                "SELECT method, amount, reference FROM tenders"
+                " WHERE store = ? AND sale_id = ? ORDER BY seq",
+                key,
+            )
+        version, voided, voided_at, linked, warning, committed_at, batch_id, body = head[0]
+        out = _DICT_DECODER.decode(body)
+        out["lines"] = [_line_dict(r) for r in lines]
+        out["tenders"] = [_tender_dict(r) for r in tenders]
+        out.update(
+            version=version,
+            voided=bool(voided),
+            voided_at=voided_at,
+            customer_linked=bool(linked),
+            warning=warning,
+            committed_at=committed_at,
+            batch_id=batch_id,
+        )
+        return out
+
+    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Committed sales of one business date, voided ones included and flagged."""
+        async with self._read("sales_log") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {', '.join(_SALE_LOG_COLS)} FROM sales"
+                " WHERE store = ? AND business_date = ? ORDER BY occurred_at, id LIMIT ?",
+                (store, day.isoformat(), limit),
+            )
+        return [
+            {k: (bool(v) if k in _BOOL_COLS else v) for k, v in zip(_SALE_LOG_COLS, r, strict=True)}
+            for r in rows
+        ]
+
+    async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
+        """Per business date: count, gross, returns, net over non-voided sales; voided count."""
+        async with self._read("sales_report") as db:
+            rows = await db.execute_fetchall(
+                "SELECT business_date, voided, total FROM sales"
+                " WHERE store = ? AND business_date BETWEEN ? AND ? ORDER BY business_date",
+                (store, start.isoformat(), end.isoformat()),
+            )
+        # Totals are exact decimal text; SQL sum() would go through float.
+        days: dict[str, _Day] = {}
+        for day, voided, total in rows:
+            acc = days.get(day)
+            if acc is None:
+                acc = days[day] = _Day()
+            acc.add(Decimal(total), bool(voided))
+        return [acc.row(date.fromisoformat(day)) for day, acc in days.items()]
+
+    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """Trigger events of a store (pending, delivered, cancelled), newest first."""
+        async with self._read("list_triggers") as db:
+            rows = await db.execute_fetchall(
+                f"SELECT {', '.join(_TRIGGER_COLS)}, delivered_at, cancelled FROM trigger_outbox"
+                " WHERE store = ? ORDER BY created_at DESC, event_id DESC LIMIT ?",
+                (store, limit),
+            )
+        out = []
+        for r in rows:
+            item = {k: v for k, v in zip(_TRIGGER_COLS, r, strict=False)}
+            item["trigger"] = item.pop("trigger_name")
+            delivered_at, cancelled = r[-2], r[-1]
+            item["delivered_at"] = delivered_at
+            item["status"] = (
+                "cancelled" if cancelled else "delivered" if delivered_at else "pending"
+            )
+            out.append(item)
+        return out
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts per table."""
+        query = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in TABLES)
+        async with self._read("counts") as db:
+            rows = await db.execute_fetchall(query)
+        (row,) = rows
+        return dict(zip(TABLES, row, strict=True))
+
+
+async def _configure(
+    db: aiosqlite.Connection, path: Path, sc: SqliteSinkConfig, reader: bool
+) -> None:
+    await db.execute(f"PRAGMA busy_timeout = {int(sc.busy_timeout_ms)}")
+    if reader:
+        await db.execute("PRAGMA query_only = ON")
+        return
+    async with db.execute("PRAGMA journal_mode = WAL") as cur:
+        mode = await cur.fetchone()
+    if mode is None or str(mode[0]).lower() != "wal":
+        raise SinkError(f"sqlite sink: cannot enable WAL on {path}", retriable=False)
+    await db.execute(f"PRAGMA synchronous = {sc.synchronous}")
+    await db.execute("PRAGMA temp_store = MEMORY")
+    await db.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache for batch commits
+
+
+async def _connect(path: Path, sc: SqliteSinkConfig, *, reader: bool) -> aiosqlite.Connection:
+    # isolation_level=None: no implicit transactions; the sink issues BEGIN/COMMIT itself.
+    db = await aiosqlite.connect(str(path), isolation_level=None)
+    try:
+        await _configure(db, path, sc, reader)
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    # executescript() commits any open transaction first, so the script carries its own.
+    try:
+        await db.executescript(
+            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {_SCHEMA_VERSION};\nCOMMIT;"
+        )
+    except BaseException:
+        await db.rollback()
+        raise
+
+
+def sink_path(cfg: Config) -> Path:
+    """`[sink] path`, else `<data_dir>/clientbook.db`."""
+    sc = cfg.sink
+    if isinstance(sc, SqliteSinkConfig) and sc.path:
+        return Path(sc.path)
+    return cfg.data_path / "clientbook.db"
+
+
+@asynccontextmanager
+async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
+    """Open (creating if needed) the SQLite clienteling database; close it on exit."""
+    sc = cfg.sink
+    if not isinstance(sc, SqliteSinkConfig):
+        raise ConfigError("open_sqlite_sink needs [sink] kind = 'sqlite'", field="$.sink.kind")
+    path = sink_path(cfg)
+    async with AsyncExitStack() as stack:
+        with _errors(f"open {path}"):
+            try:
+                await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SinkError(
+                    f"sqlite sink: cannot create {path.parent}: {exc}", retriable=True
+                ) from exc
+            writer = await _connect(path, sc, reader=False)
+            stack.push_async_callback(writer.close)
+            # executescript() would commit an open transaction; migrate before any other use.
+            await _migrate(writer)
+            reader = await _connect(path, sc, reader=True)
+            stack.push_async_callback(reader.close)
+        sink = SqliteSink(writer, reader, path)
+        stack.callback(sink.close)
+        yield sink

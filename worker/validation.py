@@ -1,0 +1,337 @@
+"""Validation of one store-window batch of spooled sales and voids.
+
+Pure: the window runner leases the batch, asks the sink which customers and sales already
+exist, and passes that in a `ValidationContext`; nothing here does I/O or reads a clock.
+
+Every input row lands in exactly one list of the `BatchVerdict`: `sales` (commit),
+`voids` (commit), `quarantined` (with every reason), `held` (stays in the spool for the next
+window) or `superseded` (acknowledged, neither committed nor quarantined).
+
+Rules, by id (field path in the failure):
+
+* `schema` (`$...`): the spooled bytes do not decode as a canonical sale or void
+  (`decode_spooled`; the rest assume a decoded record).
+* `currency.known` (`$.currency`, `$.presentment_currency`): an ISO 4217 code in
+  `KNOWN_CURRENCIES`: the current List One, plus codes withdrawn since 2015 (backfilled
+  history carries them, e.g. HRK before Croatia's euro), minus XTS and XXX (not money).
+* `lines.nonempty` (`$.lines`).
+* `subtotal.sum` (`$.subtotal`): sum of quantity x unit_price - discount over the lines.
+* `total.sum` (`$.total`): subtotal + tax + shipping + fees + tip.
+* `tenders.sum` (`$.tenders`): the tenders (none = 0) sum to the total. So a sale without
+  tenders passes only when its total is 0; anything else owes a payment record.
+* `occurred_at.future` (`$.occurred_at`): more than one day after `ctx.now`.
+* `occurred_at.too_old` (`$.occurred_at`): before 2000-01-01T00:00Z.
+* `return.original` (`$.original_id`): a return (`kind == "return"`) whose `original_id`
+  is set but names no sale known to possync.
+* `void.target` (`$.id`): a void of a sale not known to possync.
+* `customer.hold` (not a failure): a valid sale whose `customer_id` is not in the sink yet
+  stays in the spool while its hold count < `hold_windows`, then commits with
+  `customer_linked=False` and a warning naming this id.
+
+Money comparisons are exact Decimal arithmetic, passing when |difference| <= 0.01.
+
+"Known to possync" means committed (`existing_sales`), anywhere in this batch (held and
+quarantined ones too, since a quarantined sale can be corrected and released), or pending in
+the spool outside this batch (`pending_sale_ids`: a window is cut into chunks of
+`batch_size`, so the referenced sale may be in the next chunk of the same window).
+
+Duplicates: per (type, id) the highest `effective_version` wins, a tie goes to the later
+arrival (higher seq); the others are superseded. A sale's hold count is the highest among its
+duplicates, so a corrected version does not restart the hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, localcontext
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from worker.errors import RecordInvalid
+from worker.records import SPOOLED_DECODER, Sale, Spooled, Void, invalid_from, localize
+from worker.sinks.base import SaleRow
+
+__all__ = [
+    "ISO_4217",
+    "ISO_4217_WITHDRAWN",
+    "KNOWN_CURRENCIES",
+    "MAX_FUTURE",
+    "OLDEST",
+    "RULE_CURRENCY_KNOWN",
+    "RULE_CUSTOMER_HOLD",
+    "RULE_LINES_NONEMPTY",
+    "RULE_OCCURRED_AT_FUTURE",
+    "RULE_OCCURRED_AT_TOO_OLD",
+    "RULE_RETURN_ORIGINAL",
+    "RULE_SCHEMA",
+    "RULE_SUBTOTAL_SUM",
+    "RULE_TENDERS_SUM",
+    "RULE_TOTAL_SUM",
+    "RULE_VOID_TARGET",
+    "TOLERANCE",
+    "BatchItem",
+    "BatchVerdict",
+    "Failure",
+    "ValidationContext",
+    "decode_spooled",
+    "validate_batch",
+    "validate_sale",
+]
+
+RULE_SCHEMA = "schema"
+RULE_CURRENCY_KNOWN = "currency.known"
+RULE_LINES_NONEMPTY = "lines.nonempty"
+RULE_SUBTOTAL_SUM = "subtotal.sum"
+RULE_TOTAL_SUM = "total.sum"
+RULE_TENDERS_SUM = "tenders.sum"
+RULE_OCCURRED_AT_FUTURE = "occurred_at.future"
+RULE_OCCURRED_AT_TOO_OLD = "occurred_at.too_old"
+RULE_RETURN_ORIGINAL = "return.original"
+RULE_VOID_TARGET = "void.target"
+RULE_CUSTOMER_HOLD = "customer.hold"
+
+TOLERANCE = Decimal("0.01")
+MAX_FUTURE = timedelta(days=1)
+OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
+
+# ISO 4217 List One, current codes (as of 2025, including ZWG and XCG), funds and metals too.
+ISO_4217: frozenset[str] = frozenset(
+    """
+    AED AFN ALL AMD AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BOV BRL BSD BTN
+    BWP BYN BZD CAD CDF CHE CHF CHW CLF CLP CNY COP COU CRC CUP CVE CZK DJF DKK DOP DZD EGP
+    ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR
+    ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT LAK LBP LKR LRD LSL LYD MAD MDL MGA
+    MKD MMK MNT MOP MRU MUR MVR MWK MXN MXV MYR MZN NAD NGN NIO NOK NPR NZD OMR PAB PEN PGK
+    PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP STN SVC
+    SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD USN UYI UYU UYW UZS VED VES VND
+    VUV WST XAF XAG XAU XBA XBB XBC XBD XCD XCG XDR XOF XPD XPF XPT XSU XTS XUA XXX YER ZAR
+    ZMW ZWG
+    """.split()  # noqa: SIM905 (a table is easier to check against ISO's list)
+)
+# Withdrawn since 2015 but still on receipts in backfilled history.
+ISO_4217_WITHDRAWN: frozenset[str] = frozenset(
+    "ANG BYR CUC HRK LTL LVL MRO SLL STD VEF ZMK ZWL".split()  # noqa: SIM905
+)
+KNOWN_CURRENCIES: frozenset[str] = (ISO_4217 | ISO_4217_WITHDRAWN) - {"XTS", "XXX"}
+
+_ZERO = Decimal(0)
+# Line products of two 8-place decimals below 1e12 need 40 digits; the default context
+# (28) would round them before the tolerance is applied.
+_PRECISION = 64
+
+
+class Failure(msgspec.Struct, frozen=True):
+    """One failed rule: its id, the field path and a human message."""
+
+    rule: str
+    field: str
+    message: str
+
+
+class BatchItem(msgspec.Struct, frozen=True):
+    """One spooled row: its spool sequence, the record and how many windows it has been held."""
+
+    seq: int
+    record: Sale | Void
+    held: int = 0
+
+
+class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What validation needs from outside: store, zone, now and what the sink/spool already hold."""
+
+    store: str
+    zone: ZoneInfo
+    now: datetime
+    existing_customers: frozenset[str]
+    existing_sales: frozenset[str]
+    pending_sale_ids: frozenset[str]
+    hold_windows: int
+
+
+class BatchVerdict(msgspec.Struct, kw_only=True):
+    """Where each row of a batch goes; every input seq appears in exactly one list, in seq order."""
+
+    sales: list[tuple[int, SaleRow]] = msgspec.field(default_factory=list)
+    voids: list[tuple[int, Void]] = msgspec.field(default_factory=list)
+    quarantined: list[tuple[int, list[Failure]]] = msgspec.field(default_factory=list)
+    held: list[int] = msgspec.field(default_factory=list)
+    superseded: list[int] = msgspec.field(default_factory=list)
+
+
+def decode_spooled(data: bytes | str) -> Spooled | Failure:
+    """Decode one spooled row, or a `schema` failure naming the field."""
+    try:
+        return SPOOLED_DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        err: RecordInvalid = invalid_from(exc)
+        return Failure(RULE_SCHEMA, err.field or "$", err.message)
+
+
+def _off_by(actual: Decimal, expected: Decimal) -> bool:
+    return abs(actual - expected) > TOLERANCE
+
+
+def _money_failures(sale: Sale) -> list[Failure]:
+    failures: list[Failure] = []
+    with localcontext() as ctx:
+        ctx.prec = _PRECISION
+        lines_sum = _ZERO
+        for line in sale.lines:
+            lines_sum += line.quantity * line.unit_price - line.discount
+        if _off_by(sale.subtotal, lines_sum):
+            failures.append(
+                Failure(
+                    RULE_SUBTOTAL_SUM,
+                    "$.subtotal",
+                    f"subtotal {sale.subtotal} != sum of lines (quantity x unit_price - discount) {lines_sum}",
+                )
+            )
+        expected_total = sale.subtotal + sale.tax + sale.shipping + sale.fees + sale.tip
+        if _off_by(sale.total, expected_total):
+            failures.append(
+                Failure(
+                    RULE_TOTAL_SUM,
+                    "$.total",
+                    f"total {sale.total} != subtotal + tax + shipping + fees + tip {expected_total}",
+                )
+            )
+        tendered = _ZERO
+        for tender in sale.tenders:
+            tendered += tender.amount
+        if _off_by(tendered, sale.total):
+            message = (
+                f"no tenders for a total of {sale.total}"
+                if not sale.tenders
+                else f"tenders sum to {tendered}, total is {sale.total}"
+            )
+            failures.append(Failure(RULE_TENDERS_SUM, "$.tenders", message))
+    return failures
+
+
+def _intrinsic_failures(sale: Sale, now: datetime) -> list[Failure]:
+    failures: list[Failure] = []
+    if sale.currency not in KNOWN_CURRENCIES:
+        failures.append(
+            Failure(RULE_CURRENCY_KNOWN, "$.currency", f"unknown currency {sale.currency!r}")
+        )
+    if sale.presentment_currency is not None and sale.presentment_currency not in KNOWN_CURRENCIES:
+        failures.append(
+            Failure(
+                RULE_CURRENCY_KNOWN,
+                "$.presentment_currency",
+                f"unknown currency {sale.presentment_currency!r}",
+            )
+        )
+    if not sale.lines:
+        failures.append(Failure(RULE_LINES_NONEMPTY, "$.lines", "a sale needs at least one line"))
+    failures.extend(_money_failures(sale))
+    if sale.occurred_at > now + MAX_FUTURE:
+        failures.append(
+            Failure(
+                RULE_OCCURRED_AT_FUTURE,
+                "$.occurred_at",
+                f"occurred_at {sale.occurred_at.isoformat()} is more than a day after {now.isoformat()}",
+            )
+        )
+    if sale.occurred_at < OLDEST:
+        failures.append(
+            Failure(
+                RULE_OCCURRED_AT_TOO_OLD,
+                "$.occurred_at",
+                f"occurred_at {sale.occurred_at.isoformat()} is before 2000-01-01",
+            )
+        )
+    return failures
+
+
+class _Known:
+    """Sale ids a reference may name: committed, pending in the spool, or in this batch."""
+
+    def __init__(self, ctx: ValidationContext, batch: frozenset[str] = frozenset()) -> None:
+        self._sets = (batch, ctx.existing_sales, ctx.pending_sale_ids)
+
+    def __contains__(self, sale_id: str) -> bool:
+        return any(sale_id in s for s in self._sets)
+
+
+def _reference_failures(sale: Sale, known: _Known) -> list[Failure]:
+    if sale.kind == "return" and sale.original_id is not None and sale.original_id not in known:
+        return [
+            Failure(
+                RULE_RETURN_ORIGINAL,
+                "$.original_id",
+                f"return of unknown sale {sale.original_id!r} (not committed, pending or in this batch)",
+            )
+        ]
+    return []
+
+
+def validate_sale(sale: Sale, ctx: ValidationContext) -> list[Failure]:
+    """Every failed rule of one sale on its own (manual sales, previews); empty when valid."""
+    return _intrinsic_failures(sale, ctx.now) + _reference_failures(sale, _Known(ctx))
+
+
+def _collapse(items: Sequence[BatchItem]) -> tuple[list[BatchItem], list[int], dict[str, int]]:
+    """Winners per (type, id), superseded seqs, and each sale id's highest hold count."""
+    winners: dict[tuple[str, str], BatchItem] = {}
+    superseded: list[int] = []
+    held: dict[str, int] = {}
+    for item in items:
+        record = item.record
+        is_sale = isinstance(record, Sale)
+        key = ("sale" if is_sale else "void", record.id)
+        if is_sale:
+            held[record.id] = max(held.get(record.id, 0), item.held)
+        current = winners.get(key)
+        if current is None:
+            winners[key] = item
+            continue
+        rank = (record.effective_version, item.seq)
+        if rank > (current.record.effective_version, current.seq):
+            superseded.append(current.seq)
+            winners[key] = item
+        else:
+            superseded.append(item.seq)
+    return sorted(winners.values(), key=lambda i: i.seq), superseded, held
+
+
+def validate_batch(items: Sequence[BatchItem], ctx: ValidationContext) -> BatchVerdict:
+    """Sort one store-window batch into commit, quarantine, hold and superseded."""
+    winners, superseded, held_counts = _collapse(items)
+    batch_sales = frozenset(i.record.id for i in items if isinstance(i.record, Sale))
+    known = _Known(ctx, batch_sales)
+    verdict = BatchVerdict(superseded=sorted(superseded))
+    for item in winners:
+        record = item.record
+        if isinstance(record, Void):
+            if record.id in known:
+                verdict.voids.append((item.seq, record))
+            else:
+                message = (
+                    f"void of unknown sale {record.id!r} (not committed, pending or in this batch)"
+                )
+                verdict.quarantined.append((item.seq, [Failure(RULE_VOID_TARGET, "$.id", message)]))
+            continue
+        failures = _intrinsic_failures(record, ctx.now) + _reference_failures(record, known)
+        if failures:
+            verdict.quarantined.append((item.seq, failures))
+            continue
+        row = SaleRow(sale=localize(record, ctx.zone), version=record.effective_version)
+        customer = record.customer_id
+        if customer is not None and customer not in ctx.existing_customers:
+            held = held_counts[record.id]
+            if held < ctx.hold_windows:
+                verdict.held.append(item.seq)
+                continue
+            row = msgspec.structs.replace(
+                row,
+                customer_linked=False,
+                warning=(
+                    f"{RULE_CUSTOMER_HOLD}: customer {customer!r} not in the sink after "
+                    f"{held} held window(s); committed unlinked"
+                ),
+            )
+        verdict.sales.append((item.seq, row))
+    return verdict
