@@ -60,7 +60,7 @@ class ServerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.url = f"http://127.0.0.1:{port}"
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, limit_s: float = 30.0) -> None:
         """Start and wait for the 'listening' line on stdout (no polling)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         logf = self.log.open("ab")
@@ -89,7 +89,7 @@ class ServerProcess:
                 if b"listening on" in line:
                     return
 
-        await asyncio.wait_for(wait_listening(), timeout)
+        await asyncio.wait_for(wait_listening(), limit_s)
 
     def kill9(self) -> None:
         """SIGKILL: no cleanup of any kind runs."""
@@ -101,10 +101,10 @@ class ServerProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
 
-    async def wait(self, timeout: float = 30.0) -> int:
+    async def wait(self, limit_s: float = 30.0) -> int:
         """Wait for exit; return the code."""
         assert self.proc is not None
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        return await asyncio.wait_for(self.proc.wait(), limit_s)
 
     async def stop(self) -> None:
         """Make sure the process is gone."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -12,11 +13,19 @@ import pytest
 
 from tests.procserver import ADMIN, ServerProcess, free_port, headers, sale_body, write_config
 
-KILLS = 4  # quick mode for `make test`; `make test-long` runs the chaos harness for more
+KILLS = (
+    100 if os.environ.get("POSSYNC_LONG") else 4
+)  # quick in `make test`, >= 100 in `make test-long`
 
 
 async def _pusher(
-    session: aiohttp.ClientSession, url: str, prefix: str, acked: list[str], stop: asyncio.Event
+    session: aiohttp.ClientSession,
+    url: str,
+    prefix: str,
+    acked: list[str],
+    stop: asyncio.Event,
+    target: int,
+    reached: asyncio.Event,
 ) -> None:
     n = 0
     while not stop.is_set():
@@ -28,7 +37,11 @@ async def _pusher(
                     body = await resp.json()
                     if body["accepted"] == 1:
                         acked.append(sid)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+                        if len(acked) >= target:
+                            reached.set()
+                        if reached is not None and len(acked) >= target:
+                            reached.set()
+        except (TimeoutError, aiohttp.ClientError):
             return  # the server died under us: this request got no 202
 
 
@@ -50,16 +63,18 @@ async def test_kill9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) ->
             await server.start()
             acked: list[str] = []
             stop = asyncio.Event()
+            reached = asyncio.Event()
             threshold = rng.randint(20, 400)
             url = f"{server.url}/v1/push/canonical/S1"
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
                 tasks = [
-                    asyncio.create_task(_pusher(session, url, f"r{round_no}c{c}", acked, stop))
+                    asyncio.create_task(
+                        _pusher(session, url, f"r{round_no}c{c}", acked, stop, threshold, reached)
+                    )
                     for c in range(16)
                 ]
                 # Kill at a random moment: once a random number of 202s has come back.
-                while len(acked) < threshold and not all(t.done() for t in tasks):
-                    await asyncio.sleep(0)
+                await asyncio.wait_for(reached.wait(), 60)
                 server.kill9()
                 await server.wait()
                 stop.set()
@@ -73,11 +88,13 @@ async def test_kill9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) ->
             assert not lost, f"acknowledged but lost: {sorted(lost)[:10]}"
         # A final restart serves, and /status counts every acknowledged record as pending.
         await server.start()
-        async with aiohttp.ClientSession() as session:
-            async with session.get(
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
                 f"{server.url}/status", headers={"Authorization": f"Bearer {ADMIN}"}
-            ) as resp:
-                status = await resp.json()
+            ) as resp,
+        ):
+            status = await resp.json()
         assert status["stores"]["S1"]["pending"] >= len(set(all_acked))
         print(
             f"kills={KILLS} acknowledged={len(all_acked)} lost=0 pending={status['stores']['S1']['pending']}"
@@ -96,15 +113,16 @@ async def test_sigterm_under_load_finishes_inflight_and_exits(
         await server.start()
         acked: list[str] = []
         stop = asyncio.Event()
+        reached = asyncio.Event()
         url = f"{server.url}/v1/push/canonical/S1"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             tasks = [
-                asyncio.create_task(_pusher(session, url, f"t{c}", acked, stop)) for c in range(8)
+                asyncio.create_task(_pusher(session, url, f"t{c}", acked, stop, 100, reached))
+                for c in range(8)
             ]
-            while len(acked) < 100:
-                await asyncio.sleep(0)
+            await asyncio.wait_for(reached.wait(), 60)
             server.term()
-            code = await server.wait(timeout=15)
+            code = await server.wait(limit_s=15)
             stop.set()
             await asyncio.gather(*tasks)
         assert code == 0, (tmp_path / "server.log").read_text()[-3000:]

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, running, make_config
+from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
@@ -285,5 +285,5 @@ async def test_bad_query_params(h: Harness) -> None:
     assert resp.status == 400 and (await resp.json())["field"] == "to"
     resp = await h.client.get("/v1/stores/S1/customers/none", headers=h.admin())
     assert resp.status == 404 and (await resp.json())["field"] == "id"
-    resp = await h.client.get(f"/v1/stores/S9/spool", headers={"Authorization": f"Bearer {ADMIN}"})
+    resp = await h.client.get("/v1/stores/S9/spool", headers={"Authorization": f"Bearer {ADMIN}"})
     assert resp.status == 404

@@ -542,11 +542,11 @@ def consistent_sales(draw: st.DrawFn) -> Sale:
         id=draw(st.text("abcdef0123456789", min_size=1, max_size=8)),
         occurred_at=draw(
             st.datetimes(
-                min_value=datetime(2000, 1, 1),
-                max_value=datetime(2026, 3, 11),
+                min_value=datetime(2000, 1, 1),  # noqa: DTZ001 - hypothesis wants naive bounds
+                max_value=datetime(2026, 3, 11),  # noqa: DTZ001
                 timezones=st.just(UTC),
             )
-        ),  # noqa: DTZ001
+        ),
         currency=draw(st.sampled_from(sorted(KNOWN_CURRENCIES))),
         lines=lines,
         subtotal=subtotal,

@@ -33,6 +33,7 @@ from worker.health import Health
 from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.sinks import open_sink
+from worker.sources.backfill import add_backfill_routes
 from worker.sources.http import add_routes, errors_middleware
 
 log = logging.getLogger("possync.app")
@@ -63,6 +64,7 @@ def build_app(
     for ctx in extra_contexts or []:
         app.cleanup_ctx.append(ctx)
     add_routes(app)
+    add_backfill_routes(app)
     return app
 
 
@@ -71,6 +73,7 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     health = app[keys.HEALTH]
     async with open_spool(cfg.spool, cfg.spool_path, app[keys.CLOCK]) as spool:
         app[keys.SPOOL] = spool
+        log.debug("spool %s open: %d pending rows", cfg.spool_path, spool.total_pending())
         health.add_check("spool", spool.check)
         if spool.recovered_from:
             health.notes["spool"] = f"damaged spool moved aside to {spool.recovered_from}"

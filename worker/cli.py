@@ -31,6 +31,10 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Driver loggers print statements with their parameters (customer emails, phones) at
+    # DEBUG: keep them at INFO or above whatever our own level is.
+    for name in ("aiosqlite", "asyncpg", "aiohttp.access"):
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
     if args.port is not None:
         import msgspec
 
@@ -82,7 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--config", help="TOML config file (default: $POSSYNC_CONFIG, else the embedded default)"
     )
     serve.add_argument("--port", type=int, default=None, help="override [http] port")
+    from worker.backfill_cli import add_backfill_command, run_backfill_command
+
+    add_backfill_command(sub)
     args = parser.parse_args(argv)
+    if args.command == "backfill":
+        return run_backfill_command(args)
     if args.command == "serve":
         import uvloop
 

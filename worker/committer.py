@@ -32,7 +32,7 @@ from worker.clock import Clock
 from worker.config import Config, StoreConfig
 from worker.errors import RecordInvalid, SinkError
 from worker.metrics import Metrics
-from worker.records import SPOOLED_DECODER, Sale, Void, invalid_from, localize
+from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
 from worker.sinks.base import CommitBatch, Manifest, SaleRow, Sink, TriggerEvent
 from worker.triggers import match_triggers
 from worker.validation import BatchItem, Failure, ValidationContext, validate_batch, validate_sale
@@ -174,7 +174,7 @@ class Committer:
                 items.append(
                     BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
                 )
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 err = invalid_from(exc)
                 broken.append(
                     (e.seq, [{"rule": "schema", "field": err.field, "message": err.message}])
@@ -276,9 +276,14 @@ class Committer:
 
     async def deliver_triggers(self) -> int:
         """Deliver every due outbox event to the trigger sink (exactly once)."""
-        delivered = await self.sink.deliver_due_triggers(self.clock.now())
-        self.metrics.triggers.labels("delivered").inc(len(delivered))
-        return len(delivered)
+        total = 0
+        limit = 1000
+        while True:
+            delivered = await self.sink.deliver_due_triggers(self.clock.now(), limit)
+            total += len(delivered)
+            self.metrics.triggers.labels("delivered").inc(len(delivered))
+            if len(delivered) < limit:
+                return total
 
     # ----------------------------------------------------------------- manual sales
 
@@ -337,7 +342,7 @@ class Committer:
                 items.append(
                     BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
                 )
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 err = invalid_from(exc)
                 broken.append(
                     {

@@ -26,6 +26,8 @@ Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+# Versions are stored as SQLite/PostgreSQL BIGINT: keep them inside int64.
+Version = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 # Bounds on every Decimal: finite, below a trillion, at most 8 decimal places
 # (R-Series carries fractional cents; nothing real needs more).
@@ -102,7 +104,7 @@ class Customer(
     status: Literal["active", "inactive", "deleted"] = "active"
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    version: int | None = None
+    version: Version | None = None
     source_ref: ShortText | None = None
 
     def __post_init__(self) -> None:
@@ -140,7 +142,7 @@ class Product(
     attributes: dict[ShortText, Text] = {}
     created_at: datetime | None = None
     updated_at: datetime | None = None
-    version: int | None = None
+    version: Version | None = None
     source_ref: ShortText | None = None
 
     def __post_init__(self) -> None:
@@ -236,7 +238,7 @@ class Sale(
     business_date: date | None = None
     tz_assumed: bool = False
     updated_at: datetime | None = None
-    version: int | None = None
+    version: Version | None = None
     source_ref: ShortText | None = None
 
     def __post_init__(self) -> None:
@@ -264,7 +266,7 @@ class Void(
     id: Id
     occurred_at: datetime
     reason: Text | None = None
-    version: int | None = None
+    version: Version | None = None
     source_ref: ShortText | None = None
 
     def __post_init__(self) -> None:
@@ -289,8 +291,17 @@ _PATH = re.compile(r"^(?P<msg>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
-def invalid_from(exc: msgspec.ValidationError | msgspec.DecodeError) -> RecordInvalid:
-    """Turn a msgspec error into RecordInvalid with a `$.a.b[0].c` field path."""
+# Everything decoding untrusted JSON can raise: msgspec's errors, plus RecursionError for
+# absurdly deep nesting and UnicodeDecodeError for invalid UTF-8 inside strings.
+DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError)
+
+
+def invalid_from(exc: BaseException) -> RecordInvalid:
+    """Turn a decoding error into RecordInvalid with a `$.a.b[0].c` field path."""
+    if isinstance(exc, RecursionError):
+        return RecordInvalid("JSON nested too deeply", field="$")
+    if isinstance(exc, UnicodeDecodeError):
+        return RecordInvalid("invalid UTF-8 in JSON", field="$")
     text = str(exc)
     m = _PATH.match(text)
     msg, path = (m.group("msg"), m.group("path")) if m else (text, None)
@@ -312,7 +323,7 @@ def decode_record(data: bytes | str) -> Record:
     """Decode one canonical record or raise RecordInvalid naming the field."""
     try:
         return RECORD_DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise invalid_from(exc) from None
 
 
@@ -321,7 +332,7 @@ def convert_record(obj: object) -> Record:
     try:
         record: Record = msgspec.convert(obj, Record)
         return record
-    except msgspec.ValidationError as exc:
+    except DECODE_ERRORS as exc:
         raise invalid_from(exc) from None
 
 

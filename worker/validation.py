@@ -50,7 +50,15 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from worker.errors import RecordInvalid
-from worker.records import SPOOLED_DECODER, Sale, Spooled, Void, invalid_from, localize
+from worker.records import (
+    DECODE_ERRORS,
+    SPOOLED_DECODER,
+    Sale,
+    Spooled,
+    Void,
+    invalid_from,
+    localize,
+)
 from worker.sinks.base import SaleRow
 
 __all__ = [
@@ -164,7 +172,7 @@ def decode_spooled(data: bytes | str) -> Spooled | Failure:
     """Decode one spooled row, or a `schema` failure naming the field."""
     try:
         return SPOOLED_DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         err: RecordInvalid = invalid_from(exc)
         return Failure(RULE_SCHEMA, err.field or "$", err.message)
 

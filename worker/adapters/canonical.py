@@ -6,7 +6,7 @@ import msgspec
 
 from worker.adapters.base import AdapterContext, Parsed, Rejection
 from worker.errors import RecordInvalid, UnsupportedMediaType
-from worker.records import RECORD_DECODER, Record, invalid_from, iter_ndjson
+from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, invalid_from, iter_ndjson
 
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 JSON_TYPES = frozenset({"application/json", "text/json"})
@@ -16,7 +16,7 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 def _decode_one(index: int, raw: bytes | msgspec.Raw, out: Parsed) -> None:
     try:
         record: Record = RECORD_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         err = invalid_from(exc)
         out.rejected.append(Rejection(index, err.message, err.field))
         return
@@ -49,7 +49,7 @@ class CanonicalAdapter:
         if stripped[:1] == b"[":
             try:
                 items = _RAW_LIST.decode(body)
-            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            except DECODE_ERRORS as exc:
                 raise invalid_from(exc) from None
             if not items:
                 raise RecordInvalid("empty array: expected at least one record", field="$")
@@ -60,7 +60,7 @@ class CanonicalAdapter:
             raise RecordInvalid("expected a JSON object, a JSON array, or NDJSON", field="$")
         try:
             out.records.append(RECORD_DECODER.decode(body))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except DECODE_ERRORS as exc:
             err = invalid_from(exc)
             if isinstance(exc, msgspec.ValidationError):
                 out.rejected.append(Rejection(0, err.message, err.field))

@@ -282,8 +282,12 @@ class SqliteSpool:
     async def _commit_group(self, group: list[_Append]) -> None:
         try:
             results = await self._run(lambda db: _write_group(db, group))
-        except sqlite3.Error as exc:
-            err = _storage_error(exc)
+        except Exception as exc:
+            err = (
+                _storage_error(exc)
+                if isinstance(exc, sqlite3.Error)
+                else Unavailable(f"spool write failed: {type(exc).__name__}", field=None)
+            )
             self.last_error = str(exc)
             log.exception("spool group of %d requests failed", len(group))
             for item in group:

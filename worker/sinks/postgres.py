@@ -47,7 +47,7 @@ from worker.sinks.base import (
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("possync.sink")
 
 TABLES = (
     "customers",

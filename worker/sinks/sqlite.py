@@ -68,7 +68,7 @@ from worker.sinks.base import (
     TriggerEvent,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("possync.sink")
 
 _SCHEMA_VERSION = 1
 

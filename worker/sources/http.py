@@ -29,7 +29,7 @@ from worker.errors import (
     Unavailable,
 )
 from worker.intake import IngestOutcome, token_ok
-from worker.records import SPOOLED_DECODER, Spooled, invalid_from
+from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
 
 log = logging.getLogger("possync.http")
 
@@ -407,7 +407,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
     raw = body if body.strip() else item.body
     try:
         record: Spooled = SPOOLED_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise invalid_from(exc) from None
     if record.id != item.rid:
         raise RecordInvalid(

@@ -1,0 +1,584 @@
+"""Measures 2-6 on one real server, in the order an operator meets them.
+
+    empty-spool restart (baseline of 6)
+    start server, push the customers (real time, into the sink)
+    backfill stores A, B, C through HTTP, sampling the server's RSS       -> 2, 5
+        baseline: raw executemany of the same records into a WAL table      (2)
+    window commit of store A (N sales) via POST /v1/admin/commit          -> 3
+        baseline: raw executemany of the same sink rows into the same tables
+    restart with the rest still spooled, time to /readyz 200              -> 6
+    live pushes at a fixed rate: idle p99, then p99 while store B commits -> 4
+
+Stores A and B hold N sales each (the commit measures), C the rest of the backfill, so
+the backfill is `rss_total` records and the RSS mark at half way is `rss_total / 2`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import data
+from bench.load import OpenLoop
+from bench.procs import (
+    ADMIN,
+    STORE_TOKEN,
+    Proc,
+    RssSampler,
+    free_port,
+    possync_proc,
+    read_rss_bytes,
+    wait_ready,
+    write_config,
+)
+from bench.report import Row, fmt_mb, fmt_rate
+
+PIPELINE = ("backfill", "rss", "commit", "restart", "p99")
+_ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+BACKFILL_BATCH = 5_000
+RSS_LIMIT = 200 * 1024 * 1024
+RSS_FLAT = 1.2  # "flat": twice the records may cost at most 20 % more peak RSS
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Sizes and durations."""
+
+    commit_n: int  # sales per commit store (A and B)
+    rss_total: int  # records in the whole backfill (A + B + C)
+    live_rate: float  # req/s of live pushes during measure 4
+    idle_s: float
+    sink_batch: int = 5_000  # [windows] batch_size default: the committer's page size
+    want: frozenset[str] = frozenset(PIPELINE)
+
+
+@dataclass
+class _Store:
+    name: str
+    prefix: str
+    count: int
+    path: Path
+    records: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _State:
+    workdir: Path
+    settings: PipelineSettings
+    port: int = 0
+    config: Path = Path()
+    stores: list[_Store] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def _log(msg: str) -> None:
+    print(f"  {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _plan(st: _State) -> None:
+    s = st.settings
+    want = s.want
+    plan: list[tuple[str, str, int]] = []
+    full = bool(want & {"backfill", "rss"})
+    if full or want & {"commit", "restart"}:
+        plan.append(("A", "A-", s.commit_n))
+    if full or "p99" in want:
+        plan.append(("B", "B-", s.commit_n))
+    rest = s.rss_total - 2 * s.commit_n
+    if full and rest > 0:
+        plan.append(("C", "C-", rest))
+    for name, prefix, n in plan:
+        st.stores.append(_Store(name, prefix, n, st.workdir / f"backfill-{name}.ndjson"))
+
+
+def _generate(st: _State) -> float:
+    t0 = time.perf_counter()
+    for store in st.stores:
+        stream = data.SaleStream(store.prefix, store.count, seed=11)
+        store.records, store.bytes = data.write_ndjson(store.path, stream)
+    data.write_ndjson(st.workdir / "customers.ndjson", data.customers())
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def _server(st: _State, tag: str) -> Proc:
+    return possync_proc(st.config, st.workdir / f"server-{tag}.log")
+
+
+async def _ready(proc: Proc, st: _State) -> float:
+    return await wait_ready(proc, f"{st.base}/readyz", headers=_ADMIN_H, timeout_s=600)
+
+
+async def _json(
+    session: aiohttp.ClientSession, method: str, url: str, **kw: Any
+) -> tuple[int, Any]:
+    async with session.request(method, url, timeout=_NO_TIMEOUT, **kw) as resp:
+        body = await resp.read()
+        try:
+            return resp.status, json.loads(body)
+        except ValueError:
+            return resp.status, body.decode(errors="replace")
+
+
+async def _push_customers(session: aiohttp.ClientSession, st: _State) -> None:
+    body = (st.workdir / "customers.ndjson").read_bytes()
+    headers = {**_ADMIN_H, "Content-Type": "application/x-ndjson"}
+    for store in ["LIVE", *(s.name for s in st.stores)]:
+        status, out = await _json(
+            session, "POST", f"{st.base}/v1/push/canonical/{store}", data=body, headers=headers
+        )
+        if status != 202:
+            raise RuntimeError(f"customer push to {store}: {status} {out}")
+
+
+async def _empty_restart(st: _State) -> float:
+    d = st.workdir / "empty"
+    d.mkdir(exist_ok=True)
+    port = free_port()
+    cfg = write_config(d / "possync.toml", d / "data", port, ["LIVE"])
+    url = f"http://127.0.0.1:{port}/readyz"
+    with possync_proc(cfg, d / "server-first.log") as first:
+        await wait_ready(first, url, headers=_ADMIN_H)
+    with possync_proc(cfg, d / "server-restart.log") as again:
+        return await wait_ready(again, url, headers=_ADMIN_H)
+
+
+# ---------------------------------------------------------------------------- backfill
+
+
+async def _has_backfill(session: aiohttp.ClientSession, st: _State) -> bool:
+    """The backfill route exists iff a GET on it is 405 (path known, method not)."""
+    async with session.get(
+        f"{st.base}/v1/backfill/canonical/{st.stores[0].name}", headers=_ADMIN_H
+    ) as resp:
+        await resp.read()
+        return resp.status == 405
+
+
+class _Progress:
+    def __init__(self, half: int) -> None:
+        self.done = 0
+        self.half = half
+        self.t_half: float | None = None
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.t_half is None and self.done >= self.half:
+            self.t_half = time.monotonic()
+
+
+async def _stream(path: Path, progress: _Progress) -> AsyncIterator[bytes]:
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            progress.add(chunk.count(b"\n"))
+            yield chunk
+            await asyncio.sleep(0)
+
+
+async def _backfill_stream(
+    session: aiohttp.ClientSession, st: _State, store: _Store, progress: _Progress
+) -> dict[str, Any]:
+    headers = {**_ADMIN_H, "Content-Type": "application/x-ndjson"}
+    status, out = await _json(
+        session,
+        "POST",
+        f"{st.base}/v1/backfill/canonical/{store.name}",
+        data=_stream(store.path, progress),
+        headers=headers,
+    )
+    if not 200 <= status < 300:
+        raise RuntimeError(f"backfill {store.name}: {status} {out}")
+    accepted = out.get("accepted", store.records) if isinstance(out, dict) else store.records
+    return {"accepted": int(accepted), "response": out}
+
+
+async def _backfill_pushes(
+    session: aiohttp.ClientSession, st: _State, store: _Store, progress: _Progress
+) -> dict[str, Any]:
+    headers = {**_ADMIN_H, "Content-Type": "application/x-ndjson"}
+    url = f"{st.base}/v1/push/canonical/{store.name}"
+    batches = data.read_batches(store.path, BACKFILL_BATCH)
+    accepted = 0
+    duplicates = 0
+
+    async def client() -> None:
+        nonlocal accepted, duplicates
+        for batch in batches:  # shared iterator: two requests in flight
+            status, out = await _json(session, "POST", url, data=b"\n".join(batch), headers=headers)
+            if status != 202:
+                raise RuntimeError(f"backfill push to {store.name}: {status} {out}")
+            accepted += out["accepted"]
+            duplicates += out["duplicates"]
+            progress.add(len(batch))
+
+    await asyncio.gather(client(), client())
+    return {"accepted": accepted, "duplicates": duplicates}
+
+
+_SPOOL_LIKE = """
+CREATE TABLE spool(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
+    version INTEGER NOT NULL, origin TEXT NOT NULL,
+    received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
+    UNIQUE(store, kind, rid));
+CREATE INDEX spool_pending ON spool(store, state, seq);
+"""
+
+
+def _raw_backfill(st: _State) -> tuple[int, float]:
+    """The same records, executemany'd in batches of 5,000 into a spool-shaped WAL table.
+
+    Only executemany + COMMIT is timed; reading the file and cutting out each id is not.
+    """
+    path = st.workdir / "raw-backfill.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_SPOOL_LIKE)
+        n = 0
+        spent = 0.0
+        now = time.time()
+        sql = (
+            "INSERT INTO spool(store, kind, rid, version, origin, received_at, size, body) "
+            "VALUES(?,?,?,?,?,?,?,?)"
+        )
+        for store in st.stores:
+            for batch in data.read_batches(store.path, BACKFILL_BATCH):
+                rows = []
+                for line in batch:
+                    start = line.index(b'"id":"') + 6
+                    rid = line[start : line.index(b'"', start)].decode()
+                    rows.append((store.name, "sale", rid, 0, "backfill", now, len(line), line))
+                t0 = time.perf_counter()
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+                spent += time.perf_counter() - t0
+                n += len(rows)
+        return n, spent
+    finally:
+        db.close()
+
+
+async def _backfill(session: aiohttp.ClientSession, st: _State, proc: Proc) -> None:
+    s = st.settings
+    total = sum(x.records for x in st.stores)
+    streaming = await _has_backfill(session, st)
+    how = (
+        "POST /v1/backfill (streamed NDJSON)"
+        if streaming
+        else f"fallback: NDJSON pushes of {BACKFILL_BATCH:,}/request, 2 in flight"
+    )
+    _log(f"backfill {total:,} records to {[x.name for x in st.stores]} via {how}")
+    progress = _Progress(total // 2)
+    idle_rss = read_rss_bytes(proc.pid) or 0
+    results = {}
+    async with RssSampler(proc.pid, 0.1) as rss:
+        t0 = time.monotonic()
+        for store in st.stores:
+            fn = _backfill_stream if streaming else _backfill_pushes
+            results[store.name] = await fn(session, st, store, progress)
+        elapsed = time.monotonic() - t0
+    accepted = sum(r["accepted"] for r in results.values())
+    rate = total / elapsed
+    _log(f"backfill: {rate:,.0f} records/s ({elapsed:.1f} s, accepted {accepted:,})")
+    n_raw, raw_s = await asyncio.to_thread(_raw_backfill, st)
+    raw_rate = n_raw / raw_s
+    _log(f"raw executemany: {raw_rate:,.0f} records/s ({raw_s:.1f} s)")
+    label = "streamed" if streaming else "NDJSON pushes of 5,000 (backfill endpoint absent)"
+    if "backfill" in s.want:
+        st.rows.append(
+            Row(
+                "backfill",
+                f"bulk backfill through HTTP, {total:,} records ({label})",
+                rate,
+                fmt_rate(rate, "rec/s"),
+                raw_rate,
+                fmt_rate(raw_rate, "rec/s") + " raw executemany",
+                rate / raw_rate,
+                ">= 0.7x",
+                rate / raw_rate >= 0.7,
+                {"seconds": elapsed, "accepted": accepted, "raw_seconds": raw_s, "stores": results},
+            )
+        )
+    if "rss" in s.want:
+        t_half = progress.t_half or time.monotonic()
+        half_peak = rss.peak(until=t_half)
+        full_peak = rss.peak()
+        ratio = full_peak / half_peak if half_peak else 0.0
+        st.rows.append(
+            Row(
+                "rss",
+                f"server RSS peak during backfill: {total:,} vs {total // 2:,} records",
+                full_peak,
+                fmt_mb(full_peak),
+                half_peak,
+                fmt_mb(half_peak) + f" at {total // 2:,}",
+                ratio,
+                f"<= 200 MiB, <= {RSS_FLAT}x",
+                full_peak <= RSS_LIMIT and ratio <= RSS_FLAT,
+                {
+                    "idle_rss_bytes": idle_rss,
+                    "samples": len(rss.samples),
+                    "series_mib": [
+                        [round(t - t0, 2), round(r / 2**20, 1)] for t, r in rss.samples[::10]
+                    ],
+                },
+            )
+        )
+        _log(f"RSS: idle {fmt_mb(idle_rss)}, half {fmt_mb(half_peak)}, full {fmt_mb(full_peak)}")
+
+
+# ---------------------------------------------------------------------------- commit
+
+
+async def _commit(session: aiohttp.ClientSession, st: _State, store: str) -> tuple[float, Any]:
+    t0 = time.monotonic()
+    status, out = await _json(
+        session, "POST", f"{st.base}/v1/admin/commit?store={store}", headers=_ADMIN_H
+    )
+    elapsed = time.monotonic() - t0
+    if status != 200:
+        raise RuntimeError(f"commit {store}: {status} {out}")
+    return elapsed, out["stores"][store]
+
+
+def _chunks(src: sqlite3.Connection, store: str, size: int) -> Iterator[tuple[list[Any], ...]]:
+    last = 0
+    while True:
+        sales = src.execute(
+            "SELECT rowid, * FROM sales WHERE store=? AND rowid>? ORDER BY rowid LIMIT ?",
+            (store, last, size),
+        ).fetchall()
+        if not sales:
+            return
+        last = sales[-1][0]
+        ids = json.dumps([r[2] for r in sales])
+        lines = src.execute(
+            "SELECT * FROM sale_lines WHERE store=? AND sale_id IN (SELECT value FROM json_each(?))",
+            (store, ids),
+        ).fetchall()
+        tenders = src.execute(
+            "SELECT * FROM tenders WHERE store=? AND sale_id IN (SELECT value FROM json_each(?))",
+            (store, ids),
+        ).fetchall()
+        yield [r[1:] for r in sales], lines, tenders
+
+
+async def _empty_sink(path: Path) -> None:
+    """A sink database with the real schema (opened once through the sink registry)."""
+    from worker.config import decode
+    from worker.sinks import open_sink
+
+    cfg = decode({"data_dir": str(path.parent), "sink": {"kind": "sqlite", "path": str(path)}})
+    async with open_sink(cfg):
+        pass
+
+
+def _raw_commit(src_path: Path, dst_path: Path, store: str, size: int) -> tuple[int, int, float]:
+    """Copy the committed rows of `store` with executemany, `size` sales per transaction.
+
+    Same tables, indexes and pragmas (WAL, synchronous=FULL) as the sink; only the inserts
+    and COMMITs are timed, not reading the rows back out of the server's sink.
+    """
+    src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
+    dst = sqlite3.connect(dst_path, isolation_level=None)
+    try:
+        dst.execute("PRAGMA journal_mode=WAL")
+        dst.execute("PRAGMA synchronous=FULL")
+        dst.execute("PRAGMA cache_size=-32768")
+        n_sales = n_lines = 0
+        spent = 0.0
+        for sales, lines, tenders in _chunks(src, store, size):
+            ins_sales = f"INSERT INTO sales VALUES({','.join('?' * len(sales[0]))})"
+            ins_lines = f"INSERT INTO sale_lines VALUES({','.join('?' * len(lines[0]))})"
+            ins_tenders = f"INSERT INTO tenders VALUES({','.join('?' * len(tenders[0]))})"
+            t0 = time.perf_counter()
+            dst.execute("BEGIN IMMEDIATE")
+            dst.executemany(ins_sales, sales)
+            dst.executemany(ins_lines, lines)
+            dst.executemany(ins_tenders, tenders)
+            dst.execute("COMMIT")
+            spent += time.perf_counter() - t0
+            n_sales += len(sales)
+            n_lines += len(lines)
+        return n_sales, n_lines, spent
+    finally:
+        src.close()
+        dst.close()
+
+
+async def _window_commit(session: aiohttp.ClientSession, st: _State) -> None:
+    s = st.settings
+    elapsed, res = await _commit(session, st, "A")
+    committed = int(res["committed"])
+    rate = committed / elapsed
+    _log(f"window commit A: {committed:,} sales in {elapsed:.1f} s = {rate:,.0f} sales/s {res}")
+    dst = st.workdir / "raw-sink.db"
+    await _empty_sink(dst)
+    n, n_lines, raw_s = await asyncio.to_thread(
+        _raw_commit, st.workdir / "data" / "clientbook.db", dst, "A", s.sink_batch
+    )
+    raw_rate = n / raw_s
+    _log(f"raw executemany into the sink tables: {n:,} sales ({n_lines:,} lines) {raw_rate:,.0f}/s")
+    st.rows.append(
+        Row(
+            "commit",
+            f"window commit of {committed:,} spooled sales into the SQLite sink",
+            rate,
+            fmt_rate(rate, "sales/s"),
+            raw_rate,
+            fmt_rate(raw_rate, "sales/s") + " raw executemany",
+            rate / raw_rate,
+            ">= 0.5x",
+            rate / raw_rate >= 0.5,
+            {"seconds": elapsed, "result": res, "raw_seconds": raw_s, "raw_lines": n_lines},
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- p99
+
+
+async def _p99(session: aiohttp.ClientSession, st: _State) -> None:
+    s = st.settings
+    url = f"{st.base}/v1/push/canonical/LIVE"
+    async with OpenLoop(
+        url,
+        workdir=st.workdir,
+        templates=data.push_templates(),
+        run="live",
+        token=STORE_TOKEN,
+        rate=s.live_rate,
+    ) as load:
+        await asyncio.sleep(1.0)  # connections up
+        idle_start = time.monotonic()
+        await asyncio.sleep(s.idle_s)
+        idle_end = c_start = time.monotonic()
+        elapsed, res = await _commit(session, st, "B")
+        c_end = time.monotonic()
+        await asyncio.sleep(0.5)
+        await load.stop()
+    idle = load.window(idle_start, idle_end)
+    busy = load.window(c_start, c_end)
+    committed = int(res["committed"])
+    _log(f"live pushes at {s.live_rate:g}/s: idle {idle}; during commit of B {busy}")
+    _log(f"window commit B under live load: {committed:,} sales in {elapsed:.1f} s")
+    ratio = busy["p99_ms"] / idle["p99_ms"] if idle["p99_ms"] else 0.0
+    st.rows.append(
+        Row(
+            "p99",
+            f"push p99 during a {committed:,}-sale window commit ({s.live_rate:g} req/s open loop)",
+            busy["p99_ms"],
+            f"p99 {busy['p99_ms']:.1f} ms (p50 {busy['p50_ms']:.1f}, max {busy['max_ms']:.0f})",
+            idle["p99_ms"],
+            f"idle p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f})",
+            ratio,
+            "<= 3x",
+            ratio <= 3.0 and busy["non_2xx"] == 0,
+            {"idle": idle, "during_commit": busy, "commit_seconds": elapsed, "result": res},
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- restart
+
+
+def _startup_costs(spool: Path) -> dict[str, float]:
+    """What the spool's open does, timed alone on the stopped server's file (warm cache).
+
+    `open_spool` runs `PRAGMA quick_check` (reads every page) and then counts pending rows
+    and bytes per store; this splits the restart time between the two.
+    """
+    out: dict[str, float] = {"spool_bytes": float(spool.stat().st_size)}
+    db = sqlite3.connect(spool)
+    try:
+        t0 = time.perf_counter()
+        db.execute("PRAGMA quick_check").fetchone()
+        out["quick_check_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        db.execute(
+            "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
+        ).fetchall()
+        out["pending_count_s"] = time.perf_counter() - t0
+    finally:
+        db.close()
+    return out
+
+
+# ---------------------------------------------------------------------------- main
+
+
+async def run(workdir: Path, s: PipelineSettings) -> list[Row]:
+    """Every wanted measure of 2-6; see the module docstring for the order."""
+    st = _State(workdir, s)
+    _plan(st)
+    gen_s = _generate(st)
+    _log(
+        f"generated {sum(x.records for x in st.stores):,} sales "
+        f"({sum(x.bytes for x in st.stores) / 2**20:,.0f} MiB NDJSON) in {gen_s:.1f} s"
+    )
+    empty_ready = 0.0
+    if "restart" in s.want:
+        empty_ready = await _empty_restart(st)
+        _log(f"restart to ready, empty spool: {empty_ready:.2f} s")
+    st.port = free_port()
+    stores = ["LIVE", *(x.name for x in st.stores)]
+    st.config = write_config(workdir / "possync.toml", workdir / "data", st.port, stores)
+    async with aiohttp.ClientSession(timeout=_NO_TIMEOUT) as session:
+        with _server(st, "first") as proc:
+            await _ready(proc, st)
+            await _push_customers(session, st)
+            await _backfill(session, st, proc)
+            if "commit" in s.want:
+                await _window_commit(session, st)
+        costs: dict[str, float] = {}
+        if "restart" in s.want:
+            costs = await asyncio.to_thread(_startup_costs, workdir / "data" / "spool.db")
+            _log(f"spool open costs, timed alone: {costs}")
+        if "restart" in s.want or "p99" in s.want:
+            with _server(st, "restart") as proc:
+                ready = await _ready(proc, st)
+                status, spool = await _json(session, "GET", f"{st.base}/status", headers=_ADMIN_H)
+                pending = int(spool["spool"]["pending"]) if status == 200 else -1
+                _log(f"restart to ready with {pending:,} spooled rows: {ready:.2f} s")
+                if "restart" in s.want:
+                    st.rows.append(
+                        Row(
+                            "restart",
+                            f"restart to ready with {pending:,} spooled rows",
+                            ready,
+                            f"{ready:.2f} s",
+                            empty_ready,
+                            f"{empty_ready:.2f} s empty spool",
+                            ready / empty_ready if empty_ready else None,
+                            "< 2 s",
+                            ready < 2.0,
+                            {"pending": pending, **costs},
+                        )
+                    )
+                if "p99" in s.want:
+                    await _p99(session, st)
+    return st.rows

@@ -1,0 +1,238 @@
+"""Profile the server during one benchmark phase with py-spy, and summarize the top frames.
+
+    python -m bench.profile [push|backfill|commit ...] [--seconds S] [--records N]
+
+py-spy is not a project dependency: `.venv/bin/pip install py-spy`. It runs the server as
+its child (`py-spy record --threads --nonblocking -- python -m worker serve ...`; attaching
+to a running pid needs ptrace rights that containers often lack) and writes collapsed
+stacks to `bench/results/profiles/PHASE.txt`. Only the phase in question runs while the
+profiled server is up; data needed beforehand (a filled spool) is prepared by an
+unprofiled server first.
+
+The summary splits samples by thread (event loop, spool connection thread, sink
+connection thread, other executors) and lists, for the event-loop thread, the functions
+with the largest inclusive share, and for every thread the top self (leaf) frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import aiohttp
+
+from bench import data, pipeline
+from bench.load import closed_loop
+from bench.procs import (
+    ADMIN,
+    STORE_TOKEN,
+    Proc,
+    free_port,
+    possync_proc,
+    wait_ready,
+    write_config,
+)
+
+OUT = Path(__file__).parent / "results" / "profiles"
+_LINE = re.compile(r"^(?P<stack>.*) (?P<n>\d+)$")
+_LOC = re.compile(r" \((?P<file>[^:()]*)(?::\d+)?\)$")
+# Frames that are on every event-loop stack and say nothing about the cost.
+_BORING = re.compile(
+    r"^(<module>|_run_module_as_main|_run_code|main|run|run_until_complete|run_forever|"
+    r"_run_once|_run|run_app|_serve|serve) "
+)
+
+
+class ProfiledServer(Proc):
+    """`possync serve` as the child of `py-spy record`; stop = SIGTERM to the server."""
+
+    def server_pid(self) -> int | None:
+        """The python child of py-spy."""
+        try:
+            kids = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(kids[0]) if kids else None
+
+    def stop(self) -> float:
+        """Graceful server shutdown, then py-spy writes its file and exits."""
+        child = self.server_pid()
+        if child is not None and self.alive() and self.popen is not None:
+            os.kill(child, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=self.grace_s)  # py-spy writes, then exits
+        return super().stop()
+
+
+def profiled_server(config: Path, out: Path, log: Path, rate: int = 250) -> ProfiledServer:
+    """The real server under py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    argv = [
+        spy, "record", "-r", str(rate), "--threads", "--nonblocking", "--format", "raw",
+        "-o", str(out), "--", sys.executable, "-m", "worker", "serve", "--config", str(config),
+    ]  # fmt: skip
+    return ProfiledServer(argv, log, name="possync (py-spy)", grace_s=120.0)
+
+
+_SPOOL_FUNCS = ("SqliteSpool", "_write_group", "_retire", "_audit", "_quick_check", "open_spool")
+
+
+def _frame(text: str) -> str:
+    """`func (path/to/worker/x.py:12)` -> `worker/x.py:func`."""
+    m = _LOC.search(text)
+    func = text[: m.start()] if m else text
+    path = m.group("file") if m else ""
+    for anchor in ("/worker/", "/bench/", "site-packages/", "/lib/python3.11/"):
+        if anchor in path:
+            path = path.split(anchor, 1)[1]
+            if anchor == "/worker/":
+                path = "worker/" + path
+            break
+    if path == "sqlite.py" and func.startswith(_SPOOL_FUNCS):
+        path = "worker/buffers/sqlite.py"  # py-spy shortens this one file name
+    if func == "run_app" and path.startswith("aiohttp/"):
+        return "(uvloop C: epoll, socket I/O, callbacks)"
+    return f"{path}:{func}" if path else func
+
+
+def _thread_kind(text: str) -> str:
+    """Classify one thread by every frame it was ever seen in."""
+    if "run_app (" in text:
+        return "event loop"
+    if "SqliteSpool" in text or "_write_group" in text:
+        return "spool connection thread"
+    if "aiosqlite/core.py" in text:
+        return "sink connection threads"
+    return "other threads"
+
+
+def summarize(path: Path, top: int = 14) -> str:
+    """Per-thread shares and top frames of a py-spy raw (collapsed) file, as markdown."""
+    stacks: list[tuple[str, list[str], int]] = []
+    seen: dict[str, list[str]] = defaultdict(list)
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        parts = m.group("stack").split(";")
+        label = next((p for p in parts if p.startswith("thread (")), "thread (?)")
+        tid = label.split(")", 1)[0]  # "thread (123): MainThread" -> "thread (123"
+        frames = [p for p in parts if not p.startswith(("thread (", "process "))]
+        if frames:
+            stacks.append((tid, frames, int(m.group("n"))))
+            seen[tid].append(";".join(frames))
+    kinds = {tid: _thread_kind(";".join(texts)) for tid, texts in seen.items()}
+    per_kind: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    leaf: dict[str, Counter[str]] = defaultdict(Counter)
+    in_worker = 0
+    total = 0
+    for tid, frames, n in stacks:
+        kind = kinds[tid]
+        total += n
+        per_kind[kind] += n
+        leaf[kind][_frame(frames[-1])] += n
+        if kind == "event loop":
+            names = [_frame(x) for x in frames if not _BORING.match(x)]
+            mine = [f for f in dict.fromkeys(names) if f.startswith("worker/")]
+            in_worker += n if mine else 0
+            for f in mine:
+                inclusive[f] += n
+    if not total:
+        return "(no samples)"
+    loop = per_kind["event loop"] or 1
+    out = [f"{total:,} samples over all threads (py-spy skips idle threads)", ""]
+    out += ["| thread | share of samples |", "|---|---|"]
+    out += [f"| {k} | {v / total:.0%} |" for k, v in per_kind.most_common()]
+    out += [
+        "",
+        f"Event-loop thread: {in_worker / loop:.0%} of its samples are inside `worker/` code, "
+        f"{1 - in_worker / loop:.0%} in aiohttp/uvloop/asyncio alone. "
+        "`worker/` functions, inclusive (share of the loop thread's samples):",
+        "",
+    ]
+    out += ["| function | share |", "|---|---|"]
+    out += [f"| `{f}` | {v / loop:.0%} |" for f, v in inclusive.most_common(top)]
+    for kind, counter in sorted(leaf.items(), key=lambda kv: -per_kind[kv[0]]):
+        n = per_kind[kind]
+        out += ["", f"{kind}, self (leaf) frames (share of that thread's samples):", ""]
+        out += ["| frame | share |", "|---|---|"]
+        out += [f"| `{f}` | {v / n:.0%} |" for f, v in counter.most_common(6)]
+    return "\n".join(out)
+
+
+async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path:
+    out = OUT / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    stores = ["LIVE", "A"]
+    cfg = write_config(workdir / "possync.toml", workdir / "data", port, stores)
+    settings = pipeline.PipelineSettings(
+        commit_n=records, rss_total=records, live_rate=200, idle_s=1, want=frozenset({"commit"})
+    )
+    st = pipeline._State(workdir, settings, port=port, config=cfg)
+    st.stores.append(pipeline._Store("A", "A-", records, workdir / "backfill-A.ndjson"))
+    if name in ("backfill", "commit"):
+        pipeline._generate(st)
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    ready = f"{base}/readyz"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+        if name == "commit":  # fill the spool first, unprofiled
+            with possync_proc(cfg, workdir / "fill.log") as proc:
+                await wait_ready(proc, ready, headers=headers)
+                await pipeline._push_customers(session, st)
+                await pipeline._backfill_pushes(session, st, st.stores[0], pipeline._Progress(0))
+        with profiled_server(cfg, out, workdir / f"{name}.log") as proc:
+            await wait_ready(proc, ready, headers=headers, timeout_s=300)
+            if name == "push":
+                await closed_loop(
+                    f"{base}/v1/push/canonical/LIVE",
+                    workdir=workdir,
+                    templates=data.push_templates(),
+                    run="profile",
+                    token=STORE_TOKEN,
+                    connections=64,
+                    duration_s=seconds,
+                )
+            elif name == "backfill":
+                await pipeline._push_customers(session, st)
+                await pipeline._backfill_pushes(session, st, st.stores[0], pipeline._Progress(0))
+            else:
+                elapsed, res = await pipeline._commit(session, st, "A")
+                print(f"  committed {res['committed']:,} in {elapsed:.1f} s", flush=True)
+    return out
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("phases", nargs="*", default=["push", "backfill", "commit"])
+    parser.add_argument("--seconds", type=float, default=10.0, help="push load duration")
+    parser.add_argument("--records", type=int, default=50_000, help="backfill/commit size")
+    args = parser.parse_args()
+    for name in args.phases:
+        if name not in ("push", "backfill", "commit"):
+            parser.error(f"unknown phase {name}")
+        workdir = Path(tempfile.mkdtemp(prefix=f"possync-profile-{name}-"))
+        try:
+            print(f"[{name}] profiling the server with py-spy", flush=True)
+            out = asyncio.run(_phase(name, workdir, args.seconds, args.records))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"\n### {name}\n\n{summarize(out)}\n\nraw stacks: {out}\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

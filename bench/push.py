@@ -1,0 +1,136 @@
+"""Measure 1: durable single-sale pushes against a bare and a naive server, same client.
+
+Three servers, one at a time, each its own process on uvloop: `bare` and `naive`
+(`bench.servers`) and the real `possync serve` with a generated config. The same load
+(`bench.load.closed_loop`: wrk + Lua if installed, else the aiohttp client process; same
+connections, same duration, one new sale per request) first warms each server up, then
+measures it. possync's answer is a 202 only after the group commit holding the sale is
+fsynced, so afterwards the spool must hold at least as many sales as there were 202s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench import data
+from bench.load import LoadResult, closed_loop
+from bench.procs import (
+    ADMIN,
+    STORE_TOKEN,
+    Proc,
+    baseline_proc,
+    free_port,
+    possync_proc,
+    wait_ready,
+    write_config,
+)
+from bench.report import Row
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """How long and how hard."""
+
+    connections: int
+    warmup_s: float
+    duration_s: float
+    rounds: int = 1  # bare, naive, durable in turn, `rounds` times; the median counts
+    force_loadgen: bool = False
+
+
+def _text(r: LoadResult) -> str:
+    return f"{r.rps:,.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
+
+
+async def _measure(
+    proc: Proc, url: str, ready_url: str, workdir: Path, s: PushSettings, kind: str
+) -> LoadResult:
+    with proc:
+        await wait_ready(proc, ready_url, headers={"Authorization": f"Bearer {ADMIN}"})
+        templates = data.push_templates()
+        common: dict[str, Any] = {
+            "workdir": workdir,
+            "templates": templates,
+            "token": STORE_TOKEN,
+            "connections": s.connections,
+            "force_loadgen": s.force_loadgen,
+        }
+        warm = await closed_loop(url, run=f"{kind}-warm", duration_s=s.warmup_s, **common)
+        res = await closed_loop(url, run=f"{kind}-run", duration_s=s.duration_s, **common)
+        if kind == "durable":
+            base = url.split("/v1/")[0]
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"{base}/v1/stores/LIVE/spool", headers={"Authorization": f"Bearer {ADMIN}"}
+                ) as resp,
+            ):
+                spool = await resp.json()
+            res.errors = dict(res.errors)
+            acked = warm.ok + res.ok
+            if spool["pending"] < acked:
+                raise RuntimeError(f"spool holds {spool['pending']} sales but {acked} got a 202")
+        print(f"  push {kind:8} {_text(res)}  ({res.tool}, errors {res.errors})", flush=True)
+        return res
+
+
+def _median(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median req/s (other load on a shared machine comes and goes)."""
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
+async def run(workdir: Path, s: PushSettings) -> list[Row]:
+    """Bare, naive, then durable (interleaved rounds); two rows (durable vs each baseline)."""
+    runs: dict[str, list[LoadResult]] = {"bare": [], "naive": [], "durable": []}
+    for n, kind in enumerate(["bare", "naive", "durable"] * s.rounds):
+        d = workdir / f"push-{kind}-{n // 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/v1/push/canonical/LIVE"
+        if kind == "durable":
+            cfg = write_config(d / "possync.toml", d / "data", port, ["LIVE"])
+            proc = possync_proc(cfg, d / "server.log")
+            ready = f"http://127.0.0.1:{port}/readyz"
+        else:
+            proc = baseline_proc(kind, port, d)
+            ready = f"http://127.0.0.1:{port}/healthz"
+        runs[kind].append(await _measure(proc, url, ready, d, s, kind))
+    results = {k: _median(v) for k, v in runs.items()}
+    durable, bare, naive = results["durable"], results["bare"], results["naive"]
+    details: dict[str, Any] = {k: v.as_json() for k, v in results.items()}
+    details["connections"] = s.connections
+    details["duration_s"] = s.duration_s
+    details["rounds"] = {k: [round(r.rps) for r in v] for k, v in runs.items()}
+    r_bare = durable.rps / bare.rps if bare.rps else 0.0
+    r_naive = durable.rps / naive.rps if naive.rps else 0.0
+    return [
+        Row(
+            "push",
+            f"durable single-sale push vs bare aiohttp ({s.connections} conns, {durable.tool}"
+            + (f", median of {s.rounds} rounds)" if s.rounds > 1 else ")"),
+            durable.rps,
+            _text(durable),
+            bare.rps,
+            _text(bare),
+            r_bare,
+            ">= 0.85x",
+            r_bare >= 0.85,
+            details,
+        ),
+        Row(
+            "push",
+            "durable single-sale push vs naive commit-per-request",
+            durable.rps,
+            _text(durable),
+            naive.rps,
+            _text(naive),
+            r_naive,
+            ">= 5x",
+            r_naive >= 5.0,
+            {},
+        ),
+    ]

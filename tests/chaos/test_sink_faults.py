@@ -1,0 +1,132 @@
+"""The SQLite sink locked during a window commit: /readyz names it, intake keeps going, and
+once the lock is gone the commit completes with every sale exactly once.
+
+In-process app (tests/appserver) on a FakeClock: the committer's backoff waits on
+`clock.wait_until`, so the test drives each retry by advancing the clock and waits for
+state changes with bounded `asyncio.wait_for`, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.appserver import Harness, make_config, running
+from tests.factories import sale_dict
+from worker import keys
+from worker.sinks.sqlite import sink_path
+
+NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 New York: no window due for hours
+URL = "/v1/push/canonical/S1"
+
+
+async def _until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
+    """Wait for a state change, bounded; yields to the loop between looks."""
+
+    async def poll() -> None:
+        # The state lives in plain attributes with no event to wait on: look once per turn.
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), limit_s)
+
+
+async def _push(h: Harness, ids: list[str]) -> None:
+    body = b"\n".join(orjson.dumps(sale_dict(sid, at=NOW)) for sid in ids)
+    resp = await h.client.post(
+        URL, data=body, headers={**h.store(), "Content-Type": "application/x-ndjson"}
+    )
+    got = await resp.json()
+    assert resp.status == 202, got
+    assert got["accepted"] == len(ids), got
+
+
+async def _readyz(h: Harness) -> tuple[int, dict[str, object]]:
+    resp = await h.client.get("/readyz", headers=h.admin())
+    return resp.status, await resp.json()
+
+
+def _sink_ids(path: Path) -> list[str]:
+    con = sqlite3.connect(path)
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM sales WHERE store = 'S1'")]
+    finally:
+        con.close()
+
+
+def _retries(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("retrying in" in r.getMessage() for r in caplog.records)
+
+
+async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="possync")
+    # A short busy timeout so each attempt (and the readiness probe) fails fast.
+    cfg = make_config(tmp_path, sink={"kind": "sqlite", "busy_timeout_ms": 50})
+    async with running(cfg, NOW) as h:
+        committer = h.app[keys.COMMITTER]
+        before = [f"B-{n}" for n in range(300)]
+        await _push(h, before)
+        assert (await _readyz(h))[0] == 200
+
+        # The fault: another process-like connection holds the database's write lock.
+        locker = sqlite3.connect(sink_path(cfg), isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            commit = asyncio.create_task(
+                h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+            )
+            await _until(lambda: committer.sink_error is not None)
+            assert "locked" in committer.sink_error
+
+            status, ready = await _readyz(h)
+            assert status == 503, ready
+            assert ready["field"] == "sink" and ready["checks"]["sink"] != "ok", ready
+            assert str(ready["error"]).startswith("sink:")
+
+            # Intake keeps accepting sales into the spool while the sink is down.
+            during = [f"D-{n}" for n in range(200)]
+            for i in range(0, len(during), 50):
+                await _push(h, during[i : i + 50])
+            assert h.spool.stats("S1").pending == len(before) + len(during)
+
+            # Drive two retries through the fake clock; each fails again while locked.
+            for _ in range(2):
+                seen = _retries(caplog)
+                h.clock.advance(cfg.windows.commit_retry_max_s)
+                await _until(lambda seen=seen: _retries(caplog) > seen)
+            assert not commit.done()
+            assert _sink_ids(sink_path(cfg)) == []
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+
+        # Fault cleared: the next retry commits; the request answers.
+        h.clock.advance(cfg.windows.commit_retry_max_s)
+        resp = await asyncio.wait_for(commit, 20)
+        first = await resp.json()
+        assert resp.status == 200, first
+        assert committer.sink_error is None
+        assert (await _readyz(h))[0] == 200
+
+        # A second window takes whatever arrived after the first one's instant.
+        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+        second = await resp.json()
+        assert resp.status == 200, second
+        committed = first["stores"]["S1"]["committed"] + second["stores"]["S1"]["committed"]
+        ids = _sink_ids(sink_path(cfg))
+        assert len(ids) == len(set(ids)), "a sale committed twice"
+        assert set(ids) == set(before) | set(during)
+        assert committed == len(ids)
+        assert h.spool.stats("S1").pending == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        print(
+            f"sink-locked: records={len(before) + len(during)} lost=0 duplicated=0"
+            f" retries={_retries(caplog)}"
+        )

@@ -1,0 +1,620 @@
+"""Shopify adapter: HMAC, topics, orders, refunds (no double counting), voids, customers, products."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.adapter_helpers import (
+    assert_consistent,
+    by_type,
+    fixture,
+    fixture_json,
+    make_ctx,
+    sale,
+    sign,
+)
+from worker.adapters import get_adapter
+from worker.adapters.base import AdapterContext, Parsed
+from worker.adapters.shopify import TOPICS, ShopifyAdapter
+from worker.errors import AuthError, RecordInvalid, UnsupportedMediaType
+from worker.records import Customer, Product, Sale, Void
+
+SECRET = "shpss_current"
+OLD_SECRET = "shpss_previous"
+ORDER_ID = "6120458733912"
+REFUND_ID = "refund:990011220001"
+ADAPTER = ShopifyAdapter()
+
+
+def ctx_for(body: bytes, topic: str, **kw: Any) -> AdapterContext:
+    headers = {
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Hmac-Sha256": sign(body, kw.pop("signing_secret", SECRET)),
+        "X-Shopify-Webhook-Id": "3f0b8e52-6d1a-4c39-9a7e-1b2f61e0c4d7",
+        "X-Shopify-Shop-Domain": "lumen-jewelers.myshopify.com",
+    }
+    headers.update(kw.pop("headers", {}))
+    kw.setdefault("secret", SECRET)
+    return make_ctx("shopify", headers=headers, **kw)
+
+
+def push(doc: Any, topic: str, **kw: Any) -> Parsed:
+    body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    return ADAPTER.parse(body, ctx_for(body, topic, **kw))
+
+
+def order() -> dict[str, Any]:
+    return copy.deepcopy(fixture_json("shopify", "orders_create.json"))
+
+
+def refund() -> dict[str, Any]:
+    return copy.deepcopy(fixture_json("shopify", "refunds_create.json"))
+
+
+# -- signature --------------------------------------------------------------------------
+
+
+def test_registered_under_shopify() -> None:
+    assert isinstance(get_adapter("shopify"), ShopifyAdapter)
+
+
+def test_good_signature_is_accepted_and_delivery_id_kept() -> None:
+    parsed = push(fixture("shopify", "orders_create.json"), "orders/create")
+    assert parsed.delivery_id == "3f0b8e52-6d1a-4c39-9a7e-1b2f61e0c4d7"
+    assert parsed.rejected == []
+
+
+def test_rotated_secret_is_accepted_during_rotation() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = ctx_for(body, "orders/create", signing_secret=OLD_SECRET, previous_secret=OLD_SECRET)
+    assert len(by_type(ADAPTER.parse(body, ctx))["sale"]) == 1
+
+
+def test_previous_secret_alone_does_not_cover_a_third_secret() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = ctx_for(body, "orders/create", signing_secret="someone-else", previous_secret=OLD_SECRET)
+    with pytest.raises(AuthError) as err:
+        ADAPTER.parse(body, ctx)
+    assert err.value.field == "X-Shopify-Hmac-Sha256"
+
+
+def test_wrong_signature_is_refused_before_parsing() -> None:
+    body = b"{not json at all"
+    ctx = ctx_for(body, "orders/create", signing_secret="wrong")
+    with pytest.raises(AuthError) as err:
+        ADAPTER.parse(body, ctx)
+    assert err.value.field == "X-Shopify-Hmac-Sha256"
+    assert err.value.status == 401
+
+
+def test_signature_over_a_reserialized_body_does_not_match() -> None:
+    raw = fixture("shopify", "orders_create.json")
+    reserialized = json.dumps(json.loads(raw)).encode()  # same JSON, other bytes
+    ctx = ctx_for(reserialized, "orders/create")
+    with pytest.raises(AuthError):
+        ADAPTER.parse(raw, ctx)
+
+
+def test_missing_signature() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = make_ctx("shopify", headers={"X-Shopify-Topic": "orders/create"}, secret=SECRET)
+    with pytest.raises(AuthError) as err:
+        ADAPTER.parse(body, ctx)
+    assert err.value.field == "X-Shopify-Hmac-Sha256"
+
+
+def test_malformed_signature() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = ctx_for(body, "orders/create", headers={"X-Shopify-Hmac-Sha256": "not base64!!"})
+    with pytest.raises(AuthError):
+        ADAPTER.parse(body, ctx)
+
+
+def test_no_secret_configured_is_an_auth_error() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = ctx_for(body, "orders/create", secret="", signing_secret="")
+    with pytest.raises(AuthError) as err:
+        ADAPTER.parse(body, ctx)
+    assert "secret" in err.value.message
+
+
+def test_unprefixed_event_headers_are_accepted() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = make_ctx(
+        "shopify",
+        headers={
+            "Shopify-Hmac-Sha256": sign(body, SECRET),
+            "Shopify-Topic": "orders/create",
+            "Shopify-Webhook-Id": "evt-1",
+        },
+        secret=SECRET,
+    )
+    parsed = ADAPTER.parse(body, ctx)
+    assert parsed.delivery_id == "evt-1"
+    assert len(by_type(parsed)["sale"]) == 1
+
+
+# -- topics and unreadable payloads ------------------------------------------------------
+
+
+def test_unknown_topic_names_the_header() -> None:
+    with pytest.raises(RecordInvalid) as err:
+        push(order(), "app/uninstalled")
+    assert err.value.field == "X-Shopify-Topic"
+
+
+def test_missing_topic_names_the_header() -> None:
+    body = fixture("shopify", "orders_create.json")
+    ctx = make_ctx("shopify", headers={"X-Shopify-Hmac-Sha256": sign(body, SECRET)}, secret=SECRET)
+    with pytest.raises(RecordInvalid) as err:
+        ADAPTER.parse(body, ctx)
+    assert err.value.field == "X-Shopify-Topic"
+
+
+def test_wrong_content_type() -> None:
+    body = fixture("shopify", "orders_create.json")
+    with pytest.raises(UnsupportedMediaType):
+        ADAPTER.parse(body, ctx_for(body, "orders/create", content_type="text/xml"))
+
+
+def test_unreadable_price_names_the_field_and_returns_nothing() -> None:
+    doc = order()
+    doc["line_items"][1]["price"] = "twelve"
+    with pytest.raises(RecordInvalid) as err:
+        push(doc, "orders/create")
+    assert err.value.field == "$.line_items[1].price"
+
+
+def test_missing_order_id() -> None:
+    doc = order()
+    del doc["id"]
+    with pytest.raises(RecordInvalid) as err:
+        push(doc, "orders/updated")
+    assert err.value.field == "$.id"
+
+
+def test_invalid_json_is_record_invalid() -> None:
+    with pytest.raises(RecordInvalid) as err:
+        push(b'{"id": 1,', "orders/create")
+    assert err.value.field == "$"
+
+
+def test_time_without_offset_is_refused() -> None:
+    doc = order()
+    doc["processed_at"] = "2026-03-14T15:22:09"
+    with pytest.raises(RecordInvalid) as err:
+        push(doc, "orders/create")
+    assert err.value.field == "$.processed_at"
+
+
+# -- orders ------------------------------------------------------------------------------
+
+
+def test_order_maps_to_sale_with_exact_money_utc_and_business_date() -> None:
+    parsed = push(fixture("shopify", "orders_create.json"), "orders/create")
+    s = sale(parsed, ORDER_ID)
+    assert s.occurred_at == datetime(2026, 3, 14, 20, 22, 9, tzinfo=UTC)
+    assert s.updated_at == datetime(2026, 3, 14, 20, 22, 10, tzinfo=UTC)
+    assert s.business_date == date(2026, 3, 14)
+    assert s.currency == "USD"
+    assert (s.subtotal, s.tax, s.total) == (
+        Decimal("1150.00"),
+        Decimal("94.87"),
+        Decimal("1244.87"),
+    )
+    ring, cloth = s.lines
+    assert (ring.sku, ring.quantity, ring.unit_price, ring.discount, ring.tax) == (
+        "RNG-SAPH-HALO-65",
+        Decimal(1),
+        Decimal("1250.00"),
+        Decimal("125.00"),
+        Decimal("92.81"),
+    )
+    assert ring.product_id == "45566778899001"
+    assert (cloth.quantity, cloth.unit_price, cloth.tax) == (
+        Decimal(2),
+        Decimal("12.50"),
+        Decimal("2.06"),
+    )
+    assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("1244.87"))]
+    assert (s.customer_id, s.employee_id, s.location_id) == (
+        "7345129981001",
+        "104857600",
+        "81234567001",
+    )
+    assert (s.display_number, s.channel, s.kind) == ("#1043", "pos", "sale")
+    assert_consistent(s)
+
+
+def test_embedded_customer_is_also_a_customer_record() -> None:
+    parsed = push(order(), "orders/create")
+    (customer,) = by_type(parsed)["customer"]
+    assert isinstance(customer, Customer)
+    assert (customer.id, customer.first_name, customer.email) == (
+        "7345129981001",
+        "Maya",
+        "maya.okafor@example.com",
+    )
+    # no updated_at on the embedded copy: version 0, it never overwrites a real customer
+    assert customer.effective_version == 0
+
+
+def test_walk_in_order_has_no_customer() -> None:
+    doc = order()
+    doc["customer"] = None
+    parsed = push(doc, "orders/create")
+    assert sale(parsed, ORDER_ID).customer_id is None
+    assert by_type(parsed)["customer"] == []
+
+
+def test_test_orders_are_dropped_and_counted() -> None:
+    doc = order()
+    doc["test"] = True
+    parsed = push(doc, "orders/create")
+    assert parsed.records == []
+    assert parsed.dropped == {"test": 1}
+
+
+def test_shop_money_not_presentment_money() -> None:
+    doc = order()
+    doc["presentment_currency"] = "CAD"
+    line = doc["line_items"][0]
+    line["price"] = "1250.00"
+    line["price_set"]["presentment_money"] = {"amount": "1700.00", "currency_code": "CAD"}
+    line["discount_allocations"][0]["amount"] = "170.00"  # presentment copy in the plain field
+    parsed = push(doc, "orders/create")
+    s = sale(parsed, ORDER_ID)
+    assert s.lines[0].unit_price == Decimal("1250.00")
+    assert s.lines[0].discount == Decimal("125.00")  # from amount_set.shop_money
+    assert (s.currency, s.presentment_currency) == ("USD", "CAD")
+
+
+def test_transactions_in_the_body_become_tenders() -> None:
+    doc = order()
+    doc["transactions"] = [
+        {
+            "id": 1,
+            "kind": "authorization",
+            "status": "success",
+            "amount": "1244.87",
+            "gateway": "shopify_payments",
+        },
+        {
+            "id": 2,
+            "kind": "capture",
+            "status": "success",
+            "amount": "1000.00",
+            "gateway": "shopify_payments",
+            "parent_id": 1,
+        },
+        {"id": 3, "kind": "sale", "status": "success", "amount": "244.87", "gateway": "cash"},
+        {"id": 4, "kind": "sale", "status": "failure", "amount": "244.87", "gateway": "cash"},
+    ]
+    s = sale(push(doc, "orders/paid"), ORDER_ID)
+    assert [(t.method, t.amount, t.reference) for t in s.tenders] == [
+        ("shopify_payments", Decimal("1000.00"), "2"),
+        ("cash", Decimal("244.87"), "3"),
+    ]
+
+
+def test_several_gateways_without_transactions_make_one_tender_for_the_total() -> None:
+    doc = order()
+    doc["payment_gateway_names"] = ["shopify_payments", "cash"]
+    (tender,) = sale(push(doc, "orders/create"), ORDER_ID).tenders
+    assert (tender.method, tender.amount) == ("shopify_payments+cash", Decimal("1244.87"))
+
+
+def test_shipping_and_tip() -> None:
+    doc = order()
+    doc["shipping_lines"] = [
+        {
+            "id": 1,
+            "title": "Ground",
+            "price": "15.00",
+            "discount_allocations": [{"amount": "5.00"}],
+            "tax_lines": [{"price": "0.83"}],
+        }
+    ]
+    doc["total_tip_received"] = "20.00"
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    assert (s.shipping, s.tip, s.tax) == (Decimal("10.00"), Decimal("20.00"), Decimal("95.70"))
+    assert s.total == Decimal("1150.00") + Decimal("95.70") + Decimal("10.00") + Decimal("20.00")
+    assert_consistent(s)
+
+
+def test_taxes_included_prices_become_tax_exclusive_lines() -> None:
+    doc = order()
+    doc["taxes_included"] = True
+    doc["line_items"] = [
+        {
+            "id": 1,
+            "variant_id": 9,
+            "sku": "EU-1",
+            "quantity": 3,
+            "current_quantity": 3,
+            "price": "40.00",
+            "discount_allocations": [],
+            "tax_lines": [{"price": "20.00"}],
+        }
+    ]
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    (ln,) = s.lines
+    assert ln.unit_price == Decimal("33.33333333")
+    assert s.tax == Decimal("20.00")
+    assert abs(s.total - Decimal("120.00")) < Decimal("0.0001")
+    assert_consistent(s)
+
+
+def test_edit_that_removes_an_item_shrinks_the_line() -> None:
+    doc = order()
+    doc["line_items"][1]["current_quantity"] = 1
+    doc["updated_at"] = "2026-03-15T09:00:00-05:00"
+    parsed = push(doc, "orders/edited")
+    s = sale(parsed, ORDER_ID)
+    cloth = s.lines[1]
+    assert (cloth.quantity, cloth.tax) == (Decimal(1), Decimal("1.03"))
+    assert s.total == Decimal("1231.34")
+    assert s.updated_at == datetime(2026, 3, 15, 14, 0, tzinfo=UTC)  # supersedes by updated_at
+    assert_consistent(s)
+
+
+def test_edit_removing_a_whole_line_drops_it() -> None:
+    doc = order()
+    doc["line_items"][1]["current_quantity"] = 0
+    s = sale(push(doc, "orders/edited"), ORDER_ID)
+    assert [ln.sku for ln in s.lines] == ["RNG-SAPH-HALO-65"]
+
+
+# -- refunds -----------------------------------------------------------------------------
+
+
+def test_refund_is_a_return_sale_with_negative_lines_and_tenders() -> None:
+    parsed = push(fixture("shopify", "refunds_create.json"), "refunds/create")
+    s = sale(parsed, REFUND_ID)
+    assert (s.kind, s.original_id, s.currency) == ("return", ORDER_ID, "USD")
+    assert s.occurred_at == datetime(2026, 3, 21, 16, 5, 42, tzinfo=UTC)
+    (ln,) = s.lines
+    assert (ln.quantity, ln.unit_price, ln.tax) == (Decimal(-1), Decimal("12.50"), Decimal("-1.03"))
+    assert (ln.original_line_id, ln.restock) == ("15011223344002", True)
+    assert (s.subtotal, s.tax, s.total) == (Decimal("-12.50"), Decimal("-1.03"), Decimal("-13.53"))
+    assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("-13.53"))]
+    assert_consistent(s)
+
+
+def test_refund_order_adjustments_are_a_fee_line() -> None:
+    parsed = push(fixture("shopify", "refunds_create_shipping.json"), "refunds/create")
+    s = sale(parsed, "refund:990011220002")
+    item, fee = s.lines
+    assert (item.quantity, item.unit_price, item.discount, item.net) == (
+        Decimal(-1),
+        Decimal("200.00"),
+        Decimal("-20.00"),
+        Decimal("-180.00"),
+    )
+    assert (item.sku, item.restock) == ("EAR-PEARL-01", False)
+    assert (fee.line_kind, fee.net, fee.description) == ("fee", Decimal("-5.00"), "shipping_refund")
+    assert s.total == Decimal("-199.85")
+    assert_consistent(s)
+
+
+def test_refund_with_test_transaction_is_dropped() -> None:
+    doc = refund()
+    doc["transactions"][0]["test"] = True
+    parsed = push(doc, "refunds/create")
+    assert parsed.records == [] and parsed.dropped == {"test": 1}
+
+
+def _order_with_embedded_refund() -> dict[str, Any]:
+    doc = order()
+    doc["financial_status"] = "partially_refunded"
+    doc["updated_at"] = "2026-03-21T11:05:43-05:00"
+    doc["line_items"][1]["current_quantity"] = 1
+    doc["current_total_price"] = "1231.34"
+    doc["refunds"] = [refund()]
+    return doc
+
+
+def _latest(records: list[Any]) -> dict[tuple[str, str], Any]:
+    """What an idempotent sink keeps: per (type, id) the highest version."""
+    kept: dict[tuple[str, str], Any] = {}
+    for r in records:
+        key = (type(r).__name__, r.id)
+        if key not in kept or r.effective_version > kept[key].effective_version:
+            kept[key] = r
+    return kept
+
+
+@pytest.mark.parametrize("order_first", [True, False])
+def test_refund_create_and_order_updated_do_not_double_count(order_first: bool) -> None:
+    standalone = push(refund(), "refunds/create").records
+    updated = push(_order_with_embedded_refund(), "orders/updated").records
+    delivered = updated + standalone if order_first else standalone + updated
+    kept = _latest(delivered)
+    refunds = [r for (t, i), r in kept.items() if t == "Sale" and i.startswith("refund:")]
+    assert len(refunds) == 1  # one natural key, whichever topic came first
+    embedded = next(r for r in updated if r.id == REFUND_ID)
+    alone = next(r for r in standalone if r.id == REFUND_ID)
+    assert embedded.effective_version > alone.effective_version  # the richer copy wins
+    assert (embedded.tenders, embedded.subtotal, embedded.tax, embedded.total) == (
+        alone.tenders,
+        alone.subtotal,
+        alone.tax,
+        alone.total,
+    )
+    assert [ln.net for ln in embedded.lines] == [ln.net for ln in alone.lines]
+    assert embedded.customer_id == "7345129981001" and alone.customer_id is None
+    assert (embedded.lines[0].sku, alone.lines[0].sku) == ("CARE-CLOTH-01", "")  # from the order
+    # net spend: the order keeps what was sold, the refund subtracts once
+    net = sum(r.total for (t, _), r in kept.items() if t == "Sale")
+    assert net == Decimal("1231.34")
+
+
+def test_order_keeps_refunded_quantities_on_its_lines() -> None:
+    s = sale(push(_order_with_embedded_refund(), "orders/updated"), ORDER_ID)
+    assert s.lines[1].quantity == Decimal(2)  # current 1 + refunded 1
+    assert s.total == Decimal("1244.87")
+
+
+def test_replaying_a_delivery_yields_identical_records() -> None:
+    first = push(_order_with_embedded_refund(), "orders/updated").records
+    again = push(_order_with_embedded_refund(), "orders/updated").records
+    assert first == again
+
+
+# -- cancellation ------------------------------------------------------------------------
+
+
+def test_cancelled_order_is_voided_with_its_refund() -> None:
+    doc = order()
+    doc["cancelled_at"] = "2026-03-15T10:00:00-05:00"
+    doc["cancel_reason"] = "customer"
+    doc["financial_status"] = "refunded"
+    full = refund()
+    full["id"] = 990011220099
+    full["refund_line_items"][0]["restock_type"] = "cancel"
+    doc["refunds"] = [full]
+    parsed = push(doc, "orders/cancelled")
+    voids = {v.id: v for v in by_type(parsed)["void"]}
+    assert set(voids) == {ORDER_ID, "refund:990011220099"}
+    assert isinstance(voids[ORDER_ID], Void)
+    assert voids[ORDER_ID].occurred_at == datetime(2026, 3, 15, 15, 0, tzinfo=UTC)
+    assert voids[ORDER_ID].reason == "customer"
+    assert {s.id for s in by_type(parsed)["sale"]} == {ORDER_ID, "refund:990011220099"}
+
+
+def test_cancelled_at_on_an_update_also_voids() -> None:
+    doc = order()
+    doc["cancelled_at"] = "2026-03-15T10:00:00-05:00"
+    parsed = push(doc, "orders/updated")
+    assert [v.id for v in by_type(parsed)["void"]] == [ORDER_ID]
+
+
+def test_orders_delete_is_a_void() -> None:
+    parsed = push({"id": 6120458733912}, "orders/delete")
+    (void,) = parsed.records
+    assert isinstance(void, Void) and void.id == ORDER_ID and void.reason == "deleted"
+
+
+# -- customers and products --------------------------------------------------------------
+
+
+def test_customer_update() -> None:
+    parsed = push(fixture("shopify", "customers_update.json"), "customers/update")
+    (c,) = parsed.records
+    assert isinstance(c, Customer)
+    assert (c.id, c.first_name, c.last_name, c.phone) == (
+        "7345129981001",
+        "Maya",
+        "Okafor",
+        "+15125550143",
+    )
+    assert (c.marketing_email, c.marketing_sms) == ("opted_in", "opted_out")
+    assert c.tags == ["anniversary-june", "vip"]
+    assert c.address is not None and (c.address.line1, c.address.region, c.address.postal_code) == (
+        "418 W Mary St",
+        "TX",
+        "78704",
+    )
+    assert c.updated_at == datetime(2026, 3, 21, 16, 5, 43, tzinfo=UTC)
+
+
+def test_customer_delete() -> None:
+    parsed = push({"id": 7345129981001, "phone": None, "addresses": []}, "customers/delete")
+    (c,) = parsed.records
+    assert isinstance(c, Customer) and c.status == "deleted"
+
+
+def test_product_update_is_one_record_per_variant() -> None:
+    parsed = push(fixture("shopify", "products_update.json"), "products/create")
+    (p,) = parsed.records
+    assert isinstance(p, Product)
+    assert (p.id, p.parent_id, p.sku, p.price) == (
+        "45566778899001",
+        "8801122334401",
+        "RNG-SAPH-HALO-65",
+        Decimal("1250.00"),
+    )
+    assert p.name == "Sapphire Halo Ring - 14k White Gold / 6.5"
+    assert p.attributes == {"Metal": "14k White Gold", "Size": "6.5", "compare_at_price": "1400.00"}
+    assert (p.category, p.vendor, p.barcode) == ("Rings", "Lumen Fine", "0871234500651")
+
+
+def test_product_delete() -> None:
+    (p,) = push({"id": 8801122334401}, "products/delete").records
+    assert isinstance(p, Product) and (p.id, p.status) == ("8801122334401", "deleted")
+
+
+# -- property tests ----------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(body=st.binary(max_size=512), topic=st.sampled_from(sorted(TOPICS)))
+def test_arbitrary_signed_bytes_only_raise_record_invalid(body: bytes, topic: str) -> None:
+    with contextlib.suppress(RecordInvalid):
+        ADAPTER.parse(body, ctx_for(body, topic))
+
+
+@given(body=st.binary(max_size=256))
+def test_arbitrary_unsigned_bytes_only_raise_auth_error(body: bytes) -> None:
+    ctx = make_ctx(
+        "shopify",
+        headers={"X-Shopify-Topic": "orders/create", "X-Shopify-Hmac-Sha256": "AAAA"},
+        secret=SECRET,
+    )
+    with pytest.raises(AuthError):
+        ADAPTER.parse(body, ctx)
+
+
+def _mutate(doc: Any, path: list[int], value: Any) -> Any:
+    """Replace one node of a JSON document chosen by a list of indices."""
+    if not path or not isinstance(doc, dict | list) or not doc:
+        return value
+    keys = list(doc) if isinstance(doc, dict) else list(range(len(doc)))
+    key = keys[path[0] % len(keys)]
+    doc[key] = _mutate(doc[key], path[1:], value)
+    return doc
+
+
+FIXTURE_TOPICS = [
+    ("orders_create.json", "orders/updated"),
+    ("refunds_create.json", "refunds/create"),
+    ("refunds_create_shipping.json", "refunds/create"),
+    ("customers_update.json", "customers/update"),
+    ("products_update.json", "products/update"),
+]
+
+
+@given(
+    which=st.sampled_from(FIXTURE_TOPICS),
+    path=st.lists(st.integers(min_value=0, max_value=50), max_size=5),
+    value=json_values,
+)
+def test_mutated_fixtures_parse_whole_or_raise_record_invalid(
+    which: tuple[str, str], path: list[int], value: Any
+) -> None:
+    name, topic = which
+    doc = _mutate(fixture_json("shopify", name), path, value)
+    try:
+        parsed = push(doc, topic)
+    except RecordInvalid as err:
+        assert err.field  # always names a field
+        return
+    for record in parsed.records:
+        if isinstance(record, Sale):
+            assert record.occurred_at.tzinfo is not None

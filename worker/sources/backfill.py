@@ -1,0 +1,826 @@
+"""Backfill: a store's sales history streamed into the spool in bounded memory, behind live pushes.
+
+    POST /v1/backfill/{source}/{store}?offset=N&commit=now&commit_every_s=5&final=1
+         (admin token; body = NDJSON of canonical records, or one native export file)
+
+    request.content --256 KiB reads--> LineSplitter (carries the partial last line)
+        -> RECORD_DECODER per line (a bad line is rejected by index, line, offset, field)
+        -> batches of 5,000 -> Intake.route(priority="bulk", origin="backfill")
+           (one batch in flight while the next is parsed; the spool writer puts live
+            appends first and fills its group with bulk rows)
+        -> [commit=now] committer.commit_store(store, now, force=True), rate-limited
+        -> 200 {"accepted", "duplicates", "rejected", "rejected_count", "records", ...}
+
+Invariants
+
+* Bounded memory: the body is never held whole. At any time the handler holds one network
+  read, one partial line (at most `http.max_body_bytes`; a longer line is rejected and
+  skipped), the batch being parsed and the one batch being written.
+  Exception: sources other than `canonical` NDJSON (native export files, JSON arrays) have
+  no incremental parser yet; their body is buffered up to `http.max_body_bytes` and parsed
+  whole by the source's adapter.
+* Durable before 200: every route call is awaited before the response, and `Intake.route`
+  returns only after the spool group holding its records committed (fsync).
+* Idempotent: records are deduplicated by natural key and version, so a client may resend a
+  chunk (after a timeout, a 503, a crash) without doubling anything. An error response
+  (503 spool full, 413 over `http.max_backfill_bytes`, a dropped connection) may follow a
+  partial write; the client resends the same chunk, the already-written part counts as
+  duplicates. `offset` is bookkeeping only: echoed as `last_offset` and added to the byte
+  offsets of rejections, so they are absolute in the client's file. The resume itself is
+  client-side (`possync backfill` keeps `<FILE>.possync-offset`).
+* Live first: the parser yields to the event loop after each network read, and longer
+  while `spool.live_waiting()`; the spool writer serves live appends before bulk ones.
+* No triggers: every sale is marked `origin: "backfill"`; the window commit writes no
+  trigger events for such sales (worker/triggers.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import io
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+from aiohttp import web
+from aiohttp.http_exceptions import PayloadEncodingError
+
+from worker import keys
+from worker.adapters import get_adapter
+from worker.adapters.base import AdapterContext, Rejection
+from worker.adapters.mapping import (
+    CSV_TYPES,
+    MappingAdapter,
+    MappingSpec,
+    RecordType,
+    check_columns,
+    csv_header,
+    iter_csv_rows,
+    iter_items,
+    load_mapping,
+    reachable_types,
+    record_type_for,
+)
+from worker.adapters.native import Dropped
+from worker.buffers.sqlite import SqliteSpool
+from worker.committer import WindowResult
+from worker.config import StoreConfig
+from worker.errors import (
+    NotFound,
+    PayloadTooLarge,
+    PossyncError,
+    RecordInvalid,
+    UnsupportedMediaType,
+)
+from worker.intake import IngestOutcome, Intake
+from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
+from worker.sources.http import json_response, read_body, require_admin
+
+log = logging.getLogger("possync.backfill")
+
+BATCH_RECORDS = 5_000
+READ_BYTES = 256 * 1024
+MAX_REJECTIONS = 1_000
+# How many extra event-loop turns the parser gives away while live appends are staged.
+_LIVE_YIELDS = 64
+_RECENT = 20
+_NDJSON_TYPES = frozenset(
+    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-seq"}
+)
+_STREAM_TYPES = _NDJSON_TYPES | {"", "application/octet-stream", "text/plain"}
+
+
+class BackfillRejection(msgspec.Struct, frozen=True):
+    """One line that could not be read: record index, 1-based line in the body, absolute byte
+    offset of the line (request `offset` + position), reason and field path."""
+
+    index: int
+    line: int | None
+    offset: int | None
+    error: str
+    field: str | None
+
+
+class BackfillRun:
+    """One running (or finished) backfill request: counters for /status and the response."""
+
+    def __init__(self, run_id: str, store: str, source: str, offset: int, started: str) -> None:
+        self.id = run_id
+        self.store = store
+        self.source = source
+        self.offset = offset
+        self.started = started
+        self._t0 = time.perf_counter()  # real elapsed time: a measurement, not a schedule
+        self.elapsed_s: float | None = None
+        self.state: Literal["running", "done", "failed"] = "running"
+        self.error: str | None = None
+        self.bytes = 0
+        self.records = 0
+        self.accepted = 0
+        self.duplicates = 0
+        self.realtime = 0
+        self.spooled = 0
+        self.rejected: list[BackfillRejection] = []
+        self.rejected_count = 0
+        self.dropped: dict[str, int] = {}
+        self.commits = 0
+        self.committed = 0
+        self.quarantined = 0
+        self.commit_error: str | None = None
+        self.visible_at: str | None = None
+
+    def reject(self, rejection: BackfillRejection) -> None:
+        """Count a rejection; keep the first `MAX_REJECTIONS` of them itemized."""
+        self.rejected_count += 1
+        if len(self.rejected) < MAX_REJECTIONS:
+            self.rejected.append(rejection)
+
+    def elapsed(self) -> float:
+        """Seconds since the request started (frozen once it ended)."""
+        if self.elapsed_s is not None:
+            return self.elapsed_s
+        return time.perf_counter() - self._t0
+
+    def rate(self) -> float:
+        """Records read per second so far."""
+        elapsed = self.elapsed()
+        return round(self.records / elapsed, 1) if elapsed > 0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The /status entry."""
+        return {
+            "id": self.id,
+            "store": self.store,
+            "source": self.source,
+            "state": self.state,
+            "started": self.started,
+            "elapsed_s": round(self.elapsed(), 3),
+            "records": self.records,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected_count,
+            "bytes": self.bytes,
+            "rate_records_s": self.rate(),
+            "offset": self.offset,
+            "commits": self.commits,
+            "error": self.error,
+        }
+
+    def result(self) -> dict[str, Any]:
+        """The response body."""
+        return {
+            "id": self.id,
+            "store": self.store,
+            "source": self.source,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": [msgspec.structs.asdict(r) for r in self.rejected],
+            "rejected_count": self.rejected_count,
+            "dropped": self.dropped,
+            "records": self.records,
+            "realtime": self.realtime,
+            "spooled": self.spooled,
+            "bytes": self.bytes,
+            "offset": self.offset,
+            "last_offset": self.offset + self.bytes,
+            "elapsed_s": round(self.elapsed(), 3),
+            "rate_records_s": self.rate(),
+            "visible_at": self.visible_at,
+            "commits": self.commits,
+            "committed": self.committed,
+            "quarantined": self.quarantined,
+            "commit_error": self.commit_error,
+        }
+
+
+class Backfills:
+    """Per app: the running backfills, the last few finished ones, and the commit rate limit."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, BackfillRun] = {}
+        self.recent: deque[BackfillRun] = deque(maxlen=_RECENT)
+        # store -> clock.monotonic() of the last commit-now commit (shared by all requests).
+        self.last_commit: dict[str, float] = {}
+        self._ids = itertools.count(1)
+
+    def start(self, store: str, source: str, offset: int, started: str) -> BackfillRun:
+        """Register a new running backfill."""
+        run = BackfillRun(f"bf-{next(self._ids)}", store, source, offset, started)
+        self.running[run.id] = run
+        return run
+
+    def finish(self, run: BackfillRun, error: BaseException | None) -> None:
+        """Move a run from running to recent."""
+        run.elapsed_s = run.elapsed()
+        if error is not None:
+            run.state = "failed"
+            run.error = error.message if isinstance(error, PossyncError) else type(error).__name__
+        else:
+            run.state = "done"
+        self.running.pop(run.id, None)
+        self.recent.append(run)
+
+    def snapshot(self) -> dict[str, Any]:
+        """/status `backfills` section."""
+        return {
+            "running": [r.snapshot() for r in self.running.values()],
+            "recent": [r.snapshot() for r in reversed(self.recent)],
+        }
+
+
+BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Backfills)
+
+
+def backfill_status(app: web.Application) -> dict[str, Any]:
+    """Snapshot of running and recent backfills (the /status `backfills` section)."""
+    state = app.get(BACKFILLS)
+    return state.snapshot() if state is not None else {"running": [], "recent": []}
+
+
+def add_backfill_routes(app: web.Application) -> None:
+    """Register the backfill route, its state and its /status section (idempotent)."""
+    if BACKFILLS in app:
+        return
+    app[BACKFILLS] = Backfills()
+    app.router.add_post("/v1/backfill/{source}/{store}", backfill)
+    extra = app.get(keys.STATUS_EXTRA)
+    if extra is not None:
+        extra["backfills"] = lambda: backfill_status(app)
+
+
+# ---------------------------------------------------------------------- line splitting
+
+
+class LineSplitter:
+    """Splits a byte stream into lines, carrying the partial last line between feeds.
+
+    Yields (line number from 1, byte position of the line's start, stripped line) for every
+    line, blank ones included (callers skip them). A line longer than `max_line` is never
+    buffered: it is yielded once with None instead of its bytes, and skipped to its newline.
+    """
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self._carry = b""
+        self._carry_at = 0  # byte position of the carried partial line
+        self._pos = 0  # byte position of the next fed byte
+        self._line = 0
+        self._skipping = False  # inside an over-long line, waiting for its newline
+
+    def feed(self, chunk: bytes) -> Iterator[tuple[int, int, bytes | None]]:
+        """Complete lines made available by `chunk`."""
+        at = self._pos
+        self._pos += len(chunk)
+        if self._skipping:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                return
+            self._skipping = False
+            chunk = chunk[nl + 1 :]
+            at += nl + 1
+        if self._carry:
+            chunk, at = self._carry + chunk, self._carry_at
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            for raw in chunk[:cut].split(b"\n"):
+                self._line += 1
+                yield self._line, at, raw.strip() if len(raw) <= self.max_line else None
+                at += len(raw) + 1
+            chunk = chunk[cut + 1 :]
+        if len(chunk) > self.max_line:
+            self._line += 1
+            self._skipping = True
+            self._carry = b""
+            yield self._line, at, None
+        else:
+            self._carry, self._carry_at = chunk, at
+
+    def finish(self) -> Iterator[tuple[int, int, bytes | None]]:
+        """The last line when the stream does not end with a newline."""
+        if self._carry:
+            self._line += 1
+            yield self._line, self._carry_at, self._carry.strip()
+        self._carry = b""
+
+
+# ---------------------------------------------------------------------- writing
+
+
+class _Writer:
+    """Routes batches with one route call in flight, and commits as it goes when asked.
+
+    Owns its tasks: `close()` cancels and awaits whatever is still running, so a failed or
+    abandoned request leaves nothing behind (spool appends are shielded and still finish).
+    """
+
+    def __init__(
+        self,
+        app: web.Application,
+        store: StoreConfig,
+        run: BackfillRun,
+        *,
+        commit_now: bool,
+        commit_every_s: float,
+    ) -> None:
+        self.app = app
+        self.intake: Intake = app[keys.INTAKE]
+        self.spool = app[keys.SPOOL]
+        self.store = store
+        self.run = run
+        self.commit_now = commit_now
+        self.commit_every_s = commit_every_s
+        self.state = app[BACKFILLS]
+        self.clock = app[keys.CLOCK]
+        self.zone = app[keys.CONFIG].store_zone(store)
+        self._route: asyncio.Task[IngestOutcome] | None = None
+        self._commit: asyncio.Task[WindowResult] | None = None
+        self._uncommitted = False
+
+    async def submit(self, records: list[Record]) -> None:
+        """Wait for the batch in flight, then start writing this one."""
+        _mark_history(records, self.zone)
+        await self._drain_route()
+        await yield_to_live(self.spool)
+        self._route = asyncio.create_task(
+            self.intake.route(self.store, records, priority="bulk", origin="backfill"),
+            name=f"backfill-route-{self.run.id}",
+        )
+
+    async def _drain_route(self) -> None:
+        task, self._route = self._route, None
+        if task is None:
+            return
+        out = await task
+        run = self.run
+        run.accepted += out.accepted
+        run.duplicates += out.duplicates
+        run.realtime += out.realtime
+        run.spooled += out.spooled
+        if out.visible_at is not None:
+            run.visible_at = out.visible_at.isoformat()
+        if out.spooled:
+            self._uncommitted = True
+        await self._maybe_commit(force=False)
+
+    async def _maybe_commit(self, *, force: bool) -> None:
+        if not self.commit_now or not self._uncommitted:
+            return
+        if self._commit is not None:
+            if not self._commit.done():
+                if not force:
+                    return  # one commit at a time; this batch waits for the next one
+                await asyncio.wait({self._commit})
+            self._collect_commit()
+        now = self.clock.monotonic()
+        last = self.state.last_commit.get(self.store.id, -math.inf)
+        if not force and now - last < self.commit_every_s:
+            return
+        self.state.last_commit[self.store.id] = now
+        self._uncommitted = False
+        # The commit runs while the next batches are parsed and spooled; it takes rows
+        # received up to now (later ones wait for the next commit or window).
+        self._commit = asyncio.create_task(
+            self.app[keys.COMMITTER].commit_store(self.store, self.clock.now(), force=True),
+            name=f"backfill-commit-{self.run.id}",
+        )
+
+    def _collect_commit(self) -> None:
+        task, self._commit = self._commit, None
+        if task is None:
+            return
+        try:
+            res = task.result()
+        except PossyncError as exc:
+            # The records are durable in the spool; the next window (or commit) takes them.
+            self.run.commit_error = exc.message
+            self._uncommitted = True
+            log.warning("backfill %s: commit-now failed: %s", self.run.id, exc.message)
+            return
+        self.run.commits += 1
+        self.run.committed += res.committed
+        self.run.quarantined += res.quarantined
+        if res.skipped:
+            self._uncommitted = True
+
+    async def finish(self, *, final: bool) -> None:
+        """Wait for the last batch (and the running commit); commit once more if `final`."""
+        await self._drain_route()
+        if self._commit is not None:
+            await asyncio.wait({self._commit})
+            self._collect_commit()
+        if self.commit_now:
+            await self._maybe_commit(force=final)
+            if self._commit is not None:
+                await asyncio.wait({self._commit})
+                self._collect_commit()
+
+    async def close(self) -> None:
+        """Cancel and await anything still running (error paths)."""
+        tasks = [t for t in (self._route, self._commit) if t is not None]
+        self._route = self._commit = None
+        for task in tasks:
+            task.cancel()
+        # Their outcome no longer matters (the request failed); awaiting them is what does.
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _mark_history(records: list[Record], zone: ZoneInfo) -> None:
+    """Set `origin="backfill"` and the business date on freshly parsed sales, in place.
+
+    `Intake.route` would do the same through `msgspec.structs.replace`, which re-runs every
+    field check of the sale twice more; these objects were just built by the parser and
+    nothing else holds them yet, so setting the two (valid) values directly is safe and
+    makes the whole path about twice as fast.
+    """
+    for r in records:
+        if type(r) is Sale:
+            if r.origin != "backfill":
+                msgspec.structs.force_setattr(r, "origin", "backfill")
+            if r.business_date is None:
+                msgspec.structs.force_setattr(
+                    r, "business_date", business_date(r.occurred_at, zone)
+                )
+
+
+async def yield_to_live(spool: SqliteSpool) -> None:
+    """Give the event loop away once, and for a bounded while more when live appends wait."""
+    await asyncio.sleep(0)
+    for _ in range(_LIVE_YIELDS):
+        if not spool.live_waiting():
+            return
+        await asyncio.sleep(0)
+
+
+# ---------------------------------------------------------------------- the handler
+
+
+class _Params(msgspec.Struct, frozen=True, kw_only=True):
+    offset: int = 0
+    commit_now: bool = False
+    commit_every_s: float = 5.0
+    final: bool = False
+
+
+def _params(query: Mapping[str, str]) -> _Params:
+    raw_offset = query.get("offset", "0")
+    try:
+        offset = int(raw_offset)
+    except ValueError:
+        offset = -1
+    if offset < 0:
+        raise RecordInvalid(
+            f"offset must be a non-negative integer, got {raw_offset[:40]!r}", field="offset"
+        )
+    commit = query.get("commit", "")
+    if commit not in ("", "now", "window"):
+        raise RecordInvalid(
+            f"commit must be 'now' or 'window', got {commit[:40]!r}", field="commit"
+        )
+    raw_every = query.get("commit_every_s", "5")
+    try:
+        every = float(raw_every)
+    except ValueError:
+        every = -1.0
+    if not (every >= 0 and math.isfinite(every)):
+        raise RecordInvalid(
+            f"commit_every_s must be a number of seconds >= 0, got {raw_every[:40]!r}",
+            field="commit_every_s",
+        )
+    final = query.get("final", "0").lower() in ("1", "true", "yes")
+    return _Params(offset=offset, commit_now=commit == "now", commit_every_s=every, final=final)
+
+
+def _check_source(source: str, store: StoreConfig) -> None:
+    if get_adapter(source) is None:
+        raise NotFound(f"unknown source {source!r}", field="source")
+    if source not in ("canonical", store.source):
+        raise NotFound(
+            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
+            field="source",
+        )
+
+
+async def backfill(request: web.Request) -> web.Response:
+    """POST /v1/backfill/{source}/{store}: stream history into the spool; see module docs."""
+    require_admin(request)
+    app = request.app
+    cfg = app[keys.CONFIG]
+    intake = app[keys.INTAKE]
+    store = intake.store(request.match_info["store"])
+    source = request.match_info["source"]
+    _check_source(source, store)
+    params = _params(request.query)
+    limit = cfg.http.max_backfill_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body larger than {limit} bytes (max_backfill_bytes)", field="body")
+    ctype = request.content_type if request.headers.get("Content-Type") else ""
+    adapter = get_adapter(source)
+    csv_spec: MappingSpec | None = None
+    if isinstance(adapter, MappingAdapter):
+        spec = adapter.spec_for(_context(request, store, ctype, load_mapping(cfg, store)))
+        if spec.format == "csv":
+            if ctype not in CSV_TYPES:
+                raise UnsupportedMediaType(
+                    f"content type {ctype!r} not supported by mapping {spec.name!r} (csv)",
+                    field="Content-Type",
+                )
+            csv_spec = spec
+    state = app[BACKFILLS]
+    run = state.start(store.id, source, params.offset, app[keys.CLOCK].now().isoformat())
+    writer = _Writer(
+        app, store, run, commit_now=params.commit_now, commit_every_s=params.commit_every_s
+    )
+    error: BaseException | None = None
+    try:
+        if source == "canonical" and ctype in _STREAM_TYPES:
+            await _stream_ndjson(request, run, writer, limit, cfg.http.max_body_bytes)
+        elif csv_spec is not None:
+            await _stream_csv(request, run, writer, store, csv_spec, ctype, limit)
+        else:
+            await _buffered(request, run, writer, store, source, ctype)
+        await writer.finish(final=params.final)
+    except (ConnectionResetError, PayloadEncodingError) as exc:
+        # The client went away or cut the body short: an expected event, not a server error.
+        error = RecordInvalid(
+            f"request body ended early ({exc}); what was acknowledged before is durable, "
+            "resend this chunk",
+            field="body",
+        )
+        raise error from None
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        await writer.close()
+        state.finish(run, error)
+        log.info(
+            "backfill %s store=%s source=%s: %d records, %d accepted, %d duplicates, "
+            "%d rejected, %d bytes in %.1f s%s",
+            run.id,
+            store.id,
+            source,
+            run.records,
+            run.accepted,
+            run.duplicates,
+            run.rejected_count,
+            run.bytes,
+            run.elapsed(),
+            f" (failed: {run.error})" if run.error else "",
+        )
+    return json_response(run.result())
+
+
+async def _stream_ndjson(
+    request: web.Request, run: BackfillRun, writer: _Writer, limit: int, max_line: int
+) -> None:
+    splitter = LineSplitter(max_line)
+    batch: list[Record] = []
+    index = 0
+    base = run.offset
+
+    def take(lines: Iterator[tuple[int, int, bytes | None]]) -> None:
+        nonlocal index
+        for line_no, pos, line in lines:
+            if line is None:
+                run.reject(
+                    BackfillRejection(
+                        index, line_no, base + pos, f"line longer than {max_line} bytes", "$"
+                    )
+                )
+            elif not line:
+                continue  # blank lines are not records
+            else:
+                try:
+                    batch.append(RECORD_DECODER.decode(line))
+                except DECODE_ERRORS as exc:
+                    err = invalid_from(exc)
+                    run.reject(
+                        BackfillRejection(index, line_no, base + pos, err.message, err.field)
+                    )
+            index += 1
+            run.records += 1
+
+    async for chunk in request.content.iter_chunked(READ_BYTES):
+        if run.bytes + len(chunk) > limit:
+            raise PayloadTooLarge(
+                f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
+            )
+        run.bytes += len(chunk)
+        take(splitter.feed(chunk))
+        if len(batch) >= BATCH_RECORDS:
+            await writer.submit(batch)
+            batch = []
+        else:
+            # Parsing is CPU work on the loop: hand it over between reads.
+            await yield_to_live(writer.spool)
+    take(splitter.finish())
+    if batch:
+        await writer.submit(batch)
+
+
+async def _buffered(
+    request: web.Request,
+    run: BackfillRun,
+    writer: _Writer,
+    store: StoreConfig,
+    source: str,
+    ctype: str,
+) -> None:
+    """Native export files and JSON arrays: no incremental parser, so one whole body."""
+    cfg = request.app[keys.CONFIG]
+    body = await read_body(request, min(cfg.http.max_body_bytes, cfg.http.max_backfill_bytes))
+    run.bytes = len(body)
+    intake: Intake = request.app[keys.INTAKE]
+    parsed = await asyncio.to_thread(
+        intake.parse,
+        source,
+        store,
+        body,
+        content_type=ctype,
+        headers=dict(request.headers),
+        topic=request.query.get("topic"),
+        filename=request.query.get("filename"),
+    )
+    del body
+    for r in parsed.rejected:
+        run.reject(BackfillRejection(r.index, None, None, r.error, r.field))
+    run.dropped = dict(parsed.dropped)
+    run.records = len(parsed.records) + len(parsed.rejected)
+    records = parsed.records
+    for i in range(0, len(records), BATCH_RECORDS):
+        await writer.submit(records[i : i + BATCH_RECORDS])
+
+
+# ---------------------------------------------------------------------- mapping CSV exports
+
+
+def _context(
+    request: web.Request, store: StoreConfig, ctype: str, spec: MappingSpec | None
+) -> AdapterContext:
+    app = request.app
+    return AdapterContext(
+        store=store,
+        zone=app[keys.CONFIG].store_zone(store),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        content_type=ctype,
+        received_at=app[keys.CLOCK].now(),
+        topic=request.query.get("topic"),
+        filename=request.query.get("filename"),
+        mapping=spec.as_context() if spec is not None else None,
+    )
+
+
+class _Batch:
+    """What the CSV thread hands to the event loop: records, rejections, drops; or the end."""
+
+    __slots__ = ("dropped", "end", "error", "records", "rejected")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.rejected: list[Rejection] = []
+        self.dropped: dict[str, int] = {}
+        self.end = False
+        self.error: BaseException | None = None
+
+
+async def _stream_csv(
+    request: web.Request,
+    run: BackfillRun,
+    writer: _Writer,
+    store: StoreConfig,
+    spec: MappingSpec,
+    ctype: str,
+    limit: int,
+) -> None:
+    """A mapping CSV export, streamed: the mapping's row iterators run in a worker thread.
+
+    The mapping adapter reads rows with the csv module over a *blocking* text stream
+    (`iter_csv_rows` + `iter_items(contiguous=True)`: a sale is emitted when its rows end, so
+    they must be adjacent). The thread reads lines from a bounded queue the event loop fills
+    from the request body, and hands back batches through a one-slot queue, so each side
+    waits for the other and neither holds more than a few network reads.
+    """
+    loop = asyncio.get_running_loop()
+    ctx = _context(request, store, ctype, spec)
+    lines_q: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=4)
+    out_q: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
+    abort = threading.Event()
+
+    def pull() -> Iterator[str]:  # on the thread
+        while not abort.is_set():
+            got = asyncio.run_coroutine_threadsafe(lines_q.get(), loop).result()
+            if got is None:
+                return
+            yield from got
+
+    def push(batch: _Batch) -> None:  # on the thread; waits while the loop is behind
+        if not abort.is_set():
+            asyncio.run_coroutine_threadsafe(out_q.put(batch), loop).result()
+
+    def work() -> None:  # the thread
+        batch = _Batch()
+        try:
+            lines = pull()
+            first = next(lines, None)
+            if first is not None:
+                _check_header(spec, ctx, first)
+                rows = iter_csv_rows(itertools.chain([first], lines), spec)
+                for item in iter_items(rows, spec, ctx, contiguous=True):
+                    if isinstance(item, Rejection):
+                        batch.rejected.append(item)
+                    elif isinstance(item, Dropped):
+                        batch.dropped[item.reason] = batch.dropped.get(item.reason, 0) + 1
+                    else:
+                        batch.records.append(item)
+                    if len(batch.records) + len(batch.rejected) >= BATCH_RECORDS:
+                        push(batch)
+                        batch = _Batch()
+                    if abort.is_set():
+                        return
+        except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it
+            batch.error = exc
+        batch.end = True
+        push(batch)
+
+    async def feed() -> None:
+        decoder = codecs.getincrementaldecoder(spec.encoding)()
+        carry = ""
+        async for chunk in request.content.iter_chunked(READ_BYTES):
+            if run.bytes + len(chunk) > limit:
+                raise PayloadTooLarge(
+                    f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
+                )
+            try:
+                text = carry + decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise RecordInvalid(
+                    f"not {spec.encoding} text (byte {run.bytes + exc.start}); "
+                    "set the mapping's `encoding`",
+                    field="$",
+                ) from None
+            run.bytes += len(chunk)
+            cut = text.rfind("\n") + 1
+            carry = text[cut:]
+            if cut:
+                # Universal newlines as in a file opened with newline="" (what csv expects).
+                await lines_q.put(list(io.StringIO(text[:cut], newline="")))
+        try:
+            carry += decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise RecordInvalid(f"not {spec.encoding} text (at the end)", field="$") from None
+        if carry:
+            await lines_q.put([carry])
+        await lines_q.put(None)
+
+    async def consume() -> None:
+        while True:
+            batch = await out_q.get()
+            if batch.error is not None:
+                raise batch.error
+            for r in batch.rejected:
+                run.reject(BackfillRejection(r.index, None, None, r.error, r.field))
+            for reason, n in batch.dropped.items():
+                run.dropped[reason] = run.dropped.get(reason, 0) + n
+            run.records += len(batch.records) + len(batch.rejected)
+            if batch.records:
+                await writer.submit(batch.records)
+            if batch.end:
+                return
+
+    thread = asyncio.ensure_future(asyncio.to_thread(work))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(feed())
+            tg.create_task(consume())
+    except BaseExceptionGroup as group:
+        raise group.exceptions[0] from None
+    finally:
+        # Unblock the thread wherever it waits (a get gets the end, a put gets room), then
+        # await it: after `abort` it blocks at most once more, and both queues have room.
+        abort.set()
+        while not out_q.empty():
+            out_q.get_nowait()
+        while not lines_q.empty():
+            lines_q.get_nowait()
+        lines_q.put_nowait(None)
+        await asyncio.gather(asyncio.shield(thread), return_exceptions=True)
+
+
+def _check_header(spec: MappingSpec, ctx: AdapterContext, first_line: str) -> None:
+    """As `MappingAdapter.parse`: a file lacking a required column is refused whole."""
+    header = csv_header(first_line, spec)
+    file_type = record_type_for(spec, ctx.filename)
+    types: Iterable[RecordType] = ()
+    if spec.record_column is not None:
+        types = reachable_types(spec)
+    elif file_type is not None and file_type != "skip":
+        types = [file_type]
+    check_columns(spec, header, types)
