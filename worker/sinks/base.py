@@ -19,7 +19,7 @@ Every failure is a `SinkError` whose `retriable` flag drives the caller's backof
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -164,3 +164,25 @@ class Sink(Protocol):
     async def counts(self) -> dict[str, int]:
         """Row counts per table, for /status and tests."""
         ...
+
+
+def latest_per_sale(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
+    """The highest version of each sale id in a batch, and how many rows lost to it."""
+    best: dict[str, SaleRow] = {}
+    for row in rows:
+        seen = best.get(row.sale.id)
+        if seen is None or row.version > seen.version:
+            best[row.sale.id] = row
+    return best, len(rows) - len(best)
+
+
+def utc_text(value: datetime) -> str:
+    """Fixed-width UTC text, so comparing strings compares instants."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: sinks store aware UTC instants only")
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def utc_text_opt(value: datetime | None) -> str | None:
+    """`utc_text` or None."""
+    return None if value is None else utc_text(value)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,9 @@ from worker.sinks.base import (
     ReportRow,
     SaleRow,
     TriggerEvent,
+    latest_per_sale,
+    utc_text,
+    utc_text_opt,
 )
 
 if TYPE_CHECKING:
@@ -472,20 +475,12 @@ def _errors(what: str) -> Iterator[None]:
         raise _sink_error(exc, what) from exc
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_opt(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
 def _jsonable(value: Any) -> Any:
     """Column value -> the JSON-able form the SQLite sink stores (same strings)."""
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, datetime):
-        return _ts(value)
+        return utc_text(value)
     if isinstance(value, date):
         return value.isoformat()
     return value
@@ -496,16 +491,6 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
     return [list(c) for c in zip(*rows, strict=True)]
-
-
-def _latest(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
-    """The highest version of each sale id in a batch, and how many rows lost to it."""
-    best: dict[str, SaleRow] = {}
-    for row in rows:
-        seen = best.get(row.sale.id)
-        if seen is None or row.version > seen.version:
-            best[row.sale.id] = row
-    return best, len(rows) - len(best)
 
 
 def _customer_row(c: Customer) -> tuple[Any, ...]:
@@ -658,7 +643,7 @@ class PostgresSink:
         """Write one window batch in one transaction; idempotent by batch id and version."""
         sql = self._sql
         store, batch_id = batch.store, batch.batch_id
-        latest, superseded = _latest(batch.sales)
+        latest, superseded = latest_per_sale(batch.sales)
         void_ids = list(dict.fromkeys(v.id for v in batch.voids))
         sale_rows = [_sale_row(row) for row in latest.values()]
         m = batch.manifest
@@ -857,10 +842,10 @@ class PostgresSink:
         out.update(
             version=version,
             voided=voided,
-            voided_at=_ts_opt(voided_at),
+            voided_at=utc_text_opt(voided_at),
             customer_linked=linked,
             warning=warning,
-            committed_at=_ts(committed_at),
+            committed_at=utc_text(committed_at),
             batch_id=batch_id,
         )
         return out
@@ -896,7 +881,7 @@ class PostgresSink:
             item = {n: _jsonable(v) for (n, _), v in zip(_TRIGGER, r, strict=False)}
             item["trigger"] = item.pop("trigger_name")
             delivered_at, cancelled = r[-2], r[-1]
-            item["delivered_at"] = _ts_opt(delivered_at)
+            item["delivered_at"] = utc_text_opt(delivered_at)
             item["status"] = (
                 "cancelled" if cancelled else "delivered" if delivered_at else "pending"
             )

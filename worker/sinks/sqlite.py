@@ -66,6 +66,9 @@ from worker.sinks.base import (
     ReportRow,
     SaleRow,
     TriggerEvent,
+    latest_per_sale,
+    utc_text,
+    utc_text_opt,
 )
 
 log = logging.getLogger("possync.sink")
@@ -348,33 +351,12 @@ def _money_opt(value: Decimal | None) -> str | None:
     return None if value is None else _money(value)
 
 
-def _ts(value: datetime) -> str:
-    """Fixed-width UTC text, so comparing strings compares instants."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime: the sink stores aware UTC instants only")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _ts_opt(value: datetime | None) -> str | None:
-    return None if value is None else _ts(value)
-
-
 def _json_list(values: Iterable[str]) -> str:
     return _JSON.encode(list(values)).decode()
 
 
 def _bool_opt(value: bool | None) -> int | None:
     return None if value is None else int(value)
-
-
-def _latest(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
-    """The highest version of each sale id in a batch, and how many rows lost to it."""
-    best: dict[str, SaleRow] = {}
-    for row in rows:
-        seen = best.get(row.sale.id)
-        if seen is None or row.version > seen.version:
-            best[row.sale.id] = row
-    return best, len(rows) - len(best)
 
 
 def _customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]:
@@ -387,7 +369,7 @@ def _customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]
         c.email,
         c.phone,
         c.status,
-        _ts_opt(c.updated_at),
+        utc_text_opt(c.updated_at),
         synced_at,
         encode(c).decode(),
     )
@@ -405,7 +387,7 @@ def _product_params(store: str, p: Product, synced_at: str) -> tuple[Any, ...]:
         p.currency,
         p.status,
         int(p.is_unique_piece),
-        _ts_opt(p.updated_at),
+        utc_text_opt(p.updated_at),
         synced_at,
         encode(p).decode(),
     )
@@ -424,7 +406,7 @@ def _sale_params(
         s.id,
         row.version,
         s.business_date.isoformat(),
-        _ts(s.occurred_at),
+        utc_text(s.occurred_at),
         s.kind,
         s.origin,
         s.channel,
@@ -474,7 +456,7 @@ def _line_params(store: str, sale_id: str, no: int, ln: SaleLine) -> tuple[Any, 
 
 
 def _void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
-    return (store, v.id, _ts(v.occurred_at), v.reason, v.effective_version, batch_id)
+    return (store, v.id, utc_text(v.occurred_at), v.reason, v.effective_version, batch_id)
 
 
 def _trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
@@ -488,8 +470,8 @@ def _trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
         _money(t.total),
         t.business_date.isoformat(),
         t.due_date.isoformat(),
-        _ts(t.due_at),
-        _ts(t.created_at),
+        utc_text(t.due_at),
+        utc_text(t.created_at),
         batch_id,
     )
 
@@ -649,7 +631,7 @@ class SqliteSink:
             seen = bucket.get(rec.id)
             if seen is None or rec.effective_version > seen.effective_version:
                 bucket[rec.id] = rec
-        synced_at = _ts(datetime.now(UTC))
+        synced_at = utc_text(datetime.now(UTC))
         applied = 0
         async with self._write("upsert_entities") as db:
             if customers:
@@ -665,9 +647,9 @@ class SqliteSink:
     async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
         """Write one window batch in one transaction; idempotent by batch id and version."""
         store = batch.store
-        latest, superseded = _latest(batch.sales)
+        latest, superseded = latest_per_sale(batch.sales)
         void_ids = list(dict.fromkeys(v.id for v in batch.voids))
-        committed_at = _ts(datetime.now(UTC))
+        committed_at = utc_text(datetime.now(UTC))
         async with self._write("commit_sales") as db:
             done = await db.execute_fetchall(
                 "SELECT outcome FROM commit_batches WHERE batch_id = ?", (batch.batch_id,)
@@ -771,7 +753,7 @@ class SqliteSink:
                 (
                     batch.batch_id,
                     store,
-                    _ts(batch.window_at),
+                    utc_text(batch.window_at),
                     m.sales,
                     m.voids,
                     m.triggers,
@@ -785,7 +767,7 @@ class SqliteSink:
 
     async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
         """Move due outbox events to trigger_events once; cancel those of voided sales."""
-        at = _ts(now)
+        at = utc_text(now)
         async with self._write("deliver_due_triggers") as db:
             rows = await db.execute_fetchall(
                 f"SELECT o.{', o.'.join(_TRIGGER_COLS)}, coalesce(s.voided, 0)"
