@@ -100,6 +100,9 @@ class StoreConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     secret: str = ""
     previous_secret: str = ""  # accepted too while a signing secret rotates
     brand: str | None = None
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = (
+        None  # for sources without one
+    )
     mapping: str | None = None  # name of a [mappings.NAME] table or a built-in mapping
     windows: list[str] | None = None  # overrides [windows] times for this store
 

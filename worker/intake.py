@@ -279,11 +279,16 @@ class Intake:
 
 
 def _load_mappings(cfg: Config) -> dict[str, Mapping[str, object]]:
-    """Per store: its declarative mapping (file/CSV sources), validated at start-up.
+    """Per store: its declarative mapping or field overrides, validated at start-up.
 
     A bad mapping raises ConfigError naming the key, so the service refuses to start
     rather than rejecting every file later.
     """
-    from worker.adapters.mapping import builtin_names, load_mappings
+    from worker.adapters import mapping_context
 
-    return {store: spec.as_context() for store, spec in load_mappings(cfg, builtin_names()).items()}
+    out: dict[str, Mapping[str, object]] = {}
+    for store in cfg.stores:
+        ctx = mapping_context(cfg, store)
+        if ctx is not None:
+            out[store.id] = ctx
+    return out
