@@ -163,7 +163,7 @@ class Intake:
         if adapter is None:
             raise NotFound(f"unknown source {source!r}", field="source")
         # Signed sources (Shopify) authenticate by HMAC of the raw body inside the adapter.
-        if not authorized and not getattr(adapter, "signed", False):
+        if not authorized and not adapter.signed:
             self.authorize(store, token)
         if len(body) > _THREAD_PARSE_BYTES:
             parsed = await asyncio.to_thread(

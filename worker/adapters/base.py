@@ -54,6 +54,9 @@ class Adapter(Protocol):
     """Turns one native payload into canonical records."""
 
     name: str
+    # True when the payload carries its own credential (an HMAC over the raw body) that
+    # `parse` verifies before reading anything; the intake then skips the bearer token.
+    signed: bool
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Parse a whole payload. Raise RecordInvalid/AuthError/UnsupportedMediaType."""

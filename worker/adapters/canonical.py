@@ -27,6 +27,7 @@ class CanonicalAdapter:
     """`POST /v1/push/canonical/{store}`: one record, a JSON array, or NDJSON lines."""
 
     name = "canonical"
+    signed = False
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Decode every item; a bad item is rejected by index, the rest go through."""

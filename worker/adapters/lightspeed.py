@@ -105,6 +105,7 @@ class LightspeedAdapter:
     """`POST /v1/push/lightspeed/{store}`: X-Series webhooks / API 2.0 JSON, R-Series JSON."""
 
     name = "lightspeed"
+    signed = False
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Detect the flavour, decode, and map each entity (see the module docstring)."""

@@ -1108,6 +1108,8 @@ class MappingAdapter:
     named after the source is used (read once, on first use).
     """
 
+    signed = False
+
     def __init__(self, name: str, brand: str | None = None) -> None:
         self.name = name
         self.brand = brand

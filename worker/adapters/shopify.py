@@ -112,6 +112,7 @@ class ShopifyAdapter:
     """`POST /v1/push/shopify/{store}`: one webhook delivery, topic from its header."""
 
     name = "shopify"
+    signed = True
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Verify, then turn the delivery into records (one item: all or nothing)."""

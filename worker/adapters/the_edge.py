@@ -219,6 +219,7 @@ class TheEdgeAdapter:
     """`POST /v1/push/the_edge/{store}` or the drop folder: one EDT JSON export file."""
 
     name = "the_edge"
+    signed = False
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Map one export file; each customer, item or sale is accepted or rejected alone."""
