@@ -31,8 +31,10 @@ DEFAULT = ["02:00", "14:00"]
 US = timedelta(microseconds=1)
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def wall(instant: datetime, zone: ZoneInfo) -> tuple[date, time, timedelta | None]:
@@ -321,7 +323,17 @@ def test_start_of_day_repeated_midnight_is_the_first() -> None:
     assert (start - US).astimezone(HAVANA).date() == date(2026, 10, 31)
 
 
-def test_start_of_day_skipped_midnight_inside_the_gap() -> None:
+def test_start_of_day_midnight_strictly_inside_a_gap() -> None:
+    # America/Toronto 1919-03-30 23:30 EST jumped to 03-31 00:30 EDT: the date starts at
+    # 00:30 local (04:30Z), not at the fold=0 reading of midnight (05:00Z, 01:00 EDT).
+    toronto = ZoneInfo("America/Toronto")
+    start = start_of_day(date(1919, 3, 31), toronto)
+    assert start == utc(1919, 3, 31, 4, 30)
+    assert wall(start, toronto) == (date(1919, 3, 31), time(0, 30), timedelta(hours=-4))
+    assert local_instant(date(1919, 3, 31), time(0, 0), toronto) == utc(1919, 3, 31, 5)
+
+
+def test_start_of_day_whole_day_skipped() -> None:
     # Pacific/Apia skipped 2011-12-30 entirely: that date "starts" when 12-31 does.
     apia = ZoneInfo("Pacific/Apia")
     start = start_of_day(date(2011, 12, 30), apia)
@@ -420,8 +432,8 @@ def test_fixed_offset_zone_matches_arithmetic(t: datetime, hours: int, times: li
     for k in (-1, 0, 1):
         d = local.date() + timedelta(days=k)
         for text in times:
-            parts = [int(p) for p in text.split(":")]
-            wall_dt = datetime.combine(d, time(*parts))
+            h, m, *sec = (int(p) for p in text.split(":"))
+            wall_dt = datetime.combine(d, time(h, m, sec[0] if sec else 0))
             candidates.append((wall_dt - offset).replace(tzinfo=UTC))
     assert next_window(t, zone, times) == min(c for c in candidates if c > t)
     assert last_window(t, zone, times) == max(c for c in candidates if c <= t)

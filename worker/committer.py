@@ -166,7 +166,6 @@ class Committer:
         entries: list[Entry],
         result: WindowResult,
     ) -> None:
-        zone = self._zones[store.id]
         items: list[BatchItem] = []
         broken: list[tuple[int, list[dict[str, Any]]]] = []
         for e in entries:
@@ -183,12 +182,9 @@ class Committer:
         verdict = validate_batch(items, ctx)
         now = self.clock.now()
         triggers: list[TriggerEvent] = []
+        voided = {v.id for _, v in verdict.voids}
         for _, row in verdict.sales:
-            triggers.extend(
-                match_triggers(
-                    row, store.id, zone, self.cfg.triggers, now, self.cfg.trigger_max_age_days
-                )
-            )
+            triggers.extend(self._triggers_for(row, store, now, voided=row.sale.id in voided))
         rows = [row for _, row in verdict.sales]
         voids = [v for _, v in verdict.voids]
         first, last = entries[0].seq, entries[-1].seq
@@ -226,6 +222,20 @@ class Committer:
         self.metrics.quarantined.inc(len(quarantined))
         self.metrics.triggers.labels("written").inc(len(triggers))
 
+    def _triggers_for(
+        self, row: SaleRow, store: StoreConfig, now: datetime, *, voided: bool = False
+    ) -> list[TriggerEvent]:
+        """Trigger events of one committed sale (none once it is voided in the same batch)."""
+        return match_triggers(
+            row,
+            store.id,
+            self._zones[store.id],
+            self.cfg.triggers,
+            now,
+            self.cfg.trigger_max_age_days,
+            voided=voided,
+        )
+
     async def _context(self, store: StoreConfig, items: Sequence[BatchItem]) -> ValidationContext:
         customers = {
             r.customer_id for i in items if isinstance(r := i.record, Sale) and r.customer_id
@@ -238,7 +248,8 @@ class Committer:
             await self.sink.existing_customers(store.id, customers) if customers else set()
         )
         existing_sales = await self.sink.existing_sales(store.id, originals | void_targets)
-        pending = await self.spool.pending_ids(store.id, "sale", sorted(void_targets))
+        # A return's original or a void's target may sit in a later page of this window.
+        pending = await self.spool.pending_ids(store.id, "sale", sorted(void_targets | originals))
         return ValidationContext(
             store=store.id,
             zone=self._zones[store.id],
@@ -305,13 +316,7 @@ class Committer:
             raise _invalid(verdict.quarantined[0][1])
         now = self.clock.now()
         rows = [row for _, row in verdict.sales]
-        triggers = [
-            ev
-            for row in rows
-            for ev in match_triggers(
-                row, store.id, zone, self.cfg.triggers, now, self.cfg.trigger_max_age_days
-            )
-        ]
+        triggers = [ev for row in rows for ev in self._triggers_for(row, store, now)]
         digest = hashlib.sha256(
             "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
         ).hexdigest()[:16]
