@@ -7,7 +7,7 @@ Start-up order (teardown is the exact reverse; a failed start unwinds only what 
     3. committer  restore window state; validation + commit machinery
     4. intake     adapters -> router (no resource of its own)
     5. scheduler  the window timer task
-    6. sources    MQTT subscriber, drop-folder watcher (when enabled)
+    6. sources    MQTT subscriber (when enabled), drop-folder watcher
 
 Shutdown (SIGTERM): aiohttp stops accepting and lets in-flight requests finish (up to
 `http.shutdown_timeout_s`); then the contexts unwind in reverse: sources stop (no new
@@ -35,6 +35,7 @@ from worker.metrics import Metrics
 from worker.sinks import open_sink
 from worker.sources.backfill import add_backfill_routes
 from worker.sources.http import add_routes, errors_middleware
+from worker.sources.inbox import add_file_routes, open_inbox
 
 log = logging.getLogger("possync.app")
 
@@ -65,6 +66,7 @@ def build_app(
         app.cleanup_ctx.append(ctx)
     add_routes(app)
     add_backfill_routes(app)
+    add_file_routes(app)
     return app
 
 
@@ -121,4 +123,5 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
             app[keys.MQTT] = source
             app[keys.HEALTH].add_check("mqtt", source.check)
             app[keys.STATUS_EXTRA]["mqtt"] = source.snapshot
+        await stack.enter_async_context(open_inbox(app))
         yield

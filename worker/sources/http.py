@@ -124,7 +124,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _outcome_json(out: IngestOutcome) -> dict[str, Any]:
+def outcome_json(out: IngestOutcome) -> dict[str, Any]:
     return {
         "accepted": out.accepted,
         "duplicates": out.duplicates,
@@ -150,7 +150,7 @@ async def push(request: web.Request) -> web.Response:
         filename=request.query.get("filename"),
         token=_bearer(request),
     )
-    return json_response(_outcome_json(out), status=202)
+    return json_response(outcome_json(out), status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:

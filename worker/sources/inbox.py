@@ -65,7 +65,7 @@ from worker.errors import (
     Unavailable,
 )
 from worker.intake import IngestOutcome, Intake, NothingAcceptable
-from worker.sources.http import _outcome_json, json_response, read_body
+from worker.sources.http import json_response, outcome_json, read_body
 
 log = logging.getLogger("possync.inbox")
 
@@ -275,20 +275,26 @@ class Inbox:
     async def run(self) -> None:
         """Scan, then wait `scan_interval_s` on the clock (or until stop); forever."""
         interval = timedelta(seconds=self.cfg.inbox.scan_interval_s)
-        while not self.stop.is_set():
-            self.idle.clear()
-            for folder in self.folders:
-                if self.stop.is_set():
+        try:
+            while not self.stop.is_set():
+                self.idle.clear()
+                for folder in self.folders:
+                    if self.stop.is_set():
+                        return
+                    await self._scan(folder)
+                self.scans += 1
+                self.last_scan_at = self.clock.now()
+                self._wake_scan_waiters()
+                # No await between here and the clock wait: a test that sees `idle` set
+                # knows the watcher is parked on the clock.
+                self.idle.set()
+                if not await self.clock.wait_until(self.clock.now() + interval, self.stop):
                     return
-                await self._scan(folder)
-            self.scans += 1
-            self.last_scan_at = self.clock.now()
-            self._wake_scan_waiters()
-            # No await between here and the clock wait: a test that sees `idle` set knows
-            # the watcher is parked on the clock.
-            self.idle.set()
-            if not await self.clock.wait_until(self.clock.now() + interval, self.stop):
-                return
+        finally:
+            # Nobody waits forever on a watcher that stopped or died.
+            for _, fut in self._scan_waiters:
+                fut.cancel()
+            self._scan_waiters = []
 
     async def wait_scans(self, n: int) -> None:
         """Return once `n` scans have completed (for tests and tools; never polls)."""
@@ -313,13 +319,13 @@ class Inbox:
         stats = self.stats[folder.store]
         try:
             entries = await asyncio.to_thread(_list, folder.path)
-        except FileNotFoundError:
-            # Someone removed the folder: recreate it so drops keep working.
-            await asyncio.to_thread(self.prepare)
-            return
         except OSError as exc:
             stats.last_error = f"cannot list {folder.path}: {exc}"
             log.warning("inbox: %s", stats.last_error)
+            if isinstance(exc, FileNotFoundError):
+                # Someone removed the folder: recreate it so drops keep working.
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(self.prepare)
             return
         present = {folder.path / e.name for e in entries}
         for path in [p for p in self._seen if p.parent == folder.path and p not in present]:
@@ -328,17 +334,21 @@ class Inbox:
             del self._retry[path]
             stats.waiting.discard(path)
         now = self.clock.now()
+        # Once a file cannot be taken (still being written, or backing off), the files
+        # after it wait, so the folder keeps its order; their stability is still tracked.
+        blocked = False
         for entry in sorted(entries, key=lambda e: natural_key(e.name)):
             if self.stop.is_set():
                 return
             path = folder.path / entry.name
+            ready = self._stable(path, entry, now) or entry.marked
             retry = self._retry.get(path)
             if retry is not None and now < retry.next_at:
-                return  # backing off: later files wait, so the folder keeps its order
-            if not entry.marked and not self._stable(path, entry, now):
-                return  # still being written: later files wait behind it
-            if not await self._take(folder, path, entry):
-                return
+                ready = False
+            if blocked or not ready:
+                blocked = True
+                continue
+            blocked = not await self._take(folder, path, entry)
 
     def _stable(self, path: Path, entry: _Entry, now: datetime) -> bool:
         seen = self._seen.get(path)
@@ -410,7 +420,7 @@ class Inbox:
             "source": folder.source,
             "store": folder.store,
             "bytes": size,
-            **_outcome_json(out),
+            **outcome_json(out),
             "at": self.clock.now().isoformat(),
         }
         return msgspec.json.format(_ENCODE.encode(body)) + b"\n"
@@ -611,7 +621,7 @@ async def upload(request: web.Request) -> web.Response:
     inbox = app.get(INBOX)
     if inbox is not None:
         inbox.stats[store.id].uploads += 1
-    return json_response(_outcome_json(out), status=202)
+    return json_response(outcome_json(out), status=202)
 
 
 def add_file_routes(app: web.Application) -> None:
