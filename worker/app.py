@@ -87,6 +87,12 @@ async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
     async with open_sink(app[keys.CONFIG]) as sink:
         app[keys.SINK] = sink
         app[keys.HEALTH].add_check("sink", sink.health)
+        damaged = getattr(sink, "recovered_from", None)
+        if damaged:
+            app[keys.HEALTH].notes["sink"] = (
+                f"damaged sink file moved aside to {damaged}; started with a fresh database "
+                "(restore or re-sync from it)"
+            )
         yield
         log.info("closing sink")
 

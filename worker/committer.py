@@ -19,10 +19,10 @@ import contextlib
 import hashlib
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -39,6 +39,7 @@ from worker.validation import BatchItem, Failure, ValidationContext, validate_ba
 from worker.windows import due_catch_up, next_store_window
 
 log = logging.getLogger("possync.committer")
+T = TypeVar("T")
 
 
 class WindowResult(msgspec.Struct, kw_only=True):
@@ -178,7 +179,9 @@ class Committer:
                 broken.append(
                     (e.seq, [{"rule": "schema", "field": err.field, "message": err.message}])
                 )
-        ctx = await self._context(store, items)
+        # The lookups before the write are retried like the write itself: a window that starts
+        # while the sink is down waits for it instead of failing until the next window.
+        ctx = await self._with_retry("lookup", lambda: self._context(store, items))
         verdict = validate_batch(items, ctx)
         now = self.clock.now()
         triggers: list[TriggerEvent] = []
@@ -199,7 +202,9 @@ class Committer:
             manifest=_manifest(batch_id, store.id, window_at, rows, voids, len(triggers)),
         )
         if rows or voids:
-            await self._commit_with_retry(batch)
+            await self._with_retry(
+                f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch)
+            )
         done = (
             [s for s, _ in verdict.sales] + [s for s, _ in verdict.voids] + list(verdict.superseded)
         )
@@ -260,25 +265,20 @@ class Committer:
             hold_windows=self.cfg.windows.hold_windows,
         )
 
-    async def _commit_with_retry(self, batch: CommitBatch) -> None:
-        """Commit, retrying retriable sink errors with backoff and jitter until stopped."""
+    async def _with_retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run a sink call, retrying retriable errors with backoff and jitter until stopped."""
         delay = 0.5
         while True:
             try:
-                await self.sink.commit_sales(batch)
+                result = await fn()
                 self.sink_error = None
-                return
+                return result
             except SinkError as exc:
                 self.metrics.sink_errors.labels(str(exc.retriable).lower()).inc()
                 self.sink_error = exc.message
                 if not exc.retriable or self.stop.is_set():
                     raise
-                log.warning(
-                    "sink commit of %s failed (%s); retrying in %.1fs",
-                    batch.batch_id,
-                    exc.message,
-                    delay,
-                )
+                log.warning("sink %s failed (%s); retrying in %.1fs", what, exc.message, delay)
                 deadline = self.clock.now().timestamp() + delay * (0.5 + random.random())
                 await self.clock.wait_until(datetime.fromtimestamp(deadline, UTC), self.stop)
                 if self.stop.is_set():

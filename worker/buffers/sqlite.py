@@ -44,9 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
@@ -61,6 +59,7 @@ from worker.clock import Clock
 from worker.config import SpoolConfig
 from worker.errors import SpoolFull, StorageFull, Unavailable
 from worker.records import Spooled, Void, encode
+from worker.sqlite_files import move_aside, quick_check, salvage_rows
 
 log = logging.getLogger("possync.spool")
 T = TypeVar("T")
@@ -723,42 +722,25 @@ def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
     return rows, size
 
 
-def _quick_check(path: Path) -> str | None:
-    """None if the file is sound (or absent), else the problem."""
-    if not path.exists():
-        return None
-    try:
-        con = sqlite3.connect(path)
-        try:
-            row = con.execute("PRAGMA quick_check").fetchone()
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    if row is None or row[0] != "ok":
-        return str(row[0] if row else "quick_check returned nothing")
-    return None
-
-
-def _move_aside(path: Path, problem: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    target = path.with_name(f"{path.name}.corrupt-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            os.replace(src, Path(str(target) + suffix))
-    log.error(
-        "spool %s is damaged (%s); moved aside to %s and starting fresh", path, problem, target
-    )
-    return str(target)
+def _salvage(old: Path, db: sqlite3.Connection) -> tuple[int, int]:
+    """Copy every pending row and quarantined record that still reads from a damaged spool."""
+    cols = "store, kind, rid, version, origin, received_at, state, held, size, body"
+    rows = list(salvage_rows(old, "spool", cols, where="state=0 AND body IS NOT NULL"))
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(f"INSERT OR IGNORE INTO spool({cols}) VALUES(?,?,?,?,?,?,?,?,?,?)", rows)
+    qcols = "store, kind, rid, version, received_at, quarantined_at, reasons, body"
+    qrows = list(salvage_rows(old, "quarantine", qcols))
+    db.executemany(f"INSERT INTO quarantine({qcols}) VALUES(?,?,?,?,?,?,?,?)", qrows)
+    db.execute("COMMIT")
+    return len(rows), len(qrows)
 
 
 @contextlib.asynccontextmanager
 async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
     """Open (creating or recovering) the spool and run its group-commit task."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    problem = await asyncio.to_thread(_quick_check, path)
-    recovered = _move_aside(path, problem) if problem else None
+    problem = await asyncio.to_thread(quick_check, path)
+    damaged = move_aside(path, problem, "spool") if problem else None
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
@@ -766,7 +748,14 @@ async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterato
         await conn.execute("PRAGMA busy_timeout=5000")
         await conn.executescript(_SCHEMA)
         spool = SqliteSpool(conn, cfg, clock, path)
-        spool.recovered_from = recovered
+        if damaged is not None:
+            rows, quarantined = await conn._execute(_salvage, damaged, conn._conn)  # type: ignore[no-untyped-call]
+            spool.recovered_from = (
+                f"{damaged} (salvaged {rows} pending rows, {quarantined} quarantined records)"
+            )
+            log.error(
+                "spool salvage from %s: %d pending rows, %d quarantined", damaged, rows, quarantined
+            )
         cur = await conn.execute(
             "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
         )

@@ -70,6 +70,7 @@ from worker.sinks.base import (
     utc_text,
     utc_text_opt,
 )
+from worker.sqlite_files import move_aside, quick_check
 
 log = logging.getLogger("possync.sink")
 
@@ -560,6 +561,8 @@ class SqliteSink:
         self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
     ) -> None:
         self.path = path
+        # Set when the file was damaged at start-up and moved aside (shown on /readyz, /status).
+        self.recovered_from: str | None = None
         self._w = writer
         self._r = reader
         self._wlock = asyncio.Lock()
@@ -996,6 +999,8 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
                 raise SinkError(
                     f"sqlite sink: cannot create {path.parent}: {exc}", retriable=True
                 ) from exc
+            problem = await asyncio.to_thread(quick_check, path)
+            damaged = move_aside(path, problem, "sqlite sink") if problem else None
             writer = await _connect(path, sc, reader=False)
             stack.push_async_callback(writer.close)
             # executescript() would commit an open transaction; migrate before any other use.
@@ -1003,5 +1008,7 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
             reader = await _connect(path, sc, reader=True)
             stack.push_async_callback(reader.close)
         sink = SqliteSink(writer, reader, path)
+        if damaged is not None:
+            sink.recovered_from = str(damaged)
         stack.callback(sink.close)
         yield sink

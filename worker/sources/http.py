@@ -216,7 +216,11 @@ async def status(request: web.Request) -> web.Response:
             "recovered_from": spool.recovered_from,
             "writer_alive": spool.writer_task is not None and not spool.writer_task.done(),
         },
-        "sink": {"kind": app[keys.SINK].name, "last_error": committer.sink_error},
+        "sink": {
+            "kind": app[keys.SINK].name,
+            "last_error": committer.sink_error,
+            "recovered_from": getattr(app[keys.SINK], "recovered_from", None),
+        },
         "health": await app[keys.HEALTH].run(),
     }
     if extra:

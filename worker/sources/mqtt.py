@@ -386,8 +386,14 @@ class _Conn:
             mid, status = next(iter(self._order.items()))
             if status != _DONE:
                 break
+            try:
+                self.client.ack(mid, 1)
+            except (RuntimeError, OSError, ValueError) as exc:
+                # The PUBACK cannot be sent: the message stays un-acked and the broker
+                # re-sends it on the next session (ingest is idempotent).
+                self._loop.call_soon(self.abort, f"ack failed: {exc}")
+                break
             del self._order[mid]
-            self.client.ack(mid, 1)
             self.owner.state.acked += 1
         self.owner._changed()
 
@@ -487,7 +493,12 @@ class _Conn:
 
     def _add_writer(self, fd: int) -> None:
         if fd == self._fd:
-            self._loop.add_writer(fd, self._on_writable)
+            try:
+                self._loop.add_writer(fd, self._on_writable)
+            except (RuntimeError, OSError, ValueError) as exc:
+                # The broker closed the socket under us (uvloop: "handler is closed"). Treat
+                # it as a lost connection; the owner reconnects and the broker re-sends.
+                self._loop.call_soon(self.abort, f"socket closed: {exc}")
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._call(self._remove_writer, sock.fileno())
@@ -806,7 +817,13 @@ class MqttSource:
             item = self._queue.popleft()
             if not item.conn.alive:
                 continue  # re-sent by the broker on the new session
-            task = tg.create_task(self._handle(item))
+            coro = self._handle(item)
+            try:
+                task = tg.create_task(coro)
+            except RuntimeError:  # the TaskGroup is shutting down: leave it to the broker
+                coro.close()
+                item.conn.abandon(item.msg)
+                break
             self._running.add(task)
             task.add_done_callback(self._handled)
         conn = self._conn
