@@ -283,3 +283,25 @@ class SpoolMachine(RuleBasedStateMachine):
 
 
 TestSpoolMachine = SpoolMachine.TestCase
+
+
+async def test_bulk_append_fast_path_and_its_fallback(tmp_path: Path) -> None:
+    async with open_spool(SpoolConfig(), tmp_path / "s.db", FakeClock(T0)) as spool:
+        first = await spool.append(
+            "S1", [make_sale(f"b{i}", version=1) for i in range(100)], priority="bulk"
+        )
+        assert (first.accepted, first.duplicates) == (100, 0)
+        # Mixed request: 50 duplicates, 25 newer versions, 25 new keys: the all-new attempt is
+        # rolled back and every row is classified one by one.
+        mixed = (
+            [make_sale(f"b{i}", version=1) for i in range(50)]
+            + [make_sale(f"b{i}", version=2) for i in range(50, 75)]
+            + [make_sale(f"n{i}") for i in range(25)]
+        )
+        second = await spool.append("S1", mixed, priority="bulk")
+        assert (second.accepted, second.duplicates) == (50, 50)
+        assert spool.stats("S1").pending == 125
+        lease = await spool.lease("S1", upto=FAR, after_seq=0, limit=1000)
+        versions = {e.rid: e.version for e in lease.entries}
+        assert versions["b0"] == 1 and versions["b60"] == 2 and "n3" in versions
+        assert len(lease.entries) == 125

@@ -35,7 +35,14 @@ from worker.metrics import Metrics
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
 from worker.sinks.base import CommitBatch, Manifest, SaleRow, Sink, TriggerEvent
 from worker.triggers import match_triggers
-from worker.validation import BatchItem, Failure, ValidationContext, validate_batch, validate_sale
+from worker.validation import (
+    BatchItem,
+    BatchVerdict,
+    Failure,
+    ValidationContext,
+    validate_batch,
+    validate_sale,
+)
 from worker.windows import due_catch_up, next_store_window
 
 log = logging.getLogger("possync.committer")
@@ -74,6 +81,7 @@ class Committer:
         self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in cfg.stores}
         self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
         self.paused: set[str] = set()
+        self._visible: dict[str, datetime] = {}
         self.last: dict[str, WindowResult] = {}
         self.last_window: dict[str, datetime] = {}
         self.sink_error: str | None = None
@@ -82,13 +90,20 @@ class Committer:
 
     def visible_at(self, store: StoreConfig) -> datetime:
         """When sales pushed now become visible: this store's next (staggered) window."""
-        return next_store_window(
-            self.clock.now(),
+        now = self.clock.now()
+        cached = self._visible.get(store.id)
+        # The next window is the same for every instant before it: compute it once per window.
+        if cached is not None and now < cached:
+            return cached
+        nxt = next_store_window(
+            now,
             self._zones[store.id],
             self.cfg.store_times(store),
             store.id,
             self.cfg.windows.spread_s,
         )
+        self._visible[store.id] = nxt
+        return nxt
 
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
@@ -167,40 +182,17 @@ class Committer:
         entries: list[Entry],
         result: WindowResult,
     ) -> None:
-        items: list[BatchItem] = []
-        broken: list[tuple[int, list[dict[str, Any]]]] = []
-        for e in entries:
-            try:
-                items.append(
-                    BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
-                )
-            except DECODE_ERRORS as exc:
-                err = invalid_from(exc)
-                broken.append(
-                    (e.seq, [{"rule": "schema", "field": err.field, "message": err.message}])
-                )
+        # Decoding and validating a page is pure CPU; it runs in a worker thread so the event
+        # loop keeps answering pushes (the GIL is handed back every switch interval).
+        items, broken = await asyncio.to_thread(_decode_page, entries)
         # The lookups before the write are retried like the write itself: a window that starts
         # while the sink is down waits for it instead of failing until the next window.
         ctx = await self._with_retry("lookup", lambda: self._context(store, items))
-        verdict = validate_batch(items, ctx)
         now = self.clock.now()
-        triggers: list[TriggerEvent] = []
-        voided = {v.id for _, v in verdict.voids}
-        for _, row in verdict.sales:
-            triggers.extend(self._triggers_for(row, store, now, voided=row.sale.id in voided))
-        rows = [row for _, row in verdict.sales]
-        voids = [v for _, v in verdict.voids]
-        first, last = entries[0].seq, entries[-1].seq
-        batch_id = f"{store.id}:{window_at.isoformat()}:{first}-{last}"
-        batch = CommitBatch(
-            batch_id=batch_id,
-            store=store.id,
-            window_at=window_at,
-            sales=rows,
-            voids=voids,
-            triggers=triggers,
-            manifest=_manifest(batch_id, store.id, window_at, rows, voids, len(triggers)),
+        verdict, batch = await asyncio.to_thread(
+            self._prepare, store, window_at, entries, items, ctx, now
         )
+        rows, voids, triggers = batch.sales, batch.voids, batch.triggers
         if rows or voids:
             await self._with_retry(
                 f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch)
@@ -226,6 +218,35 @@ class Committer:
         self.metrics.committed.inc(len(rows))
         self.metrics.quarantined.inc(len(quarantined))
         self.metrics.triggers.labels("written").inc(len(triggers))
+
+    def _prepare(
+        self,
+        store: StoreConfig,
+        window_at: datetime,
+        entries: list[Entry],
+        items: list[BatchItem],
+        ctx: ValidationContext,
+        now: datetime,
+    ) -> tuple[BatchVerdict, CommitBatch]:
+        """Validate a decoded page and build its sink batch (pure; runs in a thread)."""
+        verdict = validate_batch(items, ctx)
+        voided = {v.id for _, v in verdict.voids}
+        triggers: list[TriggerEvent] = []
+        for _, row in verdict.sales:
+            triggers.extend(self._triggers_for(row, store, now, voided=row.sale.id in voided))
+        rows = [row for _, row in verdict.sales]
+        voids = [v for _, v in verdict.voids]
+        batch_id = f"{store.id}:{window_at.isoformat()}:{entries[0].seq}-{entries[-1].seq}"
+        batch = CommitBatch(
+            batch_id=batch_id,
+            store=store.id,
+            window_at=window_at,
+            sales=rows,
+            voids=voids,
+            triggers=triggers,
+            manifest=_manifest(batch_id, store.id, window_at, rows, voids, len(triggers)),
+        )
+        return verdict, batch
 
     def _triggers_for(
         self, row: SaleRow, store: StoreConfig, now: datetime, *, voided: bool = False
@@ -340,24 +361,9 @@ class Committer:
     async def preview(self, store: StoreConfig) -> dict[str, Any]:
         """Dry run: validate everything pending for a store without writing."""
         entries = await self.spool.pending_entries(store.id)
-        items: list[BatchItem] = []
-        broken = []
-        for e in entries:
-            try:
-                items.append(
-                    BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held)
-                )
-            except DECODE_ERRORS as exc:
-                err = invalid_from(exc)
-                broken.append(
-                    {
-                        "seq": e.seq,
-                        "rid": e.rid,
-                        "failures": [
-                            {"rule": "schema", "field": err.field, "message": err.message}
-                        ],
-                    }
-                )
+        items, failed = await asyncio.to_thread(_decode_page, entries)
+        rids = {e.seq: e.rid for e in entries}
+        broken = [{"seq": seq, "rid": rids[seq], "failures": fs} for seq, fs in failed]
         verdict = validate_batch(items, await self._context(store, items))
         by_seq = {i.seq: i.record.id for i in items}
         return {
@@ -374,6 +380,21 @@ class Committer:
             ],
             "next_window": self.visible_at(store).isoformat(),
         }
+
+
+def _decode_page(
+    entries: list[Entry],
+) -> tuple[list[BatchItem], list[tuple[int, list[dict[str, Any]]]]]:
+    """Decode spooled rows; an undecodable one fails the `schema` rule."""
+    items: list[BatchItem] = []
+    broken: list[tuple[int, list[dict[str, Any]]]] = []
+    for e in entries:
+        try:
+            items.append(BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held))
+        except DECODE_ERRORS as exc:
+            err = invalid_from(exc)
+            broken.append((e.seq, [{"rule": "schema", "field": err.field, "message": err.message}]))
+    return items, broken
 
 
 def _invalid(failures: Sequence[Failure]) -> RecordInvalid:

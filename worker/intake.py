@@ -28,7 +28,7 @@ from worker.clock import Clock
 from worker.config import Config, StoreConfig
 from worker.errors import AuthError, NotFound, RecordInvalid
 from worker.metrics import Metrics
-from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void, localize
+from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -222,7 +222,6 @@ class Intake:
         origin: Literal["backfill"] | None = None,
     ) -> IngestOutcome:
         """Entities to the sink now, sales/voids to the spool, manual sales to the committer."""
-        zone = self._zones[store.id]
         entities: list[Entity] = []
         spooled: list[Spooled] = []
         manual: list[Sale] = []
@@ -230,9 +229,11 @@ class Intake:
             if isinstance(r, Customer | Product):
                 entities.append(r)
             elif isinstance(r, Sale):
-                sale = localize(r, zone)
+                sale = r
                 if origin is not None and sale.origin != origin:
                     sale = msgspec.structs.replace(sale, origin=origin)
+                # The business date is derived at the window (and for manual sales at once),
+                # so the hot path does not copy and re-validate every spooled sale.
                 (manual if sale.origin == "manual" else spooled).append(sale)
             elif isinstance(r, Void):
                 spooled.append(r)

@@ -671,6 +671,11 @@ def _write_group(
     )
     for item in group:
         store = item.store
+        n = len(item.rows)
+        if n >= _BULK_FAST_PATH and _insert_all_new(db, insert, store, item.rows):
+            nbytes = sum(len(r[5]) for r in item.rows)
+            out.append((AppendResult(n, 0), {store: (n, nbytes)}))
+            continue
         accepted = 0
         drows = 0
         dbytes = 0
@@ -699,9 +704,37 @@ def _write_group(
             else:
                 drows += 1
                 dbytes += size
-        n = len(item.rows)
         out.append((AppendResult(accepted, n - accepted), {store: (drows, dbytes)}))
     return out
+
+
+# Requests of at least this many rows first try one executemany (backfill, batches).
+_BULK_FAST_PATH = 16
+
+
+def _insert_all_new(
+    db: sqlite3.Connection,
+    insert: str,
+    store: str,
+    rows: list[tuple[str, str, int, str, float, bytes]],
+) -> bool:
+    """Insert every row in one executemany if all keys are new; else undo and return False.
+
+    A fresh history load is all new keys, so this is SQLite's C loop instead of a Python
+    statement per row. Any existing key (a duplicate or a newer version) rolls the attempt
+    back and the caller takes the row-by-row path, which classifies each row exactly.
+    """
+    db.execute("SAVEPOINT bulk")
+    before = db.total_changes
+    db.executemany(
+        insert, [(store, k, rid, v, o, at, len(body), body) for k, rid, v, o, at, body in rows]
+    )
+    if db.total_changes - before == len(rows):
+        db.execute("RELEASE bulk")
+        return True
+    db.execute("ROLLBACK TO bulk")
+    db.execute("RELEASE bulk")
+    return False
 
 
 def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
