@@ -79,6 +79,13 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
         health.add_check("spool", spool.check)
         if spool.recovered_from:
             health.notes["spool"] = f"damaged spool moved aside to {spool.recovered_from}"
+
+        def integrity() -> str | None:
+            if spool.integrity in (None, "ok"):
+                return None
+            return f"spool failed its integrity check ({spool.integrity}); restart to salvage it"
+
+        health.note_sources["spool_integrity"] = integrity
         yield
         log.info("closing spool: final group commit and checkpoint")
 

@@ -20,6 +20,16 @@ class Health:
         self.checks: dict[str, Check] = {}
         self.tasks: dict[str, asyncio.Task[Any]] = {}
         self.notes: dict[str, str] = {}  # non-fatal conditions shown on /readyz and /status
+        self.note_sources: dict[str, Callable[[], str | None]] = {}
+
+    def current_notes(self) -> dict[str, str]:
+        """Static notes plus the ones computed now (e.g. a background integrity verdict)."""
+        out = dict(self.notes)
+        for name, fn in self.note_sources.items():
+            note = fn()
+            if note:
+                out[name] = note
+        return out
 
     def add_check(self, name: str, check: Check) -> None:
         """Register a readiness check (raises when not ready)."""

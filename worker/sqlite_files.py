@@ -34,6 +34,39 @@ def quick_check(path: Path) -> str | None:
     return None
 
 
+def cheap_check(path: Path) -> str | None:
+    """A start-up check that reads a few pages, not the whole file.
+
+    Catches a garbage header, an unreadable schema and a truncated file (page_count x
+    page_size beyond the file's size). Damage inside data pages is found by the full
+    `quick_check`, which runs in the background after start-up (`flag_file` carries its
+    verdict to the next start).
+    """
+    if not path.exists():
+        return None
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            size = con.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return str(exc) or type(exc).__name__
+    wal = Path(str(path) + "-wal")
+    # With a WAL, pages may still live only in the WAL: compare against both files.
+    have = path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    if pages * size > have:
+        return f"file is truncated: {pages} pages of {size} bytes expected, {have} bytes present"
+    return None
+
+
+def flag_file(path: Path) -> Path:
+    """Where a background check leaves its verdict for the next start."""
+    return path.with_name(path.name + ".damaged")
+
+
 def move_aside(path: Path, problem: str, what: str) -> Path:
     """Rename the file (and its -wal/-shm) to `<name>.corrupt-<stamp>`; return the new path."""
     stamp = time.strftime("%Y%m%dT%H%M%S")

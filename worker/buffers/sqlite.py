@@ -59,7 +59,7 @@ from worker.clock import Clock
 from worker.config import SpoolConfig
 from worker.errors import SpoolFull, StorageFull, Unavailable
 from worker.records import Spooled, Void, encode
-from worker.sqlite_files import move_aside, quick_check, salvage_rows
+from worker.sqlite_files import cheap_check, flag_file, move_aside, quick_check, salvage_rows
 
 log = logging.getLogger("possync.spool")
 T = TypeVar("T")
@@ -143,6 +143,8 @@ class SqliteSpool:
         self.groups = 0
         self.group_rows = 0
         self._closing = False
+        self.integrity: str | None = None  # None until the background check has run
+        self.integrity_task: asyncio.Task[None] | None = None
         self.writer_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ plumbing
@@ -646,6 +648,16 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             raise _storage_error(exc) from None
 
+    async def check_integrity(self) -> None:
+        """Full `PRAGMA quick_check` on a separate read-only connection; flag damage."""
+        problem = await asyncio.to_thread(quick_check, self.path)
+        self.integrity = problem or "ok"
+        if problem:
+            flag_file(self.path).write_text(problem, encoding="utf-8")
+            log.error(
+                "spool %s failed its integrity check (%s): restart to salvage", self.path, problem
+            )
+
     def total_pending(self) -> int:
         """Pending rows over all stores."""
         return sum(c.rows for c in self._counts.values())
@@ -768,35 +780,70 @@ def _salvage(old: Path, db: sqlite3.Connection) -> tuple[int, int]:
     return len(rows), len(qrows)
 
 
-@contextlib.asynccontextmanager
-async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
-    """Open (creating or recovering) the spool and run its group-commit task."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    problem = await asyncio.to_thread(quick_check, path)
-    damaged = move_aside(path, problem, "spool") if problem else None
+async def _connect(
+    path: Path, cfg: SpoolConfig, damaged: Path | None
+) -> tuple[aiosqlite.Connection, dict[str, _Counts], tuple[int, int]]:
+    """Open the spool file, create the schema, salvage from `damaged`, count pending rows.
+
+    Returns the connection, pending counts per store, and (rows, quarantined) salvaged.
+    """
+    salvaged = (0, 0)
     conn = await aiosqlite.connect(path, isolation_level=None)
     try:
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={cfg.synchronous}")
         await conn.execute("PRAGMA busy_timeout=5000")
         await conn.executescript(_SCHEMA)
-        spool = SqliteSpool(conn, cfg, clock, path)
         if damaged is not None:
-            rows, quarantined = await conn._execute(_salvage, damaged, conn._conn)  # type: ignore[no-untyped-call]
-            spool.recovered_from = (
-                f"{damaged} (salvaged {rows} pending rows, {quarantined} quarantined records)"
-            )
-            log.error(
-                "spool salvage from %s: %d pending rows, %d quarantined", damaged, rows, quarantined
-            )
+            salvaged = await conn._execute(_salvage, damaged, conn._conn)  # type: ignore[no-untyped-call]
+            log.error("spool salvage from %s: %d pending rows, %d quarantined", damaged, *salvaged)
         cur = await conn.execute(
             "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
         )
+        counts: dict[str, _Counts] = {}
         for store, n, size in await cur.fetchall():
-            c = spool._counts.setdefault(store, _Counts())
+            c = counts.setdefault(store, _Counts())
             c.rows, c.bytes = int(n), int(size)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, counts, salvaged
+
+
+@contextlib.asynccontextmanager
+async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
+    """Open (creating or recovering) the spool and run its group-commit task."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flag = flag_file(path)
+    if flag.exists():  # the background check of an earlier run found damage
+        problem: str | None = (
+            flag.read_text(encoding="utf-8", errors="replace") or "flagged damaged"
+        )
+    else:
+        problem = await asyncio.to_thread(cheap_check, path)
+    damaged = move_aside(path, problem, "spool") if problem else None
+    flag.unlink(missing_ok=True)
+    try:
+        conn, counts, salvaged = await _connect(path, cfg, damaged)
+    except sqlite3.DatabaseError as exc:
+        if damaged is not None:
+            raise
+        # Damage the start-up check could not see (a data page of the pending index):
+        # the same treatment, found one step later.
+        damaged = move_aside(path, str(exc) or "malformed", "spool")
+        conn, counts, salvaged = await _connect(path, cfg, damaged)
+    try:
+        spool = SqliteSpool(conn, cfg, clock, path)
+        spool._counts = counts
+        if damaged is not None:
+            spool.recovered_from = f"{damaged} (salvaged {salvaged[0]} pending rows, {salvaged[1]} quarantined records)"
         writer = asyncio.create_task(spool.run_writer(), name="spool-writer")
         spool.writer_task = writer
+        # The full page-by-page check reads the whole file: run it after start-up, off the
+        # loop, so a large spool does not delay readiness. A verdict of damage is reported now
+        # and acted on (move aside + salvage) at the next start.
+        checker = asyncio.create_task(spool.check_integrity(), name="spool-integrity")
+        spool.integrity_task = checker
         try:
             yield spool
         finally:
@@ -811,8 +858,11 @@ async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterato
             except Exception:  # noqa: BLE001 - already logged and recorded in spool.failed
                 log.debug("spool writer ended with an error")
             writer.cancel()
+            checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+            with contextlib.suppress(asyncio.CancelledError):
+                await checker
     finally:
         with contextlib.suppress(sqlite3.Error):
             await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -70,7 +70,7 @@ from worker.sinks.base import (
     utc_text,
     utc_text_opt,
 )
-from worker.sqlite_files import move_aside, quick_check
+from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
 
@@ -999,7 +999,7 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
                 raise SinkError(
                     f"sqlite sink: cannot create {path.parent}: {exc}", retriable=True
                 ) from exc
-            problem = await asyncio.to_thread(quick_check, path)
+            problem = await asyncio.to_thread(cheap_check, path)
             damaged = move_aside(path, problem, "sqlite sink") if problem else None
             writer = await _connect(path, sc, reader=False)
             stack.push_async_callback(writer.close)

@@ -166,7 +166,7 @@ async def readyz(request: web.Request) -> web.Response:
     body: dict[str, Any] = {
         "ready": not failing,
         "checks": checks,
-        "notes": request.app[keys.HEALTH].notes,
+        "notes": request.app[keys.HEALTH].current_notes(),
     }
     if failing:
         name = next(iter(failing))
@@ -214,6 +214,7 @@ async def status(request: web.Request) -> web.Response:
             "groups_committed": spool.groups,
             "last_error": spool.last_error,
             "recovered_from": spool.recovered_from,
+            "integrity": spool.integrity,
             "writer_alive": spool.writer_task is not None and not spool.writer_task.done(),
         },
         "sink": {
@@ -222,6 +223,7 @@ async def status(request: web.Request) -> web.Response:
             "recovered_from": getattr(app[keys.SINK], "recovered_from", None),
         },
         "health": await app[keys.HEALTH].run(),
+        "notes": app[keys.HEALTH].current_notes(),
     }
     if extra:
         for name, fn in extra.items():
