@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -82,6 +83,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
 
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwind: every `with Proc` stops its process
+
+    signal.signal(signal.SIGTERM, on_term)
     info = machine_info()
     print_machine(info)
     load_tool = "aiohttp client process" if args.loadgen or not have_wrk() else "wrk + Lua"

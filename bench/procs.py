@@ -117,6 +117,7 @@ class Proc:
     grace_s: float = 60.0
     env: dict[str, str] | None = None
     started_at: float = 0.0
+    stop_s: float = 0.0  # how long the last stop took
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
@@ -157,7 +158,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait(timeout=30)
-        return time.monotonic() - t0
+            self.stop_s = time.monotonic() - t0
+        return self.stop_s
 
     def tail(self, n: int = 20) -> str:
         """The last lines of the child's output, for error messages."""
@@ -199,7 +201,6 @@ async def wait_ready(
     *,
     headers: dict[str, str] | None = None,
     timeout_s: float = 120.0,
-    method: str = "GET",
 ) -> float:
     """Poll `url` until it answers below 400; seconds since the process was started.
 
@@ -213,11 +214,11 @@ async def wait_ready(
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited during start-up:\n{proc.tail()}")
             try:
-                async with session.request(
-                    method, url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+                async with session.get(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
                 ) as resp:
                     await resp.read()
-                    if resp.status < 400 or (method == "POST" and resp.status != 404):
+                    if resp.status < 400:
                         return time.monotonic() - proc.started_at
             except (aiohttp.ClientError, TimeoutError):
                 pass

@@ -1,6 +1,6 @@
 """Profile the server during one benchmark phase with py-spy, and summarize the top frames.
 
-    python -m bench.profile [push|backfill|commit ...] [--seconds S] [--records N]
+    python -m bench.profile [push|backfill|commit|restart ...] [--seconds S] [--records N]
 
 py-spy is not a project dependency: `.venv/bin/pip install py-spy`. It runs the server as
 its child (`py-spy record --threads --nonblocking -- python -m worker serve ...`; attaching
@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from bench.procs import (
 )
 
 OUT = Path(__file__).parent / "results" / "profiles"
+PHASES = ("push", "backfill", "commit", "restart")
 _LINE = re.compile(r"^(?P<stack>.*) (?P<n>\d+)$")
 _LOC = re.compile(r" \((?P<file>[^:()]*)(?::\d+)?\)$")
 # Frames that are on every event-loop stack and say nothing about the cost.
@@ -112,7 +114,7 @@ def _thread_kind(text: str) -> str:
     if "SqliteSpool" in text or "_write_group" in text:
         return "spool connection thread"
     if "aiosqlite/core.py" in text:
-        return "sink connection threads"
+        return "aiosqlite threads (sink; spool before its first write)"
     return "other threads"
 
 
@@ -183,12 +185,12 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path
     )
     st = pipeline._State(workdir, settings, port=port, config=cfg)
     st.stores.append(pipeline._Store("A", "A-", records, workdir / "backfill-A.ndjson"))
-    if name in ("backfill", "commit"):
+    if name != "push":
         pipeline._generate(st)
     headers = {"Authorization": f"Bearer {ADMIN}"}
     ready = f"{base}/readyz"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        if name == "commit":  # fill the spool first, unprofiled
+        if name in ("commit", "restart"):  # fill the spool first, unprofiled
             with possync_proc(cfg, workdir / "fill.log") as proc:
                 await wait_ready(proc, ready, headers=headers)
                 await pipeline._push_customers(session, st)
@@ -205,9 +207,13 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path
                     connections=64,
                     duration_s=seconds,
                 )
+            elif name == "restart":
+                print(f"  ready after {time.monotonic() - proc.started_at:.2f} s", flush=True)
             elif name == "backfill":
                 await pipeline._push_customers(session, st)
-                await pipeline._backfill_pushes(session, st, st.stores[0], pipeline._Progress(0))
+                streaming = await pipeline._has_backfill(session, st)
+                fn = pipeline._backfill_stream if streaming else pipeline._backfill_pushes
+                await fn(session, st, st.stores[0], pipeline._Progress(0))
             else:
                 elapsed, res = await pipeline._commit(session, st, "A")
                 print(f"  committed {res['committed']:,} in {elapsed:.1f} s", flush=True)
@@ -217,12 +223,12 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path
 def main() -> int:
     """Entry point."""
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("phases", nargs="*", default=["push", "backfill", "commit"])
+    parser.add_argument("phases", nargs="*", default=list(PHASES))
     parser.add_argument("--seconds", type=float, default=10.0, help="push load duration")
     parser.add_argument("--records", type=int, default=50_000, help="backfill/commit size")
     args = parser.parse_args()
     for name in args.phases:
-        if name not in ("push", "backfill", "commit"):
+        if name not in PHASES:
             parser.error(f"unknown phase {name}")
         workdir = Path(tempfile.mkdtemp(prefix=f"possync-profile-{name}-"))
         try:

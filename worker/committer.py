@@ -273,9 +273,13 @@ class Committer:
         existing_customers = (
             await self.sink.existing_customers(store.id, customers) if customers else set()
         )
-        existing_sales = await self.sink.existing_sales(store.id, originals | void_targets)
+        # References to sales of this same page need no lookup (validation sees the page).
+        in_page = {i.record.id for i in items if isinstance(i.record, Sale)}
+        refs = (originals | void_targets) - in_page
+        existing_sales = await self.sink.existing_sales(store.id, refs) if refs else set()
         # A return's original or a void's target may sit in a later page of this window.
-        pending = await self.spool.pending_ids(store.id, "sale", sorted(void_targets | originals))
+        missing = sorted(refs - existing_sales)
+        pending = await self.spool.pending_ids(store.id, "sale", missing) if missing else set()
         return ValidationContext(
             store=store.id,
             zone=self._zones[store.id],
