@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from worker.buffers.base import Entry
+from worker.buffers.base import Entry, Lease
 from worker.buffers.sqlite import SqliteSpool
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
@@ -161,36 +161,62 @@ class Committer:
     async def _commit_pages(
         self, store: StoreConfig, window_at: datetime, result: WindowResult
     ) -> None:
-        after = 0
-        size = self.cfg.windows.batch_size
-        while True:
-            lease = await self.spool.lease(store.id, upto=window_at, after_seq=after, limit=size)
-            if not lease.entries:
-                await self.spool.release(lease.lease_id)
-                return
-            after = lease.last_seq
-            try:
-                await self._commit_page(store, window_at, lease.lease_id, lease.entries, result)
-            finally:
-                await self.spool.release(lease.lease_id)
+        """Commit the window page by page, preparing page n+1 while page n is written.
 
-    async def _commit_page(
-        self,
-        store: StoreConfig,
-        window_at: datetime,
-        lease_id: int,
-        entries: list[Entry],
-        result: WindowResult,
-    ) -> None:
-        # Decoding and validating a page is pure CPU; it runs in a worker thread so the event
-        # loop keeps answering pushes (the GIL is handed back every switch interval).
-        items, broken = await asyncio.to_thread(_decode_page, entries)
-        # The lookups before the write are retried like the write itself: a window that starts
-        # while the sink is down waits for it instead of failing until the next window.
-        ctx = await self._with_retry("lookup", lambda: self._context(store, items))
-        now = self.clock.now()
-        verdict, batch = await asyncio.to_thread(
-            self._prepare, store, window_at, entries, items, ctx, now
+        Preparing (lease, decode, validate) is Python work; writing is SQLite work that
+        releases the GIL, so overlapping them roughly halves a large window. A reference
+        from page n+1 to a sale of page n still resolves: that sale is pending in the spool
+        until page n is acked.
+        """
+        nxt: asyncio.Task[_Page | None] = asyncio.create_task(self._next_page(store, window_at, 0))
+        try:
+            while True:
+                page = await nxt
+                if page is None:
+                    return
+                nxt = asyncio.create_task(self._next_page(store, window_at, page.lease.last_seq))
+                try:
+                    await self._write_page(page, result)
+                finally:
+                    await self.spool.release(page.lease.lease_id)
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SinkError):
+                got = await nxt
+                if got is not None:
+                    await self.spool.release(got.lease.lease_id)
+
+    async def _next_page(self, store: StoreConfig, window_at: datetime, after: int) -> _Page | None:
+        """Lease, decode and validate the page after seq `after` (None when none is left)."""
+        lease = await self.spool.lease(
+            store.id, upto=window_at, after_seq=after, limit=self.cfg.windows.batch_size
+        )
+        if not lease.entries:
+            await self.spool.release(lease.lease_id)
+            return None
+        try:
+            # Decoding and validating a page is pure CPU; it runs in a worker thread so the
+            # event loop keeps answering pushes (the GIL is handed back every switch interval).
+            items, broken = await asyncio.to_thread(_decode_page, lease.entries)
+            # The lookups are retried like the write itself: a window that starts while the
+            # sink is down waits for it instead of failing until the next window.
+            ctx = await self._with_retry("lookup", lambda: self._context(store, items))
+            verdict, batch = await asyncio.to_thread(
+                self._prepare, store, window_at, lease.entries, items, ctx, self.clock.now()
+            )
+        except BaseException:
+            await self.spool.release(lease.lease_id)
+            raise
+        return _Page(lease=lease, verdict=verdict, batch=batch, broken=broken)
+
+    async def _write_page(self, page: _Page, result: WindowResult) -> None:
+        """Write one prepared page to the sink, then settle its rows in the spool."""
+        verdict, batch, broken, lease_id = (
+            page.verdict,
+            page.batch,
+            page.broken,
+            page.lease.lease_id,
         )
         rows, voids, triggers = batch.sales, batch.voids, batch.triggers
         if rows or voids:
@@ -384,6 +410,15 @@ class Committer:
             ],
             "next_window": self.visible_at(store).isoformat(),
         }
+
+
+class _Page(msgspec.Struct, frozen=True):
+    """A leased, decoded and validated page, ready to be written."""
+
+    lease: Lease
+    verdict: BatchVerdict
+    batch: CommitBatch
+    broken: list[tuple[int, list[dict[str, Any]]]]
 
 
 def _decode_page(
