@@ -1,6 +1,7 @@
 """Profile the server during one benchmark phase with py-spy, and summarize the top frames.
 
-    python -m bench.profile [push|backfill|commit|restart ...] [--seconds S] [--records N]
+    python -m bench.profile [push|backfill|commit|p99|restart ...] [--seconds S] [--records N]
+        [--gil]   (sample only the thread holding the GIL: who keeps the event loop waiting)
 
 py-spy is not a project dependency: `.venv/bin/pip install py-spy`. It runs the server as
 its child (`py-spy record --threads --nonblocking -- python -m worker serve ...`; attaching
@@ -33,7 +34,7 @@ from pathlib import Path
 import aiohttp
 
 from bench import data, pipeline
-from bench.load import closed_loop
+from bench.load import OpenLoop, closed_loop
 from bench.procs import (
     ADMIN,
     STORE_TOKEN,
@@ -45,7 +46,7 @@ from bench.procs import (
 )
 
 OUT = Path(__file__).parent / "results" / "profiles"
-PHASES = ("push", "backfill", "commit", "restart")
+PHASES = ("push", "backfill", "commit", "p99", "restart")
 _LINE = re.compile(r"^(?P<stack>.*) (?P<n>\d+)$")
 _LOC = re.compile(r" \((?P<file>[^:()]*)(?::\d+)?\)$")
 # Frames that are on every event-loop stack and say nothing about the cost.
@@ -76,11 +77,14 @@ class ProfiledServer(Proc):
         return super().stop()
 
 
-def profiled_server(config: Path, out: Path, log: Path, rate: int = 250) -> ProfiledServer:
-    """The real server under py-spy."""
+def profiled_server(
+    config: Path, out: Path, log: Path, rate: int = 250, gil: bool = False
+) -> ProfiledServer:
+    """The real server under py-spy (`gil`: sample only the thread holding the GIL)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     argv = [
         spy, "record", "-r", str(rate), "--threads", "--nonblocking", "--format", "raw",
+        *(["--gil"] if gil else []),
         "-o", str(out), "--", sys.executable, "-m", "worker", "serve", "--config", str(config),
     ]  # fmt: skip
     return ProfiledServer(argv, log, name="possync (py-spy)", grace_s=120.0)
@@ -115,10 +119,12 @@ def _thread_kind(text: str) -> str:
         return "spool connection thread"
     if "aiosqlite/core.py" in text:
         return "aiosqlite threads (sink; spool before its first write)"
+    if "concurrent/futures/thread.py" in text:
+        return "executor threads (to_thread)"
     return "other threads"
 
 
-def summarize(path: Path, top: int = 14) -> str:
+def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
     """Per-thread shares and top frames of a py-spy raw (collapsed) file, as markdown."""
     stacks: list[tuple[str, list[str], int]] = []
     seen: dict[str, list[str]] = defaultdict(list)
@@ -153,7 +159,8 @@ def summarize(path: Path, top: int = 14) -> str:
     if not total:
         return "(no samples)"
     loop = per_kind["event loop"] or 1
-    out = [f"{total:,} samples over all threads (py-spy skips idle threads)", ""]
+    what = "GIL-holder samples (--gil)" if gil else "samples over all threads (idle skipped)"
+    out = [f"{total:,} {what}", ""]
     out += ["| thread | share of samples |", "|---|---|"]
     out += [f"| {k} | {v / total:.0%} |" for k, v in per_kind.most_common()]
     out += [
@@ -173,8 +180,8 @@ def summarize(path: Path, top: int = 14) -> str:
     return "\n".join(out)
 
 
-async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path:
-    out = OUT / f"{name}.txt"
+async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bool) -> Path:
+    out = OUT / f"{name}{'-gil' if gil else ''}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -190,12 +197,12 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path
     headers = {"Authorization": f"Bearer {ADMIN}"}
     ready = f"{base}/readyz"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        if name in ("commit", "restart"):  # fill the spool first, unprofiled
+        if name in ("commit", "p99", "restart"):  # fill the spool first, unprofiled
             with possync_proc(cfg, workdir / "fill.log") as proc:
                 await wait_ready(proc, ready, headers=headers)
                 await pipeline._push_customers(session, st)
                 await pipeline._backfill_pushes(session, st, st.stores[0], pipeline._Progress(0))
-        with profiled_server(cfg, out, workdir / f"{name}.log") as proc:
+        with profiled_server(cfg, out, workdir / f"{name}.log", gil=gil) as proc:
             await wait_ready(proc, ready, headers=headers, timeout_s=300)
             if name == "push":
                 await closed_loop(
@@ -214,6 +221,22 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int) -> Path
                 streaming = await pipeline._has_backfill(session, st)
                 fn = pipeline._backfill_stream if streaming else pipeline._backfill_pushes
                 await fn(session, st, st.stores[0], pipeline._Progress(0))
+            elif name == "p99":
+                async with OpenLoop(
+                    f"{base}/v1/push/canonical/LIVE",
+                    workdir=workdir,
+                    templates=data.push_templates(),
+                    run="profile-live",
+                    token=STORE_TOKEN,
+                    rate=200,
+                ) as load:
+                    await asyncio.sleep(1.0)
+                    t0 = time.monotonic()
+                    elapsed, res = await pipeline._commit(session, st, "A")
+                    t1 = time.monotonic()
+                    await load.stop()
+                print(f"  committed {res['committed']:,} in {elapsed:.1f} s", flush=True)
+                print(f"  live pushes during the commit: {load.window(t0, t1)}", flush=True)
             else:
                 elapsed, res = await pipeline._commit(session, st, "A")
                 print(f"  committed {res['committed']:,} in {elapsed:.1f} s", flush=True)
@@ -226,6 +249,7 @@ def main() -> int:
     parser.add_argument("phases", nargs="*", default=list(PHASES))
     parser.add_argument("--seconds", type=float, default=10.0, help="push load duration")
     parser.add_argument("--records", type=int, default=50_000, help="backfill/commit size")
+    parser.add_argument("--gil", action="store_true", help="sample only the GIL holder")
     args = parser.parse_args()
     for name in args.phases:
         if name not in PHASES:
@@ -233,10 +257,11 @@ def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix=f"possync-profile-{name}-"))
         try:
             print(f"[{name}] profiling the server with py-spy", flush=True)
-            out = asyncio.run(_phase(name, workdir, args.seconds, args.records))
+            out = asyncio.run(_phase(name, workdir, args.seconds, args.records, args.gil))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        print(f"\n### {name}\n\n{summarize(out)}\n\nraw stacks: {out}\n", flush=True)
+        text = summarize(out, gil=args.gil)
+        print(f"\n### {name}\n\n{text}\n\nraw stacks: {out}\n", flush=True)
     return 0
 
 

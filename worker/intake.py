@@ -189,7 +189,9 @@ class Intake:
         if parsed.delivery_id and await self.spool.seen_delivery(
             store.id, source, parsed.delivery_id
         ):
-            self.metrics.records.labels(source, "duplicate_delivery").inc(len(parsed.records))
+            self.metrics.child(self.metrics.records, source, "duplicate_delivery").inc(
+                len(parsed.records)
+            )
             return IngestOutcome(
                 accepted=0,
                 duplicates=len(parsed.records),
@@ -198,19 +200,20 @@ class Intake:
                 visible_at=self.committer.visible_at(store),
             )
         if not parsed.records and parsed.rejected:
-            self.metrics.records.labels(source, "rejected").inc(len(parsed.rejected))
+            self.metrics.child(self.metrics.records, source, "rejected").inc(len(parsed.rejected))
             raise NothingAcceptable(parsed.rejected)
         outcome = await self.route(store, parsed.records, priority=priority, origin=origin)
         if parsed.delivery_id:
             await self.spool.remember_delivery(store.id, source, parsed.delivery_id)
         outcome.rejected = parsed.rejected
         outcome.dropped = parsed.dropped
-        m = self.metrics.records
-        m.labels(source, "accepted").inc(outcome.accepted)
-        m.labels(source, "duplicate").inc(outcome.duplicates)
-        m.labels(source, "rejected").inc(len(parsed.rejected))
+        m, rec = self.metrics, self.metrics.records
+        m.child(rec, source, "accepted").inc(outcome.accepted)
+        m.child(rec, source, "duplicate").inc(outcome.duplicates)
+        if parsed.rejected:
+            m.child(rec, source, "rejected").inc(len(parsed.rejected))
         for reason, n in parsed.dropped.items():
-            m.labels(source, f"dropped_{reason}").inc(n)
+            m.child(rec, source, f"dropped_{reason}").inc(n)
         return outcome
 
     async def route(

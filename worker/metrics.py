@@ -7,6 +7,7 @@ would only re-derive its text format.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -28,6 +29,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "possync_http_requests",
@@ -69,6 +71,14 @@ class Metrics:
         self.spool_pending = Gauge(
             "possync_spool_pending_total", "Pending spooled records, all stores", registry=r
         )
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        """The labelled child of a metric, cached (labels() takes a lock on every call)."""
+        key = (id(metric), labels)
+        got = self._children.get(key)
+        if got is None:
+            got = self._children[key] = metric.labels(*labels)
+        return got
 
     def add_collector(self, fn: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
         """Register a scrape-time collector."""

@@ -88,8 +88,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = json_response({"error": "internal error", "field": None}, status=500)
-    metrics.requests.labels(route, str(resp.status)).inc()
-    metrics.request_seconds.labels(route).observe(time.perf_counter() - t0)
+    metrics.child(metrics.requests, route, str(resp.status)).inc()
+    metrics.child(metrics.request_seconds, route).observe(time.perf_counter() - t0)
     return resp
 
 
