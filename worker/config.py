@@ -49,7 +49,7 @@ class WindowsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     timezone: str = "UTC"
     spread_s: NonNeg = 900
     hold_windows: NonNeg = 2
-    batch_size: Pos = 5000
+    batch_size: Pos = 1000
     commit_retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 

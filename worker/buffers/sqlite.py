@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections import deque
@@ -320,15 +321,17 @@ class SqliteSpool:
         cutoff = upto.timestamp()
         leased = {s for st, seqs in self._leases.values() if st == store for s in seqs}
 
-        def q(db: sqlite3.Connection) -> list[Entry]:
-            cur = db.execute(
-                "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
-                "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
-                (store, after_seq, cutoff, limit),
-            )
-            return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
-
-        entries = [e for e in await self._read(q) if e.seq not in leased]
+        # Read in slices, each its own hop on the connection thread, so live group commits
+        # queued behind a big lease wait for one slice, not for the whole page.
+        entries: list[Entry] = []
+        cursor = after_seq
+        while len(entries) < limit:
+            n = min(_SLICE, limit - len(entries))
+            got = await self._read(functools.partial(_lease_slice, store, cursor, cutoff, n))
+            entries.extend(e for e in got if e.seq not in leased)
+            if len(got) < n:
+                break
+            cursor = got[-1].seq
         lease_id = self._next_lease
         self._next_lease += 1
         self._leases[lease_id] = (store, frozenset(e.seq for e in entries))
@@ -341,8 +344,12 @@ class SqliteSpool:
     async def ack(self, lease_id: int, seqs: Sequence[int]) -> None:
         """Retire committed rows (key and version stay for dedup; body is dropped)."""
         store, mine = self._lease_seqs(lease_id, seqs)
-        if mine:
-            freed = await self._run(lambda db: _retire(db, mine))
+        # One transaction per slice: live group commits interleave with a large ack, and a
+        # crash between slices only leaves rows pending that the sink already has (the next
+        # window finds them unchanged there and retires them).
+        for i in range(0, len(mine), _SLICE):
+            part = mine[i : i + _SLICE]
+            freed = await self._run(functools.partial(_retire, seqs=part))
             self._debit(store, freed)
         self._forget(lease_id, mine)
 
@@ -720,6 +727,9 @@ def _write_group(
     return out
 
 
+# Rows per lease read / ack transaction: bounds how long a live append can queue behind them.
+_SLICE = 500
+
 # Requests of at least this many rows first try one executemany (backfill, batches).
 _BULK_FAST_PATH = 16
 
@@ -747,6 +757,18 @@ def _insert_all_new(
     db.execute("ROLLBACK TO bulk")
     db.execute("RELEASE bulk")
     return False
+
+
+def _lease_slice(
+    store: str, after: int, cutoff: float, n: int, db: sqlite3.Connection
+) -> list[Entry]:
+    """Up to `n` pending rows of a store with seq > after, received at or before cutoff."""
+    cur = db.execute(
+        "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
+        "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
+        (store, after, cutoff, n),
+    )
+    return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
 
 
 def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
