@@ -57,7 +57,9 @@ class PipelineSettings:
     rss_total: int  # records in the whole backfill (A + B + C)
     live_rate: float  # req/s of live pushes during measure 4
     idle_s: float
-    sink_batch: int = 5_000  # rows per baseline transaction (the committer pages by [windows] batch_size)
+    sink_batch: int = (
+        5_000  # rows per baseline transaction (the committer pages by [windows] batch_size)
+    )
     want: frozenset[str] = frozenset(PIPELINE)
 
 
