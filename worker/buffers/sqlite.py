@@ -29,6 +29,10 @@ Invariants
   with `SpoolFull` (503 + Retry-After) before anything is written: backpressure, no drops.
 * Leases are in memory. A crash forgets them, so every leased-but-unacknowledged row is
   simply pending again at start-up. Ack happens only after the sink confirmed the commit.
+* Only appends pay an fsync of their own. Acks, holds and quarantine moves commit with
+  synchronous=NORMAL (WAL: safe against a process crash; on power loss the last of them may
+  roll back, which re-offers rows the sink already has: the next window finds them
+  unchanged there and retires them again).
 
 Recovery
 
@@ -150,11 +154,20 @@ class SqliteSpool:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` on the connection thread inside one transaction."""
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `fn(conn)` on the connection thread inside one transaction.
+
+        `durable=False` is for bookkeeping whose loss on power failure is harmless (acks,
+        holds, quarantine moves, scheduler state: each is redone idempotently). Those commit
+        with synchronous=NORMAL: safe against a process crash, no fsync of their own; the
+        next durable group commit fsyncs them along with itself. Appends are always durable.
+        """
+        relax = not durable and self._cfg.synchronous != "NORMAL"
 
         def tx() -> T:
             db = self._conn._conn  # the sqlite3 connection owned by aiosqlite's thread
+            if relax:
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -163,6 +176,9 @@ class SqliteSpool:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            finally:
+                if relax:
+                    db.execute(f"PRAGMA synchronous={self._cfg.synchronous}")
             return result
 
         # aiosqlite runs every call through `_execute` on its one thread; we hand it one
@@ -349,7 +365,7 @@ class SqliteSpool:
         # window finds them unchanged there and retires them).
         for i in range(0, len(mine), _SLICE):
             part = mine[i : i + _SLICE]
-            freed = await self._run(functools.partial(_retire, seqs=part))
+            freed = await self._run(functools.partial(_retire, seqs=part), durable=False)
             self._debit(store, freed)
         self._forget(lease_id, mine)
 
@@ -360,7 +376,8 @@ class SqliteSpool:
             await self._run(
                 lambda db: db.executemany(
                     "UPDATE spool SET held=held+1 WHERE seq=?", [(s,) for s in mine]
-                )
+                ),
+                durable=False,
             )
         self._forget(lease_id, mine)
 
@@ -393,7 +410,7 @@ class SqliteSpool:
                 size += got[0]
             return rows, size
 
-        freed = await self._run(q)
+        freed = await self._run(q, durable=False)
         self._debit(store, freed)
         self._forget(lease_id, mine)
 
