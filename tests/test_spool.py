@@ -170,7 +170,7 @@ async def test_damaged_spool_is_moved_aside_and_salvaged(tmp_path: Path) -> None
     path.write_bytes(bytes(data))
     # Damage is found at start-up when the pages it reads (header, schema, pending counts)
     # are hit; otherwise the background check finds it and flags the file for the next start.
-    async with open_spool(SpoolConfig(), path, FakeClock(T0)) as spool:
+    async with open_spool(SpoolConfig(integrity_check_delay_s=0), path, FakeClock(T0)) as spool:
         found_at_start = spool.recovered_from is not None
         if not found_at_start:
             assert spool.integrity_task is not None

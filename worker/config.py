@@ -63,6 +63,7 @@ class SpoolConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_group_records: Pos = 20_000
     linger_ms: NonNeg = 0
     retry_after_s: Pos = 30
+    integrity_check_delay_s: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # after start-up
 
 
 class SqliteSinkConfig(

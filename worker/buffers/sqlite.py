@@ -52,7 +52,7 @@ import logging
 import sqlite3
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -674,6 +674,10 @@ class SqliteSpool:
 
     async def check_integrity(self) -> None:
         """Full `PRAGMA quick_check` on a separate read-only connection; flag damage."""
+        # Start after the service is up, so reading the whole file does not compete with
+        # the start-up's own reads (restart-to-ready).
+        delay = timedelta(seconds=self._cfg.integrity_check_delay_s)
+        await self._clock.wait_until(self._clock.now() + delay, asyncio.Event())
         problem = await asyncio.to_thread(quick_check, self.path)
         self.integrity = problem or "ok"
         if problem:
