@@ -469,7 +469,7 @@ class SqliteSpool:
                 chunk = list(ids[i : i + 500])
                 marks = ",".join("?" * len(chunk))
                 cur = db.execute(
-                    f"SELECT rid FROM spool WHERE store=? AND kind=? AND state=0 AND rid IN ({marks})",
+                    f"SELECT rid FROM spool WHERE store=? AND kind=? AND +state=0 AND rid IN ({marks})",
                     (store, kind, *chunk),
                 )
                 found.update(r[0] for r in cur)
