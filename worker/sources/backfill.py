@@ -82,7 +82,7 @@ from worker.errors import (
 )
 from worker.intake import IngestOutcome, Intake
 from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
-from worker.sources.http import json_response, read_body, require_admin
+from worker.sources.http import json_response, media_type, read_body, require_admin
 
 log = logging.getLogger("possync.backfill")
 
@@ -521,7 +521,7 @@ async def backfill(request: web.Request) -> web.Response:
     limit = cfg.http.max_backfill_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body larger than {limit} bytes (max_backfill_bytes)", field="body")
-    ctype = request.content_type if request.headers.get("Content-Type") else ""
+    ctype = media_type(request)
     adapter = get_adapter(source)
     csv_spec: MappingSpec | None = None
     if isinstance(adapter, MappingAdapter):

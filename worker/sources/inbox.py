@@ -65,7 +65,7 @@ from worker.errors import (
     Unavailable,
 )
 from worker.intake import IngestOutcome, Intake, NothingAcceptable
-from worker.sources.http import json_response, outcome_json, read_body
+from worker.sources.http import json_response, media_type, outcome_json, read_body
 
 log = logging.getLogger("possync.inbox")
 
@@ -579,7 +579,7 @@ def upload_filename(request: web.Request) -> str | None:
 
 def upload_content_type(request: web.Request, filename: str | None) -> str:
     """The Content-Type header, unless absent or generic; then the file name's extension."""
-    given = request.content_type if request.headers.get("Content-Type") else ""
+    given = media_type(request)
     if given in ("", "application/octet-stream") and filename:
         return content_type_for(filename) or given
     return given
