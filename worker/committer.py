@@ -388,6 +388,12 @@ class Committer:
             written = 0
         return written, len(sales) - written
 
+    async def recheck(self, store: StoreConfig, record: Sale | Void) -> list[Failure]:
+        """Validate one record as its window would (quarantine release); [] when valid."""
+        items = [BatchItem(seq=0, record=record, held=0)]
+        verdict = validate_batch(items, await self._context(store, items))
+        return verdict.quarantined[0][1] if verdict.quarantined else []
+
     async def preview(self, store: StoreConfig) -> dict[str, Any]:
         """Dry run: validate everything pending for a store without writing."""
         entries = await self.spool.pending_entries(store.id)

@@ -291,7 +291,6 @@ Entity = Customer | Product
 Spooled = Sale | Void
 
 RECORD_DECODER: msgspec.json.Decoder[Record] = msgspec.json.Decoder(Record)
-SALE_DECODER: msgspec.json.Decoder[Sale] = msgspec.json.Decoder(Sale)
 SPOOLED_DECODER: msgspec.json.Decoder[Spooled] = msgspec.json.Decoder(Spooled)
 ENCODER = msgspec.json.Encoder(decimal_format="string")
 
@@ -327,23 +326,6 @@ def invalid_from(exc: BaseException) -> RecordInvalid:
     return RecordInvalid(msg, field=path)
 
 
-def decode_record(data: bytes | str) -> Record:
-    """Decode one canonical record or raise RecordInvalid naming the field."""
-    try:
-        return RECORD_DECODER.decode(data)
-    except DECODE_ERRORS as exc:
-        raise invalid_from(exc) from None
-
-
-def convert_record(obj: object) -> Record:
-    """Convert an already-parsed JSON value (dict) into a record, or raise RecordInvalid."""
-    try:
-        record: Record = msgspec.convert(obj, Record)
-        return record
-    except DECODE_ERRORS as exc:
-        raise invalid_from(exc) from None
-
-
 def encode(record: Record) -> bytes:
     """Canonical JSON bytes (money as decimal strings)."""
     return ENCODER.encode(record)
@@ -359,11 +341,6 @@ def localize(sale: Sale, zone: ZoneInfo) -> Sale:
     if sale.business_date is not None:
         return sale
     return msgspec.structs.replace(sale, business_date=business_date(sale.occurred_at, zone))
-
-
-def natural_key(store: str, record: Record) -> tuple[str, str, str]:
-    """(store, type, id)."""
-    return (store, type_of(record), record.id)
 
 
 _TYPE_NAMES: dict[type, str] = {

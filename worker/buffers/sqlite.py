@@ -63,7 +63,7 @@ from worker.buffers.base import AppendResult, Entry, Lease, Priority, Quarantine
 from worker.clock import Clock
 from worker.config import SpoolConfig
 from worker.errors import SpoolFull, StorageFull, Unavailable
-from worker.records import Spooled, Void, encode
+from worker.records import Spooled, encode, type_of
 from worker.sqlite_files import cheap_check, flag_file, move_aside, quick_check, salvage_rows
 
 log = logging.getLogger("possync.spool")
@@ -93,8 +93,6 @@ CREATE TABLE IF NOT EXISTS kv(
     store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY(store, key)) WITHOUT ROWID;
 """
-
-_KINDS: dict[type, str] = {Void: "void"}
 
 
 class _Append:
@@ -146,7 +144,6 @@ class SqliteSpool:
         self.recovered_from: str | None = None
         self.last_error: str | None = None
         self.groups = 0
-        self.group_rows = 0
         self._closing = False
         self.integrity: str | None = None  # None until the background check has run
         self.integrity_task: asyncio.Task[None] | None = None
@@ -215,14 +212,16 @@ class SqliteSpool:
         self, store: str, records: Sequence[Spooled], *, priority: Priority = "live"
     ) -> AppendResult:
         """Stage records; return when the group holding them is committed to disk."""
-        if self.failed is not None:
-            raise Unavailable("spool writer is down", field=None)
         if not records:
             return AppendResult(0, 0)
+        if self.failed is not None:
+            raise Unavailable("spool writer is down", field=None)
+        if self._closing:
+            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
         now = self._clock.now().timestamp()
         rows = [
             (
-                _KINDS.get(type(r), "sale"),
+                type_of(r),
                 r.id,
                 r.effective_version,
                 getattr(r, "origin", "pos"),
@@ -231,20 +230,6 @@ class SqliteSpool:
             )
             for r in records
         ]
-        return await self.append_rows(store, rows, priority=priority)
-
-    async def append_rows(
-        self,
-        store: str,
-        rows: list[tuple[str, str, int, str, float, bytes]],
-        *,
-        priority: Priority = "live",
-    ) -> AppendResult:
-        """Append pre-encoded rows (kind, rid, version, origin, received_at, body)."""
-        if self.failed is not None:
-            raise Unavailable("spool writer is down", field=None)
-        if self._closing:
-            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
         nbytes = sum(len(r[5]) for r in rows)
         self._check_room(store, len(rows), nbytes)
         staged = self._staged.setdefault(store, _Counts())
@@ -319,7 +304,6 @@ class SqliteSpool:
                 c = self._counts.setdefault(store, _Counts())
                 c.rows += drows
                 c.bytes += dbytes
-                self.group_rows += result.accepted + result.duplicates
             if not item.future.done():
                 item.future.set_result(result)
 
@@ -441,10 +425,6 @@ class SqliteSpool:
         c = self._counts.get(store) or _Counts()
         return StoreStats(c.rows, c.bytes, None)
 
-    def stores_with_pending(self) -> list[str]:
-        """Stores that have pending rows."""
-        return [s for s, c in self._counts.items() if c.rows > 0]
-
     async def oldest(self, store: str) -> float | None:
         """Arrival time of the oldest pending row of a store."""
 
@@ -539,7 +519,7 @@ class SqliteSpool:
         """Move a quarantined record (possibly corrected) back to the spool, with an audit entry."""
         body = encode(record)
         now = self._clock.now().timestamp()
-        kind = _KINDS.get(type(record), "sale")
+        kind = type_of(record)
 
         def q(db: sqlite3.Connection) -> tuple[str, int, int] | None:
             r = db.execute("SELECT store FROM quarantine WHERE qid=?", (qid,)).fetchone()

@@ -432,17 +432,8 @@ async def quarantine_release(request: web.Request) -> web.Response:
         )
     committer = request.app[keys.COMMITTER]
     store = request.app[keys.INTAKE].store(item.store)
-    from worker.records import Sale, localize
-    from worker.validation import BatchItem, validate_batch
-
-    if isinstance(record, Sale):
-        record = localize(record, request.app[keys.CONFIG].store_zone(store))
-    verdict = validate_batch(
-        [BatchItem(seq=0, record=record, held=0)],
-        await committer._context(store, [BatchItem(seq=0, record=record, held=0)]),
-    )
-    if verdict.quarantined:
-        failures = verdict.quarantined[0][1]
+    failures = await committer.recheck(store, record)
+    if failures:
         return json_response(
             {
                 "error": "record is still invalid",
