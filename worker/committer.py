@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -26,10 +27,11 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from worker.adapters import get_adapter
 from worker.buffers.base import Entry, Lease
 from worker.buffers.sqlite import SqliteSpool
 from worker.clock import Clock
-from worker.config import Config, StoreConfig
+from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
 from worker.metrics import Metrics
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
@@ -40,6 +42,7 @@ from worker.validation import (
     BatchVerdict,
     Failure,
     ValidationContext,
+    rule_policy,
     validate_batch,
     validate_sale,
 )
@@ -61,6 +64,9 @@ class WindowResult(msgspec.Struct, kw_only=True):
     held: int = 0
     superseded: int = 0
     triggers: int = 0
+    # Trigger events not written, by reason ("no_customer": nobody could receive them).
+    triggers_skipped: dict[str, int] = msgspec.field(default_factory=dict)
+    warnings: int = 0
     duration_s: float = 0.0
     skipped: str | None = None  # "paused" | "busy"
     error: str | None = None
@@ -80,6 +86,10 @@ class Committer:
         self.stop = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in cfg.stores}
         self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
+        self._policies = {s.id: _store_policy(s) for s in cfg.stores}
+        self._cash_steps = {
+            s.id: Decimal(s.cash_rounding) if s.cash_rounding else None for s in cfg.stores
+        }
         self.paused: set[str] = set()
         self._visible: dict[str, datetime] = {}
         self.last: dict[str, WindowResult] = {}
@@ -241,6 +251,10 @@ class Committer:
         result.held += len(verdict.held)
         result.superseded += len(verdict.superseded)
         result.triggers += len(triggers)
+        result.warnings += sum(1 for r in rows if r.warnings)
+        for reason, n in verdict.skipped.items():
+            result.triggers_skipped[reason] = result.triggers_skipped.get(reason, 0) + n
+            self.metrics.triggers.labels(f"skipped_{reason}").inc(n)
         self.metrics.committed.inc(len(rows))
         self.metrics.quarantined.inc(len(quarantined))
         self.metrics.triggers.labels("written").inc(len(triggers))
@@ -259,7 +273,11 @@ class Committer:
         voided = {v.id for _, v in verdict.voids}
         triggers: list[TriggerEvent] = []
         for _, row in verdict.sales:
-            triggers.extend(self._triggers_for(row, store, now, voided=row.sale.id in voided))
+            triggers.extend(
+                self._triggers_for(
+                    row, store, now, voided=row.sale.id in voided, skipped=verdict.skipped
+                )
+            )
         rows = [row for _, row in verdict.sales]
         voids = [v for _, v in verdict.voids]
         batch_id = f"{store.id}:{window_at.isoformat()}:{entries[0].seq}-{entries[-1].seq}"
@@ -275,7 +293,13 @@ class Committer:
         return verdict, batch
 
     def _triggers_for(
-        self, row: SaleRow, store: StoreConfig, now: datetime, *, voided: bool = False
+        self,
+        row: SaleRow,
+        store: StoreConfig,
+        now: datetime,
+        *,
+        voided: bool = False,
+        skipped: Counter[str] | None = None,
     ) -> list[TriggerEvent]:
         """Trigger events of one committed sale (none once it is voided in the same batch)."""
         return match_triggers(
@@ -286,6 +310,7 @@ class Committer:
             now,
             self.cfg.trigger_max_age_days,
             voided=voided,
+            skipped=skipped,
         )
 
     async def _context(self, store: StoreConfig, items: Sequence[BatchItem]) -> ValidationContext:
@@ -314,6 +339,8 @@ class Committer:
             existing_sales=frozenset(existing_sales),
             pending_sale_ids=frozenset(pending),
             hold_windows=self.cfg.windows.hold_windows,
+            policy=self._policies[store.id],
+            cash_rounding=self._cash_steps[store.id],
         )
 
     async def _with_retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
@@ -367,7 +394,12 @@ class Committer:
             raise _invalid(verdict.quarantined[0][1])
         now = self.clock.now()
         rows = [row for _, row in verdict.sales]
-        triggers = [ev for row in rows for ev in self._triggers_for(row, store, now)]
+        skipped: Counter[str] = Counter()
+        triggers = [
+            ev for row in rows for ev in self._triggers_for(row, store, now, skipped=skipped)
+        ]
+        for reason, n in skipped.items():
+            self.metrics.triggers.labels(f"skipped_{reason}").inc(n)
         digest = hashlib.sha256(
             "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
         ).hexdigest()[:16]
@@ -440,6 +472,11 @@ def _decode_page(
             err = invalid_from(exc)
             broken.append((e.seq, [{"rule": "schema", "field": err.field, "message": err.message}]))
     return items, broken
+
+
+def _store_policy(store: StoreConfig) -> dict[str, RulePolicy]:
+    adapter = get_adapter(store.source)
+    return rule_policy(adapter.rule_defaults if adapter is not None else {}, store.rules)
 
 
 def _invalid(failures: Sequence[Failure]) -> RecordInvalid:

@@ -91,6 +91,23 @@ class PostgresSinkConfig(
 SinkConfig = SqliteSinkConfig | PostgresSinkConfig
 
 
+RulePolicy = Literal["quarantine", "warn", "off"]
+# The window rules a store may set a policy for (`worker.validation` has their meaning);
+# `schema` is not among them: a record that does not decode cannot be committed.
+POLICY_RULES = (
+    "currency.known",
+    "lines.nonempty",
+    "subtotal.sum",
+    "discount.sum",
+    "total.sum",
+    "tenders.sum",
+    "occurred_at.future",
+    "occurred_at.too_old",
+    "return.original",
+    "void.target",
+)
+
+
 class StoreConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """[[stores]]"""
 
@@ -106,6 +123,13 @@ class StoreConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     )
     mapping: str | None = None  # name of a [mappings.NAME] table or a built-in mapping
     windows: list[str] | None = None  # overrides [windows] times for this store
+    # Per-rule policy at the window ("quarantine" | "warn" | "off"), over the source's own
+    # defaults (`worker.validation.rule_policy`); e.g. rules = { "tenders.sum" = "warn" }.
+    rules: dict[str, RulePolicy] = {}
+    # The smallest cash step when this store rounds cash (e.g. "0.05"); default by currency.
+    cash_rounding: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,6}(\.[0-9]{1,4})?$")] | None = (
+        None
+    )
 
 
 class TriggerConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -240,6 +264,12 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 parse_time(st)
             except ValueError as e:
                 raise ConfigError(f"{origin}: {e}", field=f"$.stores[{i}].windows") from None
+        for rule in s.rules:
+            if rule not in POLICY_RULES:
+                raise ConfigError(
+                    f"{origin}: unknown rule {rule!r} (rules: {', '.join(POLICY_RULES)})",
+                    field=f"$.stores[{i}].rules.{rule}",
+                )
     names: set[str] = set()
     for i, t in enumerate(cfg.triggers):
         if t.name in names:

@@ -84,6 +84,11 @@ class Address(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     kind: ShortText | None = None
 
 
+# Free-form POS fields the canonical model has no slot for: kept, never dropped (issue 9).
+# Keys are the POS's own field names (dotted for nested ones), values its text.
+Attributes = Annotated[dict[ShortText, Text], msgspec.Meta(max_length=256)]
+
+
 class Customer(
     msgspec.Struct,
     frozen=True,
@@ -101,6 +106,9 @@ class Customer(
     phone: Text | None = None
     company: Text | None = None
     address: Address | None = None
+    # Every address the POS holds, each with its `kind` (physical, postal, billing, ...);
+    # `address` is the primary one.
+    addresses: Annotated[list[Address], msgspec.Meta(max_length=20)] = []
     birth_date: date | None = None
     anniversary_date: date | None = None
     marketing_email: Literal["opted_in", "opted_out", "unknown"] = "unknown"
@@ -110,6 +118,7 @@ class Customer(
     tags: list[ShortText] = []
     notes: Text | None = None
     status: Literal["active", "inactive", "deleted"] = "active"
+    attributes: Attributes = {}
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: Version | None = None
@@ -147,7 +156,7 @@ class Product(
     description: Text | None = None
     is_unique_piece: bool = False
     status: Literal["active", "archived", "deleted", "sold"] = "active"
-    attributes: dict[ShortText, Text] = {}
+    attributes: Attributes = {}
     created_at: datetime | None = None
     updated_at: datetime | None = None
     version: Version | None = None
@@ -198,10 +207,38 @@ class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class Tender(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """A payment (positive) or refund (negative)."""
+    """A payment (positive) or refund (negative).
+
+    `method` is the POS's human name for the payment type ("Cash", "EFTPOS", "shopify_payments");
+    `method_id` the POS's own id for it, kept beside the name; `reference` the payment's id.
+    """
 
     method: ShortText
     amount: Decimal
+    reference: ShortText | None = None
+    method_id: ShortText | None = None
+
+    def __post_init__(self) -> None:
+        _check_decimal("amount", self.amount)
+
+
+AdjustmentKind = Literal["discount", "tax", "shipping", "fee", "tip", "rounding", "other"]
+
+
+class Adjustment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """An order-level figure that no line carries, as the POS states it.
+
+    `amount` is signed as it moves the sale: an order-level discount is negative. How each
+    kind enters the sums (see `worker.validation`): `discount` adjustments count into the
+    subtotal (lines + discount adjustments = subtotal); the others describe the sale-level
+    figure of the same name (`tax`, `shipping`, `fees`, `tip`, `rounding`) and are shown, not
+    added again.
+    """
+
+    kind: AdjustmentKind
+    amount: Decimal
+    description: Text | None = None
+    code: ShortText | None = None
     reference: ShortText | None = None
 
     def __post_init__(self) -> None:
@@ -242,6 +279,17 @@ class Sale(
     shipping: Decimal = _ZERO
     fees: Decimal = _ZERO
     tip: Decimal = _ZERO
+    # Cash rounding the POS applied to the total (signed; CHF rounds cash to 0.05).
+    rounding: Decimal = _ZERO
+    # The POS's total discount on the sale (line and order level), when it states one.
+    discount: Decimal | None = None
+    # Prices (and so the subtotal) include tax: the total does not add `tax` again.
+    tax_included: bool = False
+    # False when the source carries no payment records at all (The Edge EDT exports, a
+    # Shopify order without transactions): "tenders unknown", not "no tenders".
+    tenders_known: bool = True
+    adjustments: Annotated[list[Adjustment], msgspec.Meta(max_length=200)] = []
+    attributes: Attributes = {}
     presentment_currency: Currency | None = None
     business_date: date | None = None
     tz_assumed: bool = False
@@ -252,8 +300,10 @@ class Sale(
     def __post_init__(self) -> None:
         _check_aware("occurred_at", self.occurred_at)
         _check_aware("updated_at", self.updated_at)
-        for name in ("subtotal", "tax", "total", "shipping", "fees", "tip"):
+        for name in ("subtotal", "tax", "total", "shipping", "fees", "tip", "rounding"):
             _check_decimal(name, getattr(self, name))
+        if self.discount is not None:
+            _check_decimal("discount", self.discount)
 
     @property
     def effective_version(self) -> int:

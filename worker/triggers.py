@@ -17,7 +17,10 @@ No events at all for:
 * voided sales (the caller passes `voided=True` when a void for the sale commits with it or
   is already committed);
 * sales whose business date is more than `max_age_days` before the store-local date of
-  `now` (exactly `max_age_days` old still fires).
+  `now` (exactly `max_age_days` old still fires);
+* sales with no linked customer (walk-ins, or a customer that never reached the sink):
+  nobody could receive the message. These are counted: when a rule would have matched,
+  `skipped["no_customer"]` goes up by one per such event.
 
 An event is due at the store-local midnight that starts `business_date + days_after`, as a
 UTC instant; where that midnight does not exist (a zone that springs forward at 00:00), it is
@@ -28,6 +31,7 @@ the first instant of that date, and where it occurs twice, the first. `event_id`
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -73,6 +77,7 @@ def match_triggers(
     max_age_days: int,
     *,
     voided: bool = False,
+    skipped: Counter[str] | None = None,
 ) -> list[TriggerEvent]:
     """One event per matching trigger rule for a committed sale, in config order."""
     if now.tzinfo is None:
@@ -84,8 +89,13 @@ def match_triggers(
     if (business_date(now, zone) - sold_on).days > max_age_days:
         return []
     events: list[TriggerEvent] = []
+    reachable = sale.customer_id is not None and row.customer_linked
     for trigger in triggers:
         if not trigger_matches(trigger, sale):
+            continue
+        if not reachable:
+            if skipped is not None:
+                skipped["no_customer"] += 1
             continue
         due_date = sold_on + timedelta(days=trigger.days_after)
         events.append(

@@ -15,18 +15,31 @@ Rules, by id (field path in the failure):
   `KNOWN_CURRENCIES`: the current List One, plus codes withdrawn since 2015 (backfilled
   history carries them, e.g. HRK before Croatia's euro), minus XTS and XXX (not money).
 * `lines.nonempty` (`$.lines`).
-* `subtotal.sum` (`$.subtotal`): sum of quantity x unit_price - discount over the lines.
-* `total.sum` (`$.total`): subtotal + tax + shipping + fees + tip.
-* `tenders.sum` (`$.tenders`): the tenders (none = 0) sum to the total. So a sale without
-  tenders passes only when its total is 0; anything else owes a payment record.
+* `subtotal.sum` (`$.subtotal`): the sum of quantity x unit_price - discount over the lines,
+  plus the order-level `discount` adjustments (negative), equals the POS's subtotal.
+* `discount.sum` (`$.discount`): where the POS states a total `discount`, it equals the line
+  discounts plus the order-level discount adjustments (as a positive figure).
+* `total.sum` (`$.total`): subtotal + tax (unless `tax_included`) + shipping + fees + tip +
+  rounding equals the POS's total.
+* `tenders.sum` (`$.tenders`): where tenders are known (`tenders_known`), they sum to the
+  total (none = 0). A difference within half the store's cash-rounding step (CHF 0.05, SEK 1,
+  `[[stores]] cash_rounding`) passes with a warning: a rounding the POS did not state, not a
+  mismatch. Sources that carry no payments (`tenders_known = False`) skip the rule.
 * `occurred_at.future` (`$.occurred_at`): more than one day after `ctx.now`.
 * `occurred_at.too_old` (`$.occurred_at`): before 2000-01-01T00:00Z.
-* `return.original` (`$.original_id`): a return (`kind == "return"`) whose `original_id`
-  is set but names no sale known to possync.
+* `return.original` (`$.original_id`): a return whose `original_id` names no sale known to
+  possync (sold before the integration started, or in another channel) is held like a sale
+  awaiting its customer, up to `hold_windows`, then committed as an unlinked return with a
+  warning (policy `warn`, the default), quarantined (`quarantine`), or committed silently
+  (`off`).
 * `void.target` (`$.id`): a void of a sale not known to possync.
 * `customer.hold` (not a failure): a valid sale whose `customer_id` is not in the sink yet
   stays in the spool while its hold count < `hold_windows`, then commits with
   `customer_linked=False` and a warning naming this id.
+
+Policy: each store maps rule ids to `quarantine` (the default), `warn` (commit, with the
+failure as a warning on the sale) or `off` (not checked), over its source's defaults
+(`rule_policy`). Every failure message carries both figures it compared.
 
 Money comparisons are exact Decimal arithmetic, passing when |difference| <= 0.01.
 
@@ -42,14 +55,17 @@ duplicates, so a corrected version does not restart the hold.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from zoneinfo import ZoneInfo
 
 import msgspec
 
+from worker.config import RulePolicy
 from worker.errors import RecordInvalid
+from worker.money import CASH_ROUNDING
 from worker.records import (
     DECODE_ERRORS,
     SPOOLED_DECODER,
@@ -69,6 +85,7 @@ __all__ = [
     "OLDEST",
     "RULE_CURRENCY_KNOWN",
     "RULE_CUSTOMER_HOLD",
+    "RULE_DISCOUNT_SUM",
     "RULE_LINES_NONEMPTY",
     "RULE_OCCURRED_AT_FUTURE",
     "RULE_OCCURRED_AT_TOO_OLD",
@@ -84,6 +101,7 @@ __all__ = [
     "Failure",
     "ValidationContext",
     "decode_spooled",
+    "rule_policy",
     "validate_batch",
     "validate_sale",
 ]
@@ -92,6 +110,7 @@ RULE_SCHEMA = "schema"
 RULE_CURRENCY_KNOWN = "currency.known"
 RULE_LINES_NONEMPTY = "lines.nonempty"
 RULE_SUBTOTAL_SUM = "subtotal.sum"
+RULE_DISCOUNT_SUM = "discount.sum"
 RULE_TOTAL_SUM = "total.sum"
 RULE_TENDERS_SUM = "tenders.sum"
 RULE_OCCURRED_AT_FUTURE = "occurred_at.future"
@@ -156,6 +175,10 @@ class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
     existing_sales: frozenset[str]
     pending_sale_ids: frozenset[str]
     hold_windows: int
+    # rule id -> policy; a rule not named is "quarantine".
+    policy: Mapping[str, RulePolicy] = {}
+    # The store's cash-rounding step (None: none for its currency).
+    cash_rounding: Decimal | None = None
 
 
 class BatchVerdict(msgspec.Struct, kw_only=True):
@@ -166,6 +189,8 @@ class BatchVerdict(msgspec.Struct, kw_only=True):
     quarantined: list[tuple[int, list[Failure]]] = msgspec.field(default_factory=list)
     held: list[int] = msgspec.field(default_factory=list)
     superseded: list[int] = msgspec.field(default_factory=list)
+    # Trigger events skipped by reason, filled in by the window runner (`match_triggers`).
+    skipped: Counter[str] = msgspec.field(default_factory=Counter)
 
 
 def decode_spooled(data: bytes | str) -> Spooled | Failure:
@@ -181,44 +206,89 @@ def _off_by(actual: Decimal, expected: Decimal) -> bool:
     return abs(actual - expected) > TOLERANCE
 
 
-def _money_failures(sale: Sale) -> list[Failure]:
+def rule_policy(
+    defaults: Mapping[str, RulePolicy], store: Mapping[str, RulePolicy]
+) -> dict[str, RulePolicy]:
+    """A store's effective policy: its source's defaults, overridden by its own `rules`."""
+    return {**defaults, **store}
+
+
+def _money_failures(
+    sale: Sale, cash_rounding: Decimal | None, warnings: list[Failure]
+) -> list[Failure]:
     failures: list[Failure] = []
     with localcontext() as ctx:
         ctx.prec = _PRECISION
         lines_sum = _ZERO
+        line_discounts = _ZERO
         for line in sale.lines:
             lines_sum += line.quantity * line.unit_price - line.discount
-        if _off_by(sale.subtotal, lines_sum):
+            line_discounts += line.discount
+        order_discounts = _ZERO
+        for adj in sale.adjustments:
+            if adj.kind == "discount":
+                order_discounts += adj.amount
+        expected_subtotal = lines_sum + order_discounts
+        if _off_by(sale.subtotal, expected_subtotal):
+            detail = f" + order discounts ({order_discounts})" if sale.adjustments else ""
             failures.append(
                 Failure(
                     RULE_SUBTOTAL_SUM,
                     "$.subtotal",
-                    f"subtotal {sale.subtotal} != sum of lines (quantity x unit_price - discount) {lines_sum}",
+                    f"subtotal {sale.subtotal} != sum of lines (quantity x unit_price - discount)"
+                    f"{detail} {expected_subtotal}",
                 )
             )
-        expected_total = sale.subtotal + sale.tax + sale.shipping + sale.fees + sale.tip
+        if sale.discount is not None:
+            stated = line_discounts - order_discounts
+            if _off_by(sale.discount, stated):
+                failures.append(
+                    Failure(
+                        RULE_DISCOUNT_SUM,
+                        "$.discount",
+                        f"discount {sale.discount} != line discounts {line_discounts}"
+                        f" + order discounts {-order_discounts} = {stated}",
+                    )
+                )
+        tax = _ZERO if sale.tax_included else sale.tax
+        expected_total = sale.subtotal + tax + sale.shipping + sale.fees + sale.tip + sale.rounding
         if _off_by(sale.total, expected_total):
+            parts = "subtotal + shipping + fees + tip + rounding (tax included)"
+            if not sale.tax_included:
+                parts = "subtotal + tax + shipping + fees + tip + rounding"
             failures.append(
                 Failure(
-                    RULE_TOTAL_SUM,
-                    "$.total",
-                    f"total {sale.total} != subtotal + tax + shipping + fees + tip {expected_total}",
+                    RULE_TOTAL_SUM, "$.total", f"total {sale.total} != {parts} {expected_total}"
                 )
             )
-        tendered = _ZERO
-        for tender in sale.tenders:
-            tendered += tender.amount
-        if _off_by(tendered, sale.total):
-            message = (
-                f"no tenders for a total of {sale.total}"
-                if not sale.tenders
-                else f"tenders sum to {tendered}, total is {sale.total}"
-            )
-            failures.append(Failure(RULE_TENDERS_SUM, "$.tenders", message))
+        if sale.tenders_known:
+            tendered = _ZERO
+            for tender in sale.tenders:
+                tendered += tender.amount
+            diff = tendered - sale.total
+            if abs(diff) > TOLERANCE:
+                if cash_rounding is not None and abs(diff) * 2 <= cash_rounding:
+                    warnings.append(
+                        Failure(
+                            RULE_TENDERS_SUM,
+                            "$.tenders",
+                            f"tenders sum to {tendered}, total is {sale.total}: a difference of"
+                            f" {diff} within cash rounding to {cash_rounding} {sale.currency}",
+                        )
+                    )
+                else:
+                    message = (
+                        f"no tenders for a total of {sale.total}"
+                        if not sale.tenders
+                        else f"tenders sum to {tendered}, total is {sale.total}"
+                    )
+                    failures.append(Failure(RULE_TENDERS_SUM, "$.tenders", message))
     return failures
 
 
-def _intrinsic_failures(sale: Sale, now: datetime) -> list[Failure]:
+def _intrinsic_failures(
+    sale: Sale, now: datetime, cash_rounding: Decimal | None, warnings: list[Failure]
+) -> list[Failure]:
     failures: list[Failure] = []
     if sale.currency not in KNOWN_CURRENCIES:
         failures.append(
@@ -234,7 +304,7 @@ def _intrinsic_failures(sale: Sale, now: datetime) -> list[Failure]:
         )
     if not sale.lines:
         failures.append(Failure(RULE_LINES_NONEMPTY, "$.lines", "a sale needs at least one line"))
-    failures.extend(_money_failures(sale))
+    failures.extend(_money_failures(sale, cash_rounding, warnings))
     if sale.occurred_at > now + MAX_FUTURE:
         failures.append(
             Failure(
@@ -276,9 +346,37 @@ def _reference_failures(sale: Sale, known: _Known) -> list[Failure]:
     return []
 
 
+def _cash_step(sale: Sale, ctx: ValidationContext) -> Decimal | None:
+    return ctx.cash_rounding if ctx.cash_rounding is not None else CASH_ROUNDING.get(sale.currency)
+
+
+def _apply_policy(
+    failures: list[Failure], ctx: ValidationContext, warnings: list[Failure]
+) -> list[Failure]:
+    """The failures that quarantine under the store's policy; `warn` ones join `warnings`."""
+    kept: list[Failure] = []
+    for failure in failures:
+        policy = ctx.policy.get(failure.rule, "quarantine")
+        if policy == "quarantine":
+            kept.append(failure)
+        elif policy == "warn":
+            warnings.append(failure)
+    return kept
+
+
+def _warning_text(failure: Failure) -> str:
+    return f"{failure.rule}: {failure.message}"
+
+
 def validate_sale(sale: Sale, ctx: ValidationContext) -> list[Failure]:
-    """Every failed rule of one sale on its own (manual sales, previews); empty when valid."""
-    return _intrinsic_failures(sale, ctx.now) + _reference_failures(sale, _Known(ctx))
+    """Every failed rule of one sale on its own, under the store's policy; empty when valid.
+
+    For manual sales and previews: an unknown return original is a failure here (a manual
+    entry is not held), unless the policy for `return.original` is `warn` or `off`.
+    """
+    warnings: list[Failure] = []
+    failures = _intrinsic_failures(sale, ctx.now, _cash_step(sale, ctx), warnings)
+    return _apply_policy(failures + _reference_failures(sale, _Known(ctx)), ctx, warnings)
 
 
 def _collapse(items: Sequence[BatchItem]) -> tuple[list[BatchItem], list[int], dict[str, int]]:
@@ -316,30 +414,61 @@ def validate_batch(items: Sequence[BatchItem], ctx: ValidationContext) -> BatchV
         if isinstance(record, Void):
             if record.id in known:
                 verdict.voids.append((item.seq, record))
-            else:
-                message = (
-                    f"void of unknown sale {record.id!r} (not committed, pending or in this batch)"
-                )
-                verdict.quarantined.append((item.seq, [Failure(RULE_VOID_TARGET, "$.id", message)]))
+                continue
+            message = (
+                f"void of unknown sale {record.id!r} (not committed, pending or in this batch)"
+            )
+            failure = Failure(RULE_VOID_TARGET, "$.id", message)
+            if ctx.policy.get(RULE_VOID_TARGET, "quarantine") == "quarantine":
+                verdict.quarantined.append((item.seq, [failure]))
+            else:  # the void is kept: its sale ends voided whenever it arrives
+                verdict.voids.append((item.seq, record))
             continue
-        failures = _intrinsic_failures(record, ctx.now) + _reference_failures(record, known)
+        warnings: list[Failure] = []
+        failures = _apply_policy(
+            _intrinsic_failures(record, ctx.now, _cash_step(record, ctx), warnings), ctx, warnings
+        )
         if failures:
             verdict.quarantined.append((item.seq, failures))
             continue
-        row = SaleRow(sale=localize(record, ctx.zone), version=record.effective_version)
+        held = held_counts[record.id]
+        unknown_original = _reference_failures(record, known)
         customer = record.customer_id
-        if customer is not None and customer not in ctx.existing_customers:
-            held = held_counts[record.id]
-            if held < ctx.hold_windows:
-                verdict.held.append(item.seq)
+        waits_customer = customer is not None and customer not in ctx.existing_customers
+        if (unknown_original or waits_customer) and held < ctx.hold_windows:
+            verdict.held.append(item.seq)
+            continue
+        if unknown_original:
+            (failure,) = unknown_original
+            policy = ctx.policy.get(RULE_RETURN_ORIGINAL, "warn")
+            if policy == "quarantine":
+                verdict.quarantined.append((item.seq, unknown_original))
                 continue
-            row = msgspec.structs.replace(
-                row,
-                customer_linked=False,
-                warning=(
-                    f"{RULE_CUSTOMER_HOLD}: customer {customer!r} not in the sink after "
-                    f"{held} held window(s); committed unlinked"
-                ),
+            if policy == "warn":
+                warnings.append(
+                    Failure(
+                        RULE_RETURN_ORIGINAL,
+                        failure.field,
+                        f"original sale {record.original_id!r} unknown after {held} held"
+                        " window(s); committed as an unlinked return",
+                    )
+                )
+        linked = True
+        if waits_customer:
+            linked = False
+            warnings.append(
+                Failure(
+                    RULE_CUSTOMER_HOLD,
+                    "$.customer_id",
+                    f"customer {customer!r} not in the sink after {held} held window(s);"
+                    " committed unlinked",
+                )
             )
+        row = SaleRow(
+            sale=localize(record, ctx.zone),
+            version=record.effective_version,
+            customer_linked=linked,
+            warnings=tuple(_warning_text(w) for w in warnings),
+        )
         verdict.sales.append((item.seq, row))
     return verdict

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from worker.config import StoreConfig
+from worker.config import RulePolicy, StoreConfig
 from worker.records import Record
 
 
@@ -57,6 +57,9 @@ class Adapter(Protocol):
     # True when the payload carries its own credential (an HMAC over the raw body) that
     # `parse` verifies before reading anything; the intake then skips the bearer token.
     signed: bool
+    # Window-rule policies for this source's sales, where a correct export of the POS
+    # cannot satisfy a rule (see `worker.validation`); a store's `rules` override them.
+    rule_defaults: Mapping[str, RulePolicy]
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Parse a whole payload. Raise RecordInvalid/AuthError/UnsupportedMediaType."""

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 import msgspec
 
 from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
 from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, invalid_from, iter_ndjson
 
@@ -28,6 +32,7 @@ class CanonicalAdapter:
 
     name = "canonical"
     signed = False
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Decode every item; a bad item is rejected by index, the rest go through."""

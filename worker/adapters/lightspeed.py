@@ -39,8 +39,10 @@ includes tips (R `calcTips`), because tenders do.
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Literal
 
 from worker.adapters.base import AdapterContext, Parsed
@@ -60,6 +62,7 @@ from worker.adapters.native import (
     source_ref,
     tax_exclusive_unit,
 )
+from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Record, Sale, Void, sum_decimals
 
@@ -106,6 +109,7 @@ class LightspeedAdapter:
 
     name = "lightspeed"
     signed = False
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Detect the flavour, decode, and map each entity (see the module docstring)."""

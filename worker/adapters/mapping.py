@@ -47,6 +47,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib import resources
+from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -67,7 +68,7 @@ from worker.adapters.native import (
     source_ref,
     to_decimal,
 )
-from worker.config import Config, StoreConfig
+from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import ConfigError, RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Record, Sale, Void, sum_decimals
 
@@ -1109,6 +1110,7 @@ class MappingAdapter:
     """
 
     signed = False
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
 
     def __init__(self, name: str, brand: str | None = None) -> None:
         self.name = name

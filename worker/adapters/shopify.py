@@ -32,8 +32,10 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from worker.adapters.base import AdapterContext, Parsed
@@ -52,6 +54,7 @@ from worker.adapters.native import (
     source_ref,
     tax_exclusive_unit,
 )
+from worker.config import RulePolicy
 from worker.errors import AuthError, RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Record, Sale, Void, sum_decimals
 
@@ -113,6 +116,7 @@ class ShopifyAdapter:
 
     name = "shopify"
     signed = True
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Verify, then turn the delivery into records (one item: all or nothing)."""

@@ -38,6 +38,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any, Literal
 
 import msgspec
@@ -62,6 +63,7 @@ from worker.adapters.native import (
     to_ident,
     to_text,
 )
+from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Record, Sale, sum_decimals
 
@@ -220,6 +222,7 @@ class TheEdgeAdapter:
 
     name = "the_edge"
     signed = False
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
 
     def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
         """Map one export file; each customer, item or sale is accepted or rejected alone."""

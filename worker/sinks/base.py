@@ -41,7 +41,24 @@ class SaleRow(msgspec.Struct, frozen=True, kw_only=True):
     sale: Sale
     version: int
     customer_linked: bool = True
-    warning: str | None = None
+    # What validation let through but wants seen: "rule: message", one per warning.
+    warnings: tuple[str, ...] = ()
+
+    def warning_text(self) -> str | None:
+        """The warnings as the sinks store them: a JSON array, or NULL when there are none."""
+        return msgspec.json.encode(list(self.warnings)).decode() if self.warnings else None
+
+
+def warnings_of(stored: str | None) -> list[str]:
+    """The stored `warning` column back as a list (older rows hold one plain message)."""
+    if not stored:
+        return []
+    if stored.startswith("["):
+        try:
+            return list(msgspec.json.decode(stored, type=list[str]))
+        except msgspec.DecodeError:
+            pass
+    return [stored]
 
 
 class TriggerEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +123,8 @@ class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
     returns: Decimal
     net: Decimal
     voided: int
+    currency: str = ""
+    returns_count: int = 0
 
 
 class Sink(Protocol):

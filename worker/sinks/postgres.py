@@ -45,6 +45,7 @@ from worker.sinks.base import (
     latest_per_sale,
     utc_text,
     utc_text_opt,
+    warnings_of,
 )
 
 if TYPE_CHECKING:
@@ -552,7 +553,7 @@ def _sale_row(row: SaleRow) -> tuple[Any, ...]:
         s.fees,
         s.tip,
         len(s.lines),
-        row.warning,
+        row.warning_text(),
         encode(s).decode(),
     )
 
@@ -844,7 +845,7 @@ class PostgresSink:
             voided=voided,
             voided_at=utc_text_opt(voided_at),
             customer_linked=linked,
-            warning=warning,
+            warnings=warnings_of(warning),
             committed_at=utc_text(committed_at),
             batch_id=batch_id,
         )

@@ -69,6 +69,7 @@ from worker.sinks.base import (
     latest_per_sale,
     utc_text,
     utc_text_opt,
+    warnings_of,
 )
 from worker.sqlite_files import cheap_check, move_aside
 
@@ -428,7 +429,7 @@ def _sale_params(
         len(s.lines),
         int(voided_at is not None),
         voided_at,
-        row.warning,
+        row.warning_text(),
         committed_at,
         batch_id,
         encode(s).decode(),
@@ -873,7 +874,7 @@ class SqliteSink:
             voided=bool(voided),
             voided_at=voided_at,
             customer_linked=bool(linked),
-            warning=warning,
+            warnings=warnings_of(warning),
             committed_at=committed_at,
             batch_id=batch_id,
         )
