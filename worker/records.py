@@ -178,11 +178,15 @@ LineKind = Literal["item", "gift_card", "fee", "service", "shipping", "deposit"]
 
 
 class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One line of a sale. `quantity` is signed: negative means returned."""
+    """One line of a sale. `quantity` is signed: negative means returned.
 
-    sku: ShortText
+    `sku` is None when the POS sends none for the line (Lightspeed X lines may carry only the
+    product id): never invented, never an empty string.
+    """
+
     quantity: Decimal
     unit_price: Decimal
+    sku: ShortText | None = None
     discount: Decimal = _ZERO
     tax: Decimal = _ZERO
     product_id: Id | None = None
