@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -181,11 +182,28 @@ def test_future_business_date_fires() -> None:
     assert ev.due_date == date(2026, 3, 11)
 
 
-def test_unlinked_customer_keeps_the_pos_id() -> None:
+def test_unlinked_customer_fires_nothing_and_is_counted() -> None:
+    # The customer never reached the sink: nobody could receive the message (issue 9.10).
     r = row(customer_id="C-LATE")
-    r = SaleRow(sale=r.sale, version=r.version, customer_linked=False, warning="customer.hold")
-    (ev,) = match(r, [THANKS])
-    assert ev.customer_id == "C-LATE"
+    r = SaleRow(
+        sale=r.sale, version=r.version, customer_linked=False, warnings=("customer.hold: ...",)
+    )
+    skipped: Counter[str] = Counter()
+    assert match(r, [THANKS, TriggerConfig(name="later", days_after=7)], skipped=skipped) == []
+    assert skipped == {"no_customer": 2}
+
+
+def test_walk_in_sale_fires_nothing_and_is_counted() -> None:
+    skipped: Counter[str] = Counter()
+    assert match(row(customer_id=None), [THANKS], skipped=skipped) == []
+    assert skipped == {"no_customer": 1}
+
+
+def test_no_customer_is_not_counted_when_no_rule_matches() -> None:
+    skipped: Counter[str] = Counter()
+    big = TriggerConfig(name="big", min_total="1000")
+    assert match(row(customer_id=None), [big], skipped=skipped) == []
+    assert skipped == {}
 
 
 def test_rerun_yields_identical_ids() -> None:

@@ -308,9 +308,37 @@ def test_return_original_in_the_same_batch_even_if_quarantined() -> None:
     assert [seq for seq, _ in verdict.sales] == [2]
 
 
-def test_return_original_unknown_in_batch() -> None:
-    verdict = validate_batch([BatchItem(1, refund(original="GHOST"), 0)], ctx())
-    assert rules(only(verdict)) == {RULE_RETURN_ORIGINAL}
+def test_return_of_an_unknown_sale_is_held_then_committed_unlinked() -> None:
+    # Sold before the integration started, or in another channel (issue 9.5).
+    r = refund(original="GHOST")
+    assert validate_batch([BatchItem(1, r, 0)], ctx()).held == [1]
+    assert validate_batch([BatchItem(1, r, 1)], ctx()).held == [1]
+    verdict = validate_batch([BatchItem(1, r, 2)], ctx())
+    assert verdict.held == [] and verdict.quarantined == []
+    ((_, row),) = verdict.sales
+    assert row.sale.original_id == "GHOST" and row.sale.kind == "return"
+    (warning,) = row.warnings
+    assert warning.startswith("return.original: original sale 'GHOST' unknown after 2 held")
+
+
+def test_return_of_an_unknown_sale_under_quarantine_policy() -> None:
+    r = refund(original="GHOST")
+    strict = ctx(policy={RULE_RETURN_ORIGINAL: "quarantine"})
+    assert validate_batch([BatchItem(1, r, 0)], strict).held == [1]
+    assert rules(only(validate_batch([BatchItem(1, r, 2)], strict))) == {RULE_RETURN_ORIGINAL}
+
+
+def test_return_of_an_unknown_sale_under_off_policy_commits_without_warning() -> None:
+    verdict = validate_batch(
+        [BatchItem(1, refund(original="GHOST"), 2)], ctx(policy={RULE_RETURN_ORIGINAL: "off"})
+    )
+    ((_, row),) = verdict.sales
+    assert row.warnings == ()
+
+
+def test_manual_return_of_an_unknown_sale_fails_at_once() -> None:
+    # A manual entry is not held: the clerk learns now.
+    assert rules(validate_sale(refund(original="GHOST"), ctx())) == {RULE_RETURN_ORIGINAL}
 
 
 @pytest.mark.parametrize("target", ["OLD1", "PEND1", "T1"])
@@ -349,7 +377,7 @@ def test_valid_rows_get_business_date_and_version() -> None:
     assert row.sale.business_date == date(2026, 3, 9)  # 23:00 EDT
     assert row.version == 3
     assert row.customer_linked is True
-    assert row.warning is None
+    assert row.warnings == ()
 
 
 def test_adapter_business_date_is_kept() -> None:
@@ -421,9 +449,9 @@ def test_unknown_customer_is_held_then_committed_unlinked() -> None:
     assert verdict.held == []
     ((_, row),) = verdict.sales
     assert row.customer_linked is False
-    assert row.warning is not None
-    assert row.warning.startswith("customer.hold")
-    assert "C-LATE" in row.warning
+    (warning,) = row.warnings
+    assert warning.startswith("customer.hold")
+    assert "C-LATE" in warning
     assert row.sale.customer_id == "C-LATE"
 
 
