@@ -1,4 +1,4 @@
-"""`possync serve | backfill | --version`."""
+"""`possync serve | backfill | status | commit | quarantine | sales | sale | config check`."""
 
 from __future__ import annotations
 
@@ -89,9 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from worker.backfill_cli import add_backfill_command, run_backfill_command
 
     add_backfill_command(sub)
+    from worker.ops_cli import OPS_COMMANDS, add_ops_commands, run_ops_command
+
+    add_ops_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "backfill":
         return run_backfill_command(args)
+    if args.command in OPS_COMMANDS:
+        return run_ops_command(args)
     if args.command == "serve":
         import uvloop
 
