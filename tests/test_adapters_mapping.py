@@ -15,7 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.adapter_helpers import RECEIVED_AT, assert_consistent, by_type, fixture, make_ctx, sale
+from tests.adapter_helpers import (
+    FIXTURES,
+    RECEIVED_AT,
+    assert_consistent,
+    by_type,
+    fixture,
+    make_ctx,
+    sale,
+)
 from worker.adapters import ADAPTERS, MAPPING_SOURCES, get_adapter
 from worker.adapters.base import Parsed, Rejection
 from worker.adapters.mapping import (
@@ -33,6 +41,7 @@ from worker.adapters.mapping import (
 from worker.config import Config, StoreConfig, decode
 from worker.errors import ConfigError, RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Sale, Void
+from worker.validation import ValidationContext, validate_sale
 
 CHICAGO = "America/Chicago"
 
@@ -149,17 +158,23 @@ def test_rain_customers_and_products() -> None:
         "grace@example.com",
         date(1956, 12, 9),
     )
-    assert (grace.marketing_email, grace.marketing_sms) == ("opted_in", "opted_out")
+    # "Email Opt In" Yes is an opt-in; "Text Opt In" No is no opt-out: unknown
+    assert (grace.marketing_email, grace.marketing_sms) == ("opted_in", "unknown")
     assert grace.address is not None and (grace.address.city, grace.address.region) == (
         "Durham",
         "NC",
     )
+    assert [(a.kind, a.line1) for a in grace.addresses] == [("primary", "1 Bobbin Ln")]
+    assert grace.attributes == {"Loyalty Points": "1250"}  # no canonical field: kept as is
+    assert ada.attributes == {}  # empty cells are not kept
     assert grace.updated_at == datetime(2026, 3, 14, 20, 30, tzinfo=UTC)
-    assert (ada.company, ada.anniversary_date, ada.address) == (
+    assert (ada.company, ada.anniversary_date, ada.address, ada.addresses) == (
         "Analytical Sewing Co",
         date(2010, 6, 2),
         None,
+        [],
     )
+    assert (ada.marketing_email, ada.marketing_sms) == ("unknown", "unknown")  # empty cells
     machine, fq = push("rain", "products.csv").records
     assert isinstance(machine, Product) and isinstance(fq, Product)
     assert (machine.id, machine.sku, machine.price, machine.barcode) == (
@@ -209,12 +224,21 @@ def test_kwi_documented_customer_columns() -> None:
     )
     assert ava.created_at == datetime(2026, 3, 14, 4, 0, tzinfo=UTC)  # "03/14/26", local midnight
     assert (ava.assigned_employee_id, ava.marketing_email) == ("88", "opted_in")
-    assert ava.tags == [
-        "home_store:012",
-        "store_purchased:012",
-        "associate:Jo Park",
-        "mail_opt_in:N",
-    ]
+    # every documented column with no canonical field, under its own header, text as is
+    assert ava.attributes == {
+        "Home Store": "012",
+        "Store Purchased": "012",
+        "Sales Associate Name": "Jo Park",
+        "Last Purchase Date": "03/20/26",
+        "Total Net Sales": "$1,234.50",
+        "Mail Opt-In": "N",
+    }
+    assert ava.tags == []
+    assert ben.attributes == {
+        "Home Store": "012",
+        "Store Purchased": "014",
+        "Total Net Sales": "$0.00",
+    }
     assert ava.address is not None and (
         ava.address.line1,
         ava.address.line2,
@@ -227,7 +251,9 @@ def test_kwi_documented_customer_columns() -> None:
     assert ben.created_at == datetime(
         1999, 11, 30, 5, 0, tzinfo=UTC
     )  # two-digit year, last century
-    assert (ben.email, ben.marketing_email) == (None, "opted_out")
+    # "Email Opt-In" N: the customer did not opt in, which is not an opt-out
+    assert (ben.email, ben.marketing_email) == (None, "unknown")
+    assert [a.kind for a in ava.addresses] == ["primary"] and ben.addresses == []
 
 
 def test_kwi_orders_guess_and_training_mode() -> None:
@@ -239,6 +265,12 @@ def test_kwi_orders_guess_and_training_mode() -> None:
         Decimal("34.80"),
     )
     assert [t.method for t in s.tenders] == ["AMEX"]
+    assert (s.subtotal, s.discount, s.tax) == (
+        Decimal("313.20"),
+        Decimal("34.80"),
+        Decimal("25.84"),
+    )
+    assert s.attributes == {"Customer Email": "ava.lee@example.com"}  # documented, no slot
     assert parsed.dropped == {"open": 1}  # training-mode transaction is not a purchase
     assert_consistent(s)
 
@@ -254,14 +286,163 @@ def test_logicmate_generic_csv() -> None:
     assert (ret.kind, ret.original_id, ret.total) == ("return", "LM-1", Decimal("-642.60"))
     (c,) = push("logicmate", "customers.csv").records
     assert isinstance(c, Customer)
-    assert (c.birth_date, c.anniversary_date, c.marketing_email) == (
+    assert (c.birth_date, c.anniversary_date, c.marketing_email, c.marketing_sms) == (
         date(1988, 4, 12),
         date(2015, 9, 19),
         "opted_in",
+        "unknown",  # "no" in an opt-in column
     )
     assert c.updated_at == datetime(2026, 3, 14, 20, 0, tzinfo=UTC)
+    assert [(a.kind, a.line1, a.city) for a in c.addresses] == [
+        ("primary", "12 Elm St", "Austin"),
+        ("shipping", "400 Congress Ave", "Austin"),
+    ]
+    assert c.address is not None and c.address.line1 == "12 Elm St"
+    assert c.attributes == {"loyalty_tier": "Gold"}
     for x in (s, ret):
         assert_consistent(x)
+
+
+def test_logicmate_order_level_figures_are_the_files_own() -> None:
+    s = sale(push("logicmate", "sales.csv"), "LM-3")
+    assert (s.subtotal, s.discount, s.tax, s.shipping, s.total, s.currency) == (
+        Decimal("90.00"),
+        Decimal("20.00"),
+        Decimal("7.20"),
+        Decimal("12.00"),
+        Decimal("109.20"),
+        "USD",
+    )
+    assert [(t.method, t.method_id, t.amount, t.reference) for t in s.tenders] == [
+        ("Visa", "VI", Decimal("60.00"), "auth-57"),
+        ("Gift Card", "GC", Decimal("49.20"), "GC-0099"),
+    ]
+    # order-level "receipt_note" once; "engraving" only on the first line
+    assert s.attributes == {"receipt_note": "Gift wrap", "lines[0].engraving": "IC"}
+    assert validate_sale(s, vctx()) == []
+
+
+def test_stated_figures_are_not_recomputed_and_a_mismatch_fails_the_window() -> None:
+    header = fixture("logicmate", "sales.csv").decode().splitlines()[0]
+    row = "LM-9,2026-03-14 15:00:00,,,,,completed,USD,100.00,,8.00,,110.00,"
+    row += "1,A,A,A,,1,100.00,0,8.00,Cash,,110.00,,,"
+    s = sale(push("logicmate", "sales.csv", body=f"{header}\n{row}\n".encode()), "LM-9")
+    # the file says 110.00 where its own subtotal and tax make 108.00: kept, not corrected
+    assert (s.subtotal, s.tax, s.total) == (Decimal("100.00"), Decimal("8.00"), Decimal("110.00"))
+    (failure,) = validate_sale(s, vctx())
+    assert failure.rule == "total.sum"
+    assert "110.00" in failure.message and "108.00" in failure.message  # both figures
+
+
+def vctx() -> ValidationContext:
+    return ValidationContext(
+        store="S1",
+        zone=ZoneInfo(CHICAGO),
+        now=RECEIVED_AT,
+        existing_customers=frozenset({"LC-1"}),
+        existing_sales=frozenset({"LM-1"}),
+        pending_sale_ids=frozenset(),
+        hold_windows=2,
+    )
+
+
+# -- faithful reading: attributes, tenders, consent ----------------------------------------
+
+
+def test_rain_sale_keeps_unmapped_columns_order_level_and_per_line() -> None:
+    s = sale(push("rain", "transactions.csv"), "T1001")
+    assert s.attributes == {"Source": "In Store", "lines[1].Serial #": "BRO-9-0042317"}
+    assert (s.discount, s.tenders_known, s.rounding, s.tax_included) == (
+        Decimal("75.00"),
+        True,
+        Decimal(0),
+        False,
+    )
+
+
+def test_line_attributes_can_be_dropped() -> None:
+    mapping = {**load_spec("rain"), "line_attributes": "drop"}
+    s = sale(push("rain", "transactions.csv", mapping=mapping), "T1001")
+    assert s.attributes == {"Source": "In Store"}
+
+
+def test_no_payment_columns_means_tenders_unknown_never_invented() -> None:
+    s = sale(push("music_shop_360", "transactions.csv", body=NO_PAYMENTS), "M-1")
+    assert (s.tenders, s.tenders_known, s.total) == ([], False, Decimal("17.30"))
+    assert [f.rule for f in validate_sale(s, vctx())] == []  # tenders.sum is skipped
+
+
+def test_empty_payment_cells_are_known_to_be_none() -> None:
+    body = NO_PAYMENTS.replace(b"Tax\n", b"Tax,Payment Type,Payment Amount\n").replace(
+        b"$1.32\n", b"$1.32,,\n"
+    )
+    s = sale(push("music_shop_360", "transactions.csv", body=body), "M-1")
+    assert (s.tenders, s.tenders_known) == ([], True)
+
+
+def test_sku_absent_is_none_not_empty() -> None:
+    body = b"Transaction ID,Date,Qty,Price,Description\nT1,03/14/2026 10:00:00 AM,1,5,Repair\n"
+    s = sale(push("jewel360", "transactions.csv", body=body), "T1")
+    assert s.lines[0].sku is None and s.lines[0].description == "Repair"
+
+
+NO_PAYMENTS = (
+    b"Transaction ID,Date,Customer ID,Qty,SKU,Price,Tax\n"
+    b"M-1,03/14/2026 10:00:00 AM,M-C1,2,STR-EB-10,$7.99,$1.32\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "cell", "expected"),
+    [
+        ("opt_in", "Y", "opted_in"),
+        ("opt_in", "N", "unknown"),
+        ("opt_in", "", "unknown"),
+        ("opt_in", "opted_out", "opted_out"),
+        ("blocked", "Y", "opted_out"),
+        ("blocked", "false", "unknown"),  # "not blocked" is not an opt-in
+        ("blocked", "opted_in", "opted_in"),
+    ],
+)
+def test_consent_is_three_valued(flag: str, cell: str, expected: str) -> None:
+    mapping = load_spec("kwi")
+    mapping["customer"]["marketing_email"] = {"column": "Email Opt-In", "flag": flag}
+    body = f"Cust Num,Email Opt-In\n1,{cell}\n".encode()
+    (c,) = push("kwi", "customers.csv", body=body, mapping=mapping).records
+    assert isinstance(c, Customer) and c.marketing_email == expected
+
+
+def test_topic_names_the_record_type_when_there_is_no_file_name() -> None:
+    (c,) = push(
+        "rain", None, body=fixture("rain", "customers.csv")[:400], topic="customers"
+    ).records
+    assert isinstance(c, Customer)
+
+
+def test_json_leftovers_are_flattened_paths() -> None:
+    table = {
+        "name": "j",
+        "format": "json",
+        "record": "customer",
+        "customer": {"id": "id", "first_name": "name.first"},
+    }
+    body = b'[{"id": "1", "name": {"first": "A", "last": "B"}, "tier": {"code": "G"}, "x": null, "codes": [1, 2]}]'
+    (c,) = push(
+        "logicmate", None, body=body, mapping=table, content_type="application/json"
+    ).records
+    assert isinstance(c, Customer)
+    assert c.attributes == {"name.last": "B", "tier.code": "G", "codes[0]": "1", "codes[1]": "2"}
+
+
+def test_a_made_up_tender_fallback_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        compile_spec({**load_spec("rain"), "tender_fallback": "total"}, "m")
+    assert err.value.field == "m.tender_fallback"
+
+
+def load_spec(name: str) -> dict[str, Any]:
+    cfg = config([{"id": "S1", "source": name}])
+    return load_mapping(cfg, cfg.stores[0]).as_context()
 
 
 # -- decimals and dates ------------------------------------------------------------------
@@ -411,7 +592,10 @@ def test_bad_mappings_raise_config_error_naming_the_key(table: dict[str, Any], f
 
 def test_unknown_mapping_name_names_the_store_key() -> None:
     cfg = config(
-        [{"id": "S1", "source": "rain", "mapping": "nope"}, {"id": "S2", "source": "shopify"}]
+        [
+            {"id": "S1", "source": "rain", "mapping": "nope"},
+            {"id": "S2", "source": "shopify", "secret": "s"},
+        ]
     )
     with pytest.raises(ConfigError) as err:
         load_mapping(cfg, cfg.stores[0])
@@ -623,21 +807,23 @@ def test_arbitrary_bytes_only_raise_record_invalid(body: bytes, source: str) -> 
         push(source, "transactions.csv", body=body)
 
 
-_cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+_cells = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
 
 
+MAPPED_FIXTURES = sorted(
+    (source, path.name) for source in MAPPING_SOURCES for path in (FIXTURES / source).glob("*.csv")
+)
+
+
+def test_every_mapping_source_has_fixtures() -> None:
+    assert {source for source, _ in MAPPED_FIXTURES} == set(MAPPING_SOURCES)
+
+
+# One property test for all six sources: any cell of any fixture replaced by any text.
 @given(
-    source_file=st.sampled_from(
-        [
-            ("rain", "transactions.csv"),
-            ("rain", "customers.csv"),
-            ("kwi", "customers.csv"),
-            ("kwi", "orders.csv"),
-            ("logicmate", "sales.csv"),
-        ]
-    ),
+    source_file=st.sampled_from(MAPPED_FIXTURES),
     row=st.integers(min_value=1, max_value=6),
-    col=st.integers(min_value=0, max_value=25),
+    col=st.integers(min_value=0, max_value=30),
     value=_cells,
 )
 def test_mutated_cells_parse_or_reject(
@@ -667,4 +853,4 @@ def test_store_config_defaults_are_usable() -> None:
     # StoreConfig without a mapping: the adapter falls back to the built-in of its name
     store = StoreConfig(id="S9", source="logicmate")
     assert store.mapping is None
-    assert len(push("logicmate", "sales.csv").records) == 2
+    assert len(push("logicmate", "sales.csv").records) == 3

@@ -1,0 +1,101 @@
+"""The mapping-driven adapter: one instance per source name, reading with the store's spec."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.adapters.mapping.build import (
+    Item,
+    check_columns,
+    iter_items,
+    record_type_for,
+)
+from worker.adapters.mapping.spec import (
+    CSV_TYPES,
+    JSON_TYPES,
+    MappingSpec,
+    _resolve,
+    compile_spec,
+    reachable_types,
+)
+from worker.adapters.mapping.values import csv_header, iter_csv_rows, iter_json_rows
+from worker.adapters.native import Dropped, decode_json, keep_last
+from worker.config import RulePolicy
+from worker.errors import RecordInvalid, UnsupportedMediaType
+
+
+class MappingAdapter:
+    """A mapping-driven source (`rain`, `like_sew`, `jewel360`, `music_shop_360`, `kwi`, `logicmate`).
+
+    `ctx.mapping` (from `load_mapping(...).as_context()`) wins; without it the built-in mapping
+    named after the source is used (read once, on first use).
+    """
+
+    signed = False
+    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
+
+    def __init__(self, name: str, brand: str | None = None) -> None:
+        self.name = name
+        self.brand = brand
+        self._builtin: MappingSpec | None = None
+
+    def spec_for(self, ctx: AdapterContext) -> MappingSpec:
+        """The mapping this payload is read with."""
+        if ctx.mapping is not None:
+            return compile_spec(ctx.mapping, f"stores.{ctx.store.id}.mapping")
+        if self._builtin is None:
+            table, origin = _resolve({}, self.name, "source", seen=())
+            if self.brand and not table.get("brand"):
+                table["brand"] = self.brand
+            self._builtin = compile_spec(table, origin)
+        return self._builtin
+
+    def parse(self, body: bytes, ctx: AdapterContext) -> Parsed:
+        """Read a whole export; each customer, product or sale stands or falls alone."""
+        spec = self.spec_for(ctx)
+        accepted = CSV_TYPES if spec.format == "csv" else JSON_TYPES
+        if ctx.content_type not in accepted:
+            raise UnsupportedMediaType(
+                f"content type {ctx.content_type!r} not supported by mapping {spec.name!r} ({spec.format})",
+                field="Content-Type",
+            )
+        out = Parsed()
+        items: list[Item]
+        if spec.format == "json":
+            rows = list(iter_json_rows(decode_json(body), spec))
+            items = list(iter_items(rows, spec, ctx, contiguous=False))
+        else:
+            try:
+                text = body.decode(spec.encoding)
+            except UnicodeDecodeError as exc:
+                raise RecordInvalid(
+                    f"not {spec.encoding} text (byte {exc.start}); set the mapping's `encoding`",
+                    field="$",
+                ) from None
+            header = csv_header(text, spec)
+            file_type = record_type_for(spec, ctx.filename or ctx.topic)
+            if spec.record_column is not None:
+                check_columns(spec, header, reachable_types(spec))
+            elif file_type is not None and file_type != "skip":
+                check_columns(spec, header, [file_type])
+            items = list(
+                iter_items(
+                    iter_csv_rows(io.StringIO(text, newline=""), spec), spec, ctx, contiguous=False
+                )
+            )
+        for item in items:
+            if isinstance(item, Rejection):
+                out.rejected.append(item)
+            elif isinstance(item, Dropped):
+                out.dropped[item.reason] = out.dropped.get(item.reason, 0) + 1
+            else:
+                out.records.append(item)
+        out.rejected.sort(key=lambda r: r.index)
+        if len(out.rejected) == 1 and not out.records and not out.dropped:
+            only = out.rejected[0]
+            raise RecordInvalid(only.error, field=only.field)
+        out.records = keep_last(out.records)
+        return out
