@@ -72,7 +72,7 @@ def test_mapping_context_per_store() -> None:
             "stores": [
                 {"id": "A", "source": "kwi"},
                 {"id": "B", "source": "the_edge", "mapping": "edge_b"},
-                {"id": "C", "source": "shopify"},
+                {"id": "C", "source": "shopify", "secret": "shpss"},
                 {"id": "D", "source": "the_edge", "mapping": "edge_bad"},
             ],
             "mappings": {

@@ -12,9 +12,11 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.procserver import free_port
 from worker.config import load
+from worker.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
@@ -53,8 +55,14 @@ def test_unit_is_hardened() -> None:
     assert "@system-service" in s["SystemCallFilter"]
 
 
-def test_example_config_is_valid_and_keeps_state_in_the_state_directory() -> None:
-    cfg = load(DEPLOY / "possync.toml")
+def test_example_config_needs_its_secrets_filled_in(tmp_path: Path) -> None:
+    # As shipped, the Shopify store has no signing secret: `config check` names the key.
+    with pytest.raises(ConfigError) as err:
+        load(DEPLOY / "possync.toml")
+    assert err.value.field == "$.stores[1].secret"
+    filled = tmp_path / "possync.toml"
+    filled.write_text((DEPLOY / "possync.toml").read_text().replace('secret = ""', 'secret = "s"'))
+    cfg = load(filled)
     assert cfg.data_dir == "/var/lib/possync"
     assert {s.source for s in cfg.stores} == {"the_edge", "shopify"}
 

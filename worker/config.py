@@ -264,6 +264,7 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 parse_time(st)
             except ValueError as e:
                 raise ConfigError(f"{origin}: {e}", field=f"$.stores[{i}].windows") from None
+        _check_source(s, i, origin)
         for rule in s.rules:
             if rule not in POLICY_RULES:
                 raise ConfigError(
@@ -301,6 +302,24 @@ def validate(cfg: Config, origin: str = "config") -> None:
             )
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError(f"{origin}: tls_cert and tls_key go together", field="$.http.tls_key")
+
+
+def _check_source(store: StoreConfig, index: int, origin: str) -> None:
+    """A store's `source` names an adapter, and a signed source has its secret."""
+    # Imported here: the adapters import this module for their config types.
+    from worker.adapters import ADAPTERS
+
+    adapter = ADAPTERS.get(store.source)
+    if adapter is None:
+        raise ConfigError(
+            f"{origin}: unknown source {store.source!r} (sources: {', '.join(sorted(ADAPTERS))})",
+            field=f"$.stores[{index}].source",
+        )
+    if adapter.signed and not store.secret:
+        raise ConfigError(
+            f"{origin}: source {store.source!r} signs its pushes: set the store's secret",
+            field=f"$.stores[{index}].secret",
+        )
 
 
 def _zone(name: str, field: str, origin: str) -> None:
