@@ -25,8 +25,9 @@ services:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients postgresql >/dev/null; \
 	fi
 
+# make run PORT=9000 serves on another port (0: any free one, printed at start).
 run: $(STAMP)
-	$(BIN)/possync serve
+	$(BIN)/possync serve $(if $(PORT),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench

@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
 from worker import __version__
 from worker.config import Config, Credentials, embedded_default, load
 from worker.errors import ConfigError
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on (host, port), as aiohttp would open it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host or "0.0.0.0", port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -39,9 +56,28 @@ def _serve(args: argparse.Namespace) -> int:
         import msgspec
 
         cfg = msgspec.structs.replace(cfg, http=msgspec.structs.replace(cfg.http, port=args.port))
+    # Bind before anything else is printed or opened: a busy port is one line and exit 2,
+    # and `port = 0` reports the port the system chose.
+    try:
+        sock = _bind(cfg.http.host, cfg.http.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(
+                f"possync: port {cfg.http.port} is in use (set [http] port or --port)",
+                file=sys.stderr,
+            )
+        else:
+            print(
+                f"possync: cannot listen on {cfg.http.host}:{cfg.http.port}: "
+                f"{os.strerror(exc.errno) if exc.errno else exc}",
+                file=sys.stderr,
+            )
+        return 2
+    port = sock.getsockname()[1]
     app = build_app(cfg, credentials=creds)
     scheme = "https" if cfg.http.tls_cert else "http"
-    base = f"{scheme}://{cfg.http.host}:{cfg.http.port}"
+    host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
+    base = f"{scheme}://{host}:{port}"
     if creds is not None:
         print(
             "possync: running on the embedded default (SQLite sink in "
@@ -65,8 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
         ssl_context.load_cert_chain(cfg.http.tls_cert, cfg.http.tls_key)
     web.run_app(
         app,
-        host=cfg.http.host,
-        port=cfg.http.port,
+        sock=sock,
         shutdown_timeout=cfg.http.shutdown_timeout_s,
         ssl_context=ssl_context,
         print=lambda msg: print(f"possync: listening on {base}", flush=True),
