@@ -19,6 +19,19 @@ Invariants:
   `Key` (`[SaleKey][LineNo]`). A negative `SalelineAmount` is a returned line (quantity made
   negative); line signs classify sale / return / exchange. A sale with a layaway envelope
   (`SalelineEnvKey`) is not a completed purchase: dropped as `dropped["layaway"]`.
+- **Figures.** EDT states no order-level figures: a sale's subtotal is the sum of its lines'
+  `SalelineAmount`, its tax the sum of their `SalelineEstTax` (the only tax figure), its total
+  subtotal + tax. That is aggregation of the POS's own figures, not invention; no discount is
+  stated (`discount` stays unset). EDT exports carry no payment rows (the `Saleline cc*` fields
+  are card-processor data, not amounts), so every sale is `tenders_known = False`.
+- **Nothing dropped.** Every field the canonical model has no slot for lands in `attributes`
+  under its EDT name (dotted for nested objects and array indexes: `Email.0.EmailType`,
+  `CustomerTransfer.WebTransferWebID`). A sale's line fields are keyed by name when every line
+  carries the same value, else per line as `Name.<SalelineLineNo>`. Text over 4096 characters
+  continues under `Name#2`, `Name#3`, ...; null and blank values carry nothing and are skipped.
+- **Consent.** The EDT dictionary documents no marketing-consent field: consent is `unknown`
+  unless a store names its flag in the mapping (`email_opt_in`, `email_opt_out`, `sms_opt_in`,
+  `sms_opt_out`); only a true opt-in is `opted_in`, only a true opt-out `opted_out`.
 - **Split files.** Parts are independent payloads. A sale whose lines start after line 1 in a
   part numbered 2 or more continues a previous part: it is rejected (not half-applied); feed
   `combine_parts()` output (all parts of one export merged) to ingest such an export whole.
@@ -36,7 +49,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Literal
@@ -62,6 +75,17 @@ from worker.adapters.native import (
     to_decimal,
     to_ident,
     to_text,
+)
+from worker.adapters.the_edge_fields import (
+    ROLES as ROLES,
+)
+from worker.adapters.the_edge_fields import (
+    Fields,
+    attributes,
+    flatten,
+    local_date_of,
+    parse_local,
+    rel_key,
 )
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
@@ -89,64 +113,6 @@ _MARKERS: dict[Kind, str] = {
     "customer": "CustomerKey",
     "item": "ItemDesc",
     "sale": "SalelineSaleKey",
-}
-_DATE_FORMATS = ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M", "%m/%d/%Y")
-
-# Candidate field names per role; the first present wins. Override per store via
-# ctx.mapping["fields"] = {role: "RealFieldName"}.
-ROLES: dict[str, tuple[str, ...]] = {
-    "sale_key": ("SalelineSaleKey",),
-    "line_no": ("SalelineLineNo",),
-    "line_key": ("Key",),
-    "amount": ("SalelineAmount",),
-    "quantity": ("SalelineQty", "SalelineQuantity", "SalelineQtySold"),
-    "sale_date": (
-        "SalelineDate",
-        "SalelineSaleDate",
-        "SalelineTranDate",
-        "SalelineDateTime",
-        "SaleDate",
-    ),
-    "tax": ("SalelineTax", "SalelineEstTax"),
-    "customer": ("SalelineCustKey",),
-    "item": ("SalelineItemKey",),
-    "description": ("SalelineDesc",),
-    "employee": ("SalelineAsKey", "SalelineAssociate", "SalelineSalesperson", "SalelineClerk"),
-    "layaway": ("SalelineEnvKey",),
-    "anniversary": (
-        "CustomerAnniversary",
-        "CustomerAnniversaryDate",
-        "CustomerAnnivDate",
-        "CustomerAnniv",
-    ),
-    "address_line1": (
-        "AddressStreet1",
-        "AddressLine1",
-        "AddressAddress1",
-        "Address1",
-        "Street1",
-        "Street 1",
-    ),
-    "address_line2": (
-        "AddressStreet2",
-        "AddressLine2",
-        "AddressAddress2",
-        "Address2",
-        "Street2",
-        "Street 2",
-    ),
-    "address_city": ("AddressCity", "City"),
-    "address_state": ("AddressState", "State"),
-    "address_zip": ("AddressZip", "AddressPostalCode", "Zip"),
-    "address_country": ("AddressCountry", "Country"),
-    "email": ("EmailAddress", "EmailEmail", "Email", "Address"),
-    "phone": ("PhoneNumber", "PhonePhone", "Phone", "Number"),
-    "item_key": ("ItemKey", "ItKey", "ItemId", "Key"),
-    "item_price": ("ItemCurrentPrice", "ItemRetailPrice"),
-    "item_vendor": ("ItemVendorId", "VendorName", "VendorId"),
-    "item_style": ("ItemVendStyleCode", "ItemVendorStyleCode", "ItemStyle"),
-    "item_status": ("ItemStatus",),
-    "item_quantity": ("ItemQty", "ItemQuantity", "ItemQtyOnHand"),
 }
 _ITEM_STATUS = {"I": "active", "S": "sold"}
 
@@ -190,31 +156,6 @@ def file_info(filename: str | None, ctx: AdapterContext) -> FileInfo:
         except ValueError:
             stamp = None
     return FileInfo(kind, part, stamp, "FULL" in base.upper())
-
-
-class Fields:
-    """Resolves a role to the first candidate field present (or the store's override)."""
-
-    __slots__ = ("_roles",)
-
-    def __init__(self, overrides: Mapping[str, Any] | None) -> None:
-        roles = dict(ROLES)
-        for role, name in (overrides or {}).items():
-            if isinstance(name, str) and name:
-                roles[role] = (name,)
-        self._roles = roles
-
-    def key(self, o: Obj, role: str) -> str:
-        """The field name to read for `role` in this object (the first candidate if none present)."""
-        names = self._roles[role]
-        for name in names:
-            if o.get(name) not in (None, ""):
-                return name
-        return names[0]
-
-    def get(self, o: Obj, role: str) -> Any:
-        """The raw value for `role`."""
-        return o.get(self.key(o, role))
 
 
 class TheEdgeAdapter:
@@ -293,29 +234,6 @@ def _rows(doc: Any, kind: Kind | None) -> tuple[Kind, list[Any], str]:
     )
 
 
-def parse_local(value: Any, path: str, ctx: AdapterContext) -> datetime | None:
-    """An EDT `mm/dd/yyyy hh:mm:ss` (or ISO) time, read in the store's zone, as UTC."""
-    text = to_text(value, path, limit=64)
-    if text is None:
-        return None
-    for fmt in _DATE_FORMATS:
-        try:
-            naive = datetime.strptime(text, fmt)  # noqa: DTZ007 - store-local, localized below
-        except ValueError:
-            continue
-        return local_instant(naive, ctx.zone, path)
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise RecordInvalid(f"not a mm/dd/yyyy hh:mm:ss time: {text[:40]!r}", field=path) from None
-    return local_instant(parsed, ctx.zone, path) if parsed.tzinfo is None else parsed
-
-
-def _local_date(value: Any, path: str, ctx: AdapterContext) -> date | None:
-    instant = parse_local(value, path, ctx)
-    return instant.astimezone(ctx.zone).date() if instant else None
-
-
 # -- customers ---------------------------------------------------------------------------
 
 
@@ -351,48 +269,76 @@ def edge_customer(
     pref_mail, pref_home, pref_phone = (
         c.text(k, limit=256) for k in ("CustomerPrefMail", "CustomerPrefHome", "CustomerPrefPhone")
     )
-    address = _preferred(_contacts(c, "Address", "Addresses"), (pref_mail, pref_home))
+    used = {"CustomerKey", "CustomerFirstName", "CustomerLastName", "CustomerCompany"}
+    addresses = _contacts(c, "Address", "Addresses")
+    primary = _preferred(addresses, (pref_mail, pref_home))
     email = _preferred(_contacts(c, "Email", "Emails"), (pref_mail, pref_home))
     phone = _preferred(_contacts(c, "Phone", "Phones"), (pref_phone, pref_home))
     account = c.ident("CustomerAccountKey")
+    if account and account != customer_id:
+        used.add("CustomerAccountKey")
     tags = [t[:256] for t in (c.text(f"CustomerKey{i}") for i in range(1, 9)) if t]
     birth_key = "CustomerBirthDate"
     anniversary_key = f.key(c, "anniversary")
-    return build(
-        Customer,
-        {
-            "id": customer_id,
-            "first_name": c.text("CustomerFirstName"),
-            "last_name": c.text("CustomerLastName"),
-            "company": c.text("CustomerCompany"),
-            "email": to_text(f.get(email, "email"), email.at(f.key(email, "email")))
-            if email
-            else None,
-            "phone": to_text(f.get(phone, "phone"), phone.at(f.key(phone, "phone")))
-            if phone
-            else None,
-            "address": None if address is None else _address(address, f),
-            "birth_date": _local_date(c.get(birth_key), c.at(birth_key), ctx),
-            "anniversary_date": _local_date(c.get(anniversary_key), c.at(anniversary_key), ctx),
-            "assigned_employee_id": c.ident("CustomerAsKey"),
-            "linked_customer_id": account if account and account != customer_id else None,
-            "tags": tags,
-            "status": "inactive" if c.boolean("CustomerInactive") else None,
-            "created_at": parse_local(
-                c.get("CustomerDateEntered"), c.at("CustomerDateEntered"), ctx
-            ),
-            "updated_at": version_at,
-            "source_ref": ref,
-        },
-        f"customer {customer_id}",
-    )
+    used.update((birth_key, anniversary_key, "CustomerAsKey", "CustomerInactive"))
+    used.add("CustomerDateEntered")
+
+    def contact(o: Obj | None, role: str) -> str | None:
+        if o is None:
+            return None
+        key = f.key(o, role)
+        used.add(rel_key(c, o, key))
+        return to_text(o.get(key), o.at(key))
+
+    address_list = [_address(c, a, f, used) for a in addresses]
+    fields: dict[str, str] = {}
+    record = {
+        "id": customer_id,
+        "first_name": c.text("CustomerFirstName"),
+        "last_name": c.text("CustomerLastName"),
+        "company": c.text("CustomerCompany"),
+        "email": contact(email, "email"),
+        "phone": contact(phone, "phone"),
+        "address": None if primary is None else address_list[addresses.index(primary)],
+        "addresses": address_list,
+        "marketing_email": _consent(c, f, "email", used),
+        "marketing_sms": _consent(c, f, "sms", used),
+        "birth_date": local_date_of(c.get(birth_key), c.at(birth_key), ctx),
+        "anniversary_date": local_date_of(c.get(anniversary_key), c.at(anniversary_key), ctx),
+        "assigned_employee_id": c.ident("CustomerAsKey"),
+        "linked_customer_id": account if account and account != customer_id else None,
+        "tags": tags,
+        "status": "inactive" if c.boolean("CustomerInactive") else None,
+        "created_at": parse_local(c.get("CustomerDateEntered"), c.at("CustomerDateEntered"), ctx),
+        "updated_at": version_at,
+        "source_ref": ref,
+    }
+    flatten(c.data, "", fields)
+    record["attributes"] = attributes({k: v for k, v in fields.items() if k not in used}, c.path)
+    return build(Customer, record, f"customer {customer_id}")
 
 
-def _address(a: Obj, f: Fields) -> dict[str, Any]:
+def _consent(c: Obj, f: Fields, channel: str, used: set[str]) -> str:
+    """Three-valued consent: only a true opt-in is `opted_in`, only a true opt-out `opted_out`."""
+    flags: dict[str, bool | None] = {}
+    for side in ("in", "out"):
+        key = f.key(c, f"{channel}_opt_{side}")
+        if key:
+            used.add(key)
+            flags[side] = c.boolean(key)
+    if flags.get("out"):
+        return "opted_out"
+    # A false flag ("not blocked", "not opted in") says nothing either way.
+    return "opted_in" if flags.get("in") else "unknown"
+
+
+def _address(c: Obj, a: Obj, f: Fields, used: set[str]) -> dict[str, Any]:
     def read(role: str, limit: int = 4096) -> str | None:
         key = f.key(a, role)
+        used.add(rel_key(c, a, key))
         return to_text(a.get(key), a.at(key), limit=limit)
 
+    used.add(rel_key(c, a, "AddressType"))
     return {
         "line1": read("address_line1"),
         "line2": read("address_line2"),
@@ -400,7 +346,7 @@ def _address(a: Obj, f: Fields) -> dict[str, Any]:
         "region": read("address_state", 256),
         "postal_code": read("address_zip", 256),
         "country_code": read("address_country", 256),
-        "kind": a.text("AddressType", limit=256),
+        "kind": a.text("AddressType", limit=256) or a.text("Key", limit=256),
     }
 
 
@@ -422,22 +368,17 @@ def edge_item(
     if item_id is None:
         raise RecordInvalid("missing required field `ItemKey`", field=i.at(key))
     description = " ".join(t for t in (i.text("ItemDesc"), i.text("ItemDescMemo")) if t) or None
-    attributes: dict[str, str] = {}
-    for n in range(1, 17):
-        detail = i.text(f"ItemDetail_{n}")
-        if detail:
-            attributes[f"detail_{n}"] = detail
-    for name, field in (("retail_price", "ItemRetailPrice"), ("category_id", "CategoryId")):
-        value = i.text(field, limit=256)
-        if value:
-            attributes[name] = value
     status_key = f.key(i, "item_status")
     status_code = (i.text(status_key, limit=16) or "").upper()
-    quantity_key = f.key(i, "item_quantity")
-    quantity = i.dec(quantity_key)
+    quantity = i.dec(f.key(i, "item_quantity"))
     price_key = f.key(i, "item_price")
     style_key = f.key(i, "item_style")
     vendor_key = f.key(i, "item_vendor")
+    # ItemDescMemo stays in attributes as written: the name joins it to ItemDesc with a space.
+    used = {key, "ItemDesc", "CategoryName", status_key, price_key, style_key}
+    used.update((vendor_key, "ItemDateCreated"))
+    fields: dict[str, str] = {}
+    flatten(i.data, "", fields)
     return build(
         Product,
         {
@@ -452,7 +393,7 @@ def edge_item(
             # Edge items are individual pieces unless stocked in quantity (bulk items).
             "is_unique_piece": quantity is None or quantity <= 1,
             "status": _ITEM_STATUS.get(status_code, "archived") if status_code else None,
-            "attributes": attributes,
+            "attributes": attributes({k: v for k, v in fields.items() if k not in used}, i.path),
             "created_at": parse_local(i.get("ItemDateCreated"), i.at("ItemDateCreated"), ctx),
             "updated_at": version_at,
             "source_ref": ref,
@@ -549,27 +490,35 @@ def edge_sale(
     numbered.sort(key=lambda p: p[0] if p[0] is not None else Decimal(0))
     if any(f.get(r, "layaway") not in (None, "") for r in rows):
         return Dropped("layaway")
-    occurred: datetime | None = None
-    customer_id: str | None = None
-    employee_id: str | None = None
-    lines: list[dict[str, Any]] = []
-    for number, r in numbered:
-        date_key = f.key(r, "sale_date")
-        occurred = occurred or parse_local(r.get(date_key), r.at(date_key), ctx)
-        customer_key = f.key(r, "customer")
-        customer_id = customer_id or to_ident(
-            r.get(customer_key), r.at(customer_key), nulls=frozenset({"0"})
-        )
-        employee_key = f.key(r, "employee")
-        employee_id = employee_id or to_ident(r.get(employee_key), r.at(employee_key))
-        lines.append(_edge_line(r, f, number))
+    ordered = [r for _, r in numbered]
+    date_row, date_key = _first(ordered, f, "sale_date")
+    occurred = parse_local(date_row.get(date_key), date_row.at(date_key), ctx)
     if occurred is None:
-        key = f.key(rows[0], "sale_date")
         raise RecordInvalid(
             f"sale {sale_key} has no sale date (tried {', '.join(ROLES['sale_date'])}; name the "
             "real field in the store's mapping `fields.sale_date`)",
-            field=rows[0].at(key),
+            field=date_row.at(date_key),
         )
+    cust_row, customer_key = _first(ordered, f, "customer")
+    customer_id = to_ident(cust_row.get(customer_key), cust_row.at(customer_key), nulls=_NOBODY)
+    emp_row, employee_key = _first(ordered, f, "employee")
+    employee_id = to_ident(emp_row.get(employee_key), emp_row.at(employee_key))
+    # Sale-level fields come from the first line that has them; they count as read only where
+    # every line agrees (otherwise each line's own value stays in the attributes).
+    sale_level = {
+        k
+        for k, row in ((date_key, date_row), (customer_key, cust_row))
+        if all(r.get(k) == row.get(k) for r in ordered)
+    }
+    lines: list[dict[str, Any]] = []
+    per_line: list[tuple[str, dict[str, str]]] = []
+    for index, (number, r) in enumerate(numbered):
+        line, used = _edge_line(r, f, number)
+        lines.append(line)
+        fields: dict[str, str] = {}
+        flatten(r.data, "", fields)
+        label = str(number) if number is not None else str(index + 1)
+        per_line.append((label, {k: v for k, v in fields.items() if k not in used | sale_level}))
     subtotal = sum_decimals(ln["quantity"] * ln["unit_price"] - ln["discount"] for ln in lines)
     tax = sum_decimals(ln["tax"] for ln in lines)
     return [
@@ -583,13 +532,17 @@ def edge_sale(
                 "business_date": occurred.astimezone(ctx.zone).date(),
                 "currency": default_currency(ctx),
                 "lines": lines,
+                # Aggregates of the POS's own line figures: EDT states no order totals.
                 "subtotal": subtotal,
                 "tax": tax,
                 "total": subtotal + tax,
+                # EDT exports carry no payment rows: tenders are unknown, never invented.
+                "tenders_known": False,
                 "customer_id": customer_id,
                 "employee_id": employee_id,
                 "display_number": sale_key[:256],
                 "location_id": sale_key.split("-", 1)[0] if "-" in sale_key else None,
+                "attributes": attributes(_merge_lines(per_line), rows[0].path),
                 "updated_at": version_at,
                 "source_ref": ref,
             },
@@ -598,32 +551,72 @@ def edge_sale(
     ]
 
 
-def _edge_line(r: Obj, f: Fields, number: Decimal | None) -> dict[str, Any]:
+_NOBODY = frozenset({"0"})  # SalelineCustKey "0": no customer on the sale
+
+
+def _first(rows: list[Obj], f: Fields, role: str) -> tuple[Obj, str]:
+    """The first row carrying `role`, and its field name (the first row when none does)."""
+    for r in rows:
+        key = f.key(r, role)
+        if r.get(key) not in (None, ""):
+            return r, key
+    return rows[0], f.key(rows[0], role)
+
+
+def _merge_lines(per_line: list[tuple[str, dict[str, str]]]) -> dict[str, str]:
+    """One key per field when every line carries the same value, else `Field.<line no>`."""
+    out: dict[str, str] = {}
+    names: dict[str, None] = {}
+    for _, fields in per_line:
+        names.update(dict.fromkeys(fields))
+    for name in names:
+        values = [fields.get(name) for _, fields in per_line]
+        if all(v is not None and v == values[0] for v in values):
+            out[name] = str(values[0])
+            continue
+        for label, fields in per_line:
+            if name in fields:
+                out[f"{name}.{label}"] = fields[name]
+    return out
+
+
+def _edge_line(r: Obj, f: Fields, number: Decimal | None) -> tuple[dict[str, Any], set[str]]:
+    """One SaleLines row as a canonical line, and the fields it read."""
     amount_key = f.key(r, "amount")
     amount = r.dec(amount_key)
     if amount is None:
         raise RecordInvalid(f"missing required field `{amount_key}`", field=r.at(amount_key))
-    quantity = r.dec(f.key(r, "quantity")) or Decimal(1)
+    quantity_key = f.key(r, "quantity")
+    quantity = r.dec(quantity_key)
+    if quantity is None:  # no documented quantity field: a line is one piece
+        quantity = Decimal(1)
     # SalelineAmount is the line's retail amount; its sign says sold (+) or returned (-).
     if (amount < 0 < quantity) or (quantity < 0 < amount):
         quantity = -quantity
-    unit = divide(amount, quantity)
+    # One piece: the unit price is the POS's amount as written ("1199.00" stays "1199.00").
+    unit = abs(amount) if abs(quantity) == 1 else divide(amount, quantity)
     line_key = f.key(r, "line_key")
     item_key = f.key(r, "item")
     desc_key = f.key(r, "description")
-    return {
-        "sku": to_text(r.get(item_key), r.at(item_key), limit=256) or "",
+    tax_key = f.key(r, "tax")
+    employee_key = f.key(r, "employee")
+    used = {f.key(r, "sale_key"), f.key(r, "line_no"), amount_key, quantity_key, line_key}
+    used.update((item_key, desc_key, tax_key, employee_key))
+    line = {
+        # EDT lines name the item (`SalelineItemKey`, the product id), not a SKU.
         "quantity": quantity,
         "unit_price": unit,
-        # amount is the line's net retail amount: rounding of the unit price lands in `discount`
+        # The line's net is SalelineAmount exactly: a unit price that does not terminate within
+        # 8 places leaves its residue (below 1e-8 per unit) here, never in the sale's figures.
         "discount": quantity * unit - amount,
-        "tax": r.dec(f.key(r, "tax")) or ZERO,
+        "tax": r.dec(tax_key) or ZERO,
         "product_id": to_ident(r.get(item_key), r.at(item_key)),
         "description": to_text(r.get(desc_key), r.at(desc_key)),
         "line_id": to_ident(r.get(line_key), r.at(line_key))
         or (str(number) if number is not None else None),
-        "employee_id": to_ident(f.get(r, "employee"), r.at(f.key(r, "employee"))),
+        "employee_id": to_ident(r.get(employee_key), r.at(employee_key)),
     }
+    return line, used
 
 
 def combine_parts(parts: Iterable[bytes]) -> bytes:
