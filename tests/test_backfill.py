@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -423,6 +424,26 @@ async def test_cli_retries_then_fails_and_keeps_the_offset(tmp_path: Path) -> No
         assert saved["offset"] == summary.last_offset > 0
         assert summary.chunks == 1
         assert len(await pending_entries(h)) == saved["lines"] <= 150
+
+
+async def test_cli_fails_at_once_when_nothing_listens(tmp_path: Path) -> None:
+    # A wrong --url or a stopped server: one line naming the URL, no retries, no backoff.
+    file = tmp_path / "history.ndjson"
+    write_history(file, 10)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    slept: list[float] = []
+
+    async def fake_sleep(s: float) -> None:
+        slept.append(s)
+
+    url = f"http://127.0.0.1:{port}"
+    opts = Options(file=file, source="canonical", store="S1", url=url, token=ADMIN, retries=9)
+    summary = await send_file(opts, console=Console(file=io.StringIO()), sleep=fake_sleep)
+    assert not summary.ok
+    assert summary.error == f"cannot reach {url}: connection refused"
+    assert slept == []
 
 
 async def test_cli_needs_a_token(

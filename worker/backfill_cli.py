@@ -11,7 +11,9 @@ size and mtime still match continues from there; anything else starts over, whic
 harmless: the server deduplicates by natural key and version. `--restart` ignores it.
 
 Retries: 502/503/504/507 and connection errors are retried with exponential backoff (the
-server's Retry-After when it sends one); other errors, and a chunk still failing after
+server's Retry-After when it sends one), except a refused connection before the server has
+answered once (a wrong URL or a stopped server fails at once, naming the URL); other errors,
+and a chunk still failing after
 `--retries`, stop the run with exit code 1, leaving the offset file for the next run.
 
 Only canonical NDJSON is split into chunks. A native export file (or a canonical JSON
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import os
 import random
 import time
@@ -273,6 +276,7 @@ class _Sender:
         self.sleep = sleep
         base = opts.url.rstrip("/")
         self.endpoint = f"{base}/v1/backfill/{opts.source}/{opts.store}"
+        self.reached = False  # the server answered at least once in this run
 
     async def post(
         self, start: int, end: int, *, final: bool, ctype: str
@@ -302,6 +306,7 @@ class _Sender:
                 async with self.session.post(
                     self.endpoint, params=params, data=reader, headers=headers
                 ) as resp:
+                    self.reached = True
                     body = await resp.read()
                     if resp.status == 200:
                         result: dict[str, Any] = msgspec.json.decode(body)
@@ -315,6 +320,16 @@ class _Sender:
                     if resp.status not in RETRY_STATUSES:
                         raise ChunkFailed(last)
                     delay = _retry_after(resp.headers)
+            except aiohttp.ClientConnectorError as exc:
+                refused = exc.os_error.errno == errno.ECONNREFUSED
+                if refused and not self.reached:
+                    # Nothing listens there: a wrong --url, or the server is not running.
+                    # Retrying cannot help; a server that goes away mid-run is retried.
+                    raise ChunkFailed(
+                        f"cannot reach {self.opts.url.rstrip('/')}: connection refused"
+                    ) from None
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                delay = None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 delay = None
