@@ -8,13 +8,13 @@ import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.adapter_helpers import (
-    assert_consistent,
     by_type,
     fixture,
     fixture_json,
@@ -27,6 +27,13 @@ from worker.adapters.base import AdapterContext, Parsed
 from worker.adapters.shopify import TOPICS, ShopifyAdapter
 from worker.errors import AuthError, RecordInvalid, UnsupportedMediaType
 from worker.records import Customer, Product, Sale, Void
+from worker.validation import (
+    BatchItem,
+    Failure,
+    ValidationContext,
+    validate_batch,
+    validate_sale,
+)
 
 SECRET = "shpss_current"
 OLD_SECRET = "shpss_previous"
@@ -50,6 +57,29 @@ def ctx_for(body: bytes, topic: str, **kw: Any) -> AdapterContext:
 def push(doc: Any, topic: str, **kw: Any) -> Parsed:
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     return ADAPTER.parse(body, ctx_for(body, topic, **kw))
+
+
+def window_ctx(hold_windows: int = 0, known: frozenset[str] = frozenset()) -> ValidationContext:
+    """The window's own validation context (no sink: nothing known unless named)."""
+    return ValidationContext(
+        store="S1",
+        zone=ZoneInfo("America/Chicago"),
+        now=datetime(2026, 3, 22, 12, 0, tzinfo=UTC),
+        existing_customers=frozenset(),
+        existing_sales=known,
+        pending_sale_ids=frozenset(),
+        hold_windows=hold_windows,
+    )
+
+
+def failures(s: Sale) -> list[Failure]:
+    """What the window's validation says of this sale (originals count as known)."""
+    return validate_sale(s, window_ctx(known=frozenset({s.original_id or ""})))
+
+
+def assert_valid(s: Sale) -> None:
+    """The sale passes every window rule as the adapter built it."""
+    assert failures(s) == []
 
 
 def order() -> dict[str, Any]:
@@ -225,14 +255,17 @@ def test_order_maps_to_sale_with_exact_money_utc_and_business_date() -> None:
         Decimal("12.50"),
         Decimal("2.06"),
     )
-    assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("1244.87"))]
+    # an orders/create body carries no payment amounts: tenders unknown, never made up
+    assert (s.tenders, s.tenders_known) == ([], False)
+    assert s.attributes["payment_gateway_names"] == '["shopify_payments"]'
+    assert (s.discount, s.adjustments) == (Decimal("125.00"), [])  # the lines carry it all
     assert (s.customer_id, s.employee_id, s.location_id) == (
         "7345129981001",
         "104857600",
         "81234567001",
     )
     assert (s.display_number, s.channel, s.kind) == ("#1043", "pos", "sale")
-    assert_consistent(s)
+    assert_valid(s)
 
 
 def test_embedded_customer_is_also_a_customer_record() -> None:
@@ -306,11 +339,13 @@ def test_transactions_in_the_body_become_tenders() -> None:
     ]
 
 
-def test_several_gateways_without_transactions_make_one_tender_for_the_total() -> None:
+def test_several_gateways_without_transactions_are_kept_but_no_tender_is_invented() -> None:
     doc = order()
     doc["payment_gateway_names"] = ["shopify_payments", "cash"]
-    (tender,) = sale(push(doc, "orders/create"), ORDER_ID).tenders
-    assert (tender.method, tender.amount) == ("shopify_payments+cash", Decimal("1244.87"))
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    assert (s.tenders, s.tenders_known) == ([], False)
+    assert s.attributes["payment_gateway_names"] == '["shopify_payments","cash"]'
+    assert_valid(s)  # tenders.sum is skipped, not failed
 
 
 def test_shipping_and_tip() -> None:
@@ -324,14 +359,40 @@ def test_shipping_and_tip() -> None:
             "tax_lines": [{"price": "0.83"}],
         }
     ]
+    doc["total_shipping_price_set"] = {"shop_money": {"amount": "15.00", "currency_code": "USD"}}
     doc["total_tip_received"] = "20.00"
+    doc["total_tax"] = "95.70"
+    doc["total_price"] = "1275.70"
+    doc.pop("total_price_set")
     s = sale(push(doc, "orders/create"), ORDER_ID)
+    # shipping after its own discount; tax and total exactly as Shopify states them
     assert (s.shipping, s.tip, s.tax) == (Decimal("10.00"), Decimal("20.00"), Decimal("95.70"))
-    assert s.total == Decimal("1150.00") + Decimal("95.70") + Decimal("10.00") + Decimal("20.00")
-    assert_consistent(s)
+    assert s.total == Decimal("1275.70")
+    assert_valid(s)
 
 
-def test_taxes_included_prices_become_tax_exclusive_lines() -> None:
+def test_shipping_discount_uses_the_lines_discounted_price() -> None:
+    doc = order()
+    doc["shipping_lines"] = [
+        {
+            "price": "15.00",
+            "discounted_price": "0.00",
+            "discount_allocations": [{"amount": "15.00"}],
+        }
+    ]
+    doc["total_shipping_price_set"] = {"shop_money": {"amount": "15.00", "currency_code": "USD"}}
+    assert sale(push(doc, "orders/create"), ORDER_ID).shipping == Decimal("0.00")
+
+
+def test_shipping_from_total_shipping_price_set() -> None:
+    doc = order()
+    doc["shipping_lines"] = [{"price": "9.00", "discount_allocations": []}]
+    doc["total_shipping_price_set"] = {"shop_money": {"amount": "8.50", "currency_code": "USD"}}
+    # the POS's own order figure, not the lines' sum (the window compares them via the total)
+    assert sale(push(doc, "orders/create"), ORDER_ID).shipping == Decimal("8.50")
+
+
+def test_taxes_included_prices_stay_as_sent() -> None:
     doc = order()
     doc["taxes_included"] = True
     doc["line_items"] = [
@@ -346,25 +407,38 @@ def test_taxes_included_prices_become_tax_exclusive_lines() -> None:
             "tax_lines": [{"price": "20.00"}],
         }
     ]
+    doc.update(total_discounts="0.00", subtotal_price="120.00", total_tax="20.00")
+    doc.update(total_price="120.00", total_price_set=None)
     s = sale(push(doc, "orders/create"), ORDER_ID)
     (ln,) = s.lines
-    assert ln.unit_price == Decimal("33.33333333")
-    assert s.tax == Decimal("20.00")
-    assert abs(s.total - Decimal("120.00")) < Decimal("0.0001")
-    assert_consistent(s)
+    # the price as Shopify sent it (tax inside), nothing divided out
+    assert (ln.unit_price, ln.tax) == (Decimal("40.00"), Decimal("20.00"))
+    assert (s.tax_included, s.subtotal, s.tax, s.total) == (
+        True,
+        Decimal("120.00"),
+        Decimal("20.00"),
+        Decimal("120.00"),
+    )
+    assert_valid(s)
 
 
 def test_edit_that_removes_an_item_shrinks_the_line() -> None:
     doc = order()
     doc["line_items"][1]["current_quantity"] = 1
     doc["updated_at"] = "2026-03-15T09:00:00-05:00"
+    doc.update(subtotal_price="1137.50", total_tax="93.84", total_price="1231.34")
+    doc.update(total_line_items_price="1262.50", total_price_set=None)
     parsed = push(doc, "orders/edited")
     s = sale(parsed, ORDER_ID)
     cloth = s.lines[1]
     assert (cloth.quantity, cloth.tax) == (Decimal(1), Decimal("1.03"))
-    assert s.total == Decimal("1231.34")
+    assert (s.subtotal, s.tax, s.total) == (
+        Decimal("1137.50"),
+        Decimal("93.84"),
+        Decimal("1231.34"),
+    )
     assert s.updated_at == datetime(2026, 3, 15, 14, 0, tzinfo=UTC)  # supersedes by updated_at
-    assert_consistent(s)
+    assert_valid(s)
 
 
 def test_edit_removing_a_whole_line_drops_it() -> None:
@@ -387,7 +461,7 @@ def test_refund_is_a_return_sale_with_negative_lines_and_tenders() -> None:
     assert (ln.original_line_id, ln.restock) == ("15011223344002", True)
     assert (s.subtotal, s.tax, s.total) == (Decimal("-12.50"), Decimal("-1.03"), Decimal("-13.53"))
     assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("-13.53"))]
-    assert_consistent(s)
+    assert_valid(s)
 
 
 def test_refund_order_adjustments_are_a_fee_line() -> None:
@@ -403,7 +477,7 @@ def test_refund_order_adjustments_are_a_fee_line() -> None:
     assert (item.sku, item.restock) == ("EAR-PEARL-01", False)
     assert (fee.line_kind, fee.net, fee.description) == ("fee", Decimal("-5.00"), "shipping_refund")
     assert s.total == Decimal("-199.85")
-    assert_consistent(s)
+    assert_valid(s)
 
 
 def test_refund_with_test_transaction_is_dropped() -> None:
@@ -441,8 +515,8 @@ def test_refund_create_and_order_updated_do_not_double_count(order_first: bool) 
     kept = _latest(delivered)
     refunds = [r for (t, i), r in kept.items() if t == "Sale" and i.startswith("refund:")]
     assert len(refunds) == 1  # one natural key, whichever topic came first
-    embedded = next(r for r in updated if r.id == REFUND_ID)
-    alone = next(r for r in standalone if r.id == REFUND_ID)
+    embedded = next(r for r in updated if isinstance(r, Sale) and r.id == REFUND_ID)
+    alone = next(r for r in standalone if isinstance(r, Sale) and r.id == REFUND_ID)
     assert embedded.effective_version > alone.effective_version  # the richer copy wins
     assert (embedded.tenders, embedded.subtotal, embedded.tax, embedded.total) == (
         alone.tenders,
@@ -452,7 +526,7 @@ def test_refund_create_and_order_updated_do_not_double_count(order_first: bool) 
     )
     assert [ln.net for ln in embedded.lines] == [ln.net for ln in alone.lines]
     assert embedded.customer_id == "7345129981001" and alone.customer_id is None
-    assert (embedded.lines[0].sku, alone.lines[0].sku) == ("CARE-CLOTH-01", "")  # from the order
+    assert (embedded.lines[0].sku, alone.lines[0].sku) == ("CARE-CLOTH-01", None)  # from the order
     # net spend: the order keeps what was sold, the refund subtracts once
     net = sum(r.total for (t, _), r in kept.items() if t == "Sale")
     assert net == Decimal("1231.34")
@@ -483,9 +557,8 @@ def test_cancelled_order_is_voided_with_its_refund() -> None:
     full["refund_line_items"][0]["restock_type"] = "cancel"
     doc["refunds"] = [full]
     parsed = push(doc, "orders/cancelled")
-    voids = {v.id: v for v in by_type(parsed)["void"]}
+    voids = {v.id: v for v in by_type(parsed)["void"] if isinstance(v, Void)}
     assert set(voids) == {ORDER_ID, "refund:990011220099"}
-    assert isinstance(voids[ORDER_ID], Void)
     assert voids[ORDER_ID].occurred_at == datetime(2026, 3, 15, 15, 0, tzinfo=UTC)
     assert voids[ORDER_ID].reason == "customer"
     assert {s.id for s in by_type(parsed)["sale"]} == {ORDER_ID, "refund:990011220099"}
@@ -517,7 +590,8 @@ def test_customer_update() -> None:
         "Okafor",
         "+15125550143",
     )
-    assert (c.marketing_email, c.marketing_sms) == ("opted_in", "opted_out")
+    # sms `not_subscribed` only says "not subscribed": unknown, not an opt-out
+    assert (c.marketing_email, c.marketing_sms) == ("opted_in", "unknown")
     assert c.tags == ["anniversary-june", "vip"]
     assert c.address is not None and (c.address.line1, c.address.region, c.address.postal_code) == (
         "418 W Mary St",
@@ -551,6 +625,324 @@ def test_product_update_is_one_record_per_variant() -> None:
 def test_product_delete() -> None:
     (p,) = push({"id": 8801122334401}, "products/delete").records
     assert isinstance(p, Product) and (p.id, p.status) == ("8801122334401", "deleted")
+
+
+# -- Shopify's own figures (issue 9) ----------------------------------------------------
+
+
+def test_order_level_discount_no_line_carries_is_an_adjustment() -> None:
+    doc = fixture_json("shopify", "orders_create_order_discount.json")
+    s = sale(push(doc, "orders/create"), "6120458736001")
+    # the 404.95 case: total_price, not lines + shipping (424.95)
+    assert (s.subtotal, s.discount, s.shipping, s.tax, s.total) == (
+        Decimal(doc["subtotal_price"]),
+        Decimal(doc["total_discounts"]),
+        Decimal("10.00"),
+        Decimal(doc["total_tax"]),
+        Decimal(doc["total_price"]),
+    )
+    assert s.total == Decimal("404.95")
+    assert [ln.discount for ln in s.lines] == [0, 0]  # no allocations on the lines
+    (adj,) = s.adjustments
+    assert (adj.kind, adj.amount, adj.code) == ("discount", Decimal("-20.00"), "SPRING20")
+    assert (s.tenders, s.tenders_known) == ([], False)
+    assert_valid(s)
+
+
+def test_two_unallocated_discounts_with_stated_amounts_are_one_adjustment_each() -> None:
+    doc = fixture_json("shopify", "orders_create_order_discount.json")
+    doc["total_discounts"] = doc["total_discounts_set"]["shop_money"]["amount"] = "35.00"
+    doc["subtotal_price"] = doc["subtotal_price_set"]["shop_money"]["amount"] = "379.95"
+    doc["total_price"] = doc["total_price_set"]["shop_money"]["amount"] = "389.95"
+    doc["discount_codes"].append({"code": "WELCOME15", "amount": "15.00", "type": "fixed_amount"})
+    doc["discount_applications"].append({**doc["discount_applications"][0], "code": "WELCOME15"})
+    s = sale(push(doc, "orders/create"), "6120458736001")
+    assert [(a.code, a.amount) for a in s.adjustments] == [
+        ("SPRING20", Decimal("-20.00")),
+        ("WELCOME15", Decimal("-15.00")),
+    ]
+    assert_valid(s)
+
+
+def test_lines_carrying_more_discount_than_stated_quarantine_with_both_figures() -> None:
+    doc = order()
+    doc["total_discounts"] = "100.00"  # the ring's allocation says 125.00
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    assert s.adjustments == [] and s.discount == Decimal("100.00")
+    (failure,) = [f for f in failures(s) if f.rule == "discount.sum"]
+    assert "100.00" in failure.message and "125.00" in failure.message
+
+
+def test_order_level_tax_only_is_total_tax_with_tax_adjustments() -> None:
+    doc = fixture_json("shopify", "orders_create_order_tax.json")
+    s = sale(push(doc, "orders/create"), "6120458737001")
+    assert (s.subtotal, s.tax, s.total) == (Decimal("398.00"), Decimal("11.94"), Decimal("409.94"))
+    assert all(ln.tax == 0 for ln in s.lines)
+    (adj,) = s.adjustments
+    assert (adj.kind, adj.amount, adj.description) == ("tax", Decimal("11.94"), "State Tax (0.03)")
+    assert_valid(s)
+
+
+def test_order_tax_lines_are_not_repeated_when_lines_carry_tax() -> None:
+    doc = fixture_json("shopify", "orders_paid_transactions.json")
+    assert doc["tax_lines"]  # the order repeats its lines' tax at the order level
+    s = sale(push(doc, "orders/paid"), "6120458734001")
+    assert [a.kind for a in s.adjustments] == []
+
+
+def test_order_with_transactions_has_its_payments_as_tenders() -> None:
+    doc = fixture_json("shopify", "orders_paid_transactions.json")
+    s = sale(push(doc, "orders/paid"), "6120458734001")
+    # capture (not its authorization), the successful cash sale, not the failed attempt
+    assert [(t.method, t.amount, t.reference) for t in s.tenders] == [
+        ("shopify_payments", Decimal("300.00"), "5550001002"),
+        ("Cash", Decimal("95.11"), "5550001004"),
+    ]
+    assert s.tenders_known
+    hoops, wrap = s.lines
+    assert (hoops.sku, hoops.quantity, hoops.discount, hoops.tax) == (
+        "EAR-HOOP-14K",
+        Decimal(2),
+        Decimal("40.00"),
+        Decimal("29.70"),
+    )
+    assert wrap.sku is None  # Shopify sent no SKU: none is invented
+    assert (s.total, s.discount) == (Decimal("395.11"), Decimal("40.00"))
+    assert s.attributes["line_items.1.properties"] == '[{"name":"Ribbon","value":"Ivory"}]'
+    assert_valid(s)
+
+
+def test_refund_transaction_in_an_order_body_is_a_negative_tender() -> None:
+    doc = fixture_json("shopify", "orders_paid_transactions.json")
+    doc["transactions"].append(
+        {"id": 9, "kind": "refund", "status": "success", "amount": "5.00", "gateway": "Cash"}
+    )
+    s = sale(push(doc, "orders/updated"), "6120458734001")
+    assert (s.tenders[-1].method, s.tenders[-1].amount) == ("Cash", Decimal("-5.00"))
+
+
+def test_only_an_authorization_is_no_payment() -> None:
+    doc = order()
+    doc["transactions"] = [
+        {"id": 1, "kind": "authorization", "status": "success", "amount": "1244.87"}
+    ]
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    assert (s.tenders, s.tenders_known) == ([], True)
+    (failure,) = failures(s)
+    assert failure.rule == "tenders.sum" and "1244.87" in failure.message
+
+
+def test_taxes_included_order_keeps_shopifys_figures() -> None:
+    doc = fixture_json("shopify", "orders_create_taxes_included.json")
+    s = sale(push(doc, "orders/create"), "6120458735001")
+    assert (s.currency, s.tax_included) == ("GBP", True)
+    assert (s.subtotal, s.tax, s.shipping, s.total) == (
+        Decimal("90.00"),
+        Decimal("15.83"),
+        Decimal("4.95"),
+        Decimal("94.95"),
+    )
+    assert [(ln.unit_price, ln.tax) for ln in s.lines] == [
+        (Decimal("60.00"), Decimal("10.00")),
+        (Decimal("15.00"), Decimal("5.00")),
+    ]
+    assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("94.95"))]
+    assert_valid(s)
+
+
+def test_inconsistent_sample_is_kept_as_sent_and_fails_with_both_figures() -> None:
+    doc = fixture_json("shopify", "orders_create_inconsistent.json")
+    s = sale(push(doc, "orders/create"), "6120458738001")
+    assert (s.subtotal, s.total) == (Decimal("398.00"), Decimal("409.94"))
+    assert len(s.lines) == 3  # three 199.00 lines, as sent
+    (failure,) = failures(s)
+    assert failure.rule == "subtotal.sum"
+    assert "398.00" in failure.message and "597.00" in failure.message
+
+
+def test_unmapped_order_fields_are_attributes_without_pii_or_mapped_arrays() -> None:
+    doc = fixture_json("shopify", "orders_create_order_discount.json")
+    attrs = sale(push(doc, "orders/create"), "6120458736001").attributes
+    assert (attrs["name"], attrs["order_number"], attrs["financial_status"]) == (
+        "#1060",
+        "1060",
+        "paid",
+    )
+    assert (attrs["source_name"], attrs["tags"], attrs["test"]) == (
+        "web",
+        "spring-campaign",
+        "false",
+    )
+    assert attrs["note"] == "Gift: please remove price tags"
+    assert attrs["confirmation_number"] == doc["confirmation_number"]
+    assert attrs["buyer_accepts_marketing"] == "false"
+    assert attrs["discount_codes"] == '[{"code":"SPRING20","amount":"20.00","type":"fixed_amount"}]'
+    assert attrs["current_total_price"] == "404.95"
+    for gone in ("email", "customer", "line_items", "shipping_lines", "refunds", "id"):
+        assert gone not in attrs
+    assert "cancel_reason" not in attrs  # null: nothing to keep
+
+
+# -- refunds: old shape, unknown original ------------------------------------------------
+
+
+def test_old_refund_shape_without_subtotal_uses_the_line_items_figures() -> None:
+    doc = fixture_json("shopify", "refunds_create_legacy.json")
+    s = sale(push(doc, "refunds/create"), "refund:990011220010")
+    (ln,) = s.lines
+    # 200.00 x 1 less half of the line's 40.00 allocation; half of its 29.70 tax
+    assert (ln.sku, ln.quantity, ln.unit_price, ln.discount, ln.tax) == (
+        "EAR-HOOP-14K",
+        Decimal(-1),
+        Decimal("200.00"),
+        Decimal("-20.00"),
+        Decimal("-14.85"),
+    )
+    assert ln.restock is True  # the older shape's refund-level `restock`
+    assert (s.subtotal, s.tax, s.total) == (
+        Decimal("-180.00"),
+        Decimal("-14.85"),
+        Decimal("-194.85"),
+    )
+    assert [(t.method, t.amount) for t in s.tenders] == [("shopify_payments", Decimal("-194.85"))]
+    assert (s.kind, s.original_id) == ("return", "6120458734001")
+    assert s.attributes["note"] == "one earring lost its back"
+    assert_valid(s)
+
+
+def test_old_refund_shape_prefers_a_stated_total_tax() -> None:
+    doc = fixture_json("shopify", "refunds_create_legacy.json")
+    doc["refund_line_items"][0]["total_tax"] = "14.86"
+    s = sale(push(doc, "refunds/create"), "refund:990011220010")
+    assert s.lines[0].tax == Decimal("-14.86")
+
+
+def test_old_refund_shape_without_a_line_item_names_the_field() -> None:
+    doc = fixture_json("shopify", "refunds_create_legacy.json")
+    del doc["refund_line_items"][0]["line_item"]
+    with pytest.raises(RecordInvalid) as err:
+        push(doc, "refunds/create")
+    assert err.value.field == "$.refund_line_items[0].subtotal"
+
+
+def test_refund_of_an_unknown_order_is_held_then_committed_unlinked() -> None:
+    s = sale(
+        push(fixture("shopify", "refunds_create_unknown_order.json"), "refunds/create"),
+        "refund:990011220020",
+    )
+    assert (s.kind, s.original_id, s.total) == ("return", "5999000111222", Decimal("-92.01"))
+    ctx = window_ctx(hold_windows=1)
+    first = validate_batch([BatchItem(1, s, held=0)], ctx)
+    assert first.held == [1] and first.quarantined == []
+    second = validate_batch([BatchItem(1, s, held=1)], ctx)
+    ((_, row),) = second.sales
+    assert len(row.warnings) == 1 and row.warnings[0].startswith("return.original:")
+
+
+# -- consent and customers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("subscribed", "opted_in"),
+        ("unsubscribed", "opted_out"),
+        ("not_subscribed", "unknown"),
+        ("pending", "unknown"),
+        ("redacted", "unknown"),
+    ],
+)
+def test_marketing_consent_states(state: str, expected: str) -> None:
+    doc = fixture_json("shopify", "customers_update.json")
+    doc["email_marketing_consent"]["state"] = state
+    doc["sms_marketing_consent"]["state"] = state
+    (c,) = push(doc, "customers/update").records
+    assert isinstance(c, Customer)
+    assert (c.marketing_email, c.marketing_sms) == (expected, expected)
+
+
+@pytest.mark.parametrize(("accepts", "expected"), [(False, "unknown"), (True, "opted_in")])
+def test_legacy_accepts_marketing_false_is_not_an_opt_out(accepts: bool, expected: str) -> None:
+    doc = fixture_json("shopify", "customers_update.json")
+    del doc["email_marketing_consent"]
+    doc["accepts_marketing"] = accepts
+    (c,) = push(doc, "customers/update").records
+    assert isinstance(c, Customer) and c.marketing_email == expected
+
+
+def test_customer_with_several_addresses_keeps_them_all() -> None:
+    doc = fixture_json("shopify", "customers_update_addresses.json")
+    (c,) = push(doc, "customers/update").records
+    assert isinstance(c, Customer)
+    assert (c.marketing_email, c.marketing_sms) == ("opted_out", "opted_in")
+    assert c.address is not None
+    assert (c.address.line1, c.address.kind) == ("2207 S Lamar Blvd", "default")
+    assert [(a.line1, a.postal_code, a.kind) for a in c.addresses] == [
+        ("2207 S Lamar Blvd", "78704", "default"),
+        ("PO Box 1180", "78767", "other"),
+        ("1 Congress Ave Ste 900", "78701", "other"),
+    ]
+    assert c.tags == ["wholesale", "vip"]
+    attrs = c.attributes
+    assert (attrs["orders_count"], attrs["total_spent"], attrs["state"]) == (
+        "3",
+        "1840.50",
+        "enabled",
+    )
+    assert attrs["accepts_marketing"] == "false"
+    assert '"opt_in_level":"confirmed_opt_in"' in attrs["sms_marketing_consent"]
+    for mapped in ("email", "first_name", "phone", "addresses", "default_address", "tags"):
+        assert mapped not in attrs
+
+
+def test_default_address_alone_is_also_the_address_list() -> None:
+    (c,) = push(fixture("shopify", "customers_update.json"), "customers/update").records
+    assert isinstance(c, Customer)
+    assert [(a.line1, a.kind) for a in c.addresses] == [("418 W Mary St", "default")]
+
+
+# -- topic and shape (issue 12.5) --------------------------------------------------------
+
+SWAPS = [
+    ("orders_create.json", "orders/delete"),
+    ("orders_create.json", "customers/update"),
+    ("orders_create.json", "customers/create"),
+    ("orders_create.json", "customers/delete"),
+    ("orders_create.json", "products/update"),
+    ("orders_create.json", "products/delete"),
+    ("orders_create.json", "refunds/create"),
+    ("refunds_create.json", "orders/create"),
+    ("refunds_create.json", "orders/delete"),
+    ("refunds_create.json", "customers/update"),
+    ("customers_update.json", "orders/create"),
+    ("customers_update.json", "orders/delete"),
+    ("customers_update.json", "refunds/create"),
+    ("customers_update.json", "products/update"),
+    ("products_update.json", "customers/update"),
+    ("products_update.json", "orders/updated"),
+    ("products_update.json", "products/delete"),
+]
+
+
+@pytest.mark.parametrize(("name", "topic"), SWAPS)
+def test_a_signed_body_under_another_topic_is_refused(name: str, topic: str) -> None:
+    with pytest.raises(RecordInvalid) as err:
+        push(fixture("shopify", name), topic)
+    assert err.value.field == "X-Shopify-Topic"
+    assert topic in err.value.message
+
+
+@pytest.mark.parametrize("extra", [{"cancelled_at": None}, {"line_items": []}, {"name": "#1"}])
+def test_a_delete_notice_is_only_an_id(extra: dict[str, Any]) -> None:
+    with pytest.raises(RecordInvalid) as err:
+        push({"id": 6120458733912, **extra}, "orders/delete")
+    assert err.value.field == "X-Shopify-Topic"
+
+
+def test_a_bare_delete_notice_is_no_order() -> None:
+    with pytest.raises(RecordInvalid) as err:
+        push({"id": 6120458733912}, "orders/create")
+    assert err.value.field == "X-Shopify-Topic"
 
 
 # -- property tests ----------------------------------------------------------------------
@@ -593,6 +985,13 @@ def _mutate(doc: Any, path: list[int], value: Any) -> Any:
 
 FIXTURE_TOPICS = [
     ("orders_create.json", "orders/updated"),
+    ("orders_create_order_discount.json", "orders/create"),
+    ("orders_create_order_tax.json", "orders/create"),
+    ("orders_paid_transactions.json", "orders/paid"),
+    ("orders_create_taxes_included.json", "orders/create"),
+    ("refunds_create_legacy.json", "refunds/create"),
+    ("refunds_create_unknown_order.json", "refunds/create"),
+    ("customers_update_addresses.json", "customers/update"),
     ("refunds_create.json", "refunds/create"),
     ("refunds_create_shipping.json", "refunds/create"),
     ("customers_update.json", "customers/update"),
