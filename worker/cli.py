@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import socket
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from worker import __version__
 from worker.config import Config, Credentials, embedded_default, load
 from worker.errors import ConfigError
+from worker.logs import setup_logging
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -45,13 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"possync: config error: {exc.message} (field: {exc.field})", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # Driver loggers print statements with their parameters (customer emails, phones) at
-    # DEBUG: keep them at INFO or above whatever our own level is.
-    for name in ("aiosqlite", "asyncpg", "aiohttp.access"):
-        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger().level))
+    setup_logging(cfg.log_level, cfg.log_format)
     if args.port is not None:
         import msgspec
 

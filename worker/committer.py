@@ -149,15 +149,52 @@ class Committer:
             return result
         t0 = self.clock.monotonic()
         async with lock:
+            log.info(
+                "store %s: window %s starts",
+                store.id,
+                window_at.isoformat(),
+                extra={"event": "window.start", "store": store.id, "source": store.source},
+            )
             try:
                 await self._commit_pages(store, window_at, result)
             except SinkError as exc:
                 result.error = exc.message
                 self.metrics.window_commits.labels("error").inc()
+                log.error(  # noqa: TRY400 (the message names the failure; no traceback needed)
+                    "store %s: window %s failed: %s",
+                    store.id,
+                    window_at.isoformat(),
+                    exc.message,
+                    extra={"event": "window.failed", "store": store.id, "source": store.source},
+                )
                 raise
             finally:
                 result.duration_s = round(self.clock.monotonic() - t0, 6)
                 self.last[store.id] = result
+            log.info(
+                "store %s: window %s committed %d, quarantined %d, held %d in %.3f s",
+                store.id,
+                window_at.isoformat(),
+                result.committed,
+                result.quarantined,
+                result.held,
+                result.duration_s,
+                extra={
+                    "event": "window.end",
+                    "store": store.id,
+                    "source": store.source,
+                    "window_at": window_at.isoformat(),
+                    "committed": result.committed,
+                    "voids": result.voids,
+                    "quarantined": result.quarantined,
+                    "held": result.held,
+                    "superseded": result.superseded,
+                    "triggers": result.triggers,
+                    "triggers_skipped": result.triggers_skipped,
+                    "warnings": result.warnings,
+                    "duration_s": result.duration_s,
+                },
+            )
             self.metrics.window_commits.labels("ok").inc()
             self.metrics.commit_seconds.observe(result.duration_s)
             await self.spool.put_state(
@@ -243,6 +280,20 @@ class Committer:
         ]
         if quarantined:
             await self.spool.quarantine(lease_id, quarantined)
+            rids = {e.seq: e.rid for e in page.lease.entries}
+            for seq, reasons in quarantined:
+                log.info(
+                    "store %s: record %s quarantined (%s)",
+                    batch.store,
+                    rids.get(seq, "?"),
+                    ", ".join(sorted({str(r["rule"]) for r in reasons})),
+                    extra={
+                        "event": "sale.quarantined",
+                        "store": batch.store,
+                        "record_id": rids.get(seq),
+                        "rules": sorted({str(r["rule"]) for r in reasons}),
+                    },
+                )
         if verdict.held:
             await self.spool.hold(lease_id, verdict.held)
         result.committed += len(rows)
@@ -349,10 +400,20 @@ class Committer:
         while True:
             try:
                 result = await fn()
+                if self.sink_error is not None:
+                    log.info(
+                        "sink recovered (%s)", what, extra={"event": "sink.recovered", "what": what}
+                    )
                 self.sink_error = None
                 return result
             except SinkError as exc:
                 self.metrics.sink_errors.labels(str(exc.retriable).lower()).inc()
+                if self.sink_error is None:
+                    log.warning(
+                        "sink failing: %s",
+                        exc.message,
+                        extra={"event": "sink.failing", "retriable": exc.retriable, "what": what},
+                    )
                 self.sink_error = exc.message
                 if not exc.retriable or self.stop.is_set():
                     raise
@@ -596,8 +657,7 @@ class Scheduler:
     async def _commit(self, store: StoreConfig, window_at: datetime) -> WindowResult:
         try:
             return await self.committer.commit_store(store, window_at)
-        except SinkError as exc:
-            log.error("store %s window %s failed: %s", store.id, window_at.isoformat(), exc.message)  # noqa: TRY400
+        except SinkError as exc:  # logged by commit_store as window.failed
             return WindowResult(
                 store=store.id, window_at=window_at, started_at=self.clock.now(), error=exc.message
             )

@@ -181,6 +181,8 @@ class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     inbox: InboxConfig = msgspec.field(default_factory=InboxConfig)
     mappings: dict[str, dict[str, Any]] = {}
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for a log pipeline, a human line for a terminal; "auto": human on a tty.
+    log_format: Literal["auto", "json", "human"] = "auto"
 
     # Derived helpers (pure; the struct stays frozen).
     @property
