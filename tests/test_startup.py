@@ -73,3 +73,17 @@ async def test_unknown_source_fails_naming_the_key(tmp_path: Path) -> None:
     assert proc.returncode == 2 and out == b""
     assert "unknown source 'shopfy'" in err.decode()
     assert "(field: $.stores[0].source)" in err.decode()
+
+
+async def test_empty_admin_token_warns_loudly(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, 0)
+    cfg.write_text(cfg.read_text().replace(f'admin_token = "{ADMIN}"', 'admin_token = ""'))
+    proc = await _serve(cfg)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        warning = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert warning.decode().startswith("possync: WARNING: [http] admin_token is empty")
+        assert b"listening on" in await asyncio.wait_for(proc.stdout.readline(), 30)
+    finally:
+        proc.kill()
+        await proc.wait()

@@ -46,6 +46,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"possync: config error: {exc.message} (field: {exc.field})", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
+    if not cfg.http.admin_token:
+        # Allowed on loopback only (config refuses it elsewhere): every admin, read and
+        # operator endpoint then answers 401 to everyone.
+        print(
+            "possync: WARNING: [http] admin_token is empty: the admin API, /status, /readyz "
+            "and /metrics refuse every request until one is set",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.port is not None:
         import msgspec
 
