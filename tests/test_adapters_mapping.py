@@ -854,3 +854,12 @@ def test_store_config_defaults_are_usable() -> None:
     store = StoreConfig(id="S9", source="logicmate")
     assert store.mapping is None
     assert len(push("logicmate", "sales.csv").records) == 3
+
+
+@pytest.mark.parametrize("source", MAPPING_SOURCES)
+def test_snapshot_exports_keep_voids_of_sales_never_seen(source: str) -> None:
+    # A voided transaction is in a snapshot export only as voided (docs/adapters.md)
+    adapter = get_adapter(source)
+    assert adapter is not None
+    assert dict(adapter.rule_defaults) == {"void.target": "warn"}
+    assert dict(get_adapter("canonical").rule_defaults) == {}  # type: ignore[union-attr]

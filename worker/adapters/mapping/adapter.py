@@ -26,6 +26,19 @@ from worker.adapters.native import Dropped, decode_json, keep_last
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
 
+# Rules a correct export of these POS cannot satisfy (docs/adapters.md, "Default rule policy").
+# `void.target`: their exports are snapshots that state each transaction's status at export
+# time, so a transaction voided before the export is in it only as voided: the void of a
+# sale possync never saw is the normal case. It is kept (warning), and a later delivery of
+# the sale ends voided. A store can set `rules = { "void.target" = "quarantine" }`.
+_SNAPSHOT: Mapping[str, RulePolicy] = MappingProxyType({"void.target": "warn"})
+RULE_DEFAULTS: Mapping[str, Mapping[str, RulePolicy]] = MappingProxyType(
+    {
+        name: _SNAPSHOT
+        for name in ("rain", "like_sew", "jewel360", "music_shop_360", "kwi", "logicmate")
+    }
+)
+
 
 class MappingAdapter:
     """A mapping-driven source (`rain`, `like_sew`, `jewel360`, `music_shop_360`, `kwi`, `logicmate`).
@@ -35,11 +48,12 @@ class MappingAdapter:
     """
 
     signed = False
-    rule_defaults: Mapping[str, RulePolicy] = MappingProxyType({})
+    rule_defaults: Mapping[str, RulePolicy]
 
     def __init__(self, name: str, brand: str | None = None) -> None:
         self.name = name
         self.brand = brand
+        self.rule_defaults = RULE_DEFAULTS.get(name, MappingProxyType({}))
         self._builtin: MappingSpec | None = None
 
     def spec_for(self, ctx: AdapterContext) -> MappingSpec:
