@@ -77,8 +77,11 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
         app[keys.SPOOL] = spool
         log.debug("spool %s open: %d pending rows", cfg.spool_path, spool.total_pending())
         health.add_check("spool", spool.check)
+        health.add_check("spool_wal", spool.check_wal)  # red while lost WAL frames await review
         if spool.recovered_from:
             health.notes["spool"] = f"damaged spool moved aside to {spool.recovered_from}"
+        if spool.file_note:
+            health.notes["spool_file"] = spool.file_note
 
         def integrity() -> str | None:
             if spool.integrity in (None, "ok"):

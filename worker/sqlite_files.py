@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,44 +83,135 @@ def move_aside(path: Path, problem: str, what: str) -> Path:
     return target
 
 
+@dataclass(slots=True)
+class SalvageStats:
+    """Work done by a salvage, for logs and for tests that bound it (not wall time)."""
+
+    reads: int = 0  # SELECTs issued against the damaged file
+    failed_reads: int = 0  # of which raised (a damaged page on their path)
+    rows: int = 0  # rows yielded
+    skipped_ranges: int = 0  # rowid ranges given up on (left to the page scan)
+    readable: bool = True  # False when not even the schema reads: nothing to walk
+
+
+def open_damaged(path: Path) -> sqlite3.Connection:
+    """A read-only connection that tolerates a truncated file.
+
+    SQLite refuses a file shorter than its header's page count ("malformed") unless
+    `writable_schema` is on; with it, every page that is still present reads.
+    """
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con.execute("PRAGMA writable_schema=ON")
+    return con
+
+
 def salvage_rows(
-    path: Path, table: str, columns: str, where: str = "1", step: int = 1000
+    path: Path,
+    table: str,
+    columns: str,
+    where: str = "1",
+    *,
+    step: int = 1000,
+    min_width: int = 1,
+    stats: SalvageStats | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Yield every row of `table` that still reads, walking rowid ranges around bad pages."""
+    """Yield every row of `table` that still reads, bisecting rowid ranges around bad pages.
+
+    Reads ranges of `step` rowids; a range that fails is split in halves until the failing
+    part is `min_width` rowids wide, so the cost is O(ranges + bad pages x log(step)) reads,
+    not one read per row. An unreadable schema ends the walk at once (a garbage file).
+    """
+    st = stats if stats is not None else SalvageStats()
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = open_damaged(path)
     except sqlite3.DatabaseError:
+        st.readable = False
         return
     try:
+        st.reads += 1
         try:
-            top = con.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0]
+            con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError:
-            top = None
+            st.failed_reads += 1
+            st.readable = False
+            return
+        top = _top_rowid(con, table, st)
         if top is None:
-            top = 1 << 40  # unknown: walk until the ranges stop yielding
-        lo = 0
-        empty_runs = 0
-        while lo <= top and empty_runs < 1000:
-            hi = lo + step
-            sql = f"SELECT {columns} FROM {table} WHERE rowid > ? AND rowid <= ? AND ({where})"
+            return
+        sql = f"SELECT {columns} FROM {table} WHERE rowid > ? AND rowid <= ? AND ({where})"
+        one = f"SELECT {columns} FROM {table} WHERE rowid = ?2 AND ?1 < ?2 AND ({where})"
+        # A stack of (lo, hi] ranges, lowest first, so rows come out in rowid order.
+        todo = [(lo, min(lo + step, top)) for lo in range(top - top % step, -1, -step)]
+        todo = [(lo, hi) for lo, hi in todo if hi > lo]
+        while todo:
+            lo, hi = todo.pop()
+            st.reads += 1
             try:
-                rows = con.execute(sql, (lo, hi)).fetchall()
+                # One rowid: a point lookup, which does not step onto the next (bad) leaf.
+                rows = con.execute(one if hi - lo == 1 else sql, (lo, hi)).fetchall()
             except sqlite3.DatabaseError:
-                rows = []
-                if step > 1:  # narrow down around the damaged page
-                    yield from _salvage_range(con, sql, lo, hi)
-            empty_runs = 0 if rows else empty_runs + 1
+                st.failed_reads += 1
+                if hi - lo <= min_width:
+                    st.skipped_ranges += 1
+                    continue
+                mid = (lo + hi) // 2
+                todo.append((mid, hi))
+                todo.append((lo, mid))
+                continue
+            st.rows += len(rows)
             yield from rows
-            lo = hi
     finally:
         con.close()
 
 
-def _salvage_range(
-    con: sqlite3.Connection, sql: str, lo: int, hi: int
-) -> Iterator[tuple[Any, ...]]:
-    for rid in range(lo, hi):
+def _top_rowid(con: sqlite3.Connection, table: str, st: SalvageStats) -> int | None:
+    """The highest rowid to walk to: max(rowid), else sqlite_sequence, else None."""
+    for sql in (
+        f"SELECT max(rowid) FROM {table}",
+        f"SELECT seq FROM sqlite_sequence WHERE name='{table}'",
+    ):
+        st.reads += 1
         try:
-            yield from con.execute(sql, (rid, rid + 1)).fetchall()
+            row = con.execute(sql).fetchone()
         except sqlite3.DatabaseError:
+            st.failed_reads += 1
             continue
+        if row is not None and row[0] is not None:
+            return int(row[0])
+        if row is not None:
+            return None  # the table reads and is empty
+    return None
+
+
+def opened_marker(path: Path) -> Path:
+    """Written after the first successful open: a spool with a schema is expected here."""
+    return path.with_name(path.name + ".opened")
+
+
+def mark_opened(path: Path) -> None:
+    """Leave the marker (once); what it holds is for operators, not read back."""
+    marker = opened_marker(path)
+    if not marker.exists():
+        marker.write_text(f"{path.name} first opened {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+
+
+def missing_problem(path: Path) -> str | None:
+    """Why a missing or zero-length file is suspicious here, or None on a first start."""
+    if not opened_marker(path).exists():
+        return None  # never opened: a fresh install, nothing was expected
+    if not path.exists():
+        return f"{path.name} is missing although it was opened before: started with an empty one"
+    if path.stat().st_size == 0:
+        return f"{path.name} is zero bytes long although it was opened before: started empty"
+    return None
+
+
+def keep_copy(path: Path, why: str) -> Path:
+    """Copy the file and its -wal (as they are, before SQLite touches them) aside."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    for suffix in ("", "-wal"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            shutil.copyfile(src, Path(str(target) + suffix))
+    return target

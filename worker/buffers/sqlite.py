@@ -36,9 +36,12 @@ Invariants
 
 Recovery
 
-* At open: `PRAGMA quick_check`. A damaged file is moved aside (`spool.db.corrupt-<ts>`,
-  with its -wal/-shm) and a fresh spool is created; the event is reported on /readyz and
-  /status (`spool.recovered_from`). SQLite's WAL replay restores every committed group.
+* Before SQLite opens anything, `salvage.prepare_files` checks the WAL frame by frame
+  (SQLite silently drops every frame past a bad checksum) and whether a spool opened before
+  is now missing or empty. Then a cheap start-up check; a damaged file is moved aside
+  (`spool.db.corrupt-<ts>`, with its -wal/-shm), a fresh spool is created and every row
+  that still reads is salvaged into it (`salvage.py`); reported on /readyz and /status
+  (`spool.recovered_from`). A full `quick_check` runs in the background after start-up.
 * Disk full while writing: the group's transaction rolls back, its requests get 507, the
   spool stays consistent, and the next group tries again.
 """
@@ -59,12 +62,13 @@ from typing import Any, TypeVar
 import aiosqlite
 import orjson
 
+from worker.buffers import salvage
 from worker.buffers.base import AppendResult, Entry, Lease, Priority, QuarantineItem, StoreStats
 from worker.clock import Clock
 from worker.config import SpoolConfig
 from worker.errors import SpoolFull, StorageFull, Unavailable
 from worker.records import Spooled, encode, type_of
-from worker.sqlite_files import cheap_check, flag_file, move_aside, quick_check, salvage_rows
+from worker.sqlite_files import flag_file, mark_opened, move_aside, quick_check
 
 log = logging.getLogger("possync.spool")
 T = TypeVar("T")
@@ -142,6 +146,7 @@ class SqliteSpool:
         self._next_lease = 1
         self.failed: BaseException | None = None
         self.recovered_from: str | None = None
+        self.file_note: str | None = None  # a spool opened before was missing or empty
         self.last_error: str | None = None
         self.groups = 0
         self._closing = False
@@ -207,6 +212,18 @@ class SqliteSpool:
                 field="store",
                 retry_after_s=self._cfg.retry_after_s,
             )
+
+    def check_room(self, store: str, records: Sequence[Spooled]) -> None:
+        """Raise now (SpoolFull, Unavailable) if `append(store, records)` would be refused.
+
+        Nothing is staged: intake calls it to decide a mixed push whole before writing any
+        of it (a later concurrent append can still take the room; the append then refuses).
+        """
+        if self.failed is not None:
+            raise Unavailable("spool writer is down", field=None)
+        if self._closing:
+            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
+        self._check_room(store, len(records), sum(len(encode(r)) for r in records))
 
     async def append(
         self, store: str, records: Sequence[Spooled], *, priority: Priority = "live"
@@ -490,6 +507,25 @@ class SqliteSpool:
 
         return await self._read(q)
 
+    async def quarantined_by_rule(
+        self, store: str, rule: str, limit: int = 100_000
+    ) -> list[QuarantineItem]:
+        """A store's quarantined records that failed `rule` (among others), oldest first."""
+
+        def q(db: sqlite3.Connection) -> list[QuarantineItem]:
+            cur = db.execute(
+                "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body "
+                "FROM quarantine WHERE store=? AND EXISTS (SELECT 1 FROM json_each(reasons) "
+                "WHERE json_extract(value, '$.rule')=?) ORDER BY qid LIMIT ?",
+                (store, rule, limit),
+            )
+            return [
+                QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
+                for r in cur
+            ]
+
+        return await self._read(q)
+
     async def quarantine_count(self, store: str) -> int:
         """Quarantine size of a store."""
         return await self._read(
@@ -652,6 +688,12 @@ class SqliteSpool:
         except sqlite3.Error as exc:
             raise _storage_error(exc) from None
 
+    async def check_wal(self) -> None:
+        """Readiness: red while a WAL that dropped committed frames awaits review."""
+        flag = salvage.wal_flag(self.path)
+        if flag.exists():
+            raise Unavailable(flag.read_text(encoding="utf-8", errors="replace"), field="spool_wal")
+
     async def check_integrity(self) -> None:
         """Full `PRAGMA quick_check` on a separate read-only connection; flag damage."""
         # Start after the service is up, so reading the whole file does not compete with
@@ -790,21 +832,8 @@ def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
     return rows, size
 
 
-def _salvage(old: Path, db: sqlite3.Connection) -> tuple[int, int]:
-    """Copy every pending row and quarantined record that still reads from a damaged spool."""
-    cols = "store, kind, rid, version, origin, received_at, state, held, size, body"
-    rows = list(salvage_rows(old, "spool", cols, where="state=0 AND body IS NOT NULL"))
-    db.execute("BEGIN IMMEDIATE")
-    db.executemany(f"INSERT OR IGNORE INTO spool({cols}) VALUES(?,?,?,?,?,?,?,?,?,?)", rows)
-    qcols = "store, kind, rid, version, received_at, quarantined_at, reasons, body"
-    qrows = list(salvage_rows(old, "quarantine", qcols))
-    db.executemany(f"INSERT INTO quarantine({qcols}) VALUES(?,?,?,?,?,?,?,?)", qrows)
-    db.execute("COMMIT")
-    return len(rows), len(qrows)
-
-
 async def _connect(
-    path: Path, cfg: SpoolConfig, damaged: Path | None
+    path: Path, cfg: SpoolConfig, damaged: Path | None, pre: salvage.Preflight
 ) -> tuple[aiosqlite.Connection, dict[str, _Counts], tuple[int, int]]:
     """Open the spool file, create the schema, salvage from `damaged`, count pending rows.
 
@@ -818,8 +847,9 @@ async def _connect(
         await conn.execute("PRAGMA busy_timeout=5000")
         await conn.executescript(_SCHEMA)
         if damaged is not None:
-            salvaged = await conn._execute(_salvage, damaged, conn._conn)  # type: ignore[no-untyped-call]
-            log.error("spool salvage from %s: %d pending rows, %d quarantined", damaged, *salvaged)
+            got = await conn._execute(salvage.salvage_into, damaged, conn._conn)  # type: ignore[no-untyped-call]
+            salvaged = (len(got.pending), len(got.quarantined))
+        pre.note = await conn._execute(salvage.after_open, pre, path, conn._conn)  # type: ignore[no-untyped-call]
         cur = await conn.execute(
             "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
         )
@@ -837,29 +867,23 @@ async def _connect(
 async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
     """Open (creating or recovering) the spool and run its group-commit task."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    flag = flag_file(path)
-    if flag.exists():  # the background check of an earlier run found damage
-        problem: str | None = (
-            flag.read_text(encoding="utf-8", errors="replace") or "flagged damaged"
-        )
-    else:
-        problem = await asyncio.to_thread(cheap_check, path)
-    damaged = move_aside(path, problem, "spool") if problem else None
-    flag.unlink(missing_ok=True)
+    # Before SQLite reads the WAL (it would silently stop at a bad frame): see salvage.py.
+    pre, damaged = await asyncio.to_thread(salvage.prepare_files, path)
     try:
-        conn, counts, salvaged = await _connect(path, cfg, damaged)
+        conn, counts, salvaged = await _connect(path, cfg, damaged, pre)
     except sqlite3.DatabaseError as exc:
         if damaged is not None:
             raise
         # Damage the start-up check could not see (a data page of the pending index):
         # the same treatment, found one step later.
         damaged = move_aside(path, str(exc) or "malformed", "spool")
-        conn, counts, salvaged = await _connect(path, cfg, damaged)
+        conn, counts, salvaged = await _connect(path, cfg, damaged, pre)
+    await asyncio.to_thread(mark_opened, path)
     try:
         spool = SqliteSpool(conn, cfg, clock, path)
         spool._counts = counts
-        if damaged is not None:
-            spool.recovered_from = f"{damaged} (salvaged {salvaged[0]} pending rows, {salvaged[1]} quarantined records)"
+        spool.file_note = pre.missing
+        spool.recovered_from = salvage.recovered_note(damaged, salvaged, pre)
         writer = asyncio.create_task(spool.run_writer(), name="spool-writer")
         spool.writer_task = writer
         # The full page-by-page check reads the whole file: run it after start-up, off the
