@@ -22,11 +22,23 @@ import asyncpg
 import msgspec
 import pytest
 
+from worker.api_format import sale_detail
 from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
 from worker.errors import SinkError
-from worker.records import Customer, Entity, Product, Sale, SaleLine, Tender, Void, sum_decimals
-from worker.sinks import open_sink
+from worker.records import (
+    Adjustment,
+    Customer,
+    Entity,
+    Product,
+    Sale,
+    SaleLine,
+    Tender,
+    Void,
+    sum_decimals,
+)
+from worker.sinks import open_sink, postgres_schema, sqlite_schema
 from worker.sinks.base import (
+    SALE_LOG_COLUMNS,
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
@@ -456,9 +468,11 @@ async def test_void_marks_the_sale_and_takes_it_out_of_the_report(sink: Sink) ->
     assert await sink.sales_report(STORE, DAY, DAY) == [
         ReportRow(
             date=DAY,
+            currency="USD",
             count=1,
             gross=Decimal("5.00"),
             returns=Decimal(0),
+            returns_count=0,
             net=Decimal("5.00"),
             voided=1,
         )
@@ -631,17 +645,21 @@ async def test_sales_report_per_business_date(sink: Sink) -> None:
     assert await sink.sales_report(STORE, DAY, day2) == [
         ReportRow(
             date=DAY,
+            currency="USD",
             count=3,
             gross=Decimal("10.00"),
             returns=Decimal("3.50"),
+            returns_count=1,
             net=Decimal("6.50"),
             voided=1,
         ),
         ReportRow(
             date=day2,
+            currency="USD",
             count=1,
             gross=Decimal("20.00"),
             returns=Decimal(0),
+            returns_count=0,
             net=Decimal("20.00"),
             voided=0,
         ),
@@ -751,3 +769,309 @@ async def test_sqlite_commit_cancelled_while_waiting_for_the_lock_leaves_no_tran
             await task
         assert (await opened.commit_sales(make_batch("b1", [make_sale("s-1")]))).inserted == 1
         assert (await opened.counts())["sales"] == 1
+
+
+# -- the faithful model: optional SKU, tender method ids, warnings, body-only figures --------
+
+
+def faithful_sale(sid: str = "f-1", currency: str = "USD") -> Sale:
+    """A sale using every field the faithful model added, with exact POS figures."""
+    return Sale(
+        id=sid,
+        occurred_at=T0,
+        currency=currency,
+        lines=[
+            SaleLine(
+                sku="RING-1",
+                quantity=Decimal("1"),
+                unit_price=Decimal("250.00000"),
+                discount=Decimal("25.00"),
+                tax=Decimal("18.00"),
+            ),
+            SaleLine(quantity=Decimal("2.500"), unit_price=Decimal("10"), product_id="p2"),
+        ],
+        subtotal=Decimal("245.00"),
+        discount=Decimal("30.00"),
+        tax=Decimal("18.00"),
+        shipping=Decimal("10.00"),
+        rounding=Decimal("-0.02"),
+        total=Decimal("272.98"),
+        tenders=[
+            Tender(method="Visa", method_id="pm-7", amount=Decimal("200.00"), reference="ch_1"),
+            Tender(method="Cash", method_id="1", amount=Decimal("72.98000")),
+        ],
+        adjustments=[
+            Adjustment(kind="discount", amount=Decimal("-5.00"), description="Loyalty", code="L5"),
+            Adjustment(kind="rounding", amount=Decimal("-0.02")),
+        ],
+        attributes={"note": "gift wrap", "register.name": "Front"},
+        business_date=DAY,
+        version=1,
+    )
+
+
+def batch_of(batch_id: str, rows: Sequence[SaleRow]) -> CommitBatch:
+    """A batch of ready SaleRows (warnings, customer links as given)."""
+    plain = make_batch(batch_id, [r.sale for r in rows])
+    return msgspec.structs.replace(plain, sales=list(rows))
+
+
+async def test_a_line_without_sku_keeps_none_and_tender_method_ids_round_trip(sink: Sink) -> None:
+    sale = faithful_sale()
+    await sink.commit_sales(make_batch("b1", [sale]))
+    got = await sink.get_sale(STORE, "f-1")
+    assert got is not None
+    assert [ln["sku"] for ln in got["lines"]] == ["RING-1", None]
+    assert got["lines"][1]["quantity"] == "2.500"
+    assert [(t["method"], t["method_id"], t["amount"], t["reference"]) for t in got["tenders"]] == [
+        ("Visa", "pm-7", "200.00", "ch_1"),
+        ("Cash", "1", "72.98000", None),
+    ]
+    # The canonical record as stored, exactly: the body's own lines and figures.
+    assert got["record"] == canonical(sale)
+    assert got["record"]["lines"][1]["sku"] is None
+    assert got["record"]["tenders"][1]["amount"] == "72.98000"
+
+
+async def test_warnings_round_trip_through_detail_and_log(sink: Sink) -> None:
+    warned = SaleRow(
+        sale=make_sale("w-1"),
+        version=1,
+        warnings=("tenders.sum: tenders sum to 9.98, total is 10.00", "customer.hold: c9"),
+    )
+    quiet = SaleRow(sale=make_sale("w-2"), version=1)
+    await sink.commit_sales(batch_of("b1", [warned, quiet]))
+    got = await sink.get_sale(STORE, "w-1")
+    assert got is not None and got["warnings"] == list(warned.warnings)
+    log = {r["id"]: r for r in await sink.sales_log(STORE, DAY)}
+    assert log["w-1"]["warnings"] == list(warned.warnings)
+    assert log["w-2"]["warnings"] == []
+    assert "warning" not in log["w-1"]
+
+
+async def test_sales_log_carries_the_body_only_figures(sink: Sink) -> None:
+    plain = make_sale("p-1")
+    await sink.commit_sales(make_batch("b1", [faithful_sale(), plain]))
+    log = {r["id"]: r for r in await sink.sales_log(STORE, DAY)}
+    assert list(log["f-1"]) == [*(c for c in SALE_LOG_COLUMNS if c != "warning"), "warnings"]
+    f = log["f-1"]
+    assert (f["discount"], f["rounding"], f["tax_included"]) == ("30.00", "-0.02", False)
+    assert (f["subtotal"], f["shipping"], f["total"], f["line_count"]) == (
+        "245.00",
+        "10.00",
+        "272.98",
+        2,
+    )
+    # No discount stated: none, not an invented zero; the model's default rounding.
+    assert (log["p-1"]["discount"], log["p-1"]["rounding"]) == (None, "0")
+
+
+async def test_report_per_date_and_currency_counts_returns(sink: Sink) -> None:
+    def in_currency(sale: Sale, currency: str) -> Sale:
+        return msgspec.structs.replace(sale, currency=currency)
+
+    unlinked = msgspec.structs.replace(make_sale("r-2", "-15.00"), original_id="never-seen")
+    await sink.commit_sales(
+        make_batch(
+            "b1",
+            [
+                make_sale("u-1", "100.00"),
+                make_sale("r-1", "-40.00"),
+                unlinked,
+                make_sale("r-3", "-5.00"),  # voided below: neither summed nor counted
+                in_currency(make_sale("j-1", "1200"), "JPY"),
+                in_currency(make_sale("j-2", "-300"), "JPY"),
+            ],
+            voids=[make_void("r-3")],
+        )
+    )
+    assert await sink.sales_report(STORE, DAY, DAY) == [
+        ReportRow(
+            date=DAY,
+            currency="JPY",
+            count=2,
+            gross=Decimal("1200"),
+            returns=Decimal("300"),
+            returns_count=1,
+            net=Decimal("900"),
+            voided=0,
+        ),
+        ReportRow(
+            date=DAY,
+            currency="USD",
+            count=3,
+            gross=Decimal("100.00"),
+            returns=Decimal("55.00"),
+            returns_count=2,
+            net=Decimal("45.00"),
+            voided=1,
+        ),
+    ]
+
+
+async def test_trigger_listing_names_the_sale_currency(sink: Sink) -> None:
+    sale = faithful_sale(currency="CHF")
+    await sink.commit_sales(make_batch("b1", [sale], triggers=[make_trigger(sale, T0)]))
+    (item,) = await sink.list_triggers(STORE)
+    assert (item["currency"], item["total"]) == ("CHF", "272.98")
+
+
+async def test_detail_log_report_and_triggers_are_equal_across_sinks(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    sale = faithful_sale()
+    rows = [
+        SaleRow(sale=sale, version=1, warnings=("tenders.sum: a warning",)),
+        SaleRow(sale=make_sale("r-1", "-40.00"), version=1, customer_linked=False),
+    ]
+    batch = msgspec.structs.replace(
+        batch_of("b1", rows), voids=[make_void("r-1")], triggers=[make_trigger(sale, T0)]
+    )
+    seen: list[tuple[Any, ...]] = []
+    for backend in (
+        SqliteBackend(tmp_path),
+        PostgresBackend(tmp_path, postgres_server, postgres_dsn),
+    ):
+        async with backend.open() as opened:
+            await opened.commit_sales(batch)
+            details = []
+            for sid in ("f-1", "r-1"):
+                got = await opened.get_sale(STORE, sid)
+                assert got is not None
+                assert got.pop("committed_at")  # the commit instant differs, nothing else
+                details.append(got)
+                shown = sale_detail({**got, "committed_at": None}, "canonical")
+                json.dumps(shown)
+                details.append(shown)
+            log = await opened.sales_log(STORE, DAY)
+            for item in log:
+                assert item.pop("committed_at")
+            seen.append(
+                (
+                    details,
+                    log,
+                    await opened.sales_report(STORE, DAY, DAY),
+                    await opened.list_triggers(STORE),
+                )
+            )
+    sqlite_view, postgres_view = seen
+    assert sqlite_view == postgres_view
+    (f1, f1_shown, r1, _) = sqlite_view[0]
+    assert f1["warnings"] == ["tenders.sum: a warning"]
+    assert (r1["voided"], r1["customer_linked"]) == (True, False)
+    assert f1_shown["total"] == "272.98" and f1_shown["tenders"][1]["amount"] == "72.98"
+
+
+# -- schema migrations --------------------------------------------------------------------
+
+
+def _v1(ddl: str, sku_decl: str, method_id_decl: str) -> str:
+    """The version-1 schema: sale_lines.sku NOT NULL, no tenders.method_id."""
+    assert ddl.count(sku_decl) == 2 and ddl.count(method_id_decl) == 1
+    # products.sku comes first in the DDL and stays nullable; sale_lines.sku is the second.
+    head, rest = ddl.split(sku_decl, 1)
+    rest = rest.replace(sku_decl, sku_decl.replace(",\n", " NOT NULL,\n"), 1)
+    return (head + sku_decl + rest).replace(method_id_decl, "")
+
+
+async def test_sqlite_migrates_a_version_1_file_in_place(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    backend.path.parent.mkdir(parents=True)
+    v1 = _v1(sqlite_schema.SCHEMA, "    sku TEXT,\n", "    method_id TEXT,\n")
+    db = sqlite3.connect(backend.path, isolation_level=None)
+    try:
+        db.executescript(v1)
+        db.execute(
+            "INSERT INTO sales (store, id, version, business_date, occurred_at, kind, origin,"
+            " channel, customer_linked, currency, subtotal, tax, total, shipping, fees, tip,"
+            " line_count, committed_at, batch_id, body) VALUES ('s1', 'old', 1, '2024-05-01',"
+            " '2024-05-01T15:00:00.000000+00:00', 'sale', 'pos', 'pos', 1, 'USD', '5.00',"
+            " '0', '5.00', '0', '0', '0', 1, '2024-05-01T16:00:00.000000+00:00', 'b0', ?)",
+            (json.dumps({"type": "sale", "id": "old", "total": "5.00", "currency": "USD"}),),
+        )
+        db.execute(
+            "INSERT INTO sale_lines (store, sale_id, line_no, sku, quantity, unit_price,"
+            " discount, tax, line_kind) VALUES ('s1', 'old', 1, 'OLD-1', '1', '5.00', '0', '0',"
+            " 'item')"
+        )
+        db.execute(
+            "INSERT INTO tenders (store, sale_id, seq, method, amount) VALUES"
+            " ('s1', 'old', 1, 'cash', '5.00')"
+        )
+        db.execute("PRAGMA user_version = 1")
+        with pytest.raises(sqlite3.IntegrityError):
+            db.execute(
+                "INSERT INTO sale_lines (store, sale_id, line_no, quantity, unit_price,"
+                " discount, tax, line_kind) VALUES ('s1', 'x', 1, '1', '1', '0', '0', 'item')"
+            )
+    finally:
+        db.close()
+    async with backend.open() as opened:
+        old = await opened.get_sale(STORE, "old")
+        assert old is not None
+        assert [ln["sku"] for ln in old["lines"]] == ["OLD-1"]
+        assert old["tenders"] == [
+            {"method": "cash", "amount": "5.00", "reference": None, "method_id": None}
+        ]
+        await opened.commit_sales(make_batch("b1", [faithful_sale()]))
+        got = await opened.get_sale(STORE, "f-1")
+        assert got is not None and got["lines"][1]["sku"] is None
+    db = sqlite3.connect(backend.path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (sqlite_schema.SCHEMA_VERSION,)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        columns = {r[1]: r[3] for r in db.execute("PRAGMA table_info(sale_lines)")}
+        assert columns["sku"] == 0  # notnull flag off
+    finally:
+        db.close()
+
+
+async def test_sqlite_refuses_a_file_from_a_newer_possync(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    async with backend.open():
+        pass
+    db = sqlite3.connect(backend.path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA user_version = {sqlite_schema.SCHEMA_VERSION + 1}")
+    finally:
+        db.close()
+    with pytest.raises(SinkError, match="newer") as err:
+        async with backend.open():
+            pass
+    assert not err.value.retriable
+
+
+async def test_postgres_migrates_version_1_tables(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    backend = PostgresBackend(tmp_path, postgres_server, postgres_dsn)
+    v1 = _v1(postgres_schema.DDL, "    sku text,\n", "    method_id text,\n")
+    v1 = v1.split("-- Migrations", 1)[0].format(s=PG_SCHEMA)
+    await backend._exec(v1)
+    await backend._exec(
+        f"INSERT INTO {PG_SCHEMA}.tenders (store, sale_id, seq, method, amount)"
+        " VALUES ('s1', 'old', 1, 'cash', 5.00)"
+    )
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute(
+                f"INSERT INTO {PG_SCHEMA}.sale_lines (store, sale_id, line_no, quantity,"
+                " unit_price, discount, tax, line_kind) VALUES ('s1', 'x', 1, 1, 1, 0, 0, 'item')"
+            )
+    finally:
+        await conn.close()
+    async with backend.open() as opened:
+        await opened.commit_sales(make_batch("b1", [faithful_sale()]))
+        got = await opened.get_sale(STORE, "f-1")
+        assert got is not None
+        assert [ln["sku"] for ln in got["lines"]] == ["RING-1", None]
+        assert [t["method_id"] for t in got["tenders"]] == ["pm-7", "1"]
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        old = await conn.fetchrow(
+            f"SELECT method, amount, method_id FROM {PG_SCHEMA}.tenders WHERE sale_id = 'old'"
+        )
+    finally:
+        await conn.close()
+    assert old is not None and tuple(old) == ("cash", Decimal("5.00"), None)

@@ -115,16 +115,99 @@ class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A Sales Report row for one business date (voided sales excluded from the sums)."""
+    """A Sales Report row for one (business date, currency); voided sales are left out of
+    the sums and counted in `voided`. `returns` is the sum of negative totals (as a positive
+    figure), `returns_count` the number of returns (kind "return" or a negative total)."""
 
     date: date
+    currency: str
     count: int
     gross: Decimal
     returns: Decimal
+    returns_count: int
     net: Decimal
     voided: int
-    currency: str = ""
-    returns_count: int = 0
+
+
+class ReportDay:
+    """Running Sales Report sums of one (business date, currency), in exact Decimals."""
+
+    __slots__ = ("count", "gross", "returns", "returns_count", "voided")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gross = Decimal(0)
+        self.returns = Decimal(0)
+        self.returns_count = 0
+        self.voided = 0
+
+    def add(self, total: Decimal, kind: str, voided: bool) -> None:
+        """Count one committed sale."""
+        if voided:
+            self.voided += 1
+            return
+        self.count += 1
+        if total > 0:
+            self.gross += total
+        elif total < 0:
+            self.returns -= total
+        if kind == "return" or total < 0:
+            self.returns_count += 1
+
+    def row(self, day: date, currency: str) -> ReportRow:
+        """The finished row."""
+        return ReportRow(
+            date=day,
+            currency=currency,
+            count=self.count,
+            gross=self.gross,
+            returns=self.returns,
+            returns_count=self.returns_count,
+            net=self.gross - self.returns,
+            voided=self.voided,
+        )
+
+
+# The Sales Log's fields, in order, as both sinks return them (`warning` comes back as
+# the list `warnings`). Those in SALE_LOG_FROM_BODY live only in the canonical body (one
+# source of truth); the value is what a body written before the field existed means.
+SALE_LOG_COLUMNS: tuple[str, ...] = (
+    "id",
+    "version",
+    "business_date",
+    "occurred_at",
+    "kind",
+    "origin",
+    "channel",
+    "customer_id",
+    "customer_linked",
+    "employee_id",
+    "original_id",
+    "display_number",
+    "location_id",
+    "register_id",
+    "currency",
+    "subtotal",
+    "discount",
+    "tax",
+    "shipping",
+    "fees",
+    "tip",
+    "rounding",
+    "total",
+    "tax_included",
+    "line_count",
+    "voided",
+    "voided_at",
+    "warning",
+    "committed_at",
+    "batch_id",
+)
+SALE_LOG_FROM_BODY: dict[str, str | bool | None] = {
+    "discount": None,
+    "rounding": "0",
+    "tax_included": False,
+}
 
 
 class Sink(Protocol):
@@ -165,15 +248,18 @@ class Sink(Protocol):
         ...
 
     async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
-        """One committed sale with lines, tenders and voided flag."""
+        """One committed sale: the canonical record's fields with `lines` and `tenders` read
+        from their tables, the sink's state (version, voided, voided_at, customer_linked,
+        warnings, committed_at, batch_id) and `record`, the canonical record as stored."""
         ...
 
     async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Committed sales of a business date (voided ones included, flagged)."""
+        """Committed sales of a business date (voided ones included, flagged): one dict per
+        sale with the SALE_LOG_COLUMNS (exact money text) and `warnings` (a list)."""
         ...
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
-        """One row per business date in [start, end] that has sales."""
+        """One row per (business date, currency) in [start, end] that has sales."""
         ...
 
     async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:

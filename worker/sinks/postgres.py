@@ -36,6 +36,8 @@ from worker.config import Config, PostgresSinkConfig
 from worker.errors import ConfigError, SinkError
 from worker.records import Customer, Entity, Product, SaleLine, Tender, encode
 from worker.sinks.base import (
+    SALE_LOG_COLUMNS,
+    SALE_LOG_FROM_BODY,
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
@@ -47,6 +49,7 @@ from worker.sinks.base import (
     utc_text_opt,
     warnings_of,
 )
+from worker.sinks.postgres_schema import DDL_LOCK, ddl
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -64,161 +67,6 @@ TABLES = (
     "trigger_events",
     "commit_batches",
 )
-
-_DDL_LOCK = 0x706F7373796E63  # "possync": serializes start-up DDL across processes
-
-_DDL = """
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.customers (
-    store text NOT NULL,
-    id text NOT NULL,
-    version bigint NOT NULL,
-    first_name text,
-    last_name text,
-    email text,
-    phone text,
-    status text NOT NULL,
-    updated_at timestamptz,
-    synced_at timestamptz NOT NULL,
-    body jsonb NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS customers_by_email ON {s}.customers (store, email);
-CREATE TABLE IF NOT EXISTS {s}.products (
-    store text NOT NULL,
-    id text NOT NULL,
-    version bigint NOT NULL,
-    sku text,
-    name text,
-    category text,
-    price numeric,
-    currency text,
-    status text NOT NULL,
-    is_unique_piece boolean NOT NULL,
-    updated_at timestamptz,
-    synced_at timestamptz NOT NULL,
-    body jsonb NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS products_by_sku ON {s}.products (store, sku);
-CREATE TABLE IF NOT EXISTS {s}.sales (
-    store text NOT NULL,
-    id text NOT NULL,
-    version bigint NOT NULL,
-    business_date date NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    kind text NOT NULL,
-    origin text NOT NULL,
-    channel text NOT NULL,
-    customer_id text,
-    customer_linked boolean NOT NULL,
-    employee_id text,
-    original_id text,
-    display_number text,
-    location_id text,
-    register_id text,
-    currency text NOT NULL,
-    subtotal numeric NOT NULL,
-    tax numeric NOT NULL,
-    total numeric NOT NULL,
-    shipping numeric NOT NULL,
-    fees numeric NOT NULL,
-    tip numeric NOT NULL,
-    line_count integer NOT NULL,
-    voided boolean NOT NULL DEFAULT false,
-    voided_at timestamptz,
-    warning text,
-    committed_at timestamptz NOT NULL,
-    batch_id text NOT NULL,
-    body jsonb NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS sales_by_date ON {s}.sales (store, business_date);
-CREATE INDEX IF NOT EXISTS sales_by_customer ON {s}.sales (store, customer_id)
-    WHERE customer_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS {s}.sale_lines (
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    line_no integer NOT NULL,
-    line_id text,
-    sku text NOT NULL,
-    product_id text,
-    description text,
-    category text,
-    quantity numeric NOT NULL,
-    unit_price numeric NOT NULL,
-    discount numeric NOT NULL,
-    tax numeric NOT NULL,
-    line_kind text NOT NULL,
-    employee_id text,
-    original_line_id text,
-    restock boolean,
-    PRIMARY KEY (store, sale_id, line_no)
-);
-CREATE TABLE IF NOT EXISTS {s}.tenders (
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    seq integer NOT NULL,
-    method text NOT NULL,
-    amount numeric NOT NULL,
-    reference text,
-    PRIMARY KEY (store, sale_id, seq)
-);
-CREATE TABLE IF NOT EXISTS {s}.voids (
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    reason text,
-    version bigint NOT NULL,
-    batch_id text NOT NULL,
-    PRIMARY KEY (store, sale_id)
-);
-CREATE TABLE IF NOT EXISTS {s}.trigger_outbox (
-    event_id text PRIMARY KEY,
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    trigger_name text NOT NULL,
-    action text NOT NULL,
-    customer_id text,
-    total numeric NOT NULL,
-    business_date date NOT NULL,
-    due_date date NOT NULL,
-    due_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL,
-    batch_id text NOT NULL,
-    delivered_at timestamptz,
-    cancelled boolean NOT NULL DEFAULT false
-);
-CREATE INDEX IF NOT EXISTS trigger_outbox_due ON {s}.trigger_outbox (due_at)
-    WHERE delivered_at IS NULL;
-CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON {s}.trigger_outbox (store, created_at);
-CREATE TABLE IF NOT EXISTS {s}.trigger_events (
-    event_id text PRIMARY KEY,
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    trigger_name text NOT NULL,
-    action text NOT NULL,
-    customer_id text,
-    total numeric NOT NULL,
-    business_date date NOT NULL,
-    due_date date NOT NULL,
-    due_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL,
-    fired_at timestamptz NOT NULL
-);
-CREATE TABLE IF NOT EXISTS {s}.commit_batches (
-    batch_id text PRIMARY KEY,
-    store text NOT NULL,
-    window_at timestamptz NOT NULL,
-    sales integer NOT NULL,
-    voids integer NOT NULL,
-    triggers integer NOT NULL,
-    total_sum numeric NOT NULL,
-    ids_sha256 text NOT NULL,
-    committed_at timestamptz NOT NULL,
-    outcome jsonb
-);
-"""
 
 Cols = Sequence[tuple[str, str]]
 
@@ -259,7 +107,7 @@ _LINE = _cols(
     "category:text quantity:numeric unit_price:numeric discount:numeric tax:numeric "
     "line_kind:text employee_id:text original_line_id:text restock:bool"
 )
-_TENDER = _cols("sale_id:text seq:int4 method:text amount:numeric reference:text")
+_TENDER = _cols("sale_id:text seq:int4 method:text amount:numeric reference:text method_id:text")
 _VOID = _cols("sale_id:text occurred_at:timestamptz reason:text version:int8")
 _TRIGGER = _cols(
     "event_id:text store:text sale_id:text trigger_name:text action:text customer_id:text "
@@ -267,30 +115,20 @@ _TRIGGER = _cols(
 )
 _TRIGGER_NAMES = ", ".join(n for n, _ in _TRIGGER)
 
-_SALE_LOG = [
-    "id",
-    "version",
-    "business_date",
-    "occurred_at",
-    "kind",
-    "origin",
-    "channel",
-    "customer_id",
-    "customer_linked",
-    "employee_id",
-    "original_id",
-    "display_number",
-    "currency",
-    "subtotal",
-    "tax",
-    "total",
-    "line_count",
-    "voided",
-    "voided_at",
-    "warning",
-    "committed_at",
-    "batch_id",
-]
+
+def _log_column(column: str) -> str:
+    """A Sales Log column; the figures only the canonical body holds come from it."""
+    if column not in SALE_LOG_FROM_BODY:
+        return column
+    default = SALE_LOG_FROM_BODY[column]
+    if isinstance(default, bool):
+        return f"coalesce((body->>'{column}')::boolean, {str(default).lower()})"
+    if default is None:
+        return f"body->>'{column}'"
+    return f"coalesce(body->>'{column}', '{default}')"
+
+
+_SALE_LOG_SELECT = ", ".join(_log_column(c) for c in SALE_LOG_COLUMNS)
 
 
 class _Sql:
@@ -298,7 +136,7 @@ class _Sql:
 
     def __init__(self, schema: str) -> None:
         s = '"' + schema.replace('"', '""') + '"'
-        self.ddl = _DDL.format(s=s)
+        self.ddl = ddl(schema)
         names = [n for n, _ in _CUSTOMER]
         self.upsert_customers = (
             f"INSERT INTO {s}.customers AS t (store, {', '.join(names)}, synced_at)"
@@ -408,24 +246,27 @@ class _Sql:
             f" FROM {s}.sale_lines WHERE store = $1 AND sale_id = $2 ORDER BY line_no"
         )
         self.sale_tenders = (
-            f"SELECT method, amount, reference FROM {s}.tenders"
+            f"SELECT method, amount, reference, method_id FROM {s}.tenders"
             " WHERE store = $1 AND sale_id = $2 ORDER BY seq"
         )
         self.sales_log = (
-            f"SELECT {', '.join(_SALE_LOG)} FROM {s}.sales"
+            f"SELECT {_SALE_LOG_SELECT} FROM {s}.sales"
             " WHERE store = $1 AND business_date = $2 ORDER BY occurred_at, id LIMIT $3"
         )
         self.sales_report = (
-            "SELECT business_date, count(*) FILTER (WHERE NOT voided),"
+            "SELECT business_date, currency, count(*) FILTER (WHERE NOT voided),"
             " coalesce(sum(total) FILTER (WHERE NOT voided AND total > 0), 0),"
             " coalesce(sum(-total) FILTER (WHERE NOT voided AND total < 0), 0),"
-            " count(*) FILTER (WHERE voided)"
+            " count(*) FILTER (WHERE voided),"
+            " count(*) FILTER (WHERE NOT voided AND (kind = 'return' OR total < 0))"
             f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3"
-            " GROUP BY business_date ORDER BY business_date"
+            " GROUP BY business_date, currency ORDER BY business_date, currency"
         )
         self.list_triggers = (
-            f"SELECT {_TRIGGER_NAMES}, delivered_at, cancelled FROM {s}.trigger_outbox"
-            " WHERE store = $1 ORDER BY created_at DESC, event_id DESC LIMIT $2"
+            f"SELECT {', '.join(f'o.{n}' for n, _ in _TRIGGER)}, s.currency, o.delivered_at,"
+            f" o.cancelled FROM {s}.trigger_outbox o LEFT JOIN {s}.sales s"
+            " ON s.store = o.store AND s.id = o.sale_id"
+            " WHERE o.store = $1 ORDER BY o.created_at DESC, o.event_id DESC LIMIT $2"
         )
         self.counts = "SELECT " + ", ".join(f"(SELECT count(*) FROM {s}.{t})" for t in TABLES)
         self.health = (
@@ -709,7 +550,8 @@ class PostgresSink:
                     for no, ln in enumerate(s.lines, 1)
                 )
                 tenders.extend(
-                    (sid, no, t.method, t.amount, t.reference) for no, t in enumerate(s.tenders, 1)
+                    (sid, no, t.method, t.amount, t.reference, t.method_id)
+                    for no, t in enumerate(s.tenders, 1)
                 )
             if lines:
                 await conn.execute(sql.insert_lines, store, *_columns(lines, len(_LINE)))
@@ -838,9 +680,11 @@ class PostgresSink:
             for r in lines
         ]
         out["tenders"] = [
-            msgspec.to_builtins(Tender(method=r[0], amount=r[1], reference=r[2])) for r in tenders
+            msgspec.to_builtins(Tender(method=r[0], amount=r[1], reference=r[2], method_id=r[3]))
+            for r in tenders
         ]
         out.update(
+            record=_DICT_DECODER.decode(body),
             version=version,
             voided=voided,
             voided_at=utc_text_opt(voided_at),
@@ -855,20 +699,27 @@ class PostgresSink:
         """Committed sales of one business date, voided ones included and flagged."""
         async with self._conn("sales_log", write=False) as conn:
             rows = await conn.fetch(self._sql.sales_log, store, day, limit)
-        return [{k: _jsonable(v) for k, v in zip(_SALE_LOG, r, strict=True)} for r in rows]
+        out = []
+        for r in rows:
+            item = {k: _jsonable(v) for k, v in zip(SALE_LOG_COLUMNS, r, strict=True)}
+            item["warnings"] = warnings_of(item.pop("warning"))
+            out.append(item)
+        return out
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
-        """Per business date: count, gross, returns, net over non-voided sales; voided count."""
+        """Per (business date, currency): count, gross, returns, net; voided count."""
         async with self._conn("sales_report", write=False) as conn:
             rows = await conn.fetch(self._sql.sales_report, store, start, end)
         return [
             ReportRow(
                 date=r[0],
-                count=r[1],
-                gross=Decimal(r[2]),
-                returns=Decimal(r[3]),
-                net=Decimal(r[2]) - Decimal(r[3]),
-                voided=r[4],
+                currency=r[1],
+                count=r[2],
+                gross=Decimal(r[3]),
+                returns=Decimal(r[4]),
+                returns_count=r[6],
+                net=Decimal(r[3]) - Decimal(r[4]),
+                voided=r[5],
             )
             for r in rows
         ]
@@ -881,6 +732,7 @@ class PostgresSink:
         for r in rows:
             item = {n: _jsonable(v) for (n, _), v in zip(_TRIGGER, r, strict=False)}
             item["trigger"] = item.pop("trigger_name")
+            item["currency"] = r[-3]
             delivered_at, cancelled = r[-2], r[-1]
             item["delivered_at"] = utc_text_opt(delivered_at)
             item["status"] = (
@@ -901,7 +753,7 @@ async def _create_schema(pool: asyncpg.Pool[asyncpg.Record], sql: _Sql) -> None:
     async with pool.acquire() as conn, conn.transaction():
         # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalogs; the
         # transaction-scoped advisory lock makes start-up DDL one-at-a-time.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
         await conn.execute(sql.ddl)
 
 

@@ -12,10 +12,11 @@ UTC, ISO-8601 with microseconds, so text order is time order; dates are TEXT YYY
           location_id, register_id, currency, subtotal, tax, total, shipping, fees, tip,
           line_count, voided, voided_at, warning, committed_at, batch_id, body)
                                                                         PK (store, id)
-    sale_lines(store, sale_id, line_no, line_id, sku, product_id, description, category,
+    sale_lines(store, sale_id, line_no, line_id, sku?, product_id, description, category,
                quantity, unit_price, discount, tax, line_kind, employee_id,
                original_line_id, restock)                  PK (store, sale_id, line_no)
-    tenders(store, sale_id, seq, method, amount, reference)    PK (store, sale_id, seq)
+    tenders(store, sale_id, seq, method, amount, reference, method_id)
+                                                           PK (store, sale_id, seq)
     voids(store, sale_id, occurred_at, reason, version, batch_id)  PK (store, sale_id)
     trigger_outbox(event_id, store, sale_id, trigger_name, action, customer_id, total,
                    business_date, due_date, due_at, created_at, batch_id, delivered_at,
@@ -24,7 +25,10 @@ UTC, ISO-8601 with microseconds, so text order is time order; dates are TEXT YYY
     commit_batches(batch_id, store, window_at, sales, voids, triggers, total_sum,
                    ids_sha256, committed_at, outcome)                   PK batch_id
 
-`body` is the canonical JSON of the record (`worker.records.encode`).
+`body` is the canonical JSON of the record (`worker.records.encode`): the one source of
+truth for what the columns do not carry (adjustments, attributes, discount, rounding,
+tax_included, tenders_known); reads take those from it. `warning` is a JSON array of
+"rule: message" strings (`SaleRow.warning_text`). DDL and migrations: `sinks.sqlite_schema`.
 
 Invariants:
 
@@ -60,9 +64,12 @@ from worker.config import Config, SqliteSinkConfig
 from worker.errors import ConfigError, SinkError
 from worker.records import Customer, Entity, Product, SaleLine, Tender, Void, encode
 from worker.sinks.base import (
+    SALE_LOG_COLUMNS,
+    SALE_LOG_FROM_BODY,
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
+    ReportDay,
     ReportRow,
     SaleRow,
     TriggerEvent,
@@ -71,163 +78,10 @@ from worker.sinks.base import (
     utc_text_opt,
     warnings_of,
 )
+from worker.sinks.sqlite_schema import migrate
 from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
-
-_SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS customers (
-    store TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    first_name TEXT,
-    last_name TEXT,
-    email TEXT,
-    phone TEXT,
-    status TEXT NOT NULL,
-    updated_at TEXT,
-    synced_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS customers_by_email ON customers (store, email);
-CREATE TABLE IF NOT EXISTS products (
-    store TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    sku TEXT,
-    name TEXT,
-    category TEXT,
-    price TEXT,
-    currency TEXT,
-    status TEXT NOT NULL,
-    is_unique_piece INTEGER NOT NULL,
-    updated_at TEXT,
-    synced_at TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS products_by_sku ON products (store, sku);
-CREATE TABLE IF NOT EXISTS sales (
-    store TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    business_date TEXT NOT NULL,
-    occurred_at TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    channel TEXT NOT NULL,
-    customer_id TEXT,
-    customer_linked INTEGER NOT NULL,
-    employee_id TEXT,
-    original_id TEXT,
-    display_number TEXT,
-    location_id TEXT,
-    register_id TEXT,
-    currency TEXT NOT NULL,
-    subtotal TEXT NOT NULL,
-    tax TEXT NOT NULL,
-    total TEXT NOT NULL,
-    shipping TEXT NOT NULL,
-    fees TEXT NOT NULL,
-    tip TEXT NOT NULL,
-    line_count INTEGER NOT NULL,
-    voided INTEGER NOT NULL DEFAULT 0,
-    voided_at TEXT,
-    warning TEXT,
-    committed_at TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (store, id)
-);
-CREATE INDEX IF NOT EXISTS sales_by_date ON sales (store, business_date);
-CREATE INDEX IF NOT EXISTS sales_by_customer ON sales (store, customer_id)
-    WHERE customer_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS sale_lines (
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    line_no INTEGER NOT NULL,
-    line_id TEXT,
-    sku TEXT NOT NULL,
-    product_id TEXT,
-    description TEXT,
-    category TEXT,
-    quantity TEXT NOT NULL,
-    unit_price TEXT NOT NULL,
-    discount TEXT NOT NULL,
-    tax TEXT NOT NULL,
-    line_kind TEXT NOT NULL,
-    employee_id TEXT,
-    original_line_id TEXT,
-    restock INTEGER,
-    PRIMARY KEY (store, sale_id, line_no)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS tenders (
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    method TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    reference TEXT,
-    PRIMARY KEY (store, sale_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS voids (
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    occurred_at TEXT NOT NULL,
-    reason TEXT,
-    version INTEGER NOT NULL,
-    batch_id TEXT NOT NULL,
-    PRIMARY KEY (store, sale_id)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trigger_outbox (
-    event_id TEXT PRIMARY KEY,
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    trigger_name TEXT NOT NULL,
-    action TEXT NOT NULL,
-    customer_id TEXT,
-    total TEXT NOT NULL,
-    business_date TEXT NOT NULL,
-    due_date TEXT NOT NULL,
-    due_at TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
-    delivered_at TEXT,
-    cancelled INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS trigger_outbox_due ON trigger_outbox (due_at)
-    WHERE delivered_at IS NULL;
-CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON trigger_outbox (store, created_at);
-CREATE TABLE IF NOT EXISTS trigger_events (
-    event_id TEXT PRIMARY KEY,
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    trigger_name TEXT NOT NULL,
-    action TEXT NOT NULL,
-    customer_id TEXT,
-    total TEXT NOT NULL,
-    business_date TEXT NOT NULL,
-    due_date TEXT NOT NULL,
-    due_at TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    fired_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commit_batches (
-    batch_id TEXT PRIMARY KEY,
-    store TEXT NOT NULL,
-    window_at TEXT NOT NULL,
-    sales INTEGER NOT NULL,
-    voids INTEGER NOT NULL,
-    triggers INTEGER NOT NULL,
-    total_sum TEXT NOT NULL,
-    ids_sha256 TEXT NOT NULL,
-    committed_at TEXT NOT NULL,
-    outcome TEXT NOT NULL
-);
-"""
 
 
 def _cols(names: str) -> tuple[str, ...]:
@@ -272,7 +126,7 @@ _LINE_COLS = _cols(
     "store sale_id line_no line_id sku product_id description category quantity "
     "unit_price discount tax line_kind employee_id original_line_id restock"
 )
-_TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference")
+_TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference", "method_id")
 _VOID_COLS = ("store", "sale_id", "occurred_at", "reason", "version", "batch_id")
 _TRIGGER_COLS = _cols(
     "event_id store sale_id trigger_name action customer_id total business_date "
@@ -296,12 +150,24 @@ _INSERT_BATCH = _insert("commit_batches", _BATCH_COLS)
 # A JSON array bound as one parameter: one round-trip for any number of ids.
 _IN_IDS = "(SELECT value FROM json_each(?))"
 
-_SALE_LOG_COLS = _cols(
-    "id version business_date occurred_at kind origin channel customer_id "
-    "customer_linked employee_id original_id display_number currency subtotal tax "
-    "total line_count voided voided_at warning committed_at batch_id"
-)
-_BOOL_COLS = frozenset({"customer_linked", "voided"})
+_SALE_LOG_COLS = SALE_LOG_COLUMNS
+
+
+# The log's figures that only the canonical body holds (one source of truth): a body
+# committed before they existed has none, which is what the record said then.
+def _from_body(column: str) -> str:
+    default = SALE_LOG_FROM_BODY.get(column, column)
+    if column not in SALE_LOG_FROM_BODY:
+        return column
+    extract = f"json_extract(body, '$.{column}')"
+    if default is None:
+        return extract
+    literal = int(default) if isinstance(default, bool) else f"'{default}'"
+    return f"coalesce({extract}, {literal})"
+
+
+_SALE_LOG_SELECT = ", ".join(_from_body(c) for c in _SALE_LOG_COLS)
+_BOOL_COLS = frozenset({"customer_linked", "voided", "tax_included"})
 
 # SQLite primary result codes worth retrying: the database is busy/locked, the disk is
 # full or failing, it cannot be opened, or was made read-only. Everything else (constraint,
@@ -516,41 +382,9 @@ def _line_dict(r: Sequence[Any]) -> dict[str, Any]:
 
 def _tender_dict(r: Sequence[Any]) -> dict[str, Any]:
     out: dict[str, Any] = msgspec.to_builtins(
-        Tender(method=r[0], amount=Decimal(r[1]), reference=r[2])
+        Tender(method=r[0], amount=Decimal(r[1]), reference=r[2], method_id=r[3])
     )
     return out
-
-
-class _Day:
-    """Running Sales Report sums of one business date (exact Decimal arithmetic)."""
-
-    __slots__ = ("count", "gross", "returns", "voided")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.gross = Decimal(0)
-        self.returns = Decimal(0)
-        self.voided = 0
-
-    def add(self, total: Decimal, voided: bool) -> None:
-        if voided:
-            self.voided += 1
-            return
-        self.count += 1
-        if total > 0:
-            self.gross += total
-        elif total < 0:
-            self.returns -= total
-
-    def row(self, day: date) -> ReportRow:
-        return ReportRow(
-            date=day,
-            count=self.count,
-            gross=self.gross,
-            returns=self.returns,
-            net=self.gross - self.returns,
-            voided=self.voided,
-        )
 
 
 class SqliteSink:
@@ -717,7 +551,15 @@ class SqliteSink:
                 await db.executemany(
                     _INSERT_TENDER,
                     (
-                        (store, row.sale.id, no, t.method, _money(t.amount), t.reference)
+                        (
+                            store,
+                            row.sale.id,
+                            no,
+                            t.method,
+                            _money(t.amount),
+                            t.reference,
+                            t.method_id,
+                        )
                         for row in written
                         for no, t in enumerate(row.sale.tenders, 1)
                     ),
@@ -861,15 +703,17 @@ class SqliteSink:
                 key,
             )
             tenders = await db.execute_fetchall(
-                "SELECT method, amount, reference FROM tenders"
+                "SELECT method, amount, reference, method_id FROM tenders"
                 " WHERE store = ? AND sale_id = ? ORDER BY seq",
                 key,
             )
         version, voided, voided_at, linked, warning, committed_at, batch_id, body = head[0]
         out = _DICT_DECODER.decode(body)
+        record = _DICT_DECODER.decode(body)
         out["lines"] = [_line_dict(r) for r in lines]
         out["tenders"] = [_tender_dict(r) for r in tenders]
         out.update(
+            record=record,
             version=version,
             voided=bool(voided),
             voided_at=voided_at,
@@ -884,43 +728,51 @@ class SqliteSink:
         """Committed sales of one business date, voided ones included and flagged."""
         async with self._read("sales_log") as db:
             rows = await db.execute_fetchall(
-                f"SELECT {', '.join(_SALE_LOG_COLS)} FROM sales"
+                f"SELECT {_SALE_LOG_SELECT} FROM sales"
                 " WHERE store = ? AND business_date = ? ORDER BY occurred_at, id LIMIT ?",
                 (store, day.isoformat(), limit),
             )
-        return [
-            {k: (bool(v) if k in _BOOL_COLS else v) for k, v in zip(_SALE_LOG_COLS, r, strict=True)}
-            for r in rows
-        ]
+        out = []
+        for r in rows:
+            item: dict[str, Any] = {
+                k: (bool(v) if k in _BOOL_COLS and v is not None else v)
+                for k, v in zip(_SALE_LOG_COLS, r, strict=True)
+            }
+            item["warnings"] = warnings_of(item.pop("warning"))
+            out.append(item)
+        return out
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
-        """Per business date: count, gross, returns, net over non-voided sales; voided count."""
+        """Per (business date, currency): count, gross, returns, net; voided count."""
         async with self._read("sales_report") as db:
             rows = await db.execute_fetchall(
-                "SELECT business_date, voided, total FROM sales"
-                " WHERE store = ? AND business_date BETWEEN ? AND ? ORDER BY business_date",
+                "SELECT business_date, currency, kind, voided, total FROM sales"
+                " WHERE store = ? AND business_date BETWEEN ? AND ?"
+                " ORDER BY business_date, currency",
                 (store, start.isoformat(), end.isoformat()),
             )
         # Totals are exact decimal text; SQL sum() would go through float.
-        days: dict[str, _Day] = {}
-        for day, voided, total in rows:
-            acc = days.get(day)
+        days: dict[tuple[str, str], ReportDay] = {}
+        for day, currency, kind, voided, total in rows:
+            acc = days.get((day, currency))
             if acc is None:
-                acc = days[day] = _Day()
-            acc.add(Decimal(total), bool(voided))
-        return [acc.row(date.fromisoformat(day)) for day, acc in days.items()]
+                acc = days[day, currency] = ReportDay()
+            acc.add(Decimal(total), kind, bool(voided))
+        return [acc.row(date.fromisoformat(d), cur) for (d, cur), acc in days.items()]
 
     async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
         """Trigger events of a store (pending, delivered, cancelled), newest first."""
         async with self._read("list_triggers") as db:
             rows = await db.execute_fetchall(
-                f"SELECT {', '.join(_TRIGGER_COLS)}, delivered_at, cancelled FROM trigger_outbox"
-                " WHERE store = ? ORDER BY created_at DESC, event_id DESC LIMIT ?",
+                f"SELECT o.{', o.'.join(_TRIGGER_COLS)}, s.currency, o.delivered_at, o.cancelled"
+                " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
+                " WHERE o.store = ? ORDER BY o.created_at DESC, o.event_id DESC LIMIT ?",
                 (store, limit),
             )
         out = []
         for r in rows:
             item = {k: v for k, v in zip(_TRIGGER_COLS, r, strict=False)}
+            item["currency"] = r[-3]
             item["trigger"] = item.pop("trigger_name")
             delivered_at, cancelled = r[-2], r[-1]
             item["delivered_at"] = delivered_at
@@ -966,17 +818,6 @@ async def _connect(path: Path, sc: SqliteSinkConfig, *, reader: bool) -> aiosqli
     return db
 
 
-async def _migrate(db: aiosqlite.Connection) -> None:
-    # executescript() commits any open transaction first, so the script carries its own.
-    try:
-        await db.executescript(
-            f"BEGIN IMMEDIATE;\n{_SCHEMA}\nPRAGMA user_version = {_SCHEMA_VERSION};\nCOMMIT;"
-        )
-    except BaseException:
-        await db.rollback()
-        raise
-
-
 def sink_path(cfg: Config) -> Path:
     """`[sink] path`, else `<data_dir>/clientbook.db`."""
     sc = cfg.sink
@@ -1004,8 +845,8 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
             damaged = move_aside(path, problem, "sqlite sink") if problem else None
             writer = await _connect(path, sc, reader=False)
             stack.push_async_callback(writer.close)
-            # executescript() would commit an open transaction; migrate before any other use.
-            await _migrate(writer)
+            # Migrate before any other use: the reader must see the current schema.
+            await migrate(writer)
             reader = await _connect(path, sc, reader=True)
             stack.push_async_callback(reader.close)
         sink = SqliteSink(writer, reader, path)

@@ -16,9 +16,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from worker import keys
+from worker import api_format, keys
 from worker.committer import WindowResult
-from worker.config import StoreConfig
+from worker.config import POLICY_RULES, StoreConfig
 from worker.errors import (
     AuthError,
     NotFound,
@@ -273,7 +273,7 @@ async def get_product(request: web.Request) -> web.Response:
     got = await request.app[keys.SINK].get_product(store.id, request.match_info["id"])
     if got is None:
         raise NotFound(f"no product {request.match_info['id']!r} in store {store.id!r}", field="id")
-    return json_response(got)
+    return json_response(api_format.product_json(got))
 
 
 async def get_spool(request: web.Request) -> web.Response:
@@ -313,7 +313,19 @@ async def sales_log(request: web.Request) -> web.Response:
     store = _store(request)
     day = _date_param(request, "date")
     sales = await request.app[keys.SINK].sales_log(store.id, day)
-    return json_response({"store": store.id, "date": day.isoformat(), "sales": sales})
+    items = [api_format.sale_log_item(s) for s in sales]
+    return json_response({"store": store.id, "date": day.isoformat(), "sales": items})
+
+
+async def get_sale(request: web.Request) -> web.Response:
+    """GET /v1/stores/{store}/sales/{id}: one committed sale, figures at the minor unit."""
+    require_admin(request)
+    store = _store(request)
+    got = await request.app[keys.SINK].get_sale(store.id, request.match_info["id"])
+    if got is None:
+        # The id is the caller's own input: named as the field, never echoed back.
+        raise NotFound("no committed sale with this id in the store", field="id")
+    return json_response(api_format.sale_detail(got, store.source))
 
 
 async def sales_report(request: web.Request) -> web.Response:
@@ -327,7 +339,12 @@ async def sales_report(request: web.Request) -> web.Response:
         raise RecordInvalid("range longer than ten years", field="to")
     rows = await request.app[keys.SINK].sales_report(store.id, start, end)
     return json_response(
-        {"store": store.id, "from": start.isoformat(), "to": end.isoformat(), "rows": rows}
+        {
+            "store": store.id,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "rows": api_format.report_rows(rows),
+        }
     )
 
 
@@ -336,7 +353,8 @@ async def list_triggers(request: web.Request) -> web.Response:
     require_admin(request)
     store = _store(request)
     events = await request.app[keys.SINK].list_triggers(store.id)
-    return json_response({"store": store.id, "events": events})
+    items = [api_format.trigger_item(e) for e in events]
+    return json_response({"store": store.id, "events": items})
 
 
 async def admin_commit(request: web.Request) -> web.Response:
@@ -452,6 +470,57 @@ async def quarantine_release(request: web.Request) -> web.Response:
     )
 
 
+_RELEASE_RULES = frozenset((*POLICY_RULES, "schema"))
+
+
+async def quarantine_release_rule(request: web.Request) -> web.Response:
+    """POST /v1/admin/quarantine/release?store=&rule=: re-validate one rule's quarantine.
+
+    Every quarantined record of the store that failed `rule` is validated again as its
+    window would (the store's current rule policy); those now valid go back to the spool
+    (audited, one by one), the rest stay with their fresh reasons.
+    """
+    require_admin(request)
+    store_id = request.query.get("store")
+    if not store_id:
+        raise RecordInvalid("query parameter 'store' is required", field="store")
+    store = request.app[keys.INTAKE].store(store_id)
+    rule = request.query.get("rule")
+    if not rule:
+        raise RecordInvalid("query parameter 'rule' is required", field="rule")
+    if rule not in _RELEASE_RULES:
+        raise RecordInvalid("not a window rule id (see worker.config.POLICY_RULES)", field="rule")
+    spool = request.app[keys.SPOOL]
+    committer = request.app[keys.COMMITTER]
+    released: list[int] = []
+    released_records: list[str] = []
+    still_invalid: list[dict[str, Any]] = []
+    for item in await spool.quarantined_by_rule(store.id, rule):
+        try:
+            record: Spooled = SPOOLED_DECODER.decode(item.body)
+        except DECODE_ERRORS as exc:
+            err = invalid_from(exc)
+            reasons = [{"rule": "schema", "field": err.field, "message": err.message}]
+        else:
+            failures = await committer.recheck(store, record)
+            reasons = [msgspec.structs.asdict(f) for f in failures]
+        if reasons:
+            still_invalid.append({"id": item.qid, "record_id": item.rid, "reasons": reasons})
+        elif await spool.release_quarantined(item.qid, record, actor="admin"):
+            released.append(item.qid)
+            released_records.append(item.rid)
+    return json_response(
+        {
+            "store": store.id,
+            "rule": rule,
+            "released": released,
+            "released_records": released_records,
+            "still_invalid": still_invalid,
+            "visible_at": committer.visible_at(store).isoformat(),
+        }
+    )
+
+
 async def quarantine_delete(request: web.Request) -> web.Response:
     """DELETE /v1/admin/quarantine/{id}: discard with an audit entry."""
     require_admin(request)
@@ -480,12 +549,14 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/stores/{store}/products/{id}", get_product)
     r.add_get("/v1/stores/{store}/spool", get_spool)
     r.add_get("/v1/stores/{store}/sales", sales_log)
+    r.add_get("/v1/stores/{store}/sales/{id}", get_sale)
     r.add_get("/v1/stores/{store}/report", sales_report)
     r.add_get("/v1/stores/{store}/triggers", list_triggers)
     r.add_post("/v1/admin/commit", admin_commit)
     r.add_get("/v1/admin/stores/{store}/preview", admin_preview)
     r.add_post("/v1/admin/stores/{store}/{action:pause|resume}", admin_pause)
     r.add_get("/v1/admin/quarantine", quarantine_list)
+    r.add_post("/v1/admin/quarantine/release", quarantine_release_rule)
     r.add_post("/v1/admin/quarantine/{id}/release", quarantine_release)
     r.add_delete("/v1/admin/quarantine/{id}", quarantine_delete)
     r.add_get("/v1/admin/audit", audit)
