@@ -103,6 +103,35 @@ async def test_shopify_customer_webhook_is_real_time(h: Harness) -> None:
     assert h.spool.stats("SH").pending == 0
 
 
+async def test_shopify_topic_swap_of_a_captured_signed_body_is_400(h: Harness) -> None:
+    """Issue 12.5: the HMAC covers the body only; the topic must fit the body."""
+    body = fixture("shopify", "orders_create.json")
+    url = "/v1/push/shopify/SH"
+    resp = await h.client.post(
+        url, data=body, headers=_shopify_headers(body, "orders/create", "wh-10")
+    )
+    assert resp.status == 202, await resp.json()
+    pending = h.spool.stats("SH").pending
+    customers = (await h.sink.counts())["customers"]
+    for n, topic in enumerate(("orders/delete", "customers/update", "products/update")):
+        # exactly the captured bytes and their valid signature, under another topic
+        resp = await h.client.post(
+            url, data=body, headers=_shopify_headers(body, topic, f"wh-swap-{n}")
+        )
+        err = await resp.json()
+        assert resp.status == 400, (topic, err)
+        assert err["field"] == "X-Shopify-Topic" and topic in err["error"]
+    assert h.spool.stats("SH").pending == pending  # no void spooled
+    assert (await h.sink.counts())["customers"] == customers  # no customer made of the order
+    # a real delete notice under its own topic is still a void
+    notice = b'{"id": 6120458733912}'
+    resp = await h.client.post(
+        url, data=notice, headers=_shopify_headers(notice, "orders/delete", "wh-11")
+    )
+    assert resp.status == 202, await resp.json()
+    assert h.spool.stats("SH").pending == pending + 1
+
+
 async def test_lightspeed_x_webhook_form_body(h: Harness) -> None:
     body = fixture("lightspeed", "x_sale_webhook.form")
     resp = await h.client.post(
