@@ -139,16 +139,41 @@ async def test_lightspeed_x_webhook_form_body(h: Harness) -> None:
         data=body,
         headers={
             "Authorization": "Bearer lx-token",
-            "Content-Type": "application/x-www-form-urlencoded",
+            # what X sends: the media type with its charset parameter
+            "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
         },
     )
     got = await resp.json()
     assert resp.status == 202, got
-    assert h.spool.stats("LX").pending >= 1
-    # The store is configured for lightspeed: it may not push another native source.
+    assert (got["accepted"], got["rejected"]) == (2, [])  # the embedded customer and the sale
+    assert h.spool.stats("LX").pending == 1
+    # The store is configured for lightspeed: it may not push another (bearer) native source.
     resp = await h.client.post(
-        "/v1/push/shopify/LX",
+        "/v1/push/the_edge/LX",
         data=b"{}",
         headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
     )
     assert resp.status == 404 and (await resp.json())["field"] == "source"
+
+
+async def test_lightspeed_r_sale_without_relations_is_400_and_nothing_spooled(h: Harness) -> None:
+    resp = await h.client.post(
+        "/v1/push/lightspeed/LX",
+        data=fixture("lightspeed", "r_sale_no_relations.json"),
+        headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
+    )
+    err = await resp.json()
+    assert resp.status == 400 and err["field"] == "$.Sale.SaleLines", err
+    assert "load_relations" in err["error"]
+    assert h.spool.stats("LX").pending == 0
+
+
+async def test_lightspeed_vend_09_list_is_accepted(h: Harness) -> None:
+    resp = await h.client.post(
+        "/v1/push/lightspeed/LX",
+        data=fixture("lightspeed", "vend_register_sales.json"),
+        headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
+    )
+    got = await resp.json()
+    assert resp.status == 202 and (got["accepted"], got["rejected"]) == (2, []), got
+    assert h.spool.stats("LX").pending == 2
