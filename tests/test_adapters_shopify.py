@@ -664,6 +664,33 @@ def test_two_unallocated_discounts_with_stated_amounts_are_one_adjustment_each()
     assert_valid(s)
 
 
+@pytest.mark.parametrize("counted_in_total_discounts", [True, False])
+def test_a_shipping_discount_is_never_an_item_discount(counted_in_total_discounts: bool) -> None:
+    doc = fixture_json("shopify", "orders_create_order_discount.json")
+    (ship,) = doc["shipping_lines"]
+    ship["discounted_price"] = ship["discounted_price_set"]["shop_money"]["amount"] = "0.00"
+    ship["discount_allocations"] = [{"amount": "10.00", "discount_application_index": 1}]
+    doc["discount_codes"].append({"code": "FREESHIP", "amount": "10.00", "type": "shipping"})
+    doc["discount_applications"].append(
+        {"target_type": "shipping_line", "type": "discount_code", "code": "FREESHIP"}
+    )
+    doc.pop("total_discounts_set")
+    doc["total_discounts"] = "30.00" if counted_in_total_discounts else "20.00"
+    # total_line_items_price 414.95 - subtotal_price 394.95 = 20.00 of item discount either way
+    doc["total_price"] = doc["total_price_set"]["shop_money"]["amount"] = "394.95"
+    s = sale(push(doc, "orders/create"), "6120458736001")
+    assert s.shipping == Decimal("0.00")
+    # only the SPRING20 code is an order-level item discount
+    assert [(a.kind, a.amount, a.code) for a in s.adjustments] == [
+        ("discount", Decimal("-20.00"), "SPRING20")
+    ]
+    if counted_in_total_discounts:  # not an item discount: not stated as one, kept as sent
+        assert (s.discount, s.attributes["total_discounts"]) == (None, "30.00")
+    else:
+        assert s.discount == Decimal("20.00") and "total_discounts" not in s.attributes
+    assert_valid(s)
+
+
 def test_lines_carrying_more_discount_than_stated_quarantine_with_both_figures() -> None:
     doc = order()
     doc["total_discounts"] = "100.00"  # the ring's allocation says 125.00

@@ -82,8 +82,9 @@ def attributes_of(
 ) -> dict[str, str]:
     """Every field of `o` not in `mapped` (plus `extra` pairs), as attribute text."""
     out: dict[str, str] = {}
-    for key, value in [*o.data.items(), *extra]:
-        if key in mapped or len(key) > 256 or len(out) >= _MAX_ATTRIBUTES:
+    fields = [(k, v) for k, v in o.data.items() if k not in mapped]
+    for key, value in [*fields, *extra]:
+        if len(key) > 256 or len(out) >= _MAX_ATTRIBUTES:
             continue
         text = attribute_text(value)
         if text is not None:

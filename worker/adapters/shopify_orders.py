@@ -151,11 +151,14 @@ def order_records(
     items = o.objs("line_items")
     lines = [line for li in items if (line := _order_line(li, refunded)) is not None]
     tenders = _order_tenders(o)
+    discount, discount_adjustments = _discounts(o, items)
     extra = [
         (f"line_items.{i}.properties", li.get("properties"))
         for i, li in enumerate(items)
         if li.get("properties")
     ]
+    if discount is None:  # not the item discount: kept as Shopify's own figure
+        extra.append(("total_discounts", o.get("total_discounts")))
     sale = build(
         Sale,
         {
@@ -166,13 +169,13 @@ def order_records(
             "subtotal": _req_money(o, "subtotal_price"),
             "tax": _req_money(o, "total_tax"),
             "total": _req_money(o, "total_price"),
-            "discount": money(o, "total_discounts"),
+            "discount": discount,
             "shipping": _shipping(o),
             "tip": money(o, "total_tip_received") or ZERO,
             "tax_included": bool(o.boolean("taxes_included")),
             "tenders": tenders or [],
             "tenders_known": tenders is not None,
-            "adjustments": _discount_adjustments(o, items) + _tax_adjustments(o, lines),
+            "adjustments": discount_adjustments + _tax_adjustments(o, lines),
             "attributes": attributes_of(o, _ORDER_MAPPED, extra),
             "customer_id": customer_id,
             "employee_id": o.ident("user_id"),
@@ -282,11 +285,18 @@ def _order_line(li: Obj, refunded: dict[str, Decimal]) -> dict[str, Any] | None:
     }
 
 
-def _discount_adjustments(o: Obj, items: list[Obj]) -> list[dict[str, Any]]:
-    """The part of `total_discounts` no line carries, as order-level discount adjustments."""
+def _discounts(o: Obj, items: list[Obj]) -> tuple[Decimal | None, list[dict[str, Any]]]:
+    """The sale's `discount` and the order-level discount adjustments no line carries.
+
+    `total_discounts` is the item discount (`subtotal_price` = `total_line_items_price` -
+    `total_discounts`). Should a body count a shipping discount into it too (it then exceeds
+    `total_line_items_price` - `subtotal_price` by the shipping lines' allocations), it is not
+    an item discount: the sale states none (`total_discounts` stays in the attributes) and
+    only what is left after the shipping discount can be an order-level adjustment.
+    """
     stated = money(o, "total_discounts")
     if stated is None:
-        return []
+        return None, []
     carried = ZERO
     pointed: set[str] = set()
     for li in items:
@@ -296,14 +306,29 @@ def _discount_adjustments(o: Obj, items: list[Obj]) -> list[dict[str, Any]]:
         else:
             carried += money(li, "total_discount") or ZERO
         pointed.update(a.ident("discount_application_index") or "" for a in allocations)
+    shipping_discount = ZERO
     for sl in o.objs("shipping_lines"):
-        pointed.update(
-            a.ident("discount_application_index") or "" for a in sl.objs("discount_allocations")
-        )
+        allocations = sl.objs("discount_allocations")
+        shipping_discount += _allocated(sl)
+        pointed.update(a.ident("discount_application_index") or "" for a in allocations)
     rest = stated - carried
+    discount: Decimal | None = stated
+    lines_price, subtotal = money(o, "total_line_items_price"), money(o, "subtotal_price")
+    if (
+        shipping_discount > 0
+        and lines_price is not None
+        and subtotal is not None
+        and stated == lines_price - subtotal + shipping_discount
+    ):
+        rest -= shipping_discount
+        discount = None
     if rest <= 0:  # nothing left over (or lines carry more: the window says so)
-        return []
-    codes = {c.text("code", limit=256): c for c in o.objs("discount_codes")}
+        return discount, []
+    codes = {
+        c.text("code", limit=256): c
+        for c in o.objs("discount_codes")
+        if c.text("type") != "shipping"
+    }
     free = [
         a
         for i, a in enumerate(o.objs("discount_applications"))
@@ -312,17 +337,16 @@ def _discount_adjustments(o: Obj, items: list[Obj]) -> list[dict[str, Any]]:
     split = [(a, _application_amount(a, codes)) for a in free]
     stated_each = [amount for _, amount in split if amount is not None]
     if len(split) > 1 and len(stated_each) == len(split) and sum_decimals(stated_each) == rest:
-        return [_discount(a, amount or ZERO) for a, amount in split]
+        return discount, [_discount(a, amount or ZERO) for a, amount in split]
     names = [a.text("title", limit=256) or a.text("code", limit=256) for a in free]
     applied = [a.text("code", limit=256) for a in free] or list(codes)
-    return [
-        {
-            "kind": "discount",
-            "amount": -rest,
-            "description": ", ".join(n for n in names if n) or None,
-            "code": ", ".join(c for c in applied if c)[:256] or None,
-        }
-    ]
+    adjustment = {
+        "kind": "discount",
+        "amount": -rest,
+        "description": ", ".join(n for n in names if n) or None,
+        "code": ", ".join(c for c in applied if c)[:256] or None,
+    }
+    return discount, [adjustment]
 
 
 def _application_amount(a: Obj, codes: dict[str | None, Obj]) -> Decimal | None:
