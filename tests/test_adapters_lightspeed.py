@@ -314,7 +314,10 @@ def test_x_customer_2_0_shape_address_and_consent() -> None:
     assert c.attributes["do_not_email"] == "false"
     assert c.attributes["year_to_date"] == "1231.34"
     doc = x("x_customer.json")
-    doc["data"]["do_not_email"] = True
+    doc["data"]["email_marketing"] = True  # an explicit opt-in is the only way in
+    (opted,) = push(doc).records
+    assert isinstance(opted, Customer) and opted.marketing_email == "opted_in"
+    doc["data"]["do_not_email"] = True  # a block wins
     (blocked,) = push(doc).records
     assert isinstance(blocked, Customer) and blocked.marketing_email == "opted_out"
 

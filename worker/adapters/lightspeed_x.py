@@ -25,7 +25,8 @@ at all has `tenders_known = false`.
 **Customers.** Addresses live on the 2.0 customer (`physical_address_1`, ...) or under the
 webhook's `contact` (`physical_address1`, ...): physical is `address` (kind "physical"), and
 both physical and postal go into `addresses`. `do_not_email: true` is opted out; false only
-means "not blocked", so consent is `unknown` (no documented X field states an opt-in). The
+means "not blocked", so consent is `unknown`; only an explicit `email_marketing: true` (no
+documented X schema has one; honoured where a payload does) is `opted_in`. The
 walk-in customer (`customer_code` WALKIN) is never a customer, nor a sale's customer link.
 """
 
@@ -355,7 +356,9 @@ def _address(c: Obj, contact: Obj | None, kind: str) -> dict[str, Any] | None:
             if holder is None:
                 continue
             for suffix in suffixes:
-                value = holder.text(f"{kind}_{suffix}", limit=256 if field != "line1" else 4096)
+                value = holder.text(
+                    f"{kind}_{suffix}", limit=4096 if field.startswith("line") else 256
+                )
                 if value is not None:
                     break
             if value is not None:
@@ -388,6 +391,7 @@ def x_customer(c: Obj, ref: str | None) -> Customer | None:
     customer_id = c.req_ident("id")
     contact = c.obj("contact")
     do_not_email = c.boolean("do_not_email")
+    opted_in = c.boolean("email_marketing")
     created = c.instant("created_at")
     updated = c.instant("updated_at")
     addresses = [a for a in (_address(c, contact, k) for k in ("physical", "postal")) if a]
@@ -411,8 +415,9 @@ def x_customer(c: Obj, ref: str | None) -> Customer | None:
             "address": addresses[0] if addresses else None,
             "addresses": addresses,
             "birth_date": calendar_date(c.text("date_of_birth", limit=64), c.at("date_of_birth")),
-            # false is "not blocked", not a consent: unknown (the record default)
-            "marketing_email": "opted_out" if do_not_email else None,
+            # do_not_email false is "not blocked", not a consent: unknown (the record default);
+            # only an explicit opt-in (`email_marketing: true`, where a payload has it) opts in
+            "marketing_email": "opted_out" if do_not_email else ("opted_in" if opted_in else None),
             "notes": c.text("note"),
             "status": "deleted" if c.has("deleted_at") else None,
             "attributes": keep_attributes(c.data, frozenset(skip)),
