@@ -87,6 +87,7 @@ _SALE_MAPPED = frozenset(
         "deleted_at",
         "customer_id",
         "customer",
+        "user",  # the embedded user (employee) record: `user_id` links it
         "user_id",
         "invoice_number",
         "outlet_id",
