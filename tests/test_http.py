@@ -6,6 +6,7 @@ import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -30,10 +31,11 @@ async def push(
     token: str = S1_TOKEN,
     url: str = URL,
     ctype: str = "application/json",
-) -> tuple[int, dict[str, object]]:
+) -> tuple[int, dict[str, Any]]:
     data = body if isinstance(body, bytes) else orjson.dumps(body)
     resp = await h.client.post(url, data=data, headers={**h.store(token), "Content-Type": ctype})
-    return resp.status, await resp.json()
+    out: dict[str, Any] = await resp.json()
+    return resp.status, out
 
 
 async def test_sale_is_spooled_with_visible_at(h: Harness) -> None:
@@ -144,8 +146,10 @@ async def test_auth_errors(h: Harness) -> None:
 
 
 async def test_unknown_store_and_source(h: Harness) -> None:
+    # An unknown store answers exactly like a wrong token (issue 12): no store enumeration.
     status, body = await push(h, sale_dict("A", at=NOW), url="/v1/push/canonical/NOPE")
-    assert status == 404 and body["field"] == "store"
+    _, wrong = await push(h, sale_dict("A", at=NOW), token="not-a-token")
+    assert status == 401 and body == wrong and body["field"] == "Authorization"
     status, body = await push(h, sale_dict("A", at=NOW), url="/v1/push/teletype/S1")
     assert status == 404 and body["field"] == "source"
     resp = await h.client.get("/no/such/path")
@@ -212,10 +216,30 @@ async def test_window_commit_makes_sales_visible_and_fires_triggers(h: Harness) 
     report = await (
         await h.client.get("/v1/stores/S1/report?from=2026-11-20&to=2026-11-20", headers=h.admin())
     ).json()
-    assert report["rows"][0]["count"] == 2
+    # Two sales of 79.97 + 6.40 tax; money at the minor unit, a zero as "0.00".
+    assert report["rows"] == [
+        {
+            "date": "2026-11-20",
+            "currency": "USD",
+            "count": 2,
+            "gross": "172.74",
+            "returns": "0.00",
+            "returns_count": 0,
+            "net": "172.74",
+            "voided": 0,
+        }
+    ]
+    assert {s["total"] for s in log["sales"]} == {"86.37"}
+    assert {(s["discount"], s["rounding"], s["fees"]) for s in log["sales"]} == {
+        (None, "0.00", "0.00")
+    }
     trig = await (await h.client.get("/v1/stores/S1/triggers", headers=h.admin())).json()
     names = sorted((e["sale_id"], e["trigger"]) for e in trig["events"])
     assert ("A", "thank-you") in names and ("A", "follow-up") in names
+    assert {e["total"] for e in trig["events"]} == {"86.37"}
+    detail = await (await h.client.get("/v1/stores/S1/sales/A", headers=h.admin())).json()
+    assert (detail["id"], detail["total"], detail["record"]["total"]) == ("A", "86.37", "86.37")
+    assert [ln["quantity"] for ln in detail["lines"]] == ["1", "2"]
     assert h.spool.stats("S1").pending == 0
 
 
