@@ -922,6 +922,18 @@ def test_customer_with_several_addresses_keeps_them_all() -> None:
         assert mapped not in attrs
 
 
+def test_embedded_customer_keeps_the_orders_billing_and_shipping_addresses() -> None:
+    doc = fixture_json("shopify", "orders_create_order_discount.json")
+    (c,) = by_type(push(doc, "orders/create"))["customer"]
+    assert isinstance(c, Customer) and c.address is None  # the order's copy has no default
+    assert [(a.kind, a.line1, a.line2) for a in c.addresses] == [
+        ("billing", "77 Rainey St", "Apt 1204"),
+        ("shipping", "1400 Lavaca St", None),
+    ]
+    attrs = sale(push(doc, "orders/create"), "6120458736001").attributes
+    assert "billing_address" not in attrs and "shipping_address" not in attrs
+
+
 def test_default_address_alone_is_also_the_address_list() -> None:
     (c,) = push(fixture("shopify", "customers_update.json"), "customers/update").records
     assert isinstance(c, Customer)

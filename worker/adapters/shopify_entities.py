@@ -12,7 +12,9 @@
   subscribed", which is `unknown` (never `opted_out`).
 - **Addresses.** `default_address` is the primary `address` (kind `default`); every entry of
   `addresses[]` is kept in `addresses`, kind `default` for the one Shopify flags `default`,
-  else `other` (Shopify does not type a customer's saved addresses).
+  else `other` (Shopify does not type a customer's saved addresses). The customer embedded in
+  an order also keeps that order's `billing_address` and `shipping_address` (kinds `billing`,
+  `shipping`).
 """
 
 from __future__ import annotations
@@ -113,14 +115,19 @@ def _address(a: Obj, kind: str) -> dict[str, Any]:
     }
 
 
-def customer_record(c: Obj, ref: str | None, *, deleted: bool) -> Customer:
-    """A Shopify customer (also the customer embedded in an order)."""
+def customer_record(
+    c: Obj, ref: str | None, *, deleted: bool, order_addresses: Iterable[tuple[str, Obj]] = ()
+) -> Customer:
+    """A Shopify customer (also the customer embedded in an order, with that order's
+    `billing_address`/`shipping_address` as `order_addresses`, kinds `billing`/`shipping`)."""
     customer_id = c.req_ident("id")
     primary = c.obj("default_address")
     listed = c.objs("addresses")
     addresses = [_address(a, "default" if a.boolean("default") else "other") for a in listed]
     if primary is not None and not listed:
         addresses = [_address(primary, "default")]
+    for kind, a in order_addresses:
+        addresses.append(_address(a, kind))
     if primary is None:
         primary = next((a for a in listed if a.boolean("default")), None)
     tags = [t.strip()[:256] for t in (c.text("tags") or "").split(",") if t.strip()]

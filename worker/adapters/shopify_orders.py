@@ -137,7 +137,12 @@ def order_records(
     customer_id: str | None = None
     customer = o.obj("customer")
     if customer is not None and customer.has("id"):  # null customer: a walk-in, no Customer
-        record = customer_record(customer, ref, deleted=False)
+        on_order = [
+            (kind, a)
+            for kind in ("billing", "shipping")
+            if (a := o.obj(f"{kind}_address")) is not None
+        ]
+        record = customer_record(customer, ref, deleted=False, order_addresses=on_order)
         customer_id = record.id
         records.append(record)
 
