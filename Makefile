@@ -14,15 +14,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Mosquitto and PostgreSQL binaries for the test fixtures (they start their own servers
-# on free ports; nothing here touches the machine's running services).
+# on free ports; nothing here touches the machine's running services), and Chromium for the
+# status page's browser test.
 services:
 	@need=0; \
 	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need=1; \
 	command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need=1; \
+	command -v chromium >/dev/null 2>&1 || need=1; \
 	if [ $$need = 1 ]; then \
-	  echo "installing mosquitto and postgresql binaries for the test fixtures"; \
+	  echo "installing mosquitto, postgresql and chromium for the test fixtures"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients postgresql >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients postgresql chromium >/dev/null; \
 	fi
 
 # make run PORT=9000 serves on another port (0: any free one, printed at start).

@@ -16,7 +16,8 @@ from rich.console import Console
 
 from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
-from worker.ops_cli import attention_order, mask_secrets, parse, run_ops
+from worker.ops_cli import mask_secrets, parse, run_ops
+from worker.status_page import attention_order
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 

@@ -39,6 +39,7 @@ from rich.table import Table
 
 from worker.config import Config, load
 from worker.errors import ConfigError
+from worker.status_page import attention_order
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -201,24 +202,6 @@ class _Client:
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def attention_order(stores: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Store ids by what needs attention: failed windows, quarantine, paused, oldest pending."""
-
-    def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, int, float, str]:
-        sid, st = item
-        last = st.get("last_window") or {}
-        failed = 1 if last.get("error") else 0
-        return (
-            -failed,
-            -int(st.get("quarantine") or 0),
-            -int(bool(st.get("paused"))),
-            -float(st.get("oldest_pending_age_s") or 0.0),
-            sid,
-        )
-
-    return [sid for sid, _ in sorted(stores.items(), key=key)]
 
 
 def _local(instant: str | None, zone: str) -> str:
