@@ -380,6 +380,11 @@ def test_empty_payment_cells_are_known_to_be_none() -> None:
     assert (s.tenders, s.tenders_known) == ([], True)
 
 
+def test_a_discount_the_export_has_no_column_for_is_not_stated() -> None:
+    s = sale(push("like_sew", "transactions.csv"), "LS-501")
+    assert (s.discount, s.lines[0].discount) == (None, Decimal(0))
+
+
 def test_sku_absent_is_none_not_empty() -> None:
     body = b"Transaction ID,Date,Qty,Price,Description\nT1,03/14/2026 10:00:00 AM,1,5,Repair\n"
     s = sale(push("jewel360", "transactions.csv", body=body), "T1")
@@ -863,3 +868,13 @@ def test_snapshot_exports_keep_voids_of_sales_never_seen(source: str) -> None:
     assert adapter is not None
     assert dict(adapter.rule_defaults) == {"void.target": "warn"}
     assert dict(get_adapter("canonical").rule_defaults) == {}  # type: ignore[union-attr]
+
+
+def test_attributes_stay_within_the_record_limits() -> None:
+    extra = [f"Col {i}" for i in range(300)]
+    header = "Cust Num," + ",".join(extra)
+    row = "1," + ",".join("x" * 5000 if i == 0 else str(i) for i in range(300))
+    (c,) = push("kwi", "customers.csv", body=f"{header}\n{row}\n".encode()).records
+    assert isinstance(c, Customer)
+    assert len(c.attributes) == 256 and len(c.attributes["Col 0"]) == 4096
+    assert c.attributes["Col 255"] == "255"

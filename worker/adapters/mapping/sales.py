@@ -109,7 +109,8 @@ def build_sale(
     if tax is None:
         tax = sum_decimals(x["tax"] for x in lines)
     discount = header("discount")
-    if discount is None and "discount" in ln:
+    line_discount = ln.get("discount")
+    if discount is None and line_discount is not None and _stated(reader, rows, line_discount):
         discount = sum_decimals(x["discount"] for x in lines)
     shipping, fees, tip, rounding = (
         header(n) or ZERO for n in ("shipping", "fees", "tip", "rounding")
@@ -162,9 +163,7 @@ def _tenders(reader: Reader, rows: list[Row]) -> tuple[list[dict[str, Any]], boo
     amount_field = tn.get("amount")
     if amount_field is None:
         return [], False
-    known = amount_field.value is not None or any(
-        _present(row, amount_field.column or "", reader.json) for _, row in rows
-    )
+    known = _stated(reader, rows, amount_field)
     tenders: list[dict[str, Any]] = []
     seen: set[tuple[Any, ...]] = set()
     for _, row in rows:
@@ -185,11 +184,14 @@ def _tenders(reader: Reader, rows: list[Row]) -> tuple[list[dict[str, Any]], boo
     return tenders, known or bool(tenders)
 
 
-def _present(row: Mapping[str, Any], column: str, json_paths: bool) -> bool:
-    """The row has the column (CSV: the header exists; JSON: a non-null value)."""
-    if not json_paths:
-        return column in row
-    return lookup(row, column, True) is not None
+def _stated(reader: Reader, rows: list[Row], f: Field) -> bool:
+    """The export has this field for the sale (CSV: the column exists; JSON: a non-null value)."""
+    if f.value is not None:
+        return True
+    column = f.column or ""
+    if not reader.json:
+        return any(column in row for _, row in rows)
+    return any(lookup(row, column, True) is not None for _, row in rows)
 
 
 def _attributes(reader: Reader, rows: list[Row], line_rows: list[int | None]) -> dict[str, str]:
