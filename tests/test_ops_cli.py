@@ -19,7 +19,7 @@ from tests.factories import sale_dict
 from worker.ops_cli import mask_secrets, parse, run_ops
 from worker.status_page import attention_order
 
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)  # the factories sell at 15:00 UTC that day
 
 
 @pytest.fixture
