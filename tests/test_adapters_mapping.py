@@ -177,6 +177,7 @@ def test_rain_customers_and_products() -> None:
     assert (ada.marketing_email, ada.marketing_sms) == ("unknown", "unknown")  # empty cells
     machine, fq = push("rain", "products.csv").records
     assert isinstance(machine, Product) and isinstance(fq, Product)
+    assert (machine.attributes, fq.attributes) == ({"Reorder Point": "2"}, {})
     assert (machine.id, machine.sku, machine.price, machine.barcode) == (
         "P-12",
         "SEW-BRO-9",
@@ -586,6 +587,20 @@ def test_config_table_extends_a_builtin() -> None:
         ({"extends": "rain", "format": "xml"}, "$.mappings.m.format"),
         ({"extends": "nowhere"}, "$.mappings.m.extends"),
         ({"extends": "m"}, "$.mappings.m.extends"),
+        (
+            {"extends": "rain", "customer": {"email": {"column": "E", "flag": "blocked"}}},
+            "$.mappings.m.customer.email",
+        ),
+        ({"extends": "rain", "tender_fallback": "total"}, "$.mappings.m.tender_fallback"),
+        (
+            {"extends": "rain", "customer_addresses": {"billing": {"street": "S"}}},
+            "$.mappings.m.customer_addresses.billing.street",
+        ),
+        (
+            {"extends": "rain", "customer_addresses": {"billing": {}}},
+            "$.mappings.m.customer_addresses.billing",
+        ),
+        ({"extends": "rain", "line_attributes": "some"}, "$.mappings.m.line_attributes"),
     ],
 )
 def test_bad_mappings_raise_config_error_naming_the_key(table: dict[str, Any], field: str) -> None:

@@ -128,6 +128,9 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
         assert [(a["kind"], a["line1"], a["city"]) for a in grace["addresses"]] == [
             ("primary", "1 Bobbin Ln", "Durham")
         ]
+        resp = await h.client.get(f"/v1/stores/{STORE}/products/P-12", headers=h.admin())
+        machine = await resp.json()
+        assert (machine["price"], machine["attributes"]) == ("1250.00", {"Reorder Point": "2"})
         result = await run_window(h)
         assert await quarantine(h) == []
         assert result.quarantined == 0

@@ -421,6 +421,8 @@ _RECORD_TYPES: tuple[RecordType, ...] = ("customer", "product", "sale")
 def _check_field(f: Field, kind: str, key: str, fail: Any) -> None:
     if (f.column is None) == (f.value is None):
         raise fail("give exactly one of `column` or `value`", key)
+    if f.flag != "opt_in" and kind != "consent":
+        raise fail("`flag` is for consent fields (marketing_email, marketing_sms)", key)
     for fmt in f.formats or []:
         _check_format(fmt, fail, f"{key}.formats")
     allowed: tuple[str, ...] | None = None
