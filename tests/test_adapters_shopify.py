@@ -777,6 +777,54 @@ def test_taxes_included_order_keeps_shopifys_figures() -> None:
     assert_valid(s)
 
 
+def test_duties_and_additional_fees_are_fees_in_the_total() -> None:
+    doc = fixture_json("shopify", "orders_create_taxes_included.json")
+    doc["original_total_duties_set"] = {"shop_money": {"amount": "6.20", "currency_code": "GBP"}}
+    doc["original_total_additional_fees_set"] = {
+        "shop_money": {"amount": "1.50", "currency_code": "GBP"}
+    }
+    doc["total_price"] = doc["total_price_set"]["shop_money"]["amount"] = "102.65"
+    doc["transactions"][0]["amount"] = "102.65"
+    s = sale(push(doc, "orders/create"), "6120458735001")
+    assert (s.fees, s.total) == (Decimal("7.70"), Decimal("102.65"))
+    assert [(a.kind, a.amount, a.description) for a in s.adjustments] == [
+        ("fee", Decimal("6.20"), "duties"),
+        ("fee", Decimal("1.50"), "additional fees"),
+    ]
+    assert_valid(s)
+
+
+def test_refund_embedded_in_a_taxes_included_order_carries_its_tax() -> None:
+    doc = fixture_json("shopify", "orders_create_taxes_included.json")
+    doc["updated_at"] = "2026-03-16T10:00:00-05:00"
+    doc["refunds"] = [
+        {
+            "id": 990011220030,
+            "order_id": doc["id"],
+            "created_at": "2026-03-16T10:00:00-05:00",
+            "refund_line_items": [
+                {
+                    "id": 1,
+                    "line_item_id": doc["line_items"][0]["id"],
+                    "quantity": 1,
+                    "subtotal": "60.00",
+                    "total_tax": "10.00",
+                }
+            ],
+            "transactions": [{"id": 2, "kind": "refund", "status": "success", "amount": "60.00"}],
+        }
+    ]
+    r = sale(push(doc, "orders/updated"), "refund:990011220030")
+    assert (r.tax_included, r.subtotal, r.tax, r.total) == (
+        True,
+        Decimal("-60.00"),
+        Decimal("-10.00"),
+        Decimal("-60.00"),
+    )
+    assert (r.currency, r.lines[0].sku) == ("GBP", "SCF-SILK-01")
+    assert_valid(r)
+
+
 def test_inconsistent_sample_is_kept_as_sent_and_fails_with_both_figures() -> None:
     doc = fixture_json("shopify", "orders_create_inconsistent.json")
     s = sale(push(doc, "orders/create"), "6120458738001")

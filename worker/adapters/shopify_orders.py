@@ -5,7 +5,9 @@
   `total_tip_received`, `tax_included` = `taxes_included`; shop money (`*_set.shop_money`)
   where both exist. `shipping` is `total_shipping_price_set`, or, when a shipping line carries
   a discount, the sum of the shipping lines' `discounted_price` (else `price` less their
-  `discount_allocations`). Where Shopify's figures disagree with each other, the window
+  `discount_allocations`). `fees` are the duties and additional fees Shopify adds to
+  `total_price` (`original_total_duties_set`, `original_total_additional_fees_set`), each
+  also a `fee` adjustment. Where Shopify's figures disagree with each other, the window
   quarantines with both figures; nothing here "fixes" them.
 - **Lines carry their own figures**: `price` (as sent: tax-inclusive when `taxes_included`),
   `discount_allocations` (else `total_discount`), `tax_lines`. Lines keep what was *sold*:
@@ -29,6 +31,9 @@
   discounts) and `total_tax`; the older shape without `subtotal` uses `line_item.price` ×
   quantity less the line item's discount allocations pro rata, and the line item's
   `tax_lines` pro rata unless `total_tax` is given. Tenders are the refund's `transactions`.
+  A refund embedded in a `taxes_included` order is `tax_included` (its amounts carry the tax,
+  as the order's prices do); a standalone `refunds/create` does not say, and is read as
+  tax-exclusive (if that is wrong, `tenders.sum` says so with both figures).
 - **Cancellation** (`orders/cancelled`, `cancelled_at` set, or `financial_status: voided`)
   emits the order's sale, a `Void` of it, and a `Void` of each refund embedded in it.
 """
@@ -84,6 +89,8 @@ _ORDER_MAPPED = frozenset(
         "total_discounts_set",
         "total_shipping_price_set",
         "total_tip_received",
+        "original_total_duties_set",
+        "original_total_additional_fees_set",
         "taxes_included",
         "currency",
         "presentment_currency",
@@ -157,6 +164,7 @@ def order_records(
     lines = [line for li in items if (line := _order_line(li, refunded)) is not None]
     tenders = _order_tenders(o)
     discount, discount_adjustments = _discounts(o, items)
+    fees = _fees(o)
     extra = [
         (f"line_items.{i}.properties", li.get("properties"))
         for i, li in enumerate(items)
@@ -177,10 +185,11 @@ def order_records(
             "discount": discount,
             "shipping": _shipping(o),
             "tip": money(o, "total_tip_received") or ZERO,
+            "fees": sum_decimals(a["amount"] for a in fees),
             "tax_included": bool(o.boolean("taxes_included")),
             "tenders": tenders or [],
             "tenders_known": tenders is not None,
-            "adjustments": discount_adjustments + _tax_adjustments(o, lines),
+            "adjustments": discount_adjustments + _tax_adjustments(o, lines) + fees,
             "attributes": attributes_of(o, _ORDER_MAPPED, extra),
             "customer_id": customer_id,
             "employee_id": o.ident("user_id"),
@@ -209,6 +218,7 @@ def order_records(
             currency=currency,
             customer_id=customer_id,
             version_at=updated,
+            tax_included=bool(o.boolean("taxes_included")),
             order_lines=order_lines,
         )
         if isinstance(refund, Dropped):
@@ -372,6 +382,20 @@ def _discount(a: Obj, amount: Decimal) -> dict[str, Any]:
     }
 
 
+def _fees(o: Obj) -> list[dict[str, Any]]:
+    """Duties and additional fees Shopify adds to `total_price`, as fee adjustments."""
+    out: list[dict[str, Any]] = []
+    for key, what in (
+        ("original_total_duties_set", "duties"),
+        ("original_total_additional_fees_set", "additional fees"),
+    ):
+        money_set = o.obj(key)
+        shop = money_set.obj("shop_money") if money_set else None
+        if shop is not None and shop.has("amount") and (amount := shop.req_dec("amount")) != 0:
+            out.append({"kind": "fee", "amount": amount, "description": what})
+    return out
+
+
 def _tax_adjustments(o: Obj, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Order `tax_lines` when no line carries tax (descriptive: `tax` is `total_tax`)."""
     if any(ln["tax"] != 0 for ln in lines):
@@ -426,6 +450,7 @@ def refund_sale(
     customer_id: str | None = None,
     version_at: datetime | None = None,
     order_lines: dict[str | None, Obj] | None = None,
+    tax_included: bool = False,
 ) -> Sale | Dropped:
     """A refund as a return sale `refund:<id>`: negative lines, negative tenders.
 
@@ -506,7 +531,8 @@ def refund_sale(
             "lines": lines,
             "subtotal": subtotal,
             "tax": tax,
-            "total": subtotal + tax,
+            "total": subtotal if tax_included else subtotal + tax,
+            "tax_included": tax_included,
             "tenders": tenders,
             "tenders_known": isinstance(r.get("transactions"), list),
             "attributes": attributes_of(r, _REFUND_MAPPED),
