@@ -50,7 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -62,112 +62,50 @@ import msgspec
 
 from worker.config import Config, SqliteSinkConfig
 from worker.errors import ConfigError, SinkError
-from worker.records import Customer, Entity, Product, SaleLine, Tender, Void, encode
+from worker.records import Customer, Entity, Product
 from worker.sinks.base import (
-    SALE_LOG_COLUMNS,
-    SALE_LOG_FROM_BODY,
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
     ReportDay,
     ReportRow,
-    SaleRow,
     TriggerEvent,
     latest_per_sale,
     utc_text,
-    utc_text_opt,
     warnings_of,
+)
+from worker.sinks.sqlite_rows import (
+    BOOL_COLS,
+    IN_IDS,
+    INSERT_BATCH,
+    INSERT_LINE,
+    INSERT_TENDER,
+    INSERT_TRIGGER,
+    INSERT_VOID,
+    SALE_LOG_COLS,
+    SALE_LOG_SELECT,
+    TABLES,
+    TRIGGER_COLS,
+    UPSERT_CUSTOMER,
+    UPSERT_PRODUCT,
+    UPSERT_SALE,
+    customer_params,
+    json_list,
+    line_dict,
+    line_params,
+    money_text,
+    product_params,
+    sale_params,
+    tender_dict,
+    trigger_from_row,
+    trigger_params,
+    void_params,
 )
 from worker.sinks.sqlite_schema import migrate
 from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
 
-
-def _cols(names: str) -> tuple[str, ...]:
-    return tuple(names.split())
-
-
-TABLES = _cols(
-    "customers products sales sale_lines tenders voids trigger_outbox trigger_events commit_batches"
-)
-
-
-def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    """INSERT ... ON CONFLICT DO UPDATE guarded so only a strictly newer version lands."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    marks = ", ".join("?" for _ in columns)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates} "
-        f"WHERE excluded.version > {table}.version"
-    )
-
-
-def _insert(table: str, columns: Sequence[str], suffix: str = "") -> str:
-    marks = ", ".join("?" for _ in columns)
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {suffix}".rstrip()
-
-
-_CUSTOMER_COLS = _cols(
-    "store id version first_name last_name email phone status updated_at synced_at body"
-)
-_PRODUCT_COLS = _cols(
-    "store id version sku name category price currency status is_unique_piece "
-    "updated_at synced_at body"
-)
-_SALE_COLS = _cols(
-    "store id version business_date occurred_at kind origin channel customer_id "
-    "customer_linked employee_id original_id display_number location_id register_id "
-    "currency subtotal tax total shipping fees tip line_count voided voided_at "
-    "warning committed_at batch_id body"
-)
-_LINE_COLS = _cols(
-    "store sale_id line_no line_id sku product_id description category quantity "
-    "unit_price discount tax line_kind employee_id original_line_id restock"
-)
-_TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference", "method_id")
-_VOID_COLS = ("store", "sale_id", "occurred_at", "reason", "version", "batch_id")
-_TRIGGER_COLS = _cols(
-    "event_id store sale_id trigger_name action customer_id total business_date "
-    "due_date due_at created_at"
-)
-_BATCH_COLS = _cols(
-    "batch_id store window_at sales voids triggers total_sum ids_sha256 committed_at outcome"
-)
-
-_UPSERT_CUSTOMER = _upsert("customers", _CUSTOMER_COLS, ("store", "id"))
-_UPSERT_PRODUCT = _upsert("products", _PRODUCT_COLS, ("store", "id"))
-_UPSERT_SALE = _upsert("sales", _SALE_COLS, ("store", "id"))
-_INSERT_LINE = _insert("sale_lines", _LINE_COLS)
-_INSERT_TENDER = _insert("tenders", _TENDER_COLS)
-_INSERT_VOID = _insert("voids", _VOID_COLS, "ON CONFLICT (store, sale_id) DO NOTHING")
-_INSERT_TRIGGER = _insert(
-    "trigger_outbox", (*_TRIGGER_COLS, "batch_id"), "ON CONFLICT (event_id) DO NOTHING"
-)
-_INSERT_BATCH = _insert("commit_batches", _BATCH_COLS)
-
-# A JSON array bound as one parameter: one round-trip for any number of ids.
-_IN_IDS = "(SELECT value FROM json_each(?))"
-
-_SALE_LOG_COLS = SALE_LOG_COLUMNS
-
-
-# The log's figures that only the canonical body holds (one source of truth): a body
-# committed before they existed has none, which is what the record said then.
-def _from_body(column: str) -> str:
-    default = SALE_LOG_FROM_BODY.get(column, column)
-    if column not in SALE_LOG_FROM_BODY:
-        return column
-    extract = f"json_extract(body, '$.{column}')"
-    if default is None:
-        return extract
-    literal = int(default) if isinstance(default, bool) else f"'{default}'"
-    return f"coalesce({extract}, {literal})"
-
-
-_SALE_LOG_SELECT = ", ".join(_from_body(c) for c in _SALE_LOG_COLS)
-_BOOL_COLS = frozenset({"customer_linked", "voided", "tax_included"})
 
 # SQLite primary result codes worth retrying: the database is busy/locked, the disk is
 # full or failing, it cannot be opened, or was made read-only. Everything else (constraint,
@@ -207,184 +145,6 @@ def _errors(what: str) -> Iterator[None]:
         yield
     except sqlite3.Error as exc:
         raise _sink_error(exc, what) from exc
-
-
-def _money(value: Decimal) -> str:
-    """Exact decimal text without exponent ('1E+2' -> '100')."""
-    text = str(value)  # 3-4x faster than format(); only exponent forms need the slow path
-    return format(value, "f") if "E" in text else text
-
-
-def _money_opt(value: Decimal | None) -> str | None:
-    return None if value is None else _money(value)
-
-
-def _json_list(values: Iterable[str]) -> str:
-    return _JSON.encode(list(values)).decode()
-
-
-def _bool_opt(value: bool | None) -> int | None:
-    return None if value is None else int(value)
-
-
-def _customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]:
-    return (
-        store,
-        c.id,
-        c.effective_version,
-        c.first_name,
-        c.last_name,
-        c.email,
-        c.phone,
-        c.status,
-        utc_text_opt(c.updated_at),
-        synced_at,
-        encode(c).decode(),
-    )
-
-
-def _product_params(store: str, p: Product, synced_at: str) -> tuple[Any, ...]:
-    return (
-        store,
-        p.id,
-        p.effective_version,
-        p.sku,
-        p.name,
-        p.category,
-        _money_opt(p.price),
-        p.currency,
-        p.status,
-        int(p.is_unique_piece),
-        utc_text_opt(p.updated_at),
-        synced_at,
-        encode(p).decode(),
-    )
-
-
-def _sale_params(
-    store: str, row: SaleRow, voided_at: str | None, committed_at: str, batch_id: str
-) -> tuple[Any, ...]:
-    s = row.sale
-    if s.business_date is None:
-        raise SinkError(
-            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
-        )
-    return (
-        store,
-        s.id,
-        row.version,
-        s.business_date.isoformat(),
-        utc_text(s.occurred_at),
-        s.kind,
-        s.origin,
-        s.channel,
-        s.customer_id,
-        int(row.customer_linked),
-        s.employee_id,
-        s.original_id,
-        s.display_number,
-        s.location_id,
-        s.register_id,
-        s.currency,
-        _money(s.subtotal),
-        _money(s.tax),
-        _money(s.total),
-        _money(s.shipping),
-        _money(s.fees),
-        _money(s.tip),
-        len(s.lines),
-        int(voided_at is not None),
-        voided_at,
-        row.warning_text(),
-        committed_at,
-        batch_id,
-        encode(s).decode(),
-    )
-
-
-def _line_params(store: str, sale_id: str, no: int, ln: SaleLine) -> tuple[Any, ...]:
-    return (
-        store,
-        sale_id,
-        no,
-        ln.line_id,
-        ln.sku,
-        ln.product_id,
-        ln.description,
-        ln.category,
-        _money(ln.quantity),
-        _money(ln.unit_price),
-        _money(ln.discount),
-        _money(ln.tax),
-        ln.line_kind,
-        ln.employee_id,
-        ln.original_line_id,
-        _bool_opt(ln.restock),
-    )
-
-
-def _void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
-    return (store, v.id, utc_text(v.occurred_at), v.reason, v.effective_version, batch_id)
-
-
-def _trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
-    return (
-        t.event_id,
-        t.store,
-        t.sale_id,
-        t.trigger,
-        t.action,
-        t.customer_id,
-        _money(t.total),
-        t.business_date.isoformat(),
-        t.due_date.isoformat(),
-        utc_text(t.due_at),
-        utc_text(t.created_at),
-        batch_id,
-    )
-
-
-def _trigger_from_row(r: Sequence[Any]) -> TriggerEvent:
-    return TriggerEvent(
-        event_id=r[0],
-        store=r[1],
-        sale_id=r[2],
-        trigger=r[3],
-        action=r[4],
-        customer_id=r[5],
-        total=Decimal(r[6]),
-        business_date=date.fromisoformat(r[7]),
-        due_date=date.fromisoformat(r[8]),
-        due_at=datetime.fromisoformat(r[9]),
-        created_at=datetime.fromisoformat(r[10]),
-    )
-
-
-def _line_dict(r: Sequence[Any]) -> dict[str, Any]:
-    line = SaleLine(
-        line_id=r[0],
-        sku=r[1],
-        product_id=r[2],
-        description=r[3],
-        category=r[4],
-        quantity=Decimal(r[5]),
-        unit_price=Decimal(r[6]),
-        discount=Decimal(r[7]),
-        tax=Decimal(r[8]),
-        line_kind=r[9],
-        employee_id=r[10],
-        original_line_id=r[11],
-        restock=None if r[12] is None else bool(r[12]),
-    )
-    out: dict[str, Any] = msgspec.to_builtins(line)
-    return out
-
-
-def _tender_dict(r: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(
-        Tender(method=r[0], amount=Decimal(r[1]), reference=r[2], method_id=r[3])
-    )
-    return out
 
 
 class SqliteSink:
@@ -473,12 +233,12 @@ class SqliteSink:
         applied = 0
         async with self._write("upsert_entities") as db:
             if customers:
-                params = [_customer_params(store, c, synced_at) for c in customers.values()]
-                async with db.executemany(_UPSERT_CUSTOMER, params) as cur:
+                params = [customer_params(store, c, synced_at) for c in customers.values()]
+                async with db.executemany(UPSERT_CUSTOMER, params) as cur:
                     applied += cur.rowcount
             if products:
-                params = [_product_params(store, p, synced_at) for p in products.values()]
-                async with db.executemany(_UPSERT_PRODUCT, params) as cur:
+                params = [product_params(store, p, synced_at) for p in products.values()]
+                async with db.executemany(UPSERT_PRODUCT, params) as cur:
                     applied += cur.rowcount
         return EntityOutcome(applied=applied, stale=len(records) - applied)
 
@@ -499,8 +259,8 @@ class SqliteSink:
             existing: dict[str, tuple[int, bool]] = {}
             if latest or void_ids:
                 rows = await db.execute_fetchall(
-                    f"SELECT id, version, voided FROM sales WHERE store = ? AND id IN {_IN_IDS}",
-                    (store, _json_list([*latest, *void_ids])),
+                    f"SELECT id, version, voided FROM sales WHERE store = ? AND id IN {IN_IDS}",
+                    (store, json_list([*latest, *void_ids])),
                 )
                 existing = {r[0]: (r[1], bool(r[2])) for r in rows}
             written = [
@@ -515,21 +275,21 @@ class SqliteSink:
             # earlier) make the sale land already voided.
             if batch.voids:
                 await db.executemany(
-                    _INSERT_VOID, [_void_params(store, v, batch.batch_id) for v in batch.voids]
+                    INSERT_VOID, [void_params(store, v, batch.batch_id) for v in batch.voids]
                 )
             void_at: dict[str, str] = {}
             if written:
                 rows = await db.execute_fetchall(
-                    f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {_IN_IDS}",
-                    (store, _json_list(written_ids)),
+                    f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {IN_IDS}",
+                    (store, json_list(written_ids)),
                 )
                 void_at = {r[0]: r[1] for r in rows}
                 # Generators, not lists: the rows are built on the connection thread while
                 # executemany consumes them, so a 5,000-sale batch does not stall the loop.
                 await db.executemany(
-                    _UPSERT_SALE,
+                    UPSERT_SALE,
                     (
-                        _sale_params(
+                        sale_params(
                             store, row, void_at.get(row.sale.id), committed_at, batch.batch_id
                         )
                         for row in written
@@ -541,22 +301,22 @@ class SqliteSink:
                 await db.executemany("DELETE FROM tenders WHERE store = ? AND sale_id = ?", keys)
             if written:
                 await db.executemany(
-                    _INSERT_LINE,
+                    INSERT_LINE,
                     (
-                        _line_params(store, row.sale.id, no, ln)
+                        line_params(store, row.sale.id, no, ln)
                         for row in written
                         for no, ln in enumerate(row.sale.lines, 1)
                     ),
                 )
                 await db.executemany(
-                    _INSERT_TENDER,
+                    INSERT_TENDER,
                     (
                         (
                             store,
                             row.sale.id,
                             no,
                             t.method,
-                            _money(t.amount),
+                            money_text(t.amount),
                             t.reference,
                             t.method_id,
                         )
@@ -581,7 +341,7 @@ class SqliteSink:
             triggers = 0
             if batch.triggers:
                 async with db.executemany(
-                    _INSERT_TRIGGER, [_trigger_params(t, batch.batch_id) for t in batch.triggers]
+                    INSERT_TRIGGER, [trigger_params(t, batch.batch_id) for t in batch.triggers]
                 ) as cur:
                     triggers = cur.rowcount
 
@@ -595,7 +355,7 @@ class SqliteSink:
             )
             m = batch.manifest
             await db.execute(
-                _INSERT_BATCH,
+                INSERT_BATCH,
                 (
                     batch.batch_id,
                     store,
@@ -603,7 +363,7 @@ class SqliteSink:
                     m.sales,
                     m.voids,
                     m.triggers,
-                    _money(m.total_sum),
+                    money_text(m.total_sum),
                     m.ids_sha256,
                     committed_at,
                     _JSON.encode(outcome).decode(),
@@ -616,7 +376,7 @@ class SqliteSink:
         at = utc_text(now)
         async with self._write("deliver_due_triggers") as db:
             rows = await db.execute_fetchall(
-                f"SELECT o.{', o.'.join(_TRIGGER_COLS)}, coalesce(s.voided, 0)"
+                f"SELECT o.{', o.'.join(TRIGGER_COLS)}, coalesce(s.voided, 0)"
                 " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
                 " WHERE o.delivered_at IS NULL AND o.due_at <= ?"
                 " ORDER BY o.due_at, o.event_id LIMIT ?",
@@ -626,33 +386,33 @@ class SqliteSink:
                 return []
             deliver = [r for r in rows if not r[-1]]
             cancel = [r[0] for r in rows if r[-1]]
-            deliver_ids = _json_list(r[0] for r in deliver)
+            deliver_ids = json_list(r[0] for r in deliver)
             if deliver:
                 await db.execute(
-                    f"INSERT INTO trigger_events ({', '.join(_TRIGGER_COLS)}, fired_at)"
-                    f" SELECT {', '.join(_TRIGGER_COLS)}, ? FROM trigger_outbox"
-                    f" WHERE event_id IN {_IN_IDS} ON CONFLICT (event_id) DO NOTHING",
+                    f"INSERT INTO trigger_events ({', '.join(TRIGGER_COLS)}, fired_at)"
+                    f" SELECT {', '.join(TRIGGER_COLS)}, ? FROM trigger_outbox"
+                    f" WHERE event_id IN {IN_IDS} ON CONFLICT (event_id) DO NOTHING",
                     (at, deliver_ids),
                 )
                 await db.execute(
-                    f"UPDATE trigger_outbox SET delivered_at = ? WHERE event_id IN {_IN_IDS}",
+                    f"UPDATE trigger_outbox SET delivered_at = ? WHERE event_id IN {IN_IDS}",
                     (at, deliver_ids),
                 )
             if cancel:
                 await db.execute(
                     "UPDATE trigger_outbox SET delivered_at = ?, cancelled = 1"
-                    f" WHERE event_id IN {_IN_IDS}",
-                    (at, _json_list(cancel)),
+                    f" WHERE event_id IN {IN_IDS}",
+                    (at, json_list(cancel)),
                 )
-        return [_trigger_from_row(r) for r in deliver]
+        return [trigger_from_row(r) for r in deliver]
 
     async def _ids(self, table: str, store: str, ids: Collection[str]) -> set[str]:
         if not ids:
             return set()
         async with self._read(f"existing {table}") as db:
             rows = await db.execute_fetchall(
-                f"SELECT id FROM {table} WHERE store = ? AND id IN {_IN_IDS}",
-                (store, _json_list(ids)),
+                f"SELECT id FROM {table} WHERE store = ? AND id IN {IN_IDS}",
+                (store, json_list(ids)),
             )
         return {r[0] for r in rows}
 
@@ -710,8 +470,8 @@ class SqliteSink:
         version, voided, voided_at, linked, warning, committed_at, batch_id, body = head[0]
         out = _DICT_DECODER.decode(body)
         record = _DICT_DECODER.decode(body)
-        out["lines"] = [_line_dict(r) for r in lines]
-        out["tenders"] = [_tender_dict(r) for r in tenders]
+        out["lines"] = [line_dict(r) for r in lines]
+        out["tenders"] = [tender_dict(r) for r in tenders]
         out.update(
             record=record,
             version=version,
@@ -728,15 +488,15 @@ class SqliteSink:
         """Committed sales of one business date, voided ones included and flagged."""
         async with self._read("sales_log") as db:
             rows = await db.execute_fetchall(
-                f"SELECT {_SALE_LOG_SELECT} FROM sales"
+                f"SELECT {SALE_LOG_SELECT} FROM sales"
                 " WHERE store = ? AND business_date = ? ORDER BY occurred_at, id LIMIT ?",
                 (store, day.isoformat(), limit),
             )
         out = []
         for r in rows:
             item: dict[str, Any] = {
-                k: (bool(v) if k in _BOOL_COLS and v is not None else v)
-                for k, v in zip(_SALE_LOG_COLS, r, strict=True)
+                k: (bool(v) if k in BOOL_COLS and v is not None else v)
+                for k, v in zip(SALE_LOG_COLS, r, strict=True)
             }
             item["warnings"] = warnings_of(item.pop("warning"))
             out.append(item)
@@ -764,14 +524,14 @@ class SqliteSink:
         """Trigger events of a store (pending, delivered, cancelled), newest first."""
         async with self._read("list_triggers") as db:
             rows = await db.execute_fetchall(
-                f"SELECT o.{', o.'.join(_TRIGGER_COLS)}, s.currency, o.delivered_at, o.cancelled"
+                f"SELECT o.{', o.'.join(TRIGGER_COLS)}, s.currency, o.delivered_at, o.cancelled"
                 " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
                 " WHERE o.store = ? ORDER BY o.created_at DESC, o.event_id DESC LIMIT ?",
                 (store, limit),
             )
         out = []
         for r in rows:
-            item = {k: v for k, v in zip(_TRIGGER_COLS, r, strict=False)}
+            item = {k: v for k, v in zip(TRIGGER_COLS, r, strict=False)}
             item["currency"] = r[-3]
             item["trigger"] = item.pop("trigger_name")
             delivered_at, cancelled = r[-2], r[-1]
