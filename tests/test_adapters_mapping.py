@@ -893,3 +893,32 @@ def test_attributes_stay_within_the_record_limits() -> None:
     assert isinstance(c, Customer)
     assert len(c.attributes) == 256 and len(c.attributes["Col 0"]) == 4096
     assert c.attributes["Col 255"] == "255"
+
+
+def test_split_tender_rows_and_their_own_columns() -> None:
+    body = (
+        b"Transaction ID,Date,Qty,SKU,Price,Payment Type,Payment Amount,Card Last4\n"
+        b"T1,03/14/2026 10:00:00 AM,1,A,$60.00,,,\n"
+        b"T1,03/14/2026 10:00:00 AM,,,,Visa,$50.00,4242\n"
+        b"T1,03/14/2026 10:00:00 AM,,,,Cash,$10.00,\n"
+    )
+    s = sale(push("rain", "transactions.csv", body=body), "T1")
+    assert len(s.lines) == 1
+    assert [(t.method, t.amount) for t in s.tenders] == [
+        ("Visa", Decimal("50.00")),
+        ("Cash", Decimal("10.00")),
+    ]
+    assert s.attributes == {"rows[1].Card Last4": "4242"}  # a row with no line: by position
+
+
+def test_streaming_keeps_attributes_too() -> None:
+    spec = load_mapping(*_one_store("kwi"))
+    ctx = make_ctx("kwi", filename="customers.csv", zone="America/New_York")
+    stream = io.StringIO(fixture("kwi", "customers.csv").decode(), newline="")
+    ava, _ = list(iter_items(iter_csv_rows(stream, spec), spec, ctx))
+    assert isinstance(ava, Customer) and ava.attributes["Last Purchase Date"] == "03/20/26"
+
+
+def _one_store(source: str) -> tuple[Config, StoreConfig]:
+    cfg = config([{"id": "S1", "source": source}])
+    return cfg, cfg.stores[0]
