@@ -22,7 +22,7 @@ Invariants:
 - **Figures.** EDT states no order-level figures: a sale's subtotal is the sum of its lines'
   `SalelineAmount`, its tax the sum of their `SalelineEstTax` (the only tax figure), its total
   subtotal + tax. That is aggregation of the POS's own figures, not invention; no discount is
-  stated (`discount` stays unset). EDT exports carry no payment rows (the `Saleline cc*` fields
+  stated (`discount` stays unset). EDT exports carry no payment rows (the `Salelinecc*` fields
   are card-processor data, not amounts), so every sale is `tenders_known = False`.
 - **Nothing dropped.** Every field the canonical model has no slot for lands in `attributes`
   under its EDT name (dotted for nested objects and array indexes: `Email.0.EmailType`,
@@ -32,15 +32,16 @@ Invariants:
 - **Consent.** The EDT dictionary documents no marketing-consent field: consent is `unknown`
   unless a store names its flag in the mapping (`email_opt_in`, `email_opt_out`, `sms_opt_in`,
   `sms_opt_out`); only a true opt-in is `opted_in`, only a true opt-out `opted_out`.
-- **Split files.** Parts are independent payloads. A sale whose lines start after line 1 in a
-  part numbered 2 or more continues a previous part: it is rejected (not half-applied); feed
-  `combine_parts()` output (all parts of one export merged) to ingest such an export whole.
+- **Split files.** Parts are independent payloads (EDT splits "depending on the amount of
+  sales": a part is expected to hold whole sales). A sale whose lines start after line 1 in a
+  part numbered 2 or more continues a previous part: those lines are rejected, naming
+  `SalelineLineNo`. The earlier part's lines of that sale were read alone as a sale, which is
+  therefore incomplete; feed `combine_parts()` output (all parts merged) to ingest it whole.
 - **FULL snapshots** are upserts like any incremental file and never delete anything: absence
   from a FULL file does not deactivate a customer or item (only `CustomerInactive` does), and
   never removes a sale.
 
-Field names beyond the public data dictionary (sale date, quantity, tax, associate on a sale
-line; address/e-mail/phone sub-fields) are INFERRED: each role tries a list of candidate names,
+Field names beyond the public data dictionary (sale date, quantity, associate on a sale line; address/e-mail/phone sub-fields) are INFERRED: each role tries a list of candidate names,
 and a store can name the real field in its mapping table, e.g.
 `[mappings.edge_lumen.fields] sale_date = "SalelineTranDate"` (read from `ctx.mapping["fields"]`).
 """
