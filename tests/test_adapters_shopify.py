@@ -480,6 +480,38 @@ def test_refund_order_adjustments_are_a_fee_line() -> None:
     assert_valid(s)
 
 
+def test_shipping_refund_stated_twice_counts_once() -> None:
+    """Newer refunds describe a shipping refund both in refund_shipping_lines and as a
+    shipping_refund order adjustment (as Shopify's client fixtures show): counted once."""
+    usd = {"shop_money": {"amount": "5.00", "currency_code": "USD"}}
+    doc = {
+        "id": 990011220040,
+        "order_id": 6120458733913,
+        "created_at": "2026-03-22T10:00:00-05:00",
+        "refund_line_items": [],
+        "refund_shipping_lines": [
+            {"id": 1, "shipping_line_id": 2, "subtotal_amount_set": usd, "shipping_line": {}}
+        ],
+        "order_adjustments": [
+            {
+                "id": 3,
+                "amount": "-5.00",
+                "tax_amount": "0.00",
+                "kind": "shipping_refund",
+                "reason": "Shipping refund",
+                "amount_set": {"shop_money": {"amount": "-5.00", "currency_code": "USD"}},
+            }
+        ],
+        "transactions": [
+            {"id": 4, "kind": "refund", "status": "success", "amount": "5.00", "gateway": "bogus"}
+        ],
+    }
+    s = sale(push(doc, "refunds/create"), "refund:990011220040")
+    assert (s.total, [t.amount for t in s.tenders]) == (Decimal("-5.00"), [Decimal("-5.00")])
+    assert '"subtotal_amount_set"' in s.attributes["refund_shipping_lines"]  # kept, not added
+    assert_valid(s)
+
+
 def test_refund_with_test_transaction_is_dropped() -> None:
     doc = refund()
     doc["transactions"][0]["test"] = True
