@@ -500,3 +500,21 @@ def test_mutated_exports_parse_or_raise_record_invalid(
         return
     for rejection in parsed.rejected:
         assert rejection.field
+
+
+@given(
+    extra=st.dictionaries(
+        st.from_regex(r"Customer[A-Z][a-zA-Z]{2,12}", fullmatch=True).filter(
+            lambda k: k not in json.loads(fixture("the_edge", CUSTOMERS))["Customer"][0]
+        ),
+        st.text(min_size=1, max_size=40).filter(str.strip),
+        max_size=6,
+    )
+)
+def test_any_field_without_a_slot_comes_back_as_written(extra: dict[str, str]) -> None:
+    doc = json.loads(fixture("the_edge", CUSTOMERS))
+    doc["Customer"][0].update(extra)
+    (bill, _) = push(doc, CUSTOMERS).records
+    assert isinstance(bill, Customer)
+    for key, value in extra.items():
+        assert bill.attributes[key] == value
