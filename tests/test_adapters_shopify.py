@@ -780,6 +780,21 @@ def test_refund_transaction_in_an_order_body_is_a_negative_tender() -> None:
     assert (s.tenders[-1].method, s.tenders[-1].amount) == ("Cash", Decimal("-5.00"))
 
 
+def test_a_refund_transaction_of_an_embedded_refund_is_the_returns_tender() -> None:
+    doc = _order_with_embedded_refund()
+    (refund_txn,) = doc["refunds"][0]["transactions"]
+    doc["transactions"] = [
+        {"id": 1, "kind": "sale", "status": "success", "amount": "1244.87", "gateway": "Cash"},
+        {**refund_txn, "kind": "refund"},
+    ]
+    parsed = push(doc, "orders/updated")
+    s = sale(parsed, ORDER_ID)
+    assert [(t.method, t.amount) for t in s.tenders] == [("Cash", Decimal("1244.87"))]
+    assert_valid(s)
+    r = sale(parsed, REFUND_ID)
+    assert [t.amount for t in r.tenders] == [-Decimal(refund_txn["amount"])]
+
+
 def test_only_an_authorization_is_no_payment() -> None:
     doc = order()
     doc["transactions"] = [

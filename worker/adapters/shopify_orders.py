@@ -162,7 +162,7 @@ def order_records(
                 refunded[line_item_id] = refunded.get(line_item_id, ZERO) + rli.req_dec("quantity")
     items = o.objs("line_items")
     lines = [line for li in items if (line := _order_line(li, refunded)) is not None]
-    tenders = _order_tenders(o)
+    tenders = _order_tenders(o, refunds)
     discount, discount_adjustments = _discounts(o, items)
     fees = _fees(o)
     extra = [
@@ -417,15 +417,22 @@ def _tax_adjustments(o: Obj, lines: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def _order_tenders(o: Obj) -> list[dict[str, Any]] | None:
-    """Tenders from `transactions` when the body has them; None (unknown) otherwise."""
+def _order_tenders(o: Obj, refunds: list[Obj]) -> list[dict[str, Any]] | None:
+    """Tenders from `transactions` when the body has them; None (unknown) otherwise.
+
+    A refund transaction that one of the order's embedded refunds also lists is that return
+    sale's tender, not the order's (the order keeps what was sold).
+    """
     if not isinstance(o.get("transactions"), list):
         return None
+    refunded = {t.ident("id") for r in refunds for t in r.objs("transactions")} - {None}
     tenders: list[dict[str, Any]] = []
     for t in o.objs("transactions"):
         kind = t.text("kind")
         if t.text("status") not in (None, "success") or kind not in ("sale", "capture", "refund"):
             continue  # authorizations move no money; voids and failures neither
+        if kind == "refund" and t.ident("id") in refunded:
+            continue
         amount = _req_money(t, "amount")
         tenders.append(
             {
