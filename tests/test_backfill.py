@@ -202,12 +202,21 @@ async def test_over_max_backfill_bytes_is_413(tmp_path: Path) -> None:
 
 
 async def test_backfill_sales_fire_no_triggers_at_the_window(h: Harness) -> None:
-    status, out = await post(h, ndjson(sale_lines(50, customer_id=None)))
+    # Every sale has a customer the sink holds, so only `origin` decides (sales without a
+    # customer fire nothing either).
+    customer = {"type": "customer", "id": "C-1", "first_name": "Ada"}
+    resp = await h.client.post(
+        "/v1/push/canonical/S1",
+        data=orjson.dumps(customer),
+        headers={**h.store(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 202
+    status, out = await post(h, ndjson(sale_lines(50, customer_id="C-1")))
     assert status == 200 and out["accepted"] == 50
     # A live sale of the same day does fire: the config has triggers.
     resp = await h.client.post(
         "/v1/push/canonical/S1",
-        data=orjson.dumps(sale_dict("LIVE-1", at=NOW)),
+        data=orjson.dumps(sale_dict("LIVE-1", at=NOW, customer_id="C-1")),
         headers={**h.store(), "Content-Type": "application/json"},
     )
     assert resp.status == 202
