@@ -1075,3 +1075,25 @@ async def test_postgres_migrates_version_1_tables(
     finally:
         await conn.close()
     assert old is not None and tuple(old) == ("cash", Decimal("5.00"), None)
+
+
+async def test_postgres_start_up_does_not_lock_current_tables(
+    tmp_path: Path, postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    """A second start-up must not queue behind a writer: no ALTER on a current table."""
+    backend = PostgresBackend(tmp_path, postgres_server, postgres_dsn)
+    async with backend.open():
+        pass
+    writer = await asyncpg.connect(postgres_dsn)
+    try:
+        tx = writer.transaction()
+        await tx.start()
+        # What a commit in another process holds while it writes lines and tenders.
+        await writer.execute(
+            f"LOCK TABLE {PG_SCHEMA}.sale_lines, {PG_SCHEMA}.tenders IN ROW EXCLUSIVE MODE"
+        )
+        async with asyncio.timeout(5), backend.open() as opened:
+            await opened.health()
+        await tx.rollback()
+    finally:
+        await writer.close()

@@ -1,8 +1,7 @@
 """Schema of the PostgreSQL sink (the tables are described in `sinks.sqlite`).
 
 `DDL` is idempotent: `CREATE ... IF NOT EXISTS` for a new database, then the migrations of
-tables an older possync created, each written to be a no-op on a current table
-(`ALTER COLUMN ... DROP NOT NULL`, `ADD COLUMN IF NOT EXISTS`). It runs at every start-up in
+tables an older possync created, each run only where the catalog still shows the old shape. It runs at every start-up in
 one transaction, under an advisory lock so concurrent start-ups take turns.
 """
 
@@ -162,13 +161,30 @@ CREATE TABLE IF NOT EXISTS {s}.commit_batches (
     committed_at timestamptz NOT NULL,
     outcome jsonb
 );
--- Migrations of tables created by an older possync (each a no-op on a current table).
+-- Migrations of tables created by an older possync. Each ALTER runs only when the table
+-- still has the old shape: ALTER TABLE takes an ACCESS EXCLUSIVE lock even when it would
+-- change nothing, and a start-up must not queue behind another process's commit for that.
 -- 2: a POS line may carry no SKU; tenders keep the POS's own id of the payment type.
-ALTER TABLE {s}.sale_lines ALTER COLUMN sku DROP NOT NULL;
-ALTER TABLE {s}.tenders ADD COLUMN IF NOT EXISTS method_id text;
+DO $migrate$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {sale_lines}::regclass
+               AND attname = 'sku' AND attnotnull) THEN
+        ALTER TABLE {s}.sale_lines ALTER COLUMN sku DROP NOT NULL;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = {tenders}::regclass
+                   AND attname = 'method_id' AND NOT attisdropped) THEN
+        ALTER TABLE {s}.tenders ADD COLUMN method_id text;
+    END IF;
+END
+$migrate$;
 """
 
 
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def ddl(schema: str) -> str:
-    """The DDL with the schema name quoted in."""
-    return DDL.format(s='"' + schema.replace('"', '""') + '"')
+    """The DDL with the schema name quoted in (as an identifier, and in regclass literals)."""
+    s = '"' + schema.replace('"', '""') + '"'
+    return DDL.format(s=s, sale_lines=_literal(f"{s}.sale_lines"), tenders=_literal(f"{s}.tenders"))
