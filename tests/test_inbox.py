@@ -24,7 +24,7 @@ from worker import keys
 from worker.config import Config
 from worker.errors import Unavailable
 from worker.intake import IngestOutcome
-from worker.sources import inbox as inbox_mod
+from worker.sources import inbox_fs
 from worker.sources.inbox import (
     INBOX,
     Inbox,
@@ -45,7 +45,13 @@ def config(tmp: Path, *, stores: list[dict[str, Any]] | None = None, **overrides
         {"id": s.id, "source": s.source, "timezone": s.timezone, "token": s.token}
         for s in base.stores
     ]
-    inbox = {"scan_interval_s": INTERVAL, "stable_s": INTERVAL, **overrides.pop("inbox", {})}
+    # Clock-driven scans only (notifications have their own tests): every scan is a tick.
+    inbox = {
+        "scan_interval_s": INTERVAL,
+        "stable_s": INTERVAL,
+        "notify": False,
+        **overrides.pop("inbox", {}),
+    }
     return make_config(tmp, inbox=inbox, stores=raw_stores + (stores or []), **overrides)
 
 
@@ -279,7 +285,7 @@ async def test_crash_between_ingest_and_move_reingests_harmlessly(
         raise OSError("simulated crash before the move")
 
     with monkeypatch.context() as m:
-        m.setattr(inbox_mod, "_finalize", crash)
+        m.setattr(inbox_fs, "finalize", crash)
         async with started(cfg) as h:
             path = drop(folder(tmp_path), "x.ndjson", body)
             await tick(h)
@@ -376,10 +382,20 @@ async def test_upload_is_ingested_like_a_push(tmp_path: Path) -> None:
         body = ndjson(sale_dict("U-1", at=NOW), CUSTOMER)
         status, out = await post(h, "/v1/files/canonical/S1?filename=up.ndjson", body)
         assert status == 202, out
-        assert set(out) == {"accepted", "duplicates", "rejected", "dropped", "visible_at"}
+        assert set(out) == {
+            "accepted",
+            "duplicates",
+            "rejected",
+            "rejected_count",
+            "dropped",
+            "visible_at",
+        }
         assert (out["accepted"], out["duplicates"]) == (2, 0)
-        # Again with the admin token: duplicates.
+        # The admin token is not a push credential (issue 12): only the store's own token.
         status, out = await post(h, "/v1/files/canonical/S1?filename=up.ndjson", body, token=ADMIN)
+        assert status == 401 and out["field"] == "Authorization", out
+        # Again with the store token: duplicates.
+        status, out = await post(h, "/v1/files/canonical/S1?filename=up.ndjson", body)
         assert status == 202 and (out["accepted"], out["duplicates"]) == (0, 2)
         # A native export named by Content-Disposition, typed by its extension.
         name = "2026-11-02-06-00-Transaction.json"
@@ -406,8 +422,9 @@ async def test_upload_errors(tmp_path: Path) -> None:
         for token in (None, "wrong", S2_TOKEN):
             status, out = await post(h, url, body, token=token)
             assert status == 401 and out["field"] == "Authorization", out
+        # An unknown store is the same 401 as a wrong token: store ids cannot be enumerated.
         status, out = await post(h, "/v1/files/canonical/NOPE?filename=e.ndjson", body)
-        assert status == 404 and out["field"] == "store"
+        assert status == 401 and out["field"] == "Authorization", out
         for source in ("teletype", "the_edge"):
             status, out = await post(h, f"/v1/files/{source}/S1?filename=e.ndjson", body)
             assert status == 404 and out["field"] == "source", out
@@ -439,12 +456,12 @@ async def test_disabled_inbox_keeps_uploads(tmp_path: Path) -> None:
 
 
 async def test_a_dead_watcher_fails_readyz(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(folder: Path) -> list[Any]:
+    def broken(root: Path, folders: object) -> list[Any]:
         raise RuntimeError("bug in the scanner")
 
     async with started(config(tmp_path)) as h:
         task = h.app[keys.HEALTH].tasks["inbox"]
-        monkeypatch.setattr(inbox_mod, "_list", broken)
+        monkeypatch.setattr(inbox_fs, "list_folders", broken)
         h.clock.advance(INTERVAL)
         await asyncio.wait({task})
         resp = await h.client.get("/readyz", headers=h.admin())

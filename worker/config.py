@@ -164,6 +164,10 @@ class InboxConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     enabled: bool = True
     scan_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 2.0
     stable_s: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # File-system notifications (watchfiles) wake the scan of a folder; every folder is
+    # still scanned every rescan_s as the safety net. Without notifications: scan_interval_s.
+    notify: bool = True
+    rescan_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):

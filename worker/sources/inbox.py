@@ -1,11 +1,14 @@
 """Drop folders: POS export files picked up from disk, and the same as an HTTP upload.
 
     <data_dir>/inbox/{source}/{store}/NAME           a complete file (NAME.done or stable)
-        --scan every inbox.scan_interval_s (injectable clock)-->
-        read (thread, <= file_limit) -> Intake.ingest(priority="bulk", authorized=True)
+        --notification (watchfiles) for that folder, or the full poll every inbox.rescan_s
+          (inbox.scan_interval_s without notifications; injectable clock)-->
+        read (thread, no symlink followed, <= file_limit) -> Intake.ingest(priority="bulk")
         -> ok:        processed/NAME  + processed/NAME.result.json
         -> permanent: failed/NAME     + failed/NAME.error.json
         -> transient: left in place, retried on a later scan with backoff
+        -> refused:   (symlink, special file, hard link, bad name, ...) left in place, never
+                      opened; counted per store on /status
 
     POST /v1/files/{source}/{store}?filename=NAME   (store token or admin; body = the file)
         -> the same Intake.ingest -> 202 {"accepted", "duplicates", "rejected", "dropped",
@@ -13,9 +16,15 @@
 
 Invariants
 
-* Complete files only. A file is taken when `NAME.done` sits next to it, or when its size
-  and mtime are unchanged across two scans at least `inbox.stable_s` apart (clock time).
-  Dotfiles, `*.tmp`, `*.part` and `*.done` are never taken themselves.
+* Never follow a symlink below the inbox root (`inbox_fs`): folders are opened with
+  O_DIRECTORY|O_NOFOLLOW relative to their parent's fd, files with O_NOFOLLOW relative to
+  the folder's fd, and moves are renames between fds of the real folders. A symlinked
+  source folder, store folder, processed/ or failed/ stops that folder (nothing is taken
+  from it) and is reported; a drop folder is an SFTP home, so nothing there is trusted.
+* Complete files only. A file is taken when `NAME.done` sits next to it, or when its size,
+  mtime and identity are unchanged across two scans at least `inbox.stable_s` apart (clock
+  time); the opened fd must still be the file that was listed. Dotfiles, `*.tmp`, `*.part`
+  and `*.done` are never taken themselves.
 * Order. Per folder, files are taken in natural name order (digit runs compare as
   numbers, so The Edge's `1-...`, `2-...`, `10-...` parts and timestamped names come in
   the order they were written). The first file that is not ready (still being written, or
@@ -27,6 +36,8 @@ Invariants
 * Move order: the marker first, then the file, then the report. A crash after the marker
   moved leaves an unmarked file, which is retaken once stable (harmless); a marker is never
   left behind for a later file of the same name to inherit.
+* Notifications are hints. They only say which folder to scan next; a lost one is caught
+  by the full poll, a folder waiting for a file to settle or a retry is rescanned when due.
 * A failing file never kills the watcher. Permanent errors (400/401/404/413/415: the file
   itself is wrong) send it to `failed/`; transient ones (spool full, sink or disk
   unavailable, I/O errors) leave it in place with exponential backoff. The watcher is one
@@ -38,9 +49,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -48,16 +59,12 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from worker import keys
-from worker.adapters import get_adapter
 from worker.clock import Clock
-from worker.config import Config, StoreConfig
+from worker.config import Config
 from worker.errors import (
     ConfigError,
-    NotFound,
-    PayloadTooLarge,
     PossyncError,
     SinkError,
     SpoolFull,
@@ -65,41 +72,26 @@ from worker.errors import (
     Unavailable,
 )
 from worker.intake import IngestOutcome, Intake, NothingAcceptable
-from worker.sources.http import json_response, media_type, outcome_json, read_body
+from worker.sources import inbox_fs
+from worker.sources.http import outcome_json
+from worker.sources.inbox_fs import FAILED, PROCESSED, Entry, Listing, RefusedEntry
+from worker.sources.inbox_notify import Notifier
+from worker.sources.inbox_upload import (
+    INBOX,
+    LIMIT_HINT,
+    add_file_routes,
+    content_type_for,
+    file_limit,
+)
 
 log = logging.getLogger("possync.inbox")
 
-MARKER = ".done"
-PROCESSED = "processed"
-FAILED = "failed"
-# Never taken as files: partial uploads by convention, and our own markers.
-_SKIP_SUFFIXES = (".tmp", ".part", MARKER)
-CONTENT_TYPES: Mapping[str, str] = {
-    ".json": "application/json",
-    ".ndjson": "application/x-ndjson",
-    ".jsonl": "application/x-ndjson",
-    ".csv": "text/csv",
-    ".txt": "text/plain",
-}
-# A file is parsed whole by its adapter (as a push is), so it is held in memory a few times
-# over: cap it at this many push bodies (and never above `http.max_backfill_bytes`).
-FILE_BODIES = 16
+__all__ = ["INBOX", "Inbox", "add_file_routes", "content_type_for", "open_inbox"]
+
 BACKOFF_MAX_S = 300.0
+REFUSED_LATEST = 10  # refused entries shown per store on /status
 _DIGITS = re.compile(r"(\d+)")
 _ENCODE = msgspec.json.Encoder(decimal_format="string")
-
-INBOX: web.AppKey[Inbox] = web.AppKey("inbox")
-_FILE_ROUTES: web.AppKey[bool] = web.AppKey("inbox_file_routes")
-
-
-def file_limit(cfg: Config) -> int:
-    """Largest file (bytes) taken from a drop folder or accepted by `POST /v1/files`."""
-    return min(cfg.http.max_backfill_bytes, FILE_BODIES * cfg.http.max_body_bytes)
-
-
-def content_type_for(name: str) -> str:
-    """The media type a file name implies ("" when the extension says nothing)."""
-    return CONTENT_TYPES.get(Path(name).suffix.lower(), "")
 
 
 def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -116,10 +108,6 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, SpoolFull | Unavailable | StorageFull | OSError)
 
 
-def _takeable(name: str) -> bool:
-    return not name.startswith(".") and not name.lower().endswith(_SKIP_SUFFIXES)
-
-
 # ---------------------------------------------------------------------- state
 
 
@@ -132,19 +120,10 @@ class Folder:
     path: Path
 
 
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    size: int
-    mtime_ns: int
-    marked: bool
-
-
 @dataclass
 class _Seen:
-    size: int
-    mtime_ns: int
-    since: datetime  # clock time the file was first seen with this size and mtime
+    ident: tuple[int, int, int, int]  # size, mtime_ns, dev, ino
+    since: datetime  # clock time the file was first seen with this identity
 
 
 @dataclass
@@ -162,82 +141,18 @@ class StoreStats:
     failed: int = 0
     retries: int = 0  # transient failures, all time
     uploads: int = 0
+    refused: int = 0  # entries refused (symlink, special file, ...), each counted once
+    refused_latest: deque[dict[str, str]] = field(
+        default_factory=lambda: deque(maxlen=REFUSED_LATEST)
+    )
     last_file: str | None = None
     last_at: str | None = None
     last_error: str | None = None
     waiting: set[Path] = field(default_factory=set)  # files currently backing off
 
 
-# ---------------------------------------------------------------------- file operations
-# (blocking: always called through asyncio.to_thread)
-
-
-def _list(folder: Path) -> list[_Entry]:
-    files: dict[str, os.DirEntry[str]] = {}
-    with os.scandir(folder) as it:
-        for e in it:
-            if not e.name.startswith(".") and e.is_file():
-                files[e.name] = e
-    out = []
-    for name, e in files.items():
-        if not _takeable(name):
-            continue
-        try:
-            st = e.stat()
-        except FileNotFoundError:
-            continue  # gone between listing and stat
-        out.append(_Entry(name, st.st_size, st.st_mtime_ns, name + MARKER in files))
-    return out
-
-
-def _read(path: Path, limit: int) -> bytes:
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > limit:
-            raise PayloadTooLarge(
-                f"file is {size} bytes, over the {limit} byte limit "
-                f"({FILE_BODIES} x http.max_body_bytes, at most http.max_backfill_bytes); "
-                "load it with `possync backfill` instead",
-                field="body",
-            )
-        body = f.read(limit + 1)
-    if len(body) > limit:
-        raise PayloadTooLarge(f"file grew past the {limit} byte limit", field="body")
-    return body
-
-
-def _free_name(dest: Path, name: str, stamp: str) -> str:
-    """`name`, or `stem.<stamp>[-n]suffix` when `name` (or its report) is already there."""
-
-    def taken(n: str) -> bool:
-        return any(
-            (dest / f"{n}{extra}").exists() for extra in ("", MARKER, ".result.json", ".error.json")
-        )
-
-    if not taken(name):
-        return name
-    p = Path(name)
-    for i in range(1, 10_000):
-        candidate = f"{p.stem}.{stamp}{'' if i == 1 else f'-{i}'}{p.suffix}"
-        if not taken(candidate):
-            return candidate
-    raise FileExistsError(f"no free name for {name} in {dest}")
-
-
-def _finalize(path: Path, dest: Path, stamp: str, report_suffix: str, report: bytes) -> str:
-    """Move the marker, then the file, into `dest`; then write the report beside it."""
-    dest.mkdir(exist_ok=True)
-    final = _free_name(dest, path.name, stamp)
-    marker = path.with_name(path.name + MARKER)
-    # Marker first: a crash after it leaves an unmarked file (retaken when stable), never an
-    # orphan marker that would vouch for a later, half-written file of the same name.
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(marker, dest / (final + MARKER))
-    os.replace(path, dest / final)
-    tmp = dest / f".{final}{report_suffix}.tmp"
-    tmp.write_bytes(report)
-    os.replace(tmp, dest / (final + report_suffix))
-    return final
+def _ident(e: Entry) -> tuple[int, int, int, int]:
+    return (e.size, e.mtime_ns, e.dev, e.ino)
 
 
 # ---------------------------------------------------------------------- the watcher
@@ -256,45 +171,137 @@ class Inbox:
         for s in cfg.stores:
             for source in dict.fromkeys((s.source, "canonical")):
                 self.folders.append(Folder(source, s.id, self.root / source / s.id))
+        self._by_path = {f.path: f for f in self.folders}
         self.stats: dict[str, StoreStats] = {s.id: StoreStats() for s in cfg.stores}
         self.stop = asyncio.Event()
         # Set while the watcher is parked on the clock between scans (tests advance then).
         self.idle = asyncio.Event()
         self.scans = 0
         self.last_scan_at: datetime | None = None
+        self.mode = "poll"  # "notify" while file-system notifications are on
+        self.notify_error: str | None = None
+        self.notified = 0  # notification batches received
+        self._notifier: Notifier | None = None
+        self._rewatch = False
+        self._watch_retry_at: datetime | None = None
+        self._wake = asyncio.Event()  # a notification arrived, or stop
+        self._dirty: set[Folder] = set()  # notified folders, scanned on the next pass
+        self._due: dict[Folder, datetime] = {}  # a settling file or a retry falls due
+        self._next_full: datetime | None = None
         self._seen: dict[Path, _Seen] = {}
         self._retry: dict[Path, _Retry] = {}
+        self._refused: dict[Path, set[RefusedEntry]] = {}
         self._scan_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def prepare(self) -> None:
         """Create every watched folder with its `processed/` and `failed/` (blocking)."""
+        self.root.mkdir(parents=True, exist_ok=True)
         for f in self.folders:
-            for sub in (PROCESSED, FAILED):
-                (f.path / sub).mkdir(parents=True, exist_ok=True)
+            # A refused (symlinked) folder is left alone here; the scans report it.
+            with contextlib.suppress(inbox_fs.Refused, inbox_fs.Vanished):
+                inbox_fs.prepare(self.root, f.source, f.store)
+
+    def close(self) -> None:
+        """Ask the watcher to stop (it finishes the file in hand)."""
+        self.stop.set()
+        self._wake.set()
 
     async def run(self) -> None:
-        """Scan, then wait `scan_interval_s` on the clock (or until stop); forever."""
-        interval = timedelta(seconds=self.cfg.inbox.scan_interval_s)
+        """Scan what is due, then wait on the clock or a notification (or stop); forever."""
         try:
+            if self.cfg.inbox.notify:
+                await self._watch()
             while not self.stop.is_set():
                 self.idle.clear()
-                for folder in self.folders:
-                    if self.stop.is_set():
-                        return
-                    await self._scan(folder)
+                self._wake.clear()  # a notification during the pass wakes the next wait
+                await self._pass(self._batch(self.clock.now()))
+                if self.stop.is_set():
+                    return
                 self.scans += 1
                 self.last_scan_at = self.clock.now()
                 self._wake_scan_waiters()
+                if self._rewatch or self._watch_retry_at is not None:
+                    await self._rewatch_if_due()
                 # No await between here and the clock wait: a test that sees `idle` set
                 # knows the watcher is parked on the clock.
                 self.idle.set()
-                if not await self.clock.wait_until(self.clock.now() + interval, self.stop):
-                    return
+                assert self._next_full is not None
+                deadline = min([self._next_full, *self._due.values()])
+                await self.clock.wait_until(deadline, self._wake)
         finally:
+            if self._notifier is not None:
+                await asyncio.to_thread(self._notifier.close)
+                self._notifier = None
             # Nobody waits forever on a watcher that stopped or died.
             for _, fut in self._scan_waiters:
                 fut.cancel()
             self._scan_waiters = []
+
+    def _batch(self, now: datetime) -> list[Folder]:
+        """The folders this pass scans: all when the full poll is due, else notified/due."""
+        if self._next_full is None or now >= self._next_full:
+            interval = (
+                self.cfg.inbox.rescan_s if self.mode == "notify" else self.cfg.inbox.scan_interval_s
+            )
+            self._next_full = now + timedelta(seconds=interval)
+            self._dirty.clear()
+            self._due.clear()
+            return list(self.folders)
+        due = {f for f, at in self._due.items() if at <= now}
+        batch = [f for f in self.folders if f in self._dirty or f in due]
+        self._dirty.clear()
+        for f in batch:
+            self._due.pop(f, None)
+        return batch
+
+    async def _rewatch_if_due(self) -> None:
+        now = self.clock.now()
+        if self._watch_retry_at is not None and now < self._watch_retry_at:
+            return
+        if self.mode == "notify" or self._watch_retry_at is not None:
+            await self._watch()
+
+    async def _watch(self) -> None:
+        """(Re)start file-system notifications on every folder that can be watched."""
+        self._rewatch = False
+        self._watch_retry_at = None
+        if self._notifier is not None:
+            await asyncio.to_thread(self._notifier.close)
+            self._notifier = None
+        # Only real folders: a missing one would fail the whole watch, and a symlinked one
+        # is refused anyway (a watch through it would only cost spurious scans).
+        paths = await asyncio.to_thread(inbox_fs.real_dirs, [f.path for f in self.folders])
+        notifier = Notifier(paths, self._notify, self._notify_failed)
+        try:
+            await asyncio.to_thread(notifier.start, asyncio.get_running_loop())
+        except (OSError, RuntimeError) as exc:
+            # No notifications on this platform or file system, or the watch limit is hit:
+            # poll every scan_interval_s, as before notifications existed.
+            self._notify_failed(exc)
+            return
+        self._notifier = notifier
+        self.mode = "notify"
+        self.notify_error = None
+
+    def _notify(self, paths: set[Path]) -> None:
+        self.notified += 1
+        for p in paths:
+            folder = self._by_path.get(p.parent) or self._by_path.get(p)
+            if folder is not None:
+                self._dirty.add(folder)
+                if folder.path == p:
+                    self._rewatch = True  # the folder itself changed (removed, replaced)
+        self._wake.set()
+
+    def _notify_failed(self, exc: BaseException) -> None:
+        self.notify_error = f"{type(exc).__name__}: {exc}"
+        if self.mode == "notify" or self._next_full is None:
+            log.error("inbox: no file-system notifications, polling: %s", self.notify_error)
+        self.mode = "poll"
+        # Try again now and then (a watch limit raised, a file system remounted).
+        self._watch_retry_at = self.clock.now() + timedelta(seconds=self.cfg.inbox.rescan_s)
+        self._next_full = None  # from now on, the full poll runs every scan_interval_s
+        self._wake.set()
 
     async def wait_scans(self, n: int) -> None:
         """Return once `n` scans have completed (for tests and tools; never polls)."""
@@ -315,54 +322,131 @@ class Inbox:
                 keep.append((n, fut))
         self._scan_waiters = keep
 
-    async def _scan(self, folder: Folder) -> None:
-        stats = self.stats[folder.store]
-        try:
-            entries = await asyncio.to_thread(_list, folder.path)
-        except OSError as exc:
-            stats.last_error = f"cannot list {folder.path}: {exc}"
-            log.warning("inbox: %s", stats.last_error)
-            if isinstance(exc, FileNotFoundError):
-                # Someone removed the folder: recreate it so drops keep working.
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(self.prepare)
+    async def _pass(self, batch: list[Folder]) -> None:
+        if not batch:
             return
-        present = {folder.path / e.name for e in entries}
+        # One thread hop lists the whole batch: at idle, thousands of empty folders cost
+        # one call, not one hop each.
+        listings = await asyncio.to_thread(
+            inbox_fs.list_folders, self.root, [(f.source, f.store) for f in batch]
+        )
+        for folder, listing in zip(batch, listings, strict=True):
+            if self.stop.is_set():
+                return
+            await self._scan(folder, listing)
+
+    async def _scan(self, folder: Folder, listing: Listing) -> None:
+        stats = self.stats[folder.store]
+        now = self.clock.now()
+        refused = set(listing.refused)
+        if listing.folder_refused is not None:
+            refused.add(listing.folder_refused)
+        self._note_refused(folder, refused, now)
+        if listing.missing or listing.error is not None:
+            what = "no such folder" if listing.missing else str(listing.error)
+            stats.last_error = f"cannot list {folder.source}/{folder.store}: {what}"
+            log.warning("inbox: %s", stats.last_error)
+            if listing.missing:
+                # Someone removed the folder: recreate it so drops keep working.
+                with contextlib.suppress(OSError, inbox_fs.Refused, inbox_fs.Vanished):
+                    await asyncio.to_thread(
+                        inbox_fs.prepare, self.root, folder.source, folder.store
+                    )
+                    self._rewatch = True
+            return
+        if listing.folder_refused is not None:
+            return
+        present = {folder.path / e.name for e in listing.entries}
         for path in [p for p in self._seen if p.parent == folder.path and p not in present]:
             del self._seen[path]
         for path in [p for p in self._retry if p.parent == folder.path and p not in present]:
             del self._retry[path]
             stats.waiting.discard(path)
-        now = self.clock.now()
+        handle: inbox_fs.Handle | None = None
         # Once a file cannot be taken (still being written, or backing off), the files
         # after it wait, so the folder keeps its order; their stability is still tracked.
         blocked = False
-        for entry in sorted(entries, key=lambda e: natural_key(e.name)):
-            if self.stop.is_set():
-                return
-            path = folder.path / entry.name
-            ready = self._stable(path, entry, now) or entry.marked
-            retry = self._retry.get(path)
-            if retry is not None and now < retry.next_at:
-                ready = False
-            if blocked or not ready:
-                blocked = True
-                continue
-            blocked = not await self._take(folder, path, entry)
+        try:
+            for entry in sorted(listing.entries, key=lambda e: natural_key(e.name)):
+                if self.stop.is_set():
+                    return
+                path = folder.path / entry.name
+                ready = self._stable(folder, path, entry, now) or entry.marked
+                retry = self._retry.get(path)
+                if retry is not None and now < retry.next_at:
+                    ready = False
+                    self._due_at(folder, retry.next_at)
+                if blocked or not ready:
+                    blocked = True
+                    continue
+                if handle is None:
+                    handle = await self._open(folder, listing)
+                    if handle is None:
+                        return
+                blocked = not await self._take(folder, handle, path, entry)
+        finally:
+            if handle is not None:
+                handle.close()
 
-    def _stable(self, path: Path, entry: _Entry, now: datetime) -> bool:
+    async def _open(self, folder: Folder, listing: Listing) -> inbox_fs.Handle | None:
+        """The folder's fd, if it is still the folder that was listed."""
+        try:
+            h = await asyncio.to_thread(
+                inbox_fs.open_folder, self.root, folder.source, folder.store
+            )
+        except (OSError, inbox_fs.Refused, inbox_fs.Vanished):
+            self._dirty.add(folder)  # judged again by the next listing
+            return None
+        try:
+            same = inbox_fs.folder_identity(h) == (listing.dev, listing.ino)
+        except OSError:
+            same = False
+        if not same:
+            h.close()
+            self._dirty.add(folder)
+            return None
+        return h
+
+    def _note_refused(self, folder: Folder, refused: set[RefusedEntry], now: datetime) -> None:
+        """Count each refused entry once (by name, kind and identity) while it stays."""
+        before = self._refused.get(folder.path, set())
+        stats = self.stats[folder.store]
+        for r in sorted(refused - before, key=lambda r: r.name):
+            stats.refused += 1
+            name = inbox_fs.printable(r.name)
+            stats.refused_latest.append(
+                {"folder": folder.source, "name": name, "kind": r.kind, "at": now.isoformat()}
+            )
+            log.warning("inbox: refused %s/%s/%s: %s", folder.source, folder.store, name, r.kind)
+        if refused:
+            self._refused[folder.path] = refused
+        else:
+            self._refused.pop(folder.path, None)
+
+    def _due_at(self, folder: Folder, at: datetime) -> None:
+        # Only with notifications: without them every folder is scanned each interval anyway.
+        if self.mode == "notify":
+            self._due[folder] = min(at, self._due.get(folder, at))
+
+    def _stable(self, folder: Folder, path: Path, entry: Entry, now: datetime) -> bool:
         seen = self._seen.get(path)
-        if seen is None or (seen.size, seen.mtime_ns) != (entry.size, entry.mtime_ns):
-            self._seen[path] = _Seen(entry.size, entry.mtime_ns, now)
+        if seen is None or seen.ident != _ident(entry):
+            self._seen[path] = _Seen(_ident(entry), now)
+            self._due_at(folder, now + timedelta(seconds=self.cfg.inbox.stable_s))
             return False
-        return (now - seen.since).total_seconds() >= self.cfg.inbox.stable_s
+        if (now - seen.since).total_seconds() >= self.cfg.inbox.stable_s:
+            return True
+        self._due_at(folder, seen.since + timedelta(seconds=self.cfg.inbox.stable_s))
+        return False
 
-    async def _take(self, folder: Folder, path: Path, entry: _Entry) -> bool:
+    async def _take(
+        self, folder: Folder, handle: inbox_fs.Handle, path: Path, entry: Entry
+    ) -> bool:
         """Ingest one file and move it; False when it must be retried later."""
         stats = self.stats[folder.store]
         stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
         try:
-            body = await asyncio.to_thread(_read, path, self.limit)
+            body = await asyncio.to_thread(inbox_fs.read, handle, entry, self.limit, LIMIT_HINT)
             outcome = await self.intake.ingest(
                 folder.source,
                 folder.store,
@@ -372,31 +456,42 @@ class Inbox:
                 priority="bulk",
                 authorized=True,
             )
-        except FileNotFoundError:
+        except inbox_fs.Vanished:
             log.info("inbox: %s vanished before it was read", path)
             self._forget(stats, path)
             return True
+        except inbox_fs.Changed:
+            # Replaced since it was listed: the new file is judged afresh (stability again).
+            log.info("inbox: %s changed between listing and open; not read", path)
+            self._seen.pop(path, None)
+            self._dirty.add(folder)
+            return False
+        except inbox_fs.Refused as exc:
+            self._forget(stats, path)
+            key = RefusedEntry(entry.name, exc.kind, entry.dev, entry.ino)
+            self._note_refused(
+                folder, self._refused.get(folder.path, set()) | {key}, self.clock.now()
+            )
+            return True
         except PossyncError as exc:
             if is_transient(exc):
-                return self._retry_later(stats, path, exc)
-            return await self._fail(folder, path, stamp, exc)
+                return self._retry_later(folder, path, exc)
+            return await self._fail(folder, handle, path, entry, stamp, exc)
         except OSError as exc:
-            return self._retry_later(stats, path, exc)
+            return self._retry_later(folder, path, exc)
         except Exception as exc:
             # An adapter bug must not stop the folder: the file is parked in failed/ with
             # the error, and the traceback is in the log.
             log.exception("inbox: unexpected error on %s", path)
-            return await self._fail(folder, path, stamp, exc)
+            return await self._fail(folder, handle, path, entry, stamp, exc)
         del body
         # Durable now: only from here may the file leave the folder.
         report = self._result(folder, entry.name, entry.size, outcome)
-        try:
-            final = await asyncio.to_thread(
-                _finalize, path, path.parent / PROCESSED, stamp, ".result.json", report
-            )
-        except OSError as exc:
-            # Left in place: the next attempt ingests it again (all duplicates) and moves it.
-            return self._retry_later(stats, path, exc)
+        final = await self._move(
+            folder, handle, path, entry, PROCESSED, stamp, ".result.json", report
+        )
+        if final is None:
+            return False
         self._forget(stats, path)
         stats.processed += 1
         stats.last_file = f"{PROCESSED}/{final}"
@@ -414,6 +509,37 @@ class Inbox:
         )
         return True
 
+    async def _move(
+        self,
+        folder: Folder,
+        handle: inbox_fs.Handle,
+        path: Path,
+        entry: Entry,
+        sub: str,
+        stamp: str,
+        suffix: str,
+        report: bytes,
+    ) -> str | None:
+        """`inbox_fs.finalize` in a thread; None (left in place, retried) when it failed."""
+        try:
+            return await asyncio.to_thread(
+                inbox_fs.finalize, handle, entry, sub, stamp, suffix, report
+            )
+        except inbox_fs.Refused as exc:
+            # processed/ or failed/ became a symlink: nothing is written through it.
+            key = RefusedEntry(f"{sub}/", exc.kind, 0, 0)
+            self._note_refused(
+                folder, self._refused.get(folder.path, set()) | {key}, self.clock.now()
+            )
+            self._retry_later(folder, path, OSError(f"{sub}/ is a {exc.kind}"))
+        except (inbox_fs.Vanished, inbox_fs.Changed):
+            self._seen.pop(path, None)
+            self._dirty.add(folder)
+        except OSError as exc:
+            # Left in place: the next attempt ingests it again (all duplicates) and moves it.
+            self._retry_later(folder, path, exc)
+        return None
+
     def _result(self, folder: Folder, name: str, size: int, out: IngestOutcome) -> bytes:
         body = {
             "file": name,
@@ -425,15 +551,20 @@ class Inbox:
         }
         return msgspec.json.format(_ENCODE.encode(body)) + b"\n"
 
-    async def _fail(self, folder: Folder, path: Path, stamp: str, exc: Exception) -> bool:
+    async def _fail(
+        self,
+        folder: Folder,
+        handle: inbox_fs.Handle,
+        path: Path,
+        entry: Entry,
+        stamp: str,
+        exc: Exception,
+    ) -> bool:
         stats = self.stats[folder.store]
         report = error_report(exc, self.clock.now())
-        try:
-            final = await asyncio.to_thread(
-                _finalize, path, path.parent / FAILED, stamp, ".error.json", report
-            )
-        except OSError as move_exc:
-            return self._retry_later(stats, path, move_exc)
+        final = await self._move(folder, handle, path, entry, FAILED, stamp, ".error.json", report)
+        if final is None:
+            return False
         self._forget(stats, path)
         stats.failed += 1
         stats.last_file = f"{FAILED}/{final}"
@@ -450,14 +581,15 @@ class Inbox:
         )
         return True
 
-    def _retry_later(self, stats: StoreStats, path: Path, exc: BaseException) -> bool:
+    def _retry_later(self, folder: Folder, path: Path, exc: BaseException) -> bool:
+        stats = self.stats[folder.store]
         prev = self._retry.get(path)
         attempts = (prev.attempts if prev else 0) + 1
         delay = min(self.cfg.inbox.scan_interval_s * 2 ** (attempts - 1), BACKOFF_MAX_S)
         delay = max(delay, float(getattr(exc, "retry_after_s", 0)))
-        self._retry[path] = _Retry(
-            attempts, self.clock.now() + timedelta(seconds=delay), _describe(exc)
-        )
+        at = self.clock.now() + timedelta(seconds=delay)
+        self._retry[path] = _Retry(attempts, at, _describe(exc))
+        self._due_at(folder, at)
         stats.waiting.add(path)
         stats.retries += 1
         stats.last_error = f"{path.name}: {_describe(exc)} (retry {attempts} in {delay:g} s)"
@@ -474,6 +606,9 @@ class Inbox:
         return {
             "enabled": self.cfg.inbox.enabled,
             "root": str(self.root),
+            "mode": self.mode,
+            "notify_error": self.notify_error,
+            "notified": self.notified,
             "scans": self.scans,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
             "file_limit_bytes": self.limit,
@@ -485,6 +620,8 @@ class Inbox:
                     "retrying": len(st.waiting),
                     "retries": st.retries,
                     "uploads": st.uploads,
+                    "refused": st.refused,
+                    "refused_latest": list(st.refused_latest),
                     "last_file": st.last_file,
                     "last_at": st.last_at,
                     "last_error": st.last_error,
@@ -540,7 +677,7 @@ async def open_inbox(app: web.Application) -> AsyncIterator[Inbox]:
         try:
             yield inbox
         finally:
-            inbox.stop.set()
+            inbox.close()
             # Let the file in hand finish (bounded) before owned_task cancels the watcher;
             # a cancelled one is simply ingested again at the next start.
             await asyncio.wait({task}, timeout=cfg.http.shutdown_timeout_s)
@@ -553,80 +690,3 @@ async def inbox_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     async with open_inbox(app):
         yield
-
-
-# ---------------------------------------------------------------------- POST /v1/files
-
-
-def _bearer(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    return auth[7:].strip() if auth[:7].lower() == "bearer " else None
-
-
-def upload_filename(request: web.Request) -> str | None:
-    """`?filename=`, else the Content-Disposition filename; a bare name (no directories)."""
-    raw = request.query.get("filename")
-    if not raw:
-        disposition = request.headers.get("Content-Disposition")
-        if disposition:
-            _, params = parse_content_disposition(disposition)
-            raw = content_disposition_filename(params, "filename")
-    if not raw:
-        return None
-    name = raw.replace("\\", "/").rsplit("/", 1)[-1].strip()[:255]
-    return name if name not in ("", ".", "..") else None
-
-
-def upload_content_type(request: web.Request, filename: str | None) -> str:
-    """The Content-Type header, unless absent or generic; then the file name's extension."""
-    given = media_type(request)
-    if given in ("", "application/octet-stream") and filename:
-        return content_type_for(filename) or given
-    return given
-
-
-def _check_source(source: str, store: StoreConfig) -> None:
-    if get_adapter(source) is None:
-        raise NotFound(f"unknown source {source!r}", field="source")
-    if source not in ("canonical", store.source):
-        raise NotFound(
-            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
-            field="source",
-        )
-
-
-async def upload(request: web.Request) -> web.Response:
-    """POST /v1/files/{source}/{store}: ingest one export file, answered like a push."""
-    app = request.app
-    intake = app[keys.INTAKE]
-    store = intake.store(request.match_info["store"])
-    # Authenticate before reading a body that may be large (signed sources included: a file
-    # upload carries no webhook signature).
-    intake.authorize(store, _bearer(request))
-    source = request.match_info["source"]
-    _check_source(source, store)
-    filename = upload_filename(request)
-    body = await read_body(request, file_limit(app[keys.CONFIG]))
-    out = await intake.ingest(
-        source,
-        store.id,
-        body,
-        content_type=upload_content_type(request, filename),
-        headers=dict(request.headers),
-        topic=request.query.get("topic"),
-        filename=filename,
-        priority="bulk",
-        authorized=True,
-    )
-    inbox = app.get(INBOX)
-    if inbox is not None:
-        inbox.stats[store.id].uploads += 1
-    return json_response(outcome_json(out), status=202)
-
-
-def add_file_routes(app: web.Application) -> None:
-    """Register `POST /v1/files/{source}/{store}` (idempotent)."""
-    if _FILE_ROUTES in app:
-        return
-    app[_FILE_ROUTES] = True
-    app.router.add_post("/v1/files/{source}/{store}", upload)
