@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from worker.buffers.wal import WalReport, check_wal, lost_pages, prefix_pages
+from worker.buffers.wal import WalReport, check_wal, damaged_pages, lost_pages, prefix_pages
 from worker.sqlite_files import (
     SalvageStats,
     cheap_check,
@@ -214,6 +214,14 @@ def as_quarantine_row(values: list[Any]) -> QuarantineRow | None:
     return (store, kind, rid, version, float(at), float(qat), reasons, body)
 
 
+def _names_itself(row: SpoolRow) -> bool:
+    """A pending row whose body is an object with its own kind and id (a strict check)."""
+    if row[9] is None:
+        return False
+    body = orjson.loads(row[9])
+    return isinstance(body, dict) and body.get("type") == row[1] and body.get("id") == row[2]
+
+
 def _is_json(raw: bytes) -> bool:
     try:
         orjson.loads(raw)
@@ -377,42 +385,61 @@ class WalSalvage:
 
     pages: int = 0  # intact lost page images decoded
     pending: int = 0  # pending rows written back (new, or newer than the spool's)
-    quarantined: int = 0
+    retired: int = 0  # acks (retires) completed from lost commits
+    quarantined: int = 0  # quarantine moves completed from lost commits
+    from_damaged: int = 0  # rows taken from cells of a damaged frame that check out
 
 
 def salvage_wal(
     report: WalReport, wal: bytes, db_file: bytes, db: sqlite3.Connection
 ) -> WalSalvage:
-    """Write back the rows of the lost, intact frames into the spool SQLite opened.
+    """Replay the rows of the lost, intact frames into the spool SQLite opened.
 
     Pages are read as the database stood at the last lost commit: lost frames over the
-    valid prefix over the database file. A row newer than (or absent from) the spool is
-    written under a new seq; quarantine rows not already present are added.
+    valid prefix over the database file. Only frames up to the last lost commit frame are
+    used, so every row image comes from a committed transaction. Per natural key:
+
+    * a newer version (pending, or already retired) replaces the spool's row, new seq;
+    * the same version retired there retires it here (its sink commit was confirmed
+      before the retire committed, so this only completes a finished ack);
+    * a quarantine row not yet present is added and its pending row removed (the move).
     """
     lost = lost_pages(wal, report)
     f = _File(db_file, {**prefix_pages(wal, report), **lost})
     spool, quarantine, scanned = scan_pages(f, sorted(lost))
     out = WalSalvage(pages=scanned)
-    pending = [row for _, row in sorted(spool, key=lambda t: t[0]) if row[6] == 0 and row[9]]
+    # Cells of a damaged page image that still decode and whose body names its own key
+    # (64 bad bytes rarely reach more than a cell or two): only for keys found nowhere else.
+    bad = damaged_pages(wal, report)
+    if bad:
+        g = _File(db_file, {**prefix_pages(wal, report), **lost, **bad})
+        extra, _, _ = scan_pages(g, sorted(bad))
+        known = {row[:3] for _, row in spool}
+        for seq, row in extra:
+            if row[:3] not in known and _names_itself(row):
+                spool.append((seq, row))
+                out.from_damaged += 1
+    key = "store=? AND kind=? AND rid=?"
     db.execute("BEGIN IMMEDIATE")
-    for row in pending:
-        have = db.execute(
-            "SELECT version FROM spool WHERE store=? AND kind=? AND rid=?", row[:3]
-        ).fetchone()
-        if have is not None and have[0] >= row[3]:
-            continue
-        if have is not None:
-            db.execute("DELETE FROM spool WHERE store=? AND kind=? AND rid=?", row[:3])
-        db.execute(f"INSERT INTO spool({SPOOL_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?)", row)
-        out.pending += 1
+    for _, row in sorted(spool, key=lambda t: t[0]):
+        have = db.execute(f"SELECT version, state FROM spool WHERE {key}", row[:3]).fetchone()
+        if have is None or have[0] < row[3]:
+            if have is not None:
+                db.execute(f"DELETE FROM spool WHERE {key}", row[:3])
+            db.execute(f"INSERT INTO spool({SPOOL_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?)", row)
+            out.pending += row[6] == 0
+            out.retired += row[6] == 2
+        elif have[0] == row[3] and have[1] == 0 and row[6] == 2:
+            db.execute(f"UPDATE spool SET state=2, body=NULL, size=0 WHERE {key}", row[:3])
+            out.retired += 1
     for q in quarantine:
         dup = db.execute(
-            "SELECT 1 FROM quarantine WHERE store=? AND kind=? AND rid=? AND version=? "
-            "AND quarantined_at=?",
+            f"SELECT 1 FROM quarantine WHERE {key} AND version=? AND quarantined_at=?",
             (q[0], q[1], q[2], q[3], q[5]),
         ).fetchone()
         if dup is None:
             db.execute(f"INSERT INTO quarantine({QUARANTINE_COLS}) VALUES(?,?,?,?,?,?,?,?)", q)
+            db.execute(f"DELETE FROM spool WHERE {key} AND version=? AND state=0", q[:4])
             out.quarantined += 1
     db.execute("COMMIT")
     return out
@@ -456,8 +483,9 @@ def after_open(pre: Preflight, path: Path, db: sqlite3.Connection) -> str | None
     wal = _read(Path(str(pre.kept) + "-wal"))
     got = salvage_wal(pre.wal, wal, _read(pre.kept), db)
     note = (
-        f"{pre.wal.summary()}; salvaged {got.pending} pending rows and {got.quarantined} "
-        f"quarantined records from {got.pages} intact lost pages; the damaged WAL and its "
+        f"{pre.wal.summary()}; salvaged {got.pending} pending rows ({got.from_damaged} "
+        f"from cells of damaged frames), {got.retired} retires and {got.quarantined} "
+        f"quarantine moves from {got.pages} intact lost pages; the damaged WAL and its "
         f"database are kept at {pre.kept}(-wal). Delete {wal_flag(path).name} once reviewed."
     )
     wal_flag(path).write_text(note, encoding="utf-8")

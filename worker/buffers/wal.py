@@ -79,10 +79,14 @@ class WalReport:
 
     @property
     def lost(self) -> list[Frame]:
-        """Current-generation frames at or after the break (SQLite ignores all of them)."""
+        """Current-generation frames past SQLite's valid prefix, when there is a break.
+
+        That includes the intact frames between the prefix's last commit and the bad frame:
+        they belong to the transaction the bad frame is part of, which SQLite drops whole.
+        """
         if self.break_at is None:
             return []
-        return [f for f in self.frames[self.break_at :] if f.current]
+        return [f for f in self.frames[self.valid_frames :] if f.current]
 
     @property
     def damaged(self) -> list[Frame]:
@@ -207,6 +211,23 @@ def lost_pages(data: bytes, report: WalReport) -> dict[int, bytes]:
     pages: dict[int, bytes] = {}
     for f in lost[: last_commit + 1]:
         if f.intact:
+            pages[f.page] = frame_page(data, report, f)
+    return pages
+
+
+def damaged_pages(data: bytes, report: WalReport) -> dict[int, bytes]:
+    """Images of damaged lost frames that no later intact lost frame supersedes.
+
+    Untrusted: most of such a page is usually intact (64 bad bytes in 4 KiB), so its cells
+    are worth decoding one by one, each checked against its own content by the caller.
+    """
+    lost = report.lost
+    last_commit = max((i for i, f in enumerate(lost) if f.commit_size), default=-1)
+    pages: dict[int, bytes] = {}
+    for f in lost[: last_commit + 1]:
+        if f.intact:
+            pages.pop(f.page, None)
+        else:
             pages[f.page] = frame_page(data, report, f)
     return pages
 
