@@ -1026,6 +1026,37 @@ async def test_sqlite_migrates_a_version_1_file_in_place(tmp_path: Path) -> None
         db.close()
 
 
+async def test_a_failed_sqlite_migration_leaves_the_version_1_file_intact(tmp_path: Path) -> None:
+    backend = SqliteBackend(tmp_path)
+    backend.path.parent.mkdir(parents=True)
+    db = sqlite3.connect(backend.path, isolation_level=None)
+    try:
+        db.executescript(_v1(sqlite_schema.SCHEMA, "    sku TEXT,\n", "    method_id TEXT,\n"))
+        db.execute(
+            "INSERT INTO sale_lines (store, sale_id, line_no, sku, quantity, unit_price,"
+            " discount, tax, line_kind) VALUES ('s1', 'old', 1, 'OLD-1', '1', '5.00', '0', '0',"
+            " 'item')"
+        )
+        # The last step (ADD COLUMN method_id) fails after sale_lines was rebuilt.
+        db.execute("ALTER TABLE tenders ADD COLUMN method_id TEXT")
+        db.execute("PRAGMA user_version = 1")
+    finally:
+        db.close()
+    with pytest.raises(SinkError, match="method_id"):
+        async with backend.open():
+            pass
+    db = sqlite3.connect(backend.path)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+        notnull = {r[1]: r[3] for r in db.execute("PRAGMA table_info(sale_lines)")}
+        assert notnull["sku"] == 1  # the rebuild was rolled back with the rest
+        assert db.execute("SELECT sale_id, sku FROM sale_lines").fetchall() == [("old", "OLD-1")]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "sale_lines_v2" not in tables
+    finally:
+        db.close()
+
+
 async def test_sqlite_refuses_a_file_from_a_newer_possync(tmp_path: Path) -> None:
     backend = SqliteBackend(tmp_path)
     async with backend.open():
