@@ -13,16 +13,33 @@ Shutdown (SIGTERM): aiohttp stops accepting and lets in-flight requests finish (
 `http.shutdown_timeout_s`); then the contexts unwind in reverse: sources stop (no new
 intake), the scheduler stops (a running commit is cancelled before ack: its rows stay in
 the spool), the sink closes, and the spool drains its last group, checkpoints and closes.
+
+Serving (`listen`, used by `possync serve`): at most `http.max_connections` open
+connections. At the cap a new connection closes the oldest *idle* one (no request in
+progress: a client still sending its request head, or an idle keep-alive), so a flood of
+slow connections cannot lock `/healthz` or a push out; when every connection is busy the
+new one gets an immediate `503 {"error","field":"connection"}` + Retry-After and is closed.
+A connection must complete each request head within `http.header_timeout_s` of connecting
+or of its previous answer (aiohttp's keep-alive timer, armed at connect). aiohttp's own
+protocol errors (bad request line or header, unsupported Content-Encoding) answer JSON, and
+are logged by type only: no header value, no traceback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
-from typing import Any
+from contextlib import AsyncExitStack, asynccontextmanager
+from http import HTTPStatus
+from typing import Any, NamedTuple
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
+from aiohttp.web_log import AccessLogger
+from aiohttp.web_protocol import RequestHandler
 
 from worker import keys
 from worker.buffers.sqlite import open_spool
@@ -34,8 +51,9 @@ from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.sinks import open_sink
 from worker.sources.backfill import add_backfill_routes
-from worker.sources.http import add_routes, errors_middleware
+from worker.sources.http import add_routes
 from worker.sources.inbox import add_file_routes, open_inbox
+from worker.web import errors_middleware
 
 log = logging.getLogger("possync.app")
 
@@ -141,3 +159,211 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
             app[keys.STATUS_EXTRA]["mqtt"] = source.snapshot
         await stack.enter_async_context(open_inbox(app))
         yield
+
+
+# ---------------------------------------------------------------------- serving
+
+# Protocol errors aiohttp answers itself (before any route runs): the header or part of the
+# request each one is about. The message is ours; aiohttp's can quote the bad bytes.
+_PROTOCOL_FIELDS: tuple[tuple[type[Exception], str, str], ...] = (
+    (http_exceptions.BadHttpMethod, "method", "not an HTTP method"),
+    (http_exceptions.ContentEncodingError, "Content-Encoding", "unsupported Content-Encoding"),
+    (http_exceptions.TransferEncodingError, "Transfer-Encoding", "bad Transfer-Encoding"),
+    (http_exceptions.ContentLengthError, "Content-Length", "bad Content-Length"),
+    (http_exceptions.LineTooLong, "headers", "request line or header too long"),
+    (http_exceptions.InvalidHeader, "headers", "malformed header"),
+    (http_exceptions.InvalidURLError, "path", "malformed request target"),
+    (http_exceptions.BadStatusLine, "request line", "malformed request line"),
+    (http_exceptions.BadHttpMessage, "request", "malformed HTTP request"),
+)
+
+
+def _protocol_error(exc: BaseException | None, status: int) -> tuple[str, str | None]:
+    for kind, field, message in _PROTOCOL_FIELDS:
+        if isinstance(exc, kind):
+            return message, field
+    return HTTPStatus(status).phrase.lower(), None
+
+
+class ProtocolLogFilter(logging.Filter):
+    """aiohttp's protocol logger: the exception's type only, never its text or traceback.
+
+    aiohttp logs a malformed request with the exception, whose message quotes the raw
+    header line (a NUL byte in `Authorization` printed the whole token). A malformed
+    request is the client's fault: INFO, not ERROR.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drop it."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None or record.exc_text:
+            record.msg = f"{record.getMessage()}: {type(exc).__name__ if exc else 'error'}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+            if isinstance(exc, http_exceptions.HttpProcessingError):
+                record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def protocol_logger() -> logging.Logger:
+    """`possync.http.protocol`, filtered (the filter is added once)."""
+    logger = logging.getLogger("possync.http.protocol")
+    if not any(isinstance(f, ProtocolLogFilter) for f in logger.filters):
+        logger.addFilter(ProtocolLogFilter())
+    return logger
+
+
+def server_kwargs(cfg: Config) -> dict[str, Any]:
+    """aiohttp server settings from `[http]`: header timeout, no access log, our logger."""
+    # aiohttp itself logs to "aiohttp.server" where our logger is not passed (test servers):
+    # the same filter there.
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ProtocolLogFilter) for f in server_log.filters):
+        server_log.addFilter(ProtocolLogFilter())
+    return {
+        # Armed at connect and after each answer; closes a connection that has not sent a
+        # complete request head by then (slow-header clients), and idle keep-alives.
+        "keepalive_timeout": cfg.http.header_timeout_s,
+        "logger": protocol_logger(),
+        # The access log prints request lines (query strings) and headers: off.
+        "access_log": None,
+    }
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's request handler, answering its own protocol errors as our JSON errors.
+
+    aiohttp has no documented hook for the 400 it builds for a request it cannot parse
+    (`RequestHandler.handle_error`, outside the app and its middleware): overriding it here
+    is the one place that depends on aiohttp internals; `test_http_hardening` pins it.
+    """
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Log (through the filtered logger) and answer `{"error","field"}`."""
+        super().handle_error(request, status, exc, message)
+        error, field = _protocol_error(exc, status)
+        if status >= 500:
+            error, field = "internal error", None
+        resp = web.Response(
+            status=status,
+            body=json.dumps({"error": error, "field": field}).encode(),
+            content_type="application/json",
+        )
+        resp.force_close()
+        return resp
+
+
+_BUSY_BODY = b'{"error":"too many open connections","field":"connection"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+class _Busy(asyncio.Protocol):
+    """A connection past the cap while every connection is busy: 503 at once, then close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Answer and close; the request is never read."""
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class ConnectionCap:
+    """Protocol factory: aiohttp's handler, at most `limit` connections (see module doc)."""
+
+    def __init__(self, server: web.Server, kwargs: dict[str, Any], limit: int) -> None:
+        self._server = server
+        self._kwargs = kwargs
+        self._limit = limit
+        self.evicted = 0
+        self.refused = 0
+
+    def counts(self) -> tuple[int, int]:
+        """(open connections, idle ones among them)."""
+        conns = [h for h in self._server.connections if h.transport is not None]
+        return len(conns), sum(1 for h in conns if _idle(h))
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        """A handler for a new connection, making room or refusing at the cap."""
+        conns = [h for h in self._server.connections if h.transport is not None]
+        if len(conns) >= self._limit:
+            for handler in conns:  # oldest first (insertion order)
+                if _idle(handler):
+                    handler.force_close()
+                    self.evicted += 1
+                    break
+            else:
+                self.refused += 1
+                return _Busy()
+        return _JsonErrorHandler(self._server, loop=asyncio.get_running_loop(), **self._kwargs)
+
+
+def _idle(handler: RequestHandler) -> bool:
+    """Open, and no request in progress (still sending a head, or an idle keep-alive).
+
+    `_request_in_progress` is what aiohttp's own graceful shutdown reads to find idle
+    connections; a closed one (`transport` None) is on its way out and not counted twice.
+    """
+    return handler.transport is not None and not handler._request_in_progress
+
+
+class Listening(NamedTuple):
+    """What `listen` yields: the bound port and the connection cap (its counts)."""
+
+    port: int
+    cap: ConnectionCap
+
+
+@asynccontextmanager
+async def listen(
+    app: web.Application,
+    cfg: Config,
+    *,
+    sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[Listening]:
+    """Serve `app` (cleanup contexts, connection cap, header timeout) until the block ends.
+
+    Leaving the block is the graceful shutdown of the module docstring.
+    """
+    kwargs = server_kwargs(cfg)
+    runner = web.AppRunner(app, shutdown_timeout=cfg.http.shutdown_timeout_s, **kwargs)
+    await runner.setup()
+    try:
+        server = runner.server
+        assert server is not None
+        # AppRunner adds its access-log class to the handler settings; the cap's handlers
+        # are built with the same settings.
+        cap = ConnectionCap(
+            server, {**kwargs, "access_log_class": AccessLogger}, cfg.http.max_connections
+        )
+        app[keys.STATUS_EXTRA]["connections"] = lambda: {
+            "open": cap.counts()[0],
+            "max": cfg.http.max_connections,
+            "evicted_idle": cap.evicted,
+            "refused_busy": cap.refused,
+        }
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            listener = await loop.create_server(
+                cap, cfg.http.host, cfg.http.port, ssl=ssl_context, backlog=1024, reuse_address=True
+            )
+        else:
+            listener = await loop.create_server(cap, sock=sock, ssl=ssl_context, backlog=1024)
+        try:
+            yield Listening(listener.sockets[0].getsockname()[1], cap)
+        finally:
+            listener.close()
+    finally:
+        await runner.cleanup()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -31,9 +32,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
-    from worker.app import build_app
+    from worker.app import build_app, listen
 
     path = args.config or os.environ.get("POSSYNC_CONFIG")
     creds: Credentials | None = None
@@ -102,15 +103,19 @@ def _serve(args: argparse.Namespace) -> int:
 
         ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ssl_context.load_cert_chain(cfg.http.tls_cert, cfg.http.tls_key)
-    web.run_app(
-        app,
-        sock=sock,
-        shutdown_timeout=cfg.http.shutdown_timeout_s,
-        ssl_context=ssl_context,
-        print=lambda msg: print(f"possync: listening on {base}", flush=True),
-        access_log=None,
-        handle_signals=True,
-    )
+
+    async def serve() -> None:
+        # SIGTERM / SIGINT end the `listen` block: the graceful shutdown of worker.app
+        # (listen also caps connections and times out slow request heads).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with listen(app, cfg, sock=sock, ssl_context=ssl_context):
+            print(f"possync: listening on {base}", flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())
     return 0
 
 

@@ -40,6 +40,12 @@ class HttpConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     shutdown_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     tls_cert: str | None = None
     tls_key: str | None = None
+    # Open connections at most (leave file descriptors for the spool, sink and inbox). At
+    # the cap a new connection closes the oldest idle one, else gets a fast 503.
+    max_connections: Annotated[int, msgspec.Meta(ge=8)] = 512
+    # Seconds to send a complete request head, from connect or from the previous answer
+    # (also the idle keep-alive timeout).
+    header_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 15.0
 
 
 class WindowsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -306,6 +312,7 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 f"{origin}: refusing to bind {cfg.http.host} (not loopback) with an empty token",
                 field=empty[0],
             )
+    _check_tokens(cfg, origin)
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError(f"{origin}: tls_cert and tls_key go together", field="$.http.tls_key")
 
@@ -326,6 +333,28 @@ def _check_source(store: StoreConfig, index: int, origin: str) -> None:
             f"{origin}: source {store.source!r} signs its pushes: set the store's secret",
             field=f"$.stores[{index}].secret",
         )
+
+
+def _check_tokens(cfg: Config, origin: str) -> None:
+    """A store token is that store's alone: not the admin token, not another store's."""
+    owner: dict[str, int] = {}
+    for i, s in enumerate(cfg.stores):
+        if not s.token:
+            continue
+        if cfg.http.admin_token and s.token == cfg.http.admin_token:
+            raise ConfigError(
+                f"{origin}: store {s.id!r} token equals the admin token (each credential has "
+                "one holder: give the store its own token)",
+                field=f"$.stores[{i}].token",
+            )
+        if s.token in owner:
+            other = cfg.stores[owner[s.token]].id
+            raise ConfigError(
+                f"{origin}: store {s.id!r} has the same token as store {other!r} (a store "
+                "token only works for its own store: give each its own)",
+                field=f"$.stores[{i}].token",
+            )
+        owner[s.token] = i
 
 
 def _zone(name: str, field: str, origin: str) -> None:

@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
+# A quoted value inside a message (Python's repr quotes, or msgspec's "Invalid enum value
+# 'x'"): an opening quote at the start or after a space or bracket, a closing one at the end
+# or before a space or punctuation, so prose apostrophes ("store's") are left alone.
+_QUOTED = re.compile(
+    r"""(?:(?<=^)|(?<=[\s(\[{=:,]))(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?=$|[\s)\]},.;:!?])"""
+)
+_REDACTED = "<value>"
+
+
+def scrub(message: str) -> str:
+    """`message` with every quoted value replaced by `<value>` (no input reaches a log)."""
+    return _QUOTED.sub(_REDACTED, message)
+
 
 class PossyncError(Exception):
     """Base of every error possync raises on purpose."""
@@ -19,9 +34,17 @@ class PossyncError(Exception):
 
 
 class RecordInvalid(PossyncError):
-    """A record (or payload) failed decoding or validation; carries the field path."""
+    """A record (or payload) failed decoding or validation; carries the field path.
+
+    Its message names the field and the rule, never the value: adapters and msgspec quote
+    the offending input ("not an ISO-8601 date: 'ann@example.com'"), so every quoted value
+    is scrubbed here, once, for the HTTP answer, the log and the MQTT rejected topic alike.
+    """
 
     status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(scrub(message), field)
 
 
 class AuthError(PossyncError):

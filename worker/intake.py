@@ -8,13 +8,21 @@
 has committed (fsync) and/or the sink transaction has committed. Any failure raises a
 `PossyncError` and the whole request may be retried: every write is idempotent by natural
 key and version, so a retry after a partial failure cannot double anything.
+
+A push is decided whole before any of it is written: when the spool cannot take its sales
+(`SpoolFull`, 503) none of its customers or products are upserted either.
+
+Credentials come first (`admit`, from the headers, before the body is read): push routes take
+only the store's own token (the admin token is for reads and operations); a signed source
+(Shopify) needs its signature header and a configured secret, and is verified against the
+body by its adapter. An unknown store answers exactly as a wrong credential does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -30,6 +38,7 @@ from worker.errors import AuthError, NotFound, RecordInvalid
 from worker.metrics import Metrics
 from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
+from worker.web import token_ok
 
 if TYPE_CHECKING:
     from worker.committer import Committer
@@ -38,6 +47,42 @@ log = logging.getLogger("possync.intake")
 
 # Bodies above this are parsed off the event loop so one big push cannot stall the rest.
 _THREAD_PARSE_BYTES = 256 * 1024
+# A push's answer itemizes at most this many rejections (as backfill does) and counts them
+# all in `rejected_count`: a million bad lines must not make an 80 MB answer.
+MAX_REJECTIONS = 1_000
+
+DENIED = "missing or invalid bearer token for this store"
+# Signed sources: the headers that carry the signature (any one of them), the first named in
+# the 401. The adapter checks the signature against the body; this is only its presence.
+SIGNATURE_HEADERS: dict[str, tuple[str, ...]] = {
+    "shopify": ("X-Shopify-Hmac-Sha256", "Shopify-Hmac-Sha256"),
+}
+
+
+def signed_denied(source: str) -> AuthError:
+    """The one 401 of a signed source: no secret, unknown store, missing or wrong signature."""
+    header = SIGNATURE_HEADERS.get(source, ("signature",))[0]
+    return AuthError(f"missing or invalid {header} for this store", field=header)
+
+
+def rejections_json(rejected: Sequence[Rejection]) -> list[dict[str, object]]:
+    """The first MAX_REJECTIONS rejections as JSON objects."""
+    return [msgspec.structs.asdict(r) for r in rejected[:MAX_REJECTIONS]]
+
+
+def check_headers(headers: Mapping[str, str]) -> None:
+    """400 naming the first header whose value is not UTF-8 (adapters read headers as text).
+
+    `Authorization` is left to the credential check (a token that is not UTF-8 is a 401).
+    """
+    for name, value in headers.items():
+        if name.lower() == "authorization":
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            header = str(name)  # aiohttp's header names are `istr`: plain text for JSON
+            raise RecordInvalid(f"header {header} is not valid UTF-8", field=header) from None
 
 
 class NothingAcceptable(RecordInvalid):
@@ -49,9 +94,10 @@ class NothingAcceptable(RecordInvalid):
         self.rejected = rejected
 
     def to_json(self) -> dict[str, object]:
-        """Error body plus the per-item rejections."""
+        """Error body plus the first MAX_REJECTIONS rejections and the count of all."""
         body = super().to_json()
-        body["rejected"] = [msgspec.structs.asdict(r) for r in self.rejected]
+        body["rejected"] = rejections_json(self.rejected)
+        body["rejected_count"] = len(self.rejected)
         return body
 
 
@@ -66,13 +112,6 @@ class IngestOutcome(msgspec.Struct, kw_only=True):
     realtime: int = 0
     spooled: int = 0
     manual: int = 0
-
-
-def token_ok(given: str | None, expected: str) -> bool:
-    """Constant-time token comparison; an empty expected token never matches."""
-    if not expected or given is None:
-        return False
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 class Intake:
@@ -96,6 +135,9 @@ class Intake:
         self._stores = {s.id: s for s in cfg.stores}
         self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
         self._mappings = _load_mappings(cfg)
+        # Compared against when the store is unknown, so that path costs what a wrong token
+        # costs (no timing difference between "no such store" and "wrong token").
+        self._decoy = secrets.token_urlsafe(24)
 
     def store(self, store_id: str) -> StoreConfig:
         """The store's config or 404."""
@@ -105,10 +147,45 @@ class Intake:
         return store
 
     def authorize(self, store: StoreConfig, token: str | None) -> None:
-        """The store's own token (or the admin token) or 401."""
-        if token_ok(token, store.token) or token_ok(token, self.cfg.http.admin_token):
-            return
-        raise AuthError("missing or invalid bearer token for this store", field="Authorization")
+        """The store's own token or 401 (the admin token is not a push credential)."""
+        if not token_ok(token, store.token):
+            raise AuthError(DENIED, field="Authorization")
+
+    def authorized_store(self, store_id: str, token: str | None) -> StoreConfig:
+        """The store whose own token this is, else 401 (the same 401 for an unknown store)."""
+        store = self._stores.get(store_id)
+        ok = token_ok(token, store.token if store is not None else self._decoy)
+        if store is None or not ok:
+            raise AuthError(DENIED, field="Authorization")
+        return store
+
+    def admit(
+        self, source: str, store_id: str, headers: Mapping[str, str], token: str | None
+    ) -> StoreConfig:
+        """Check a push's credentials from its headers alone, before its body is read.
+
+        Bearer sources: the store's own token. Signed sources: a configured secret and the
+        signature header present (the adapter verifies it against the body). Unknown store,
+        missing or wrong credential: one 401 body each way, so store ids cannot be probed.
+        """
+        adapter = get_adapter(source)
+        if adapter is None or not adapter.signed:
+            return self.authorized_store(store_id, token)
+        store = self._stores.get(store_id)
+        if store is None or store.source != source:
+            # Not a store of this signed source: only its own bearer token gets further (to
+            # the 404 naming the source); any failure is this route's one 401.
+            try:
+                return self.authorized_store(store_id, token)
+            except AuthError:
+                raise signed_denied(source) from None
+        if not (store.secret or store.previous_secret):
+            log.warning("store %s takes a signed source but has no secret configured", store.id)
+            raise signed_denied(source)
+        present = {k.lower() for k in headers}
+        if not any(h.lower() in present for h in SIGNATURE_HEADERS.get(source, ())):
+            raise signed_denied(source)
+        return store
 
     def parse(
         self,
@@ -165,27 +242,33 @@ class Intake:
         # Signed sources (Shopify) authenticate by HMAC of the raw body inside the adapter.
         if not authorized and not adapter.signed:
             self.authorize(store, token)
-        if len(body) > _THREAD_PARSE_BYTES:
-            parsed = await asyncio.to_thread(
-                self.parse,
-                source,
-                store,
-                body,
-                content_type=content_type,
-                headers=headers,
-                topic=topic,
-                filename=filename,
-            )
-        else:
-            parsed = self.parse(
-                source,
-                store,
-                body,
-                content_type=content_type,
-                headers=headers,
-                topic=topic,
-                filename=filename,
-            )
+        try:
+            if len(body) > _THREAD_PARSE_BYTES:
+                parsed = await asyncio.to_thread(
+                    self.parse,
+                    source,
+                    store,
+                    body,
+                    content_type=content_type,
+                    headers=headers,
+                    topic=topic,
+                    filename=filename,
+                )
+            else:
+                parsed = self.parse(
+                    source,
+                    store,
+                    body,
+                    content_type=content_type,
+                    headers=headers,
+                    topic=topic,
+                    filename=filename,
+                )
+        except AuthError:
+            if not adapter.signed:
+                raise
+            # Bad base64, wrong signature, no secret: one answer, whatever the reason.
+            raise signed_denied(source) from None
         if parsed.delivery_id and await self.spool.seen_delivery(
             store.id, source, parsed.delivery_id
         ):
@@ -242,6 +325,10 @@ class Intake:
                 spooled.append(r)
         accepted = 0
         duplicates = 0
+        if spooled and (entities or manual):
+            # Decide the whole push first: if the spool cannot take its sales, nothing of it
+            # is written (the real-time upserts would otherwise land before the 503).
+            self.spool.check_room(store.id, spooled)
         jobs: list[asyncio.Future[tuple[int, int]]] = []
         if entities:
             jobs.append(asyncio.ensure_future(self._upsert(store.id, entities)))

@@ -82,7 +82,7 @@ from worker.errors import (
 )
 from worker.intake import IngestOutcome, Intake
 from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
-from worker.sources.http import json_response, media_type, read_body, require_admin
+from worker.web import body_error, json_response, media_type, read_body, require_admin
 
 log = logging.getLogger("possync.backfill")
 
@@ -554,6 +554,10 @@ async def backfill(request: web.Request) -> web.Response:
             "resend this chunk",
             field="body",
         )
+        raise error from None
+    except web.RequestPayloadError:
+        # A body that is not the Content-Encoding it claims (or is badly framed): a 400.
+        error = body_error(request)
         raise error from None
     except BaseException as exc:
         error = exc

@@ -1,15 +1,14 @@
 """HTTP API (aiohttp): pushes, reads, admin, health.
 
 Every error is JSON `{"error": ..., "field": ...}` with a precise status; nothing on input
-returns a 500. Body limits are enforced from Content-Length before reading and again while
-reading, so an oversized body is never held whole.
+returns a 500 (the shared plumbing is `worker.web`). A push is authenticated from its
+headers before its body is read; body limits are enforced from Content-Length before
+reading and again while reading, so an oversized body is never held whole.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from datetime import date, datetime
 from typing import Any
 
@@ -19,147 +18,51 @@ from aiohttp import web
 from worker import api_format, keys
 from worker.committer import WindowResult
 from worker.config import POLICY_RULES, StoreConfig
-from worker.errors import (
-    AuthError,
-    NotFound,
-    PayloadTooLarge,
-    PossyncError,
-    RecordInvalid,
-    SpoolFull,
-    Unavailable,
-)
-from worker.intake import IngestOutcome, token_ok
+from worker.errors import NotFound, RecordInvalid
+from worker.intake import IngestOutcome, check_headers, rejections_json
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
+from worker.web import bearer, json_response, media_type, read_body, require_admin
 
 log = logging.getLogger("possync.http")
-
-_JSON = msgspec.json.Encoder(decimal_format="string")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def json_response(
-    data: Any, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A JSON response encoded by msgspec (Decimals as strings, datetimes ISO-8601)."""
-    return web.Response(
-        body=_JSON.encode(data), status=status, content_type="application/json", headers=headers
-    )
-
-
-def error_response(exc: PossyncError) -> web.Response:
-    """The JSON error body with its status (and Retry-After where it applies)."""
-    headers = {}
-    if isinstance(exc, SpoolFull | Unavailable):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    if isinstance(exc, AuthError):
-        headers["WWW-Authenticate"] = 'Bearer realm="possync"'
-    return json_response(exc.to_json(), status=exc.status, headers=headers)
-
-
-_HTTP_FIELDS = {413: "body", 415: "Content-Type", 405: "method", 404: "path"}
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error to a JSON body; count requests and latency."""
-    metrics = request.app[keys.METRICS]
-    route = (
-        request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else "unmatched"
-    )
-    t0 = time.perf_counter()
-    try:
-        resp = await handler(request)
-    except PossyncError as exc:
-        resp = error_response(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        resp = json_response(
-            {
-                "error": exc.reason
-                if exc.status != 413
-                else f"body larger than {request.app[keys.CONFIG].http.max_body_bytes} bytes",
-                "field": _HTTP_FIELDS.get(exc.status),
-            },
-            status=exc.status,
-        )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        resp = json_response({"error": "internal error", "field": None}, status=500)
-    metrics.child(metrics.requests, route, str(resp.status)).inc()
-    metrics.child(metrics.request_seconds, route).observe(time.perf_counter() - t0)
-    return resp
-
-
-def _bearer(request: web.Request) -> str | None:
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
-
-
-def require_admin(request: web.Request) -> None:
-    """401 unless the admin token is presented."""
-    if not token_ok(_bearer(request), request.app[keys.CONFIG].http.admin_token):
-        raise AuthError("admin token required", field="Authorization")
 
 
 def _store(request: web.Request) -> StoreConfig:
     return request.app[keys.INTAKE].store(request.match_info["store"])
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read the body, refusing (413) from Content-Length or as soon as `limit` is passed."""
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def media_type(request: web.Request) -> str:
-    """The request's media type, lower-case, without parameters ("" when absent).
-
-    Parsed here rather than with `request.content_type`, whose stdlib e-mail parser raises
-    IndexError on some malformed headers (found by the long fuzz run): a bad header must be
-    a 415, never a 500.
-    """
-    raw = request.headers.get("Content-Type", "")
-    return raw.split(";", 1)[0].strip().lower()
-
-
 def outcome_json(out: IngestOutcome) -> dict[str, Any]:
+    """The 202 body: the first MAX_REJECTIONS rejections itemized, all of them counted."""
     return {
         "accepted": out.accepted,
         "duplicates": out.duplicates,
-        "rejected": [msgspec.structs.asdict(r) for r in out.rejected],
+        "rejected": rejections_json(out.rejected),
+        "rejected_count": len(out.rejected),
         "dropped": out.dropped,
         "visible_at": out.visible_at.isoformat() if out.visible_at else None,
     }
 
 
 async def push(request: web.Request) -> web.Response:
-    """POST /v1/push/{source}/{store}."""
+    """POST /v1/push/{source}/{store}: credentials first (from headers), then the body."""
     intake = request.app[keys.INTAKE]
     cfg = request.app[keys.CONFIG]
-    store = intake.store(request.match_info["store"])
+    source = request.match_info["source"]
+    headers = dict(request.headers)
+    # Before a byte of the body is read: the store's token (or, for a signed source, a
+    # signature header and a configured secret). An unknown store answers exactly like a
+    # wrong token, so store ids cannot be enumerated.
+    store = intake.admit(source, request.match_info["store"], headers, bearer(request))
+    check_headers(headers)
     body = await read_body(request, cfg.http.max_body_bytes)
     out = await intake.ingest(
-        request.match_info["source"],
+        source,
         store.id,
         body,
         content_type=media_type(request),
-        headers=dict(request.headers),
-        topic=request.headers.get("X-Shopify-Topic") or request.query.get("topic"),
+        headers=headers,
+        topic=headers.get("X-Shopify-Topic") or request.query.get("topic"),
         filename=request.query.get("filename"),
-        token=_bearer(request),
+        authorized=True,
     )
     return json_response(outcome_json(out), status=202)
 
@@ -423,11 +326,14 @@ async def quarantine_list(request: web.Request) -> web.Response:
     )
 
 
+_MAX_QID = 2**63 - 1  # SQLite's INTEGER: a larger id cannot exist (and cannot be bound)
+
+
 def _qid(request: web.Request) -> int:
-    try:
-        return int(request.match_info["id"])
-    except ValueError:
-        raise NotFound("quarantine id must be an integer", field="id") from None
+    raw = request.match_info["id"]
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) <= _MAX_QID:
+        raise NotFound("quarantine id must be an integer from 1 to 2**63-1", field="id")
+    return int(raw)
 
 
 async def quarantine_release(request: web.Request) -> web.Response:

@@ -1,0 +1,199 @@
+"""Shared web plumbing: JSON answers, the error middleware, body reading, bearer tokens.
+
+Every route module (`sources/http.py`, `sources/inbox.py`, `sources/backfill.py`) answers
+errors through here, so one place decides what an error looks like:
+
+* a precise status and a JSON body `{"error", "field"}` naming the header or field and the
+  rule it broke, never the value it carried (no PII, no token, in answers or logs);
+* bytes that are not what a header or body claims (non-UTF-8 `Authorization`, a body that
+  is not the `Content-Encoding` it says) are a 4xx, never a 500;
+* credentials are checked from the headers before any body is read (`read_body` is only
+  called by a handler once it has authenticated the caller).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from worker import keys
+from worker.errors import (
+    AuthError,
+    PayloadTooLarge,
+    PossyncError,
+    RecordInvalid,
+    SpoolFull,
+    Unavailable,
+)
+
+log = logging.getLogger("possync.http")
+
+_JSON = msgspec.json.Encoder(decimal_format="string")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded by msgspec (Decimals as strings, datetimes ISO-8601)."""
+    return web.Response(
+        body=_JSON.encode(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def error_response(exc: PossyncError) -> web.Response:
+    """The JSON error body with its status (and Retry-After where it applies)."""
+    headers = {}
+    if isinstance(exc, SpoolFull | Unavailable):
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, AuthError):
+        headers["WWW-Authenticate"] = 'Bearer realm="possync"'
+    return json_response(exc.to_json(), status=exc.status, headers=headers)
+
+
+_HTTP_FIELDS = {413: "body", 415: "Content-Type", 405: "method", 404: "path"}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error to a JSON body; count requests and latency."""
+    metrics = request.app[keys.METRICS]
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    t0 = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except PossyncError as exc:
+        resp = error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        resp = json_response(
+            {
+                "error": exc.reason
+                if exc.status != 413
+                else f"body larger than {request.app[keys.CONFIG].http.max_body_bytes} bytes",
+                "field": _HTTP_FIELDS.get(exc.status),
+            },
+            status=exc.status,
+        )
+    except web.RequestPayloadError:
+        # A body read outside `read_body` (e.g. by a library) that is not what it claims.
+        resp = error_response(body_error(request))
+    except UnicodeError:
+        # Text from the request (a header, a path segment) that is not UTF-8 and reached
+        # code expecting text: the client's bytes, so a 400, not a 500.
+        resp = json_response(
+            {"error": "request carries bytes that are not UTF-8", "field": "request"},
+            status=400,
+        )
+    except Exception as exc:  # noqa: BLE001 - logged below, answered as a 500
+        # The exception's text can carry request values (msgspec and the stdlib quote
+        # input): log its type and where it was raised, never its message.
+        log.error(  # noqa: TRY400 - the traceback text is what must not be logged
+            "unhandled error on %s %s: %s at %s",
+            request.method,
+            request.match_info.route.resource.canonical
+            if request.match_info.route.resource
+            else "unmatched",
+            type(exc).__name__,
+            _where(exc),
+        )
+        resp = json_response({"error": "internal error", "field": None}, status=500)
+    metrics.child(metrics.requests, route, str(resp.status)).inc()
+    metrics.child(metrics.request_seconds, route).observe(time.perf_counter() - t0)
+    return resp
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame (enough to find the bug, nothing of the input)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+
+
+def bearer(request: web.Request) -> str | None:
+    """The bearer token of `Authorization`, or None when absent, not Bearer, or not UTF-8.
+
+    A token that is not UTF-8 cannot equal any configured token, so it is treated as no
+    token (401), never as an error that would tell a caller more.
+    """
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() != "bearer ":
+        return None
+    token = auth[7:].strip()
+    try:
+        token.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return token
+
+
+def token_ok(given: str | None, expected: str) -> bool:
+    """Constant-time token comparison; an empty expected token never matches."""
+    if not expected or given is None:
+        return False
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
+def require_admin(request: web.Request) -> None:
+    """401 unless the admin token is presented."""
+    if not token_ok(bearer(request), request.app[keys.CONFIG].http.admin_token):
+        raise AuthError("admin token required", field="Authorization")
+
+
+def body_error(request: web.Request) -> RecordInvalid:
+    """The 400 for a body aiohttp could not read: bad Content-Encoding data, bad framing."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding and encoding.strip().lower() not in ("", "identity"):
+        return RecordInvalid(
+            "body is not valid data for its Content-Encoding", field="Content-Encoding"
+        )
+    return RecordInvalid("body is truncated or badly framed", field="body")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read the body, refusing (413) from Content-Length or as soon as `limit` is passed.
+
+    With `Content-Encoding: gzip|deflate`, aiohttp decompresses while reading: `limit` is
+    applied to the decompressed size, and bytes that are not that encoding are a 400
+    naming `Content-Encoding`.
+    """
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
+            chunks.append(chunk)
+    except web.RequestPayloadError:
+        raise body_error(request) from None
+    return b"".join(chunks)
+
+
+def media_type(request: web.Request) -> str:
+    """The request's media type, lower-case, without parameters ("" when absent).
+
+    Parsed here rather than with `request.content_type`, whose stdlib e-mail parser raises
+    IndexError on some malformed headers (found by the long fuzz run): a bad header must be
+    a 415, never a 500.
+    """
+    raw = request.headers.get("Content-Type", "")
+    return raw.split(";", 1)[0].strip().lower()
