@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     customer,
     push,
     quarantine,
+    release_rule,
     report,
     run_window,
     sale_detail,
@@ -356,7 +357,7 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
             "T-3": ["subtotal.sum"],
         }
         # Under the old policy nothing is valid yet: it re-validates, never releases blindly.
-        out = await admin_post(h, f"/v1/admin/quarantine/release?store={STORE}&rule=tenders.sum")
+        out = await release_rule(h, "tenders.sum")
         assert out["released"] == []
         assert sorted(i["record_id"] for i in out["still_invalid"]) == ["T-1", "T-2"]
         assert len(await quarantine(h)) == 3
@@ -364,7 +365,7 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
     later = datetime(2026, 3, 14, 20, 0, tzinfo=UTC)
     async with store_app(tmp_path, "canonical", now=later, rules={"tenders.sum": "warn"}) as h:
         qids = {q["record_id"]: q["id"] for q in await quarantine(h)}
-        out = await admin_post(h, f"/v1/admin/quarantine/release?store={STORE}&rule=tenders.sum")
+        out = await release_rule(h, "tenders.sum")
         assert (out["store"], out["rule"]) == (STORE, "tenders.sum")
         assert (out["released"], out["released_records"]) == ([qids["T-1"]], ["T-1"])
         (still,) = out["still_invalid"]

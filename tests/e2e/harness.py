@@ -133,6 +133,18 @@ async def quarantine(h: Harness, store: str = STORE) -> list[dict[str, Any]]:
     return items
 
 
+async def release_rule(
+    h: Harness, rule: str, store: str = STORE, expect: int = 200
+) -> dict[str, Any]:
+    """POST /v1/admin/quarantine/release?store=&rule=: release what now passes `rule`."""
+    resp = await h.client.post(
+        f"/v1/admin/quarantine/release?store={store}&rule={rule}", headers=h.admin()
+    )
+    out: dict[str, Any] = await resp.json()
+    assert resp.status == expect, (resp.status, out)
+    return out
+
+
 async def customer(h: Harness, customer_id: str, store: str = STORE) -> dict[str, Any]:
     """The stored customer (real time: no window needed)."""
     out: dict[str, Any] = await _get(h, f"/v1/stores/{store}/customers/{customer_id}")
