@@ -168,11 +168,22 @@ def test_a_refund_transaction_of_an_embedded_refund_is_the_returns_tender() -> N
     assert [t.amount for t in r.tenders] == [-Decimal(refund_txn["amount"])]
 
 
-def test_only_an_authorization_is_no_payment() -> None:
+def test_only_an_authorization_is_no_payment_yet() -> None:
+    # financial_status "authorized": the payment is promised, not captured. Tenders are not
+    # known yet (not "none"): the sale commits with Shopify's own total, and the capture
+    # arrives with a later version of the order.
     doc = order()
     doc["transactions"] = [
         {"id": 1, "kind": "authorization", "status": "success", "amount": "1244.87"}
     ]
+    s = sale(push(doc, "orders/create"), ORDER_ID)
+    assert (s.tenders, s.tenders_known) == ([], False)
+    assert failures(s) == []
+
+
+def test_an_empty_transactions_list_is_no_payment() -> None:
+    doc = order()
+    doc["transactions"] = []
     s = sale(push(doc, "orders/create"), ORDER_ID)
     assert (s.tenders, s.tenders_known) == ([], True)
     (failure,) = failures(s)

@@ -427,9 +427,12 @@ def _order_tenders(o: Obj, refunds: list[Obj]) -> list[dict[str, Any]] | None:
         return None
     refunded = {t.ident("id") for r in refunds for t in r.objs("transactions")} - {None}
     tenders: list[dict[str, Any]] = []
+    authorized = False
     for t in o.objs("transactions"):
         kind = t.text("kind")
-        if t.text("status") not in (None, "success") or kind not in ("sale", "capture", "refund"):
+        ok = t.text("status") in (None, "success")
+        authorized = authorized or (ok and kind == "authorization")
+        if not ok or kind not in ("sale", "capture", "refund"):
             continue  # authorizations move no money; voids and failures neither
         if kind == "refund" and t.ident("id") in refunded:
             continue
@@ -441,6 +444,11 @@ def _order_tenders(o: Obj, refunds: list[Obj]) -> list[dict[str, Any]] | None:
                 "reference": t.ident("id"),
             }
         )
+    if not tenders and authorized:
+        # Authorized, not yet captured (`financial_status: authorized`): the payment is
+        # promised, not made. Tenders are not known yet; the capture arrives with a later
+        # version of the order.
+        return None
     return tenders
 
 
