@@ -293,3 +293,34 @@ async def test_frames_of_the_broken_transaction_before_the_bad_frame_are_salvage
         pending = spool.stats("S1").pending
     print(f"bad frame late in a 200-row transaction: pending {pending} of 260")
     assert 260 - 10 <= pending <= 260
+
+
+async def test_wal_with_a_damaged_header_is_salvaged_whole(tmp_path: Path) -> None:
+    live = tmp_path / "live" / "spool.db"
+    crash = tmp_path / "crash" / "spool.db"
+    crash.parent.mkdir()
+    wal = Path(str(live) + "-wal")
+    async with open_spool(SpoolConfig(synchronous="NORMAL"), live, FakeClock(T0)) as spool:
+        for i in range(100):
+            await spool.append("S1", [make_sale(f"h{i}")])
+        shutil.copyfile(live, crash)
+        shutil.copyfile(wal, str(crash) + "-wal")
+    cwal = Path(str(crash) + "-wal")
+    data = bytearray(cwal.read_bytes())
+    data[12] ^= 0xFF  # checkpoint sequence: SQLite now ignores the whole WAL
+    cwal.write_bytes(bytes(data))
+    plain = tmp_path / "plain" / "spool.db"
+    plain.parent.mkdir()
+    shutil.copyfile(crash, plain)
+    shutil.copyfile(cwal, str(plain) + "-wal")
+    try:
+        sqlite_alone = len(_pending(plain))
+    except sqlite3.OperationalError:  # never checkpointed: without the WAL there is no table
+        sqlite_alone = 0
+    async with open_spool(SpoolConfig(), crash, FakeClock(T0)) as spool:
+        pending = spool.stats("S1").pending
+        with pytest.raises(Unavailable, match="header checksum"):
+            await spool.check_wal()
+    print(f"WAL header damaged: SQLite alone keeps {sqlite_alone} of 100, salvaged {pending}")
+    assert sqlite_alone < 100
+    assert pending == 100
