@@ -403,3 +403,40 @@ async def test_release_by_rule_errors_name_the_field(tmp_path: Path) -> None:
         assert (out["released"], out["still_invalid"]) == ([], [])
         resp = await h.client.post(f"{base}?store={STORE}&rule=tenders.sum")
         assert resp.status == 401
+
+
+async def test_tax_included_cash_rounded_sale_without_payment_records(tmp_path: Path) -> None:
+    """Prices include tax, the POS rounded cash, and the source carries no payments."""
+    sale = {
+        "type": "sale",
+        "id": "CH-1",
+        "occurred_at": AT,
+        "currency": "CHF",
+        "lines": [{"sku": "SCARF", "quantity": "1", "unit_price": "19.99", "tax": "1.43"}],
+        "subtotal": "19.99",
+        "tax": "1.43",
+        "tax_included": True,
+        "rounding": "0.01",
+        "total": "20.00",
+        "tenders_known": False,
+        "adjustments": [{"kind": "rounding", "amount": "0.01"}],
+    }
+    async with store_app(tmp_path, "canonical") as h:
+        await push(h, body(sale))
+        assert (await run_window(h)).committed == 1
+        detail = await sale_detail(h, "CH-1")
+        assert (detail["tax_included"], detail["tenders_known"], detail["tenders"]) == (
+            True,
+            False,
+            [],
+        )
+        assert (detail["subtotal"], detail["tax"], detail["rounding"], detail["total"]) == (
+            "19.99",
+            "1.43",
+            "0.01",
+            "20.00",
+        )
+        assert detail["adjustments"][0]["amount"] == "0.01"
+        assert detail["warnings"] == []
+        (item,) = await sales_log(h, DAY)
+        assert (item["tax_included"], item["rounding"], item["discount"]) == (True, "0.01", None)
