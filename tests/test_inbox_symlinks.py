@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import stat
 from collections.abc import Callable
 from datetime import timedelta
@@ -512,3 +513,18 @@ async def test_without_notifications_it_polls_at_scan_interval(
         resp = await h.client.get("/status", headers=h.admin())
         body = (await resp.json())["inbox"]
         assert body["mode"] == "poll" and "watch limit" in body["notify_error"]
+
+
+async def test_a_removed_folder_is_recreated_and_watched_again(tmp_path: Path) -> None:
+    async with started(notify_config(tmp_path)) as h:
+        inbox = watcher(h)
+        where = folder(tmp_path)
+        first = inbox._notifier
+        shutil.rmtree(where)
+        # The removal is itself notified: the folder is recreated and the watch set anew.
+        await wait_until(h, lambda: inbox._notifier is not first and (where / "failed").is_dir())
+        drop(where, "back.ndjson", ndjson(sale_dict("B-1", at=NOW)))
+        await wait_until(h, lambda: not (where / "back.ndjson").exists())
+        assert h.clock.now() == NOW
+        assert result(where / "processed", "back.ndjson")["accepted"] == 1
+        assert inbox.mode == "notify"

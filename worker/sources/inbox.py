@@ -217,11 +217,11 @@ class Inbox:
                 await self._pass(self._batch(self.clock.now()))
                 if self.stop.is_set():
                     return
+                if self._rewatch or self._watch_retry_at is not None:
+                    await self._rewatch_if_due()  # part of the pass: before waiters wake
                 self.scans += 1
                 self.last_scan_at = self.clock.now()
                 self._wake_scan_waiters()
-                if self._rewatch or self._watch_retry_at is not None:
-                    await self._rewatch_if_due()
                 # No await between here and the clock wait: a test that sees `idle` set
                 # knows the watcher is parked on the clock.
                 self.idle.set()
