@@ -36,6 +36,7 @@ from bench.procs import (
     free_port,
     possync_proc,
     read_rss_bytes,
+    store_token,
     wait_ready,
     write_config,
 )
@@ -143,8 +144,12 @@ async def _json(
 
 async def _push_customers(session: aiohttp.ClientSession, st: _State) -> None:
     body = (st.workdir / "customers.ndjson").read_bytes()
-    headers = {**_ADMIN_H, "Content-Type": "application/x-ndjson"}
     for store in ["LIVE", *(s.name for s in st.stores)]:
+        # Push routes take the store's own token only (the admin token is for operations).
+        headers = {
+            "Authorization": f"Bearer {store_token(store)}",
+            "Content-Type": "application/x-ndjson",
+        }
         status, out = await _json(
             session, "POST", f"{st.base}/v1/push/canonical/{store}", data=body, headers=headers
         )

@@ -27,6 +27,11 @@ ADMIN = "bench-admin-token"
 STORE_TOKEN = "bench-store-token"
 
 
+def store_token(store: str) -> str:
+    """The store's own push token (config refuses one token shared by two stores)."""
+    return STORE_TOKEN if store == "LIVE" else f"{STORE_TOKEN}-{store}"
+
+
 def free_port() -> int:
     """An ephemeral TCP port that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -78,7 +83,7 @@ def write_config(
             f'id = "{store}"',
             'source = "canonical"',
             'timezone = "America/New_York"',
-            f'token = "{STORE_TOKEN}"',
+            f'token = "{store_token(store)}"',
         ]
     parts += [
         "[[triggers]]",

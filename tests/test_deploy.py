@@ -77,9 +77,10 @@ async def test_exec_start_serves_with_the_example_config(tmp_path: Path) -> None
     text = text.replace('data_dir = "/var/lib/possync"', f'data_dir = "{state_dir}"')
     text = re.sub(r"^port = 8080", f"port = {port}", text, flags=re.M)
     text = text.replace('admin_token = ""', f'admin_token = "{admin}"')
-    text = text.replace('token = ""', 'token = "store-token"').replace(
-        'secret = ""', 'secret = "shopify-secret"'
-    )
+    # Each store its own token: config refuses a token shared by two stores (issue 12).
+    tokens = iter(("store-token-1", "store-token-2"))
+    text = re.sub(r'^token = ""', lambda _: f'token = "{next(tokens)}"', text, flags=re.M)
+    text = text.replace('secret = ""', 'secret = "shopify-secret"')
     (conf_dir / "possync.toml").write_text(text)
     # What systemd does with the line: expand ${CONFIGURATION_DIRECTORY}; the venv stands in
     # for /opt/possync.

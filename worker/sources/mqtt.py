@@ -80,6 +80,7 @@ from worker.adapters.base import Rejection
 from worker.clock import Clock
 from worker.config import Config, MqttConfig
 from worker.errors import PossyncError, RecordInvalid, SinkError, Unavailable
+from worker.intake import MAX_REJECTIONS
 
 log = logging.getLogger("possync.mqtt")
 
@@ -876,9 +877,14 @@ class MqttSource:
                 retry_after = float(getattr(exc, "retry_after_s", 0) or 0)
                 self._error(f"ingest {msg.topic}: {type(exc).__name__}: {exc.message}")
                 log.warning("transient ingest failure on %s (held, not acked): %s", msg.topic, exc)
-            except Exception as exc:  # unknown failure: durability unproven, so hold, never ack
-                self._error(f"ingest {msg.topic}: {exc!r}")
-                log.exception("unexpected ingest failure on %s (held, not acked)", msg.topic)
+            except Exception as exc:  # noqa: BLE001 - unknown failure: hold, never ack
+                # The type only: an exception's text can quote the payload (customer data).
+                self._error(f"ingest {msg.topic}: {type(exc).__name__}")
+                log.error(  # noqa: TRY400 - no traceback: its text can quote the payload
+                    "unexpected ingest failure on %s (held, not acked): %s",
+                    msg.topic,
+                    type(exc).__name__,
+                )
             else:
                 if outcome.rejected:
                     await self._notice_items(conn, msg.topic, outcome.rejected)
@@ -918,11 +924,14 @@ class MqttSource:
         self.state.items_rejected += len(rejected)
         self._changed()
         first = rejected[0]
+        # Errors name field and rule only (RecordInvalid scrubs values); the list is capped
+        # like a push's answer, the count is whole.
         notice = {
             "error": f"{len(rejected)} item(s) rejected: {first.error}",
             "field": first.field,
             "topic": topic,
-            "rejected": [msgspec.to_builtins(r) for r in rejected],
+            "rejected": [msgspec.to_builtins(r) for r in rejected[:MAX_REJECTIONS]],
+            "rejected_count": len(rejected),
         }
         if not await conn.publish(self._rejected_topic(topic), _NOTICE.encode(notice)):
             log.warning("could not publish item rejections for %s", topic)
