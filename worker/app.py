@@ -53,6 +53,7 @@ from worker.sinks import open_sink
 from worker.sources.backfill import add_backfill_routes
 from worker.sources.http import add_routes
 from worker.sources.inbox import add_file_routes, open_inbox
+from worker.status_page import add_page_routes
 from worker.web import errors_middleware
 
 log = logging.getLogger("possync.app")
@@ -85,6 +86,7 @@ def build_app(
     add_routes(app)
     add_backfill_routes(app)
     add_file_routes(app)
+    add_page_routes(app)
     return app
 
 
