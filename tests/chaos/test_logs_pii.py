@@ -4,19 +4,34 @@ A full flow against the real server subprocess (at INFO, the default, and at DEB
 phones and addresses (created, updated, one rejected), sales linked to them (one quarantined
 at the window for a bad total), a window commit, reads of the stored customers, then a
 graceful stop. Its whole log, stdout and stderr, must not contain any of the values used.
+
+Bad values (issue 12 item 4): an email where a KWI export has a date, an email as an MQTT
+customer's `marketing_email`, an email in a canonical date field, a NUL byte inside an
+`Authorization` header. Each is refused naming the field and the rule; the whole log, the
+answers and what is published to `pos/rejected/...` carry none of the values.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.factories import sale_dict
-from tests.procserver import ADMIN, ServerProcess, free_port, headers, write_config
+from tests.procserver import ADMIN, TOKEN, ServerProcess, free_port, headers, write_config
+
+if TYPE_CHECKING:
+    from tests.plugins.mosquitto import MosquittoServer
+
+pytest_plugins = ["tests.plugins.mosquitto"]
 
 PII: list[dict[str, Any]] = [
     {
@@ -133,9 +148,180 @@ async def test_full_run_logs_no_pii(tmp_path: Path, level: str) -> None:
     finally:
         await server.stop()
     text = log.read_text(errors="replace") + stdout.decode(errors="replace")
-    assert f" {level} " in text or level == "INFO"
+    # Human lines (" DEBUG ") on a terminal, JSON lines ("level":"DEBUG") otherwise.
+    assert f" {level} " in text or f'"level":"{level}"' in text or level == "INFO"
     leaked = sorted({n for n in _needles() if n.lower() in text.lower()})
     print(
         f"logs-pii[{level}]: log bytes={len(text)} needles={len(_needles())} leaked={len(leaked)}"
     )
     assert not leaked, f"PII in the log: {leaked}"
+
+
+KWI_TOKEN = "kwi-store-token-proc"
+BAD_EMAILS = {
+    "kwi": "kwi.date.canary@quillfeather-mail.test",
+    "mqtt": "mqtt.consent.canary@quillfeather-mail.test",
+    "date": "canonical.date.canary@quillfeather-mail.test",
+}
+NUL_TOKEN = "nul-header-canary-7731"
+KWI_HEADER = '"Cust Num","Email","First Name","Last Name","Add Date","Email Opt-In"\r\n'
+
+
+def _kwi_customers() -> bytes:
+    good = '"200001","","Dana","Reed","03/14/26","N"\r\n'
+    bad = f'"200002","","Eli","Moss","{BAD_EMAILS["kwi"]}","N"\r\n'
+    return (KWI_HEADER + good + bad).encode()
+
+
+class _Rejections:
+    """Everything published under pos/rejected/#, collected by a paho client thread."""
+
+    def __init__(self, port: int) -> None:
+        self.payloads: list[bytes] = []
+        self.arrived = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pii-watcher")
+        self.client.on_connect = lambda c, *_: c.subscribe("pos/rejected/#", qos=1)
+        self.client.on_subscribe = lambda *_: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.payloads.append(bytes(msg.payload))
+        self.arrived.set()
+
+    def publish(self, topic: str, body: bytes) -> None:
+        info = self.client.publish(topic, body, qos=1)
+        info.wait_for_publish(timeout=10)
+        assert info.is_published()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+async def _until_subscribed(s: aiohttp.ClientSession, url: str) -> None:
+    """Poll /status until possync's MQTT source is subscribed (a subprocess has no event)."""
+
+    async def poll() -> None:
+        while True:
+            async with s.get(f"{url}/status", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
+                if (await r.json()).get("mqtt", {}).get("subscribed"):
+                    return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(poll(), 30)
+
+
+async def _raw(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_bad_values_reach_neither_log_nor_answers_nor_rejected_topic(
+    tmp_path: Path, mosquitto: MosquittoServer
+) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        port,
+        f"""
+[[stores]]
+id = "K1"
+source = "kwi"
+timezone = "America/New_York"
+token = "{KWI_TOKEN}"
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = {mosquitto.port}
+client_id = "possync-pii"
+reconnect_max_s = 1.0
+""",
+    )
+    log = tmp_path / "server.log"
+    server = ServerProcess(config, port, log)
+    url = f"http://127.0.0.1:{port}"
+    answers: list[bytes] = []
+    watcher = _Rejections(mosquitto.port)
+    stdout = b""
+    try:
+        await server.start()
+        assert await asyncio.to_thread(watcher.subscribed.wait, 10)
+        async with aiohttp.ClientSession() as s:
+            # KWI export: an email in the "Add Date" column; the other row is kept.
+            async with s.post(
+                f"{url}/v1/files/kwi/K1?filename=customers.csv",
+                data=_kwi_customers(),
+                headers={"Authorization": f"Bearer {KWI_TOKEN}", "Content-Type": "text/csv"},
+            ) as r:
+                body = await r.read()
+                assert r.status == 202, body
+                out = orjson.loads(body)
+                assert out["accepted"] == 1 and out["rejected_count"] == 1, out
+                answers.append(body)
+            # Canonical: an email in a date field.
+            bad_date = {
+                "type": "customer",
+                "id": "C-date",
+                "created_at": BAD_EMAILS["date"],
+                "version": 1,
+            }
+            async with s.post(
+                f"{url}/v1/push/canonical/S1",
+                data=orjson.dumps(bad_date),
+                headers={**headers(), "Content-Type": "application/json"},
+            ) as r:
+                body = await r.read()
+                assert r.status == 400 and orjson.loads(body)["field"] == "$.created_at", body
+                answers.append(body)
+            # MQTT: an email as marketing_email; refused for good and published as rejected.
+            await _until_subscribed(s, url)
+            customer = {
+                "type": "customer",
+                "id": "C-mqtt",
+                "marketing_email": BAD_EMAILS["mqtt"],
+                "version": 1,
+            }
+            await asyncio.to_thread(
+                watcher.publish, "pos/canonical/S1/customer", orjson.dumps(customer)
+            )
+            assert await asyncio.to_thread(watcher.arrived.wait, 30)
+            notice = orjson.loads(watcher.payloads[0])
+            assert notice["field"] == "$.marketing_email", notice
+            # A NUL byte in Authorization: aiohttp refuses the header line (400, JSON).
+            raw = await _raw(
+                port,
+                b"POST /v1/push/canonical/S1 HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Bearer "
+                + NUL_TOKEN.encode()
+                + b"\x00"
+                + TOKEN.encode()
+                + b"\r\nContent-Length: 2\r\n\r\n{}",
+            )
+            assert raw.split(b" ", 2)[1] == b"400", raw[:200]
+            answers.append(raw)
+        server.term()
+        assert await server.wait(limit_s=15) == 0
+        assert server.proc is not None and server.proc.stdout is not None
+        stdout = await server.proc.stdout.read()
+    finally:
+        watcher.close()
+        await server.stop()
+    text = log.read_text(errors="replace") + stdout.decode(errors="replace")
+    published = b"\n".join(watcher.payloads).decode(errors="replace")
+    replies = b"\n".join(answers).decode(errors="replace")
+    needles = [*BAD_EMAILS.values(), NUL_TOKEN, TOKEN]
+    for where, haystack in (("log", text), ("rejected topic", published), ("answers", replies)):
+        leaked = [n for n in needles if n.lower() in haystack.lower()]
+        assert not leaked, f"values in the {where}: {leaked}"
+    assert "Traceback" not in text
+    print(f"logs-pii[bad values]: log bytes={len(text)} notices={len(watcher.payloads)}")
