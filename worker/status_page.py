@@ -14,7 +14,6 @@ never disagree.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -47,9 +46,10 @@ form.inline{display:inline}nav a{margin-right:.6rem}
 
 
 def attention_order(stores: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Store ids by what needs attention: failed windows, quarantine, paused, oldest pending."""
+    """Store ids by what needs attention: failed windows, quarantine, paused, oldest pending,
+    most pending."""
 
-    def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, int, float, str]:
+    def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, int, float, int, str]:
         sid, st = item
         last = st.get("last_window") or {}
         failed = 1 if last.get("error") else 0
@@ -58,6 +58,7 @@ def attention_order(stores: Mapping[str, Mapping[str, Any]]) -> list[str]:
             -int(st.get("quarantine") or 0),
             -int(bool(st.get("paused"))),
             -float(st.get("oldest_pending_age_s") or 0.0),
+            -int(st.get("pending") or 0),
             sid,
         )
 
@@ -278,10 +279,8 @@ async def index(request: web.Request) -> web.Response:
     by_rule: dict[str, dict[str, int]] = {}
     for sid, st in status["stores"].items():
         if st.get("quarantine"):
-            counts: Counter[str] = Counter()
-            for item in await spool.list_quarantine(sid):
-                counts.update({str(r.get("rule")) for r in item.reasons})
-            by_rule[sid] = dict(counts)
+            # Counted in SQL over the whole quarantine (a listing would stop at a page).
+            by_rule[sid] = await spool.quarantine_rules(sid)
     try:
         page = int(request.query.get("page", "1"))
     except ValueError:
