@@ -20,7 +20,10 @@ again (commits are idempotent by key and version), so it is counted, not duplica
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
+import os
 import sqlite3
 import struct
 from collections.abc import Callable, Iterator
@@ -51,6 +54,7 @@ _DEFAULT_PAGE = 4096
 # them are the page scan's to find, so a lost region costs O(width / 32) reads, not O(width).
 _GIVE_UP = 32  # SQLite's default: the guess when page 1 is unreadable
 
+Blob = bytes | mmap.mmap  # a file's content, read or mapped
 SpoolRow = tuple[str, str, str, int, str, float, int, int, int, bytes | None]
 QuarantineRow = tuple[str, str, str, int, float, float, str, bytes]
 
@@ -236,7 +240,7 @@ def _is_json(raw: bytes) -> bool:
 class _File:
     """Pages of a (possibly damaged) database file, optionally overlaid by WAL pages."""
 
-    def __init__(self, data: bytes, overlay: dict[int, bytes] | None = None) -> None:
+    def __init__(self, data: Blob, overlay: dict[int, bytes] | None = None) -> None:
         self.data = data
         self.overlay = overlay or {}
         head = overlay.get(1, data[:100]) if overlay else data[:100]
@@ -340,11 +344,8 @@ def read_damaged(old: Path) -> Salvaged:
         for r in salvage_rows(old, "quarantine", QUARANTINE_COLS, min_width=_GIVE_UP, stats=out.sql)
         if (q := as_quarantine_row([None, *r])) is not None
     ]
-    try:
-        data = old.read_bytes()
-    except OSError:
-        data = b""
-    scanned, q_scan, out.pages_scanned = scan_pages(_File(data))
+    with _mapped(old) as data:
+        scanned, q_scan, out.pages_scanned = scan_pages(_File(data))
     out.pending, out.from_pages = _merge(sql_spool, scanned)
     seen = {(q[0], q[1], q[2], q[3], q[5]) for q in q_sql}
     out.quarantined = q_sql + [q for q in q_scan if (q[0], q[1], q[2], q[3], q[5]) not in seen]
@@ -390,9 +391,7 @@ class WalSalvage:
     from_damaged: int = 0  # rows taken from cells of a damaged frame that check out
 
 
-def salvage_wal(
-    report: WalReport, wal: bytes, db_file: bytes, db: sqlite3.Connection
-) -> WalSalvage:
+def salvage_wal(report: WalReport, wal: bytes, db_file: Blob, db: sqlite3.Connection) -> WalSalvage:
     """Replay the rows of the lost, intact frames into the spool SQLite opened.
 
     Pages are read as the database stood at the last lost commit: lost frames over the
@@ -481,7 +480,8 @@ def after_open(pre: Preflight, path: Path, db: sqlite3.Connection) -> str | None
     if pre.wal is None or pre.kept is None:
         return None
     wal = _read(Path(str(pre.kept) + "-wal"))
-    got = salvage_wal(pre.wal, wal, _read(pre.kept), db)
+    with _mapped(pre.kept) as db_file:
+        got = salvage_wal(pre.wal, wal, db_file, db)
     note = (
         f"{pre.wal.summary()}; salvaged {got.pending} pending rows ({got.from_damaged} "
         f"from cells of damaged frames), {got.retired} retires and {got.quarantined} "
@@ -491,6 +491,20 @@ def after_open(pre: Preflight, path: Path, db: sqlite3.Connection) -> str | None
     wal_flag(path).write_text(note, encoding="utf-8")
     log.error("spool %s: %s", path, note)
     return note
+
+
+@contextlib.contextmanager
+def _mapped(path: Path) -> Iterator[Blob]:
+    """The file's bytes without reading them all into memory (a spool can be large)."""
+    try:
+        with path.open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                yield b""
+                return
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                yield mm
+    except FileNotFoundError:
+        yield b""
 
 
 def _read(path: Path) -> bytes:
@@ -527,5 +541,6 @@ def recovered_note(damaged: Path | None, salvaged: tuple[int, int], pre: Preflig
             f"{damaged} (salvaged {salvaged[0]} pending rows, {salvaged[1]} quarantined records)"
         )
     if pre.kept is not None:
-        parts.append(f"{pre.kept} (WAL damaged: {pre.note or (pre.wal and pre.wal.summary())})")
+        note = pre.note or (pre.wal and pre.wal.summary())
+        parts.append(f"{pre.kept} (a copy, the spool itself stays in place; WAL damaged: {note})")
     return "; ".join(parts) or None
