@@ -515,13 +515,21 @@ async def test_without_notifications_it_polls_at_scan_interval(
         assert body["mode"] == "poll" and "watch limit" in body["notify_error"]
 
 
-async def test_a_removed_folder_is_recreated_and_watched_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["removed", "replaced"])
+async def test_a_removed_or_replaced_folder_is_watched_again(tmp_path: Path, how: str) -> None:
     async with started(notify_config(tmp_path)) as h:
         inbox = watcher(h)
         where = folder(tmp_path)
         first = inbox._notifier
-        shutil.rmtree(where)
-        # The removal is itself notified: the folder is recreated and the watch set anew.
+        if how == "removed":
+            shutil.rmtree(where)
+        else:
+            # Renamed away and a new folder put in its place: the old watch follows the
+            # old folder, so the new one must be watched anew.
+            where.rename(tmp_path / "moved-away")
+            for sub in ("processed", "failed"):
+                (where / sub).mkdir(parents=True)
+        # The change is itself notified: the folder is (re)found and the watch set anew.
         await wait_until(h, lambda: inbox._notifier is not first and (where / "failed").is_dir())
         drop(where, "back.ndjson", ndjson(sale_dict("B-1", at=NOW)))
         await wait_until(h, lambda: not (where / "back.ndjson").exists())

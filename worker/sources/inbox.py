@@ -183,6 +183,7 @@ class Inbox:
         self.notified = 0  # notification batches received
         self._notifier: Notifier | None = None
         self._rewatch = False
+        self._watched: dict[Path, tuple[int, int]] = {}  # folder -> identity when watched
         self._watch_retry_at: datetime | None = None
         self._wake = asyncio.Event()  # a notification arrived, or stop
         self._dirty: set[Folder] = set()  # notified folders, scanned on the next pass
@@ -270,8 +271,8 @@ class Inbox:
             self._notifier = None
         # Only real folders: a missing one would fail the whole watch, and a symlinked one
         # is refused anyway (a watch through it would only cost spurious scans).
-        paths = await asyncio.to_thread(inbox_fs.real_dirs, [f.path for f in self.folders])
-        notifier = Notifier(paths, self._notify, self._notify_failed)
+        watched = await asyncio.to_thread(inbox_fs.real_dirs, [f.path for f in self.folders])
+        notifier = Notifier(list(watched), self._notify, self._notify_failed)
         try:
             await asyncio.to_thread(notifier.start, asyncio.get_running_loop())
         except (OSError, RuntimeError) as exc:
@@ -280,6 +281,7 @@ class Inbox:
             self._notify_failed(exc)
             return
         self._notifier = notifier
+        self._watched = watched
         self.mode = "notify"
         self.notify_error = None
 
@@ -289,8 +291,6 @@ class Inbox:
             folder = self._by_path.get(p.parent) or self._by_path.get(p)
             if folder is not None:
                 self._dirty.add(folder)
-                if folder.path == p:
-                    self._rewatch = True  # the folder itself changed (removed, replaced)
         self._wake.set()
 
     def _notify_failed(self, exc: BaseException) -> None:
@@ -356,6 +356,9 @@ class Inbox:
             return
         if listing.folder_refused is not None:
             return
+        if self.mode == "notify" and self._watched.get(folder.path) != (listing.dev, listing.ino):
+            # Recreated or replaced since the watch was set: the watch is on the old folder.
+            self._rewatch = True
         present = {folder.path / e.name for e in listing.entries}
         for path in [p for p in self._seen if p.parent == folder.path and p not in present]:
             del self._seen[path]

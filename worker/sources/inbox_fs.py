@@ -220,13 +220,15 @@ def prepare(root: Path, source: str, store: str) -> None:
         h.close()
 
 
-def real_dirs(paths: Sequence[Path]) -> list[Path]:
-    """The paths that are real folders in a real parent (what is worth a notification watch)."""
-    out = []
+def real_dirs(paths: Sequence[Path]) -> dict[Path, tuple[int, int]]:
+    """The paths that are real folders in a real parent (worth a notification watch), with
+    their (st_dev, st_ino): a folder found with another identity later is watched anew."""
+    out = {}
     for p in paths:
         with contextlib.suppress(OSError):
-            if stat.S_ISDIR(p.lstat().st_mode) and not p.parent.is_symlink():
-                out.append(p)
+            st = p.lstat()
+            if stat.S_ISDIR(st.st_mode) and not p.parent.is_symlink():
+                out[p] = (st.st_dev, st.st_ino)
     return out
 
 
