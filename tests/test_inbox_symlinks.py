@@ -459,6 +459,8 @@ async def test_a_dropped_file_is_picked_up_by_notification(tmp_path: Path) -> No
         assert h.clock.now() == NOW
         assert result(where / "processed", "n.ndjson")["accepted"] == 1
         assert inbox.notified >= 1
+        # Its own moves into processed/ are notified too, but never re-set the watches.
+        assert inbox.watches == 1
         resp = await h.client.get("/status", headers=h.admin())
         assert (await resp.json())["inbox"]["mode"] == "notify"
 
@@ -535,4 +537,4 @@ async def test_a_removed_or_replaced_folder_is_watched_again(tmp_path: Path, how
         await wait_until(h, lambda: not (where / "back.ndjson").exists())
         assert h.clock.now() == NOW
         assert result(where / "processed", "back.ndjson")["accepted"] == 1
-        assert inbox.mode == "notify"
+        assert inbox.mode == "notify" and inbox.watches == 2

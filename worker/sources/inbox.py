@@ -181,6 +181,7 @@ class Inbox:
         self.mode = "poll"  # "notify" while file-system notifications are on
         self.notify_error: str | None = None
         self.notified = 0  # notification batches received
+        self.watches = 0  # times the watches were set (start-up, then folders found anew)
         self._notifier: Notifier | None = None
         self._rewatch = False
         self._watched: dict[Path, tuple[int, int]] = {}  # folder -> identity when watched
@@ -282,6 +283,7 @@ class Inbox:
             return
         self._notifier = notifier
         self._watched = watched
+        self.watches += 1
         self.mode = "notify"
         self.notify_error = None
 
@@ -612,6 +614,7 @@ class Inbox:
             "mode": self.mode,
             "notify_error": self.notify_error,
             "notified": self.notified,
+            "watches": self.watches,
             "scans": self.scans,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
             "file_limit_bytes": self.limit,
