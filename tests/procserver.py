@@ -113,7 +113,7 @@ class ServerProcess:
             await self.proc.wait()
 
 
-def sale_body(sid: str) -> bytes:
+def sale_body(sid: str, customer_id: str | None = None) -> bytes:
     """A consistent single-sale canonical body."""
     return orjson.dumps(
         {
@@ -126,6 +126,7 @@ def sale_body(sid: str) -> bytes:
             "tax": "8.00",
             "total": "108.00",
             "tenders": [{"method": "card", "amount": "108.00"}],
+            **({"customer_id": customer_id} if customer_id else {}),
         }
     )
 
