@@ -49,6 +49,7 @@ from worker.config import Config, Credentials
 from worker.health import Health
 from worker.intake import Intake
 from worker.metrics import Metrics
+from worker.openapi import add_openapi_route
 from worker.sinks import open_sink
 from worker.sources.backfill import add_backfill_routes
 from worker.sources.http import add_routes
@@ -87,6 +88,7 @@ def build_app(
     add_backfill_routes(app)
     add_file_routes(app)
     add_page_routes(app)
+    add_openapi_route(app)
     return app
 
 
