@@ -206,7 +206,9 @@ class ProtocolLogFilter(logging.Filter):
             record.exc_info = None
             record.exc_text = None
             record.stack_info = None
-            if isinstance(exc, http_exceptions.HttpProcessingError):
+            # The client's fault: a request aiohttp cannot parse, or a body that is not its
+            # Content-Encoding found while aiohttp drains it after our answer was sent.
+            if isinstance(exc, http_exceptions.HttpProcessingError | web.RequestPayloadError):
                 record.levelno, record.levelname = logging.INFO, "INFO"
         return True
 

@@ -11,13 +11,20 @@ paths and methods under /v1/. The oracle, for every request:
 
 One app per test function: the sync test owns an event loop, enters the app once, and each
 hypothesis example runs one request on that loop (`loop.run_until_complete`).
+
+`test_fuzz_raw_headers` sends raw header bytes (non-UTF-8, NUL, any Content-Encoding, bodies
+that are or are not gzip) over a socket to the app served as `possync serve` serves it
+(`worker.app.listen`), where aiohttp's own protocol errors are answered too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gzip
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +38,8 @@ from hypothesis import strategies as st
 
 from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
+from worker.app import build_app, listen
+from worker.clock import FakeClock
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 
@@ -374,3 +383,132 @@ def test_invalid_utf8_in_a_string_is_a_400(
     status = app.run(_check(app.h, "POST", "/v1/push/canonical/S1", body, ctype, S1_TOKEN))
     assert status == 400
     _no_errors(caplog)
+
+
+# ----------------------------------------------- raw header bytes through `possync serve`'s path
+
+
+class _Served:
+    """The app behind `worker.app.listen` (cap, header timeout, JSON protocol errors)."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        cfg = make_config(tmp)
+        self._cm = listen(build_app(cfg, clock=FakeClock(NOW)), cfg, sock=_loopback_socket())
+        self.port = self.loop.run_until_complete(self._cm.__aenter__()).port
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        try:
+            self.run(self._cm.__aexit__(None, None, None))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        finally:
+            self.loop.close()
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[_Served]:
+    s = _Served(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+# Header values as bytes: anything but CR and LF (which would end the header line).
+_header_bytes = st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
+_encodings = st.one_of(
+    st.sampled_from([b"gzip", b"deflate", b"br", b"zstd", b"identity", b"gzip, deflate", b"x"]),
+    _header_bytes,
+)
+_small_bodies = st.one_of(
+    st.binary(max_size=200),
+    st.just(orjson.dumps(sale_dict("RAW-1", at=NOW))),
+    st.just(b"{}\n" * 50),
+)
+_raw_paths = st.sampled_from(
+    [
+        b"/v1/push/canonical/S1",
+        b"/v1/push/shopify/S1",
+        b"/v1/push/canonical/NOPE",
+        b"/v1/files/canonical/S1?filename=a.ndjson",
+        b"/v1/backfill/canonical/S1",
+        b"/v1/admin/quarantine/99999999999999999999",
+        b"/v1/admin/quarantine",
+        b"/status",
+        b"/healthz",
+    ]
+)
+_raw_auth = st.one_of(
+    st.sampled_from([ADMIN.encode(), S1_TOKEN.encode(), b"wrong"]),
+    _header_bytes,
+    _header_bytes.map(lambda b: S1_TOKEN.encode() + b),
+)
+
+
+async def _raw_request(port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def test_fuzz_raw_headers(served: _Served, caplog: pytest.LogCaptureFixture) -> None:
+    """Header bytes aiohttp's client would refuse to send: never a 5xx, always JSON, no log
+    line at ERROR, no traceback, and no Authorization value in the log."""
+    caplog.set_level(logging.INFO)
+
+    @given(
+        method=st.sampled_from([b"GET", b"POST", b"DELETE"]),
+        path=_raw_paths,
+        auth=st.one_of(st.none(), _raw_auth),
+        encoding=st.one_of(st.none(), _encodings),
+        extra=st.one_of(st.none(), _header_bytes),
+        body=st.one_of(_small_bodies, _small_bodies.map(gzip.compress)),
+    )
+    def case(
+        method: bytes,
+        path: bytes,
+        auth: bytes | None,
+        encoding: bytes | None,
+        extra: bytes | None,
+        body: bytes,
+    ) -> None:
+        caplog.clear()
+        lines = [method + b" " + path + b" HTTP/1.1", b"Host: x", b"Connection: close"]
+        if auth is not None:
+            lines.append(b"Authorization: Bearer " + auth)
+        if encoding is not None:
+            lines.append(b"Content-Encoding: " + encoding)
+        if extra is not None:
+            lines.append(b"X-Shopify-Webhook-Id: " + extra)
+        lines += [b"Content-Type: application/json", b"Content-Length: " + str(len(body)).encode()]
+        raw = served.run(_raw_request(served.port, b"\r\n".join(lines) + b"\r\n\r\n" + body))
+        head, _, payload = raw.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        assert status < 500, raw[:500]
+        if status >= 400:
+            got = orjson.loads(payload)
+            assert isinstance(got, dict) and "error" in got and "field" in got, got
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        assert "Traceback" not in caplog.text
+        if auth is not None and len(auth) >= 8:
+            assert auth.decode(errors="replace") not in caplog.text
+
+    case()

@@ -103,11 +103,19 @@ async def _get(h: Harness, path: str, expect: int = 200) -> Any:
     return out
 
 
+async def _all(h: Harness, path: str, key: str) -> list[dict[str, Any]]:
+    """Every item of a list endpoint: its pages, through `next` to the last."""
+    out = await _get(h, path)
+    items: list[dict[str, Any]] = list(out[key])
+    while "next" in out:
+        out = await _get(h, out["next"])
+        items += out[key]
+    return items
+
+
 async def sales_log(h: Harness, day: date, store: str = STORE) -> list[dict[str, Any]]:
-    """The Sales Log of one business date."""
-    out = await _get(h, f"/v1/stores/{store}/sales?date={day.isoformat()}")
-    sales: list[dict[str, Any]] = out["sales"]
-    return sales
+    """The Sales Log of one business date (every page)."""
+    return await _all(h, f"/v1/stores/{store}/sales?date={day.isoformat()}", "sales")
 
 
 async def sale_detail(h: Harness, sale_id: str, store: str = STORE) -> dict[str, Any]:
@@ -127,10 +135,8 @@ async def report(
 
 
 async def quarantine(h: Harness, store: str = STORE) -> list[dict[str, Any]]:
-    """Every quarantined record of the store, with reasons."""
-    out = await _get(h, f"/v1/admin/quarantine?store={store}")
-    items: list[dict[str, Any]] = out["items"]
-    return items
+    """Every quarantined record of the store, with reasons (every page)."""
+    return await _all(h, f"/v1/admin/quarantine?store={store}", "items")
 
 
 async def release_rule(

@@ -63,6 +63,7 @@ import aiosqlite
 import orjson
 
 from worker.buffers import salvage
+from worker.buffers import sqlite_lists as lists
 from worker.buffers.base import AppendResult, Entry, Lease, Priority, QuarantineItem, StoreStats
 from worker.clock import Clock
 from worker.config import SpoolConfig
@@ -489,23 +490,24 @@ class SqliteSpool:
 
     # ------------------------------------------------------------------ quarantine admin
 
-    async def list_quarantine(self, store: str | None, limit: int = 1000) -> list[QuarantineItem]:
-        """Quarantined records, newest first."""
+    async def list_quarantine(
+        self, store: str | None, limit: int = 1000, *, before: int | None = None
+    ) -> list[QuarantineItem]:
+        """Quarantined records, newest first (qid < `before` when given)."""
+        f = lists.QuarantineFilter(store=store)
+        return await self._read(lambda db: lists.quarantine_items(db, f, limit, before))
 
-        def q(db: sqlite3.Connection) -> list[QuarantineItem]:
-            sql = "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body FROM quarantine"
-            args: tuple[Any, ...] = ()
-            if store is not None:
-                sql += " WHERE store=?"
-                args = (store,)
-            sql += " ORDER BY qid DESC LIMIT ?"
-            cur = db.execute(sql, (*args, limit))
-            return [
-                QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
-                for r in cur
-            ]
+    async def quarantine_page(
+        self, f: lists.QuarantineFilter, limit: int, before: int | None
+    ) -> tuple[list[QuarantineItem], int]:
+        """One page of the quarantine matching `f` (newest first) and the count of all."""
+        return await self._read(
+            lambda db: (lists.quarantine_items(db, f, limit, before), lists.quarantine_count(db, f))
+        )
 
-        return await self._read(q)
+    async def quarantine_rules(self, store: str) -> dict[str, int]:
+        """Per rule id, how many of the store's quarantined records failed it."""
+        return await self._read(lambda db: lists.quarantine_rules(db, store))
 
     async def quarantined_by_rule(
         self, store: str, rule: str, limit: int = 100_000
@@ -615,20 +617,11 @@ class SqliteSpool:
 
         return await self._run(q)
 
-    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        """Recent audit entries."""
-
-        def q(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            cur = db.execute(
-                "SELECT id, at, action, store, ref, detail FROM audit ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
-            return [
-                dict(zip(("id", "at", "action", "store", "ref", "detail"), r, strict=True))
-                for r in cur
-            ]
-
-        return await self._read(q)
+    async def audit_log(
+        self, limit: int = 100, *, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit entries newest first (id < `before` when given); `at` ISO-8601 UTC."""
+        return await self._read(lambda db: lists.audit_entries(db, limit, before))
 
     # ------------------------------------------------------------------ small state
 

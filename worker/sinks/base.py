@@ -210,6 +210,14 @@ SALE_LOG_FROM_BODY: dict[str, str | bool | None] = {
 }
 
 
+# A list page's position (`worker.pages`): the last row's sort key, instants as `utc_text`.
+# The Sales Log's is (occurred_at, id), the trigger events' (created_at, event_id).
+PageKey = tuple[str, str]
+
+# What `list_triggers(state=...)` filters on: `due` is pending with due_at <= now.
+TRIGGER_STATES = ("pending", "due", "delivered", "cancelled")
+
+
 class Sink(Protocol):
     """A destination for customers, products and committed sales."""
 
@@ -253,17 +261,42 @@ class Sink(Protocol):
         warnings, committed_at, batch_id) and `record`, the canonical record as stored."""
         ...
 
-    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Committed sales of a business date (voided ones included, flagged): one dict per
-        sale with the SALE_LOG_COLUMNS (exact money text) and `warnings` (a list)."""
+    async def sales_log(
+        self,
+        store: str,
+        day: date,
+        limit: int = 10_000,
+        *,
+        after: PageKey | None = None,
+        customer: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Committed sales of a business date (voided ones included, flagged) in
+        (occurred_at, id) order, the first `limit` after the position `after`, only
+        `customer`'s when given: one dict per sale with the SALE_LOG_COLUMNS (exact money
+        text) and `warnings` (a list)."""
+        ...
+
+    async def count_sales(self, store: str, day: date, *, customer: str | None = None) -> int:
+        """How many sales the whole Sales Log of `day` (only `customer`'s when given) holds."""
         ...
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
         """One row per (business date, currency) in [start, end] that has sales."""
         ...
 
-    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
-        """Trigger events of a store: outbox (pending) and delivered, newest first."""
+    async def list_triggers(
+        self,
+        store: str,
+        limit: int = 1000,
+        *,
+        before: PageKey | None = None,
+        state: str | None = None,
+        trigger: str | None = None,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
+        """Trigger events of a store: outbox (pending) and delivered, newest first by
+        (created_at, event_id), the first `limit` before the position `before`; only those
+        in `state` (one of TRIGGER_STATES; `due` needs `now`) and of rule `trigger`."""
         ...
 
     async def counts(self) -> dict[str, int]:

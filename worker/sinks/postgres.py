@@ -35,11 +35,12 @@ import msgspec
 from worker.config import Config, PostgresSinkConfig
 from worker.errors import ConfigError, SinkError
 from worker.records import Customer, Entity, Product, SaleLine, Tender
+from worker.sinks import postgres_reads as reads
 from worker.sinks.base import (
-    SALE_LOG_COLUMNS,
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
+    PageKey,
     ReportRow,
     TriggerEvent,
     latest_per_sale,
@@ -60,7 +61,6 @@ from worker.sinks.postgres_sql import (
     Sql,
     columns,
     customer_row,
-    jsonable,
     product_row,
     sale_row,
     trigger_from,
@@ -394,16 +394,23 @@ class PostgresSink:
         )
         return out
 
-    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Committed sales of one business date, voided ones included and flagged."""
+    async def sales_log(
+        self,
+        store: str,
+        day: date,
+        limit: int = 10_000,
+        *,
+        after: PageKey | None = None,
+        customer: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Committed sales of one business date in (occurred_at, id) order, after `after`."""
         async with self._conn("sales_log", write=False) as conn:
-            rows = await conn.fetch(self._sql.sales_log, store, day, limit)
-        out = []
-        for r in rows:
-            item = {k: jsonable(v) for k, v in zip(SALE_LOG_COLUMNS, r, strict=True)}
-            item["warnings"] = warnings_of(item.pop("warning"))
-            out.append(item)
-        return out
+            return await reads.sales_log(conn, self._sql.schema, store, day, limit, after, customer)
+
+    async def count_sales(self, store: str, day: date, *, customer: str | None = None) -> int:
+        """How many sales the Sales Log of `day` (with its filter) holds."""
+        async with self._conn("count_sales", write=False) as conn:
+            return await reads.count_sales(conn, self._sql.schema, store, day, customer)
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
         """Per (business date, currency): count, gross, returns, net; voided count."""
@@ -423,22 +430,21 @@ class PostgresSink:
             for r in rows
         ]
 
-    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def list_triggers(
+        self,
+        store: str,
+        limit: int = 1000,
+        *,
+        before: PageKey | None = None,
+        state: str | None = None,
+        trigger: str | None = None,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
         """Trigger events of a store (pending, delivered, cancelled), newest first."""
         async with self._conn("list_triggers", write=False) as conn:
-            rows = await conn.fetch(self._sql.list_triggers, store, limit)
-        out = []
-        for r in rows:
-            item = {n: jsonable(v) for (n, _), v in zip(TRIGGER, r, strict=False)}
-            item["trigger"] = item.pop("trigger_name")
-            item["currency"] = r[-3]
-            delivered_at, cancelled = r[-2], r[-1]
-            item["delivered_at"] = utc_text_opt(delivered_at)
-            item["status"] = (
-                "cancelled" if cancelled else "delivered" if delivered_at else "pending"
+            return await reads.list_triggers(
+                conn, self._sql.schema, store, limit, before, state, trigger, now
             )
-            out.append(item)
-        return out
 
     async def counts(self) -> dict[str, int]:
         """Row counts per table."""

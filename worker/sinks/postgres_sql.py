@@ -89,7 +89,8 @@ def _log_column(column: str) -> str:
     return f"coalesce(body->>'{column}', '{default}')"
 
 
-_SALE_LOG_SELECT = ", ".join(_log_column(c) for c in SALE_LOG_COLUMNS)
+# The Sales Log's select list (`worker.sinks.postgres_reads`).
+SALE_LOG_SELECT = ", ".join(_log_column(c) for c in SALE_LOG_COLUMNS)
 
 
 class Sql:
@@ -97,6 +98,7 @@ class Sql:
 
     def __init__(self, schema: str) -> None:
         s = '"' + schema.replace('"', '""') + '"'
+        self.schema = s  # quoted, for the statements built per call (`postgres_reads`)
         self.ddl = ddl(schema)
         names = [n for n, _ in CUSTOMER]
         self.upsert_customers = (
@@ -210,10 +212,6 @@ class Sql:
             f"SELECT method, amount, reference, method_id FROM {s}.tenders"
             " WHERE store = $1 AND sale_id = $2 ORDER BY seq"
         )
-        self.sales_log = (
-            f"SELECT {_SALE_LOG_SELECT} FROM {s}.sales"
-            " WHERE store = $1 AND business_date = $2 ORDER BY occurred_at, id LIMIT $3"
-        )
         self.sales_report = (
             "SELECT business_date, currency, count(*) FILTER (WHERE NOT voided),"
             " coalesce(sum(total) FILTER (WHERE NOT voided AND total > 0), 0),"
@@ -222,12 +220,6 @@ class Sql:
             " count(*) FILTER (WHERE NOT voided AND (kind = 'return' OR total < 0))"
             f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3"
             " GROUP BY business_date, currency ORDER BY business_date, currency"
-        )
-        self.list_triggers = (
-            f"SELECT {', '.join(f'o.{n}' for n, _ in TRIGGER)}, s.currency, o.delivered_at,"
-            f" o.cancelled FROM {s}.trigger_outbox o LEFT JOIN {s}.sales s"
-            " ON s.store = o.store AND s.id = o.sale_id"
-            " WHERE o.store = $1 ORDER BY o.created_at DESC, o.event_id DESC LIMIT $2"
         )
         self.counts = "SELECT " + ", ".join(f"(SELECT count(*) FROM {s}.{t})" for t in TABLES)
         self.health = (

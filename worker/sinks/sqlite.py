@@ -63,10 +63,12 @@ import msgspec
 from worker.config import Config, SqliteSinkConfig
 from worker.errors import ConfigError, SinkError
 from worker.records import Customer, Entity, Product
+from worker.sinks import sqlite_reads as reads
 from worker.sinks.base import (
     CommitBatch,
     CommitOutcome,
     EntityOutcome,
+    PageKey,
     ReportDay,
     ReportRow,
     TriggerEvent,
@@ -75,15 +77,12 @@ from worker.sinks.base import (
     warnings_of,
 )
 from worker.sinks.sqlite_rows import (
-    BOOL_COLS,
     IN_IDS,
     INSERT_BATCH,
     INSERT_LINE,
     INSERT_TENDER,
     INSERT_TRIGGER,
     INSERT_VOID,
-    SALE_LOG_COLS,
-    SALE_LOG_SELECT,
     TABLES,
     TRIGGER_COLS,
     UPSERT_CUSTOMER,
@@ -484,23 +483,23 @@ class SqliteSink:
         )
         return out
 
-    async def sales_log(self, store: str, day: date, limit: int = 10_000) -> list[dict[str, Any]]:
-        """Committed sales of one business date, voided ones included and flagged."""
+    async def sales_log(
+        self,
+        store: str,
+        day: date,
+        limit: int = 10_000,
+        *,
+        after: PageKey | None = None,
+        customer: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Committed sales of one business date in (occurred_at, id) order, after `after`."""
         async with self._read("sales_log") as db:
-            rows = await db.execute_fetchall(
-                f"SELECT {SALE_LOG_SELECT} FROM sales"
-                " WHERE store = ? AND business_date = ? ORDER BY occurred_at, id LIMIT ?",
-                (store, day.isoformat(), limit),
-            )
-        out = []
-        for r in rows:
-            item: dict[str, Any] = {
-                k: (bool(v) if k in BOOL_COLS and v is not None else v)
-                for k, v in zip(SALE_LOG_COLS, r, strict=True)
-            }
-            item["warnings"] = warnings_of(item.pop("warning"))
-            out.append(item)
-        return out
+            return await reads.sales_log(db, store, day, limit, after, customer)
+
+    async def count_sales(self, store: str, day: date, *, customer: str | None = None) -> int:
+        """How many sales the Sales Log of `day` (with its filter) holds."""
+        async with self._read("count_sales") as db:
+            return await reads.count_sales(db, store, day, customer)
 
     async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
         """Per (business date, currency): count, gross, returns, net; voided count."""
@@ -520,27 +519,19 @@ class SqliteSink:
             acc.add(Decimal(total), kind, bool(voided))
         return [acc.row(date.fromisoformat(d), cur) for (d, cur), acc in days.items()]
 
-    async def list_triggers(self, store: str, limit: int = 1000) -> list[dict[str, Any]]:
+    async def list_triggers(
+        self,
+        store: str,
+        limit: int = 1000,
+        *,
+        before: PageKey | None = None,
+        state: str | None = None,
+        trigger: str | None = None,
+        now: datetime | None = None,
+    ) -> list[dict[str, Any]]:
         """Trigger events of a store (pending, delivered, cancelled), newest first."""
         async with self._read("list_triggers") as db:
-            rows = await db.execute_fetchall(
-                f"SELECT o.{', o.'.join(TRIGGER_COLS)}, s.currency, o.delivered_at, o.cancelled"
-                " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
-                " WHERE o.store = ? ORDER BY o.created_at DESC, o.event_id DESC LIMIT ?",
-                (store, limit),
-            )
-        out = []
-        for r in rows:
-            item = {k: v for k, v in zip(TRIGGER_COLS, r, strict=False)}
-            item["currency"] = r[-3]
-            item["trigger"] = item.pop("trigger_name")
-            delivered_at, cancelled = r[-2], r[-1]
-            item["delivered_at"] = delivered_at
-            item["status"] = (
-                "cancelled" if cancelled else "delivered" if delivered_at else "pending"
-            )
-            out.append(item)
-        return out
+            return await reads.list_triggers(db, store, limit, before, state, trigger, now)
 
     async def counts(self) -> dict[str, int]:
         """Row counts per table."""

@@ -9,18 +9,21 @@ reading and again while reading, so an oversized body is never held whole.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
-from worker import api_format, keys
+from worker import api_format, keys, pages
+from worker.buffers.base import QuarantineItem
+from worker.buffers.sqlite_lists import QuarantineFilter
 from worker.committer import WindowResult
 from worker.config import POLICY_RULES, StoreConfig
 from worker.errors import NotFound, RecordInvalid
 from worker.intake import IngestOutcome, check_headers, rejections_json
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
+from worker.sinks.base import TRIGGER_STATES
 from worker.web import bearer, json_response, media_type, read_body, require_admin
 
 log = logging.getLogger("possync.http")
@@ -210,14 +213,49 @@ def _date_param(request: web.Request, name: str) -> date:
         ) from None
 
 
+def _text_param(request: web.Request, name: str) -> str | None:
+    """An optional id-like filter: 1 to 256 characters (never echoed back in an error)."""
+    raw = request.query.get(name)
+    if raw is not None and not 0 < len(raw) <= 256:
+        raise RecordInvalid(f"{name} must be 1 to 256 characters", field=name)
+    return raw
+
+
+def _pager(
+    request: web.Request, name: str, filters: pages.Filters, shape: tuple[type, ...]
+) -> pages.Pager:
+    """The list request's paging: `limit`, `cursor` (bound to this list and its filters)."""
+    return pages.Pager(
+        secret=request.app[keys.CONFIG].http.admin_token,
+        name=name,
+        path=request.rel_url.raw_path,
+        query=request.query,
+        filters=filters,
+        shape=shape,
+    )
+
+
 async def sales_log(request: web.Request) -> web.Response:
-    """GET /v1/stores/{store}/sales?date=YYYY-MM-DD: the Sales Log."""
+    """GET /v1/stores/{store}/sales?date=YYYY-MM-DD[&customer=][&limit=&cursor=]: one page
+    of the Sales Log in (occurred_at, id) order, `count` of the whole date, `next`."""
     require_admin(request)
     store = _store(request)
     day = _date_param(request, "date")
-    sales = await request.app[keys.SINK].sales_log(store.id, day)
-    items = [api_format.sale_log_item(s) for s in sales]
-    return json_response({"store": store.id, "date": day.isoformat(), "sales": items})
+    customer = _text_param(request, "customer")
+    pager = _pager(request, "sales", {"date": day.isoformat(), "customer": customer}, (str, str))
+    sink = request.app[keys.SINK]
+    rows = await sink.sales_log(
+        store.id, day, pager.fetch, after=pager.text_key(), customer=customer
+    )
+    count = await sink.count_sales(store.id, day, customer=customer)
+    body: dict[str, Any] = {"store": store.id, "date": day.isoformat(), "count": count}
+    if customer is not None:
+        body["customer"] = customer
+    return json_response(
+        pager.answer(
+            body, "sales", rows, api_format.sale_log_item, lambda r: (r["occurred_at"], r["id"])
+        )
+    )
 
 
 async def get_sale(request: web.Request) -> web.Response:
@@ -252,12 +290,33 @@ async def sales_report(request: web.Request) -> web.Response:
 
 
 async def list_triggers(request: web.Request) -> web.Response:
-    """GET /v1/stores/{store}/triggers."""
+    """GET /v1/stores/{store}/triggers[?state=&trigger=&limit=&cursor=]: one page of the
+    store's trigger events, newest first by (created_at, event_id), and `next`."""
     require_admin(request)
     store = _store(request)
-    events = await request.app[keys.SINK].list_triggers(store.id)
-    items = [api_format.trigger_item(e) for e in events]
-    return json_response({"store": store.id, "events": items})
+    state = request.query.get("state")
+    if state is not None and state not in TRIGGER_STATES:
+        raise RecordInvalid(f"state must be one of {', '.join(TRIGGER_STATES)}", field="state")
+    trigger = _text_param(request, "trigger")
+    pager = _pager(request, "triggers", {"state": state, "trigger": trigger}, (str, str))
+    events = await request.app[keys.SINK].list_triggers(
+        store.id,
+        pager.fetch,
+        before=pager.text_key(),
+        state=state,
+        trigger=trigger,
+        now=request.app[keys.CLOCK].now(),
+    )
+    body: dict[str, Any] = {"store": store.id}
+    return json_response(
+        pager.answer(
+            body,
+            "events",
+            events,
+            api_format.trigger_item,
+            lambda e: (e["created_at"], e["event_id"]),
+        )
+    )
 
 
 async def admin_commit(request: web.Request) -> web.Response:
@@ -297,33 +356,78 @@ async def admin_pause(request: web.Request) -> web.Response:
     return json_response({"store": store.id, "paused": paused})
 
 
+def _utc_text(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _epoch_text(value: float) -> str:
+    return datetime.fromtimestamp(value, UTC).isoformat()
+
+
+def _bound(request: web.Request, name: str) -> tuple[str | None, float | None]:
+    """`from` / `to` on quarantined_at: a date (UTC day; `to` includes the whole day) or
+    an instant with an offset (`to` excluded). Canonical text and unix seconds."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None, None
+    rule = f"{name} must be a date YYYY-MM-DD or an ISO-8601 instant with an offset"
+    try:
+        if len(raw) == 10:
+            day = date.fromisoformat(raw)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            edge = start + timedelta(days=1) if name == "to" else start
+            return day.isoformat(), edge.timestamp()
+        at = datetime.fromisoformat(raw) if len(raw) <= 40 else None
+        if at is None or at.tzinfo is None:
+            raise RecordInvalid(rule, field=name)
+        return _utc_text(at), at.timestamp()
+    except (ValueError, OverflowError):  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise RecordInvalid(rule, field=name) from None
+
+
+def _rule_param(request: web.Request) -> str | None:
+    rule = request.query.get("rule")
+    if rule is not None and not (
+        0 < len(rule) <= 64 and rule.isascii() and all(c.isalnum() or c in "._-" for c in rule)
+    ):
+        raise RecordInvalid("rule must be a rule id (e.g. total.sum)", field="rule")
+    return rule
+
+
 async def quarantine_list(request: web.Request) -> web.Response:
-    """GET /v1/admin/quarantine?store=."""
+    """GET /v1/admin/quarantine[?store=&rule=&from=&to=&limit=&cursor=]: one page of the
+    quarantine, newest first by id, `count` of all that match the filters, and `next`."""
     require_admin(request)
     store = request.query.get("store")
     if store is not None:
         request.app[keys.INTAKE].store(store)
-    items = await request.app[keys.SPOOL].list_quarantine(store)
-    return json_response(
-        {
-            "items": [
-                {
-                    "id": i.qid,
-                    "store": i.store,
-                    "type": i.kind,
-                    "record_id": i.rid,
-                    "version": i.version,
-                    "received_at": datetime.fromtimestamp(i.received_at).astimezone().isoformat(),
-                    "quarantined_at": datetime.fromtimestamp(i.quarantined_at)
-                    .astimezone()
-                    .isoformat(),
-                    "reasons": i.reasons,
-                    "record": msgspec.json.decode(i.body),
-                }
-                for i in items
-            ]
-        }
+    rule = _rule_param(request)
+    since_text, since = _bound(request, "from")
+    until_text, until = _bound(request, "to")
+    if since is not None and until is not None and until <= since:
+        raise RecordInvalid("`to` is not after `from`", field="to")
+    filters = {"store": store, "rule": rule, "from": since_text, "to": until_text}
+    pager = _pager(request, "quarantine", filters, (int,))
+    wanted = QuarantineFilter(store=store, rule=rule, since=since, until=until)
+    items, count = await request.app[keys.SPOOL].quarantine_page(
+        wanted, pager.fetch, pager.int_key()
     )
+
+    def item(i: QuarantineItem) -> dict[str, Any]:
+        return {
+            "id": i.qid,
+            "store": i.store,
+            "type": i.kind,
+            "record_id": i.rid,
+            "version": i.version,
+            "received_at": _epoch_text(i.received_at),
+            "quarantined_at": _epoch_text(i.quarantined_at),
+            "reasons": i.reasons,
+            "record": msgspec.json.decode(i.body),
+        }
+
+    body: dict[str, Any] = {"count": count}
+    return json_response(pager.answer(body, "items", items, item, lambda i: (i.qid,)))
 
 
 _MAX_QID = 2**63 - 1  # SQLite's INTEGER: a larger id cannot exist (and cannot be bound)
@@ -438,9 +542,13 @@ async def quarantine_delete(request: web.Request) -> web.Response:
 
 
 async def audit(request: web.Request) -> web.Response:
-    """GET /v1/admin/audit."""
+    """GET /v1/admin/audit[?limit=&cursor=]: one page of the audit log, newest first by
+    id (`at` ISO-8601 UTC), and `next`."""
     require_admin(request)
-    return json_response({"entries": await request.app[keys.SPOOL].audit_log()})
+    pager = _pager(request, "audit", {}, (int,))
+    entries = await request.app[keys.SPOOL].audit_log(pager.fetch, before=pager.int_key())
+    body: dict[str, Any] = {}
+    return json_response(pager.answer(body, "entries", entries, dict, lambda e: (e["id"],)))
 
 
 def add_routes(app: web.Application) -> None:
