@@ -456,6 +456,34 @@ class SqliteSpool:
 
         return await self._read(q)
 
+    async def oldest_many(self, stores: Sequence[str]) -> dict[str, float]:
+        """`oldest` of many stores in one hop to the reader thread (/status with many stores)."""
+
+        def q(db: sqlite3.Connection) -> dict[str, float]:
+            out: dict[str, float] = {}
+            for store in stores:
+                row = db.execute(
+                    "SELECT min(received_at) FROM (SELECT received_at FROM spool WHERE store=? "
+                    "AND state=0 ORDER BY seq LIMIT 1000)",
+                    (store,),
+                ).fetchone()
+                if row is not None and row[0] is not None:
+                    out[store] = float(row[0])
+            return out
+
+        return await self._read(q) if stores else {}
+
+    async def quarantine_counts(self) -> dict[str, int]:
+        """Quarantine size of every store that has any, in one query."""
+        return await self._read(
+            lambda db: {
+                str(store): int(n)
+                for store, n in db.execute(
+                    "SELECT store, count(*) FROM quarantine GROUP BY store"
+                ).fetchall()
+            }
+        )
+
     async def pending_ids(self, store: str, kind: str, ids: Sequence[str]) -> set[str]:
         """Which of `ids` are pending (not retired) in the store's spool."""
         if not ids:

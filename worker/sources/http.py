@@ -24,6 +24,7 @@ from worker.errors import NotFound, RecordInvalid
 from worker.intake import IngestOutcome, check_headers, rejections_json
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
 from worker.sinks.base import TRIGGER_STATES
+from worker.status_page import attention_order
 from worker.web import bearer, json_response, media_type, read_body, require_admin
 
 log = logging.getLogger("possync.http")
@@ -93,19 +94,69 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+STATUS_STORES_DEFAULT = 200
+STATUS_STORES_MAX = 2000
+
+
 async def status(request: web.Request) -> web.Response:
-    """Everything an operator wants on one page."""
+    """GET /status[?page=N&limit=M]: everything an operator wants, stores paged.
+
+    `summary` covers every store; `stores` holds one page of them in attention order
+    (failed windows, quarantine, paused, oldest pending first), so a sidecar with thousands of
+    stores answers in one small body. `next` is the following page, absent on the last.
+    """
     require_admin(request)
-    app = request.app
+    limit = _int_param(request, "limit", STATUS_STORES_DEFAULT, STATUS_STORES_MAX)
+    page = _int_param(request, "page", 1, 1_000_000)
+    body = await status_body(request.app)
+    stores: dict[str, dict[str, Any]] = body["stores"]
+    order = attention_order(stores)
+    shown = order[(page - 1) * limit : page * limit]
+    body["stores"] = {sid: stores[sid] for sid in shown}
+    body["summary"] = {
+        "stores": len(order),
+        "pending": sum(int(st["pending"]) for st in stores.values()),
+        "quarantined": sum(int(st["quarantine"]) for st in stores.values()),
+        "stores_with_quarantine": sum(1 for st in stores.values() if st["quarantine"]),
+        "paused": sum(1 for st in stores.values() if st["paused"]),
+        "failed_last_window": sum(
+            1 for st in stores.values() if (st["last_window"] or {}).get("error")
+        ),
+        "oldest_pending_age_s": max(
+            (st["oldest_pending_age_s"] or 0.0 for st in stores.values()), default=0.0
+        ),
+    }
+    body["page"] = {"page": page, "limit": limit, "stores": len(shown)}
+    if page * limit < len(order):
+        body["next"] = f"/status?page={page + 1}&limit={limit}"
+    return json_response(body)
+
+
+def _int_param(request: web.Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise RecordInvalid(f"{name} must be an integer from 1 to {maximum}", field=name)
+    return int(raw)
+
+
+async def status_body(app: web.Application) -> dict[str, Any]:
+    """The /status body (the status page at `/` renders the same data)."""
     cfg = app[keys.CONFIG]
     spool = app[keys.SPOOL]
     committer = app[keys.COMMITTER]
     clock = app[keys.CLOCK]
     now = clock.now()
     stores = {}
+    # Two hops to the spool's reader for every store at once (not two per store: with
+    # thousands of stores, per-store queries made /status slow and pushes wait behind it).
+    with_pending = [s.id for s in cfg.stores if spool.stats(s.id).pending]
+    oldest_of = await spool.oldest_many(with_pending)
+    quarantine_of = await spool.quarantine_counts()
     for s in cfg.stores:
         st = spool.stats(s.id)
-        oldest = await spool.oldest(s.id) if st.pending else None
+        oldest = oldest_of.get(s.id)
         last = committer.last.get(s.id)
         stores[s.id] = {
             "source": s.source,
@@ -117,7 +168,7 @@ async def status(request: web.Request) -> web.Response:
             else None,
             "next_window": committer.visible_at(s).isoformat(),
             "last_window": _last_json(last),
-            "quarantine": await spool.quarantine_count(s.id),
+            "quarantine": quarantine_of.get(s.id, 0),
             "paused": s.id in committer.paused,
         }
     extra = app.get(keys.STATUS_EXTRA)
@@ -145,7 +196,7 @@ async def status(request: web.Request) -> web.Response:
     if extra:
         for name, fn in extra.items():
             body[name] = fn()
-    return json_response(body)
+    return body
 
 
 def _last_json(last: WindowResult | None) -> dict[str, Any] | None:
