@@ -242,8 +242,9 @@ class _JsonErrorHandler(RequestHandler):
     """aiohttp's request handler, answering its own protocol errors as our JSON errors.
 
     aiohttp has no documented hook for the 400 it builds for a request it cannot parse
-    (`RequestHandler.handle_error`, outside the app and its middleware): overriding it here
-    is the one place that depends on aiohttp internals; `test_http_hardening` pins it.
+    (`RequestHandler.handle_error`, outside the app and its middleware; aio-libs/aiohttp
+    #3287 asks for one, still open): overriding it here is the one place that depends on
+    aiohttp internals, with `_idle` below; `test_http_hardening` pins both.
     """
 
     def handle_error(
