@@ -54,7 +54,11 @@ def error_response(exc: PossyncError) -> web.Response:
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, AuthError):
         headers["WWW-Authenticate"] = 'Bearer realm="possync"'
-    return json_response(exc.to_json(), status=exc.status, headers=headers)
+    body = exc.to_json()
+    if body.get("field") is not None:
+        # Header names are multidict `istr`s; the JSON encoder takes plain text only.
+        body["field"] = str(body["field"])
+    return json_response(body, status=exc.status, headers=headers)
 
 
 _HTTP_FIELDS = {413: "body", 415: "Content-Type", 405: "method", 404: "path"}
@@ -102,9 +106,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.error(  # noqa: TRY400 - the traceback text is what must not be logged
             "unhandled error on %s %s: %s at %s",
             request.method,
-            request.match_info.route.resource.canonical
-            if request.match_info.route.resource
-            else "unmatched",
+            route,
             type(exc).__name__,
             _where(exc),
         )
