@@ -50,9 +50,8 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -76,6 +75,7 @@ from worker.sources import inbox_fs
 from worker.sources.http import outcome_json
 from worker.sources.inbox_fs import FAILED, PROCESSED, Entry, Listing, RefusedEntry
 from worker.sources.inbox_notify import Notifier
+from worker.sources.inbox_stats import LIST_IDLE_UP_TO, StoreStats
 from worker.sources.inbox_upload import (
     INBOX,
     LIMIT_HINT,
@@ -89,7 +89,6 @@ log = logging.getLogger("possync.inbox")
 __all__ = ["INBOX", "Inbox", "add_file_routes", "content_type_for", "open_inbox"]
 
 BACKOFF_MAX_S = 300.0
-REFUSED_LATEST = 10  # refused entries shown per store on /status
 _DIGITS = re.compile(r"(\d+)")
 _ENCODE = msgspec.json.Encoder(decimal_format="string")
 
@@ -131,24 +130,6 @@ class _Retry:
     attempts: int
     next_at: datetime
     error: str
-
-
-@dataclass
-class StoreStats:
-    """Per-store counters for /status."""
-
-    processed: int = 0
-    failed: int = 0
-    retries: int = 0  # transient failures, all time
-    uploads: int = 0
-    refused: int = 0  # entries refused (symlink, special file, ...), each counted once
-    refused_latest: deque[dict[str, str]] = field(
-        default_factory=lambda: deque(maxlen=REFUSED_LATEST)
-    )
-    last_file: str | None = None
-    last_at: str | None = None
-    last_error: str | None = None
-    waiting: set[Path] = field(default_factory=set)  # files currently backing off
 
 
 def _ident(e: Entry) -> tuple[int, int, int, int]:
@@ -618,9 +599,13 @@ class Inbox:
             "scans": self.scans,
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
             "file_limit_bytes": self.limit,
+            "folders": f"{self.root}/{{source}}/{{store}}",
+            # Only stores the inbox has done or refused something for: thousands of idle
+            # stores would make /status large and slow (issue 12, "At scale").
+            "stores_idle": sum(1 for st in self.stats.values() if not st.active),
+            # ... listed too while there are few of them.
             "stores": {
                 store: {
-                    "folders": [str(f.path) for f in self.folders if f.store == store],
                     "processed": st.processed,
                     "failed": st.failed,
                     "retrying": len(st.waiting),
@@ -633,6 +618,7 @@ class Inbox:
                     "last_error": st.last_error,
                 }
                 for store, st in self.stats.items()
+                if st.active or len(self.stats) <= LIST_IDLE_UP_TO
             },
         }
 
