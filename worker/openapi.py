@@ -34,7 +34,7 @@ from worker.openapi_schemas import (
     INT,
     LOGIN_BODY,
     NATIVE_BODY,
-    OPAQUE,
+    NATIVE_JSON,
     P_ANY_SOURCE,
     P_ID,
     P_NATIVE_SOURCE,
@@ -84,7 +84,8 @@ def _op(
     tag: str,
 ) -> Json:
     responses: Json = dict(ok)
-    for status in sorted(set(errors)):
+    # Any request can be a 400 of the HTTP layer (a malformed request line or header).
+    for status in sorted({400, *errors}):
         responses[str(status)] = {"$ref": RESPONSES + ERRORS[status][0]}
     out: Json = {
         "operationId": op_id,
@@ -137,7 +138,10 @@ def _paths(record: Json, spooled: Json) -> Json:
                 ok_push,
                 _INTAKE,
                 params=[P_STORE, *shopify_headers, Q_TOPIC],
-                body={"required": True, "content": {"application/json": {"schema": OPAQUE}}},
+                body={
+                    "required": True,
+                    "content": {"application/json": {"schema": {"type": "object", **NATIVE_JSON}}},
+                },
                 tag=push_tag,
             )
         },

@@ -108,7 +108,11 @@ PUSH_OUTCOME = obj(
         "duplicates": INT,
         "rejected": arr(ref("Rejection")),
         "rejected_count": INT,
-        "dropped": INT,
+        "dropped": {
+            "type": "object",
+            "additionalProperties": INT,
+            "description": "items the adapter dropped on purpose, counted by reason",
+        },
         "visible_at": nullable(INSTANT),
     },
     ["accepted", "duplicates", "rejected", "rejected_count", "dropped", "visible_at"],
@@ -265,8 +269,8 @@ COMMIT = obj(
             "type": "object",
             "additionalProperties": obj(
                 {
-                    k: INT
-                    for k in ("committed", "quarantined", "held", "triggers", "voids", "skipped")
+                    **{k: INT for k in ("committed", "quarantined", "held", "triggers", "voids")},
+                    "skipped": nullable({"type": "string", "enum": ["paused", "busy"]}),
                 }
             ),
         },
@@ -430,18 +434,22 @@ def records_body(record: Json, *, required: bool = True) -> Json:
     }
 
 
-OPAQUE = {"type": "string", "description": "the POS's own payload, read by its adapter"}
+OPAQUE: Json = {"type": "string", "description": "the POS's own payload, read by its adapter"}
+# A native JSON payload: any JSON document; its adapter reads it.
+NATIVE_JSON: Json = {"description": "the POS's own JSON document, read by its adapter"}
 NATIVE_BODY: Json = {
     "required": True,
     "content": {
-        media: {"schema": OPAQUE}
-        for media in (
-            "application/json",
-            "application/x-ndjson",
-            "application/x-www-form-urlencoded",
-            "text/csv",
-            "text/plain",
-        )
+        "application/json": {"schema": NATIVE_JSON},
+        **{
+            media: {"schema": OPAQUE}
+            for media in (
+                "application/x-ndjson",
+                "application/x-www-form-urlencoded",
+                "text/csv",
+                "text/plain",
+            )
+        },
     },
 }
 FILE_BODY: Json = {
