@@ -97,6 +97,7 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     health = app[keys.HEALTH]
     async with open_spool(cfg.spool, cfg.spool_path, app[keys.CLOCK]) as spool:
         app[keys.SPOOL] = spool
+        app[keys.METRICS].watch_spool(spool, [s.id for s in cfg.stores])
         log.debug("spool %s open: %d pending rows", cfg.spool_path, spool.total_pending())
         health.add_check("spool", spool.check)
         health.add_check("spool_wal", spool.check_wal)  # red while lost WAL frames await review
@@ -161,6 +162,7 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
             app[keys.MQTT] = source
             app[keys.HEALTH].add_check("mqtt", source.check)
             app[keys.STATUS_EXTRA]["mqtt"] = source.snapshot
+            app[keys.METRICS].watch_mqtt(source)
         await stack.enter_async_context(open_inbox(app))
         yield
 

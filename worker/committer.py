@@ -142,10 +142,12 @@ class Committer:
         result = WindowResult(store=store.id, window_at=window_at, started_at=started)
         if store.id in self.paused and not force:
             result.skipped = "paused"
+            self.metrics.child(self.metrics.window_commits, store.id, "skipped_paused").inc()
             return result
         lock = self._locks[store.id]
         if lock.locked():
             result.skipped = "busy"  # a commit that overruns the next window is not doubled
+            self.metrics.child(self.metrics.window_commits, store.id, "skipped_busy").inc()
             return result
         t0 = self.clock.monotonic()
         async with lock:
@@ -159,7 +161,9 @@ class Committer:
                 await self._commit_pages(store, window_at, result)
             except SinkError as exc:
                 result.error = exc.message
-                self.metrics.window_commits.labels("error").inc()
+                m = self.metrics
+                m.child(m.window_commits, store.id, "error").inc()
+                m.child(m.window_seconds, "error").observe(self.clock.monotonic() - t0)
                 log.error(  # noqa: TRY400 (the message names the failure; no traceback needed)
                     "store %s: window %s failed: %s",
                     store.id,
@@ -195,8 +199,8 @@ class Committer:
                     "duration_s": result.duration_s,
                 },
             )
-            self.metrics.window_commits.labels("ok").inc()
-            self.metrics.commit_seconds.observe(result.duration_s)
+            self.metrics.child(self.metrics.window_commits, store.id, "ok").inc()
+            self.metrics.child(self.metrics.window_seconds, "ok").observe(result.duration_s)
             await self.spool.put_state(
                 store.id,
                 {"last_window": window_at.isoformat(), "last_result": msgspec.to_builtins(result)},
@@ -248,7 +252,7 @@ class Committer:
             items, broken = await asyncio.to_thread(_decode_page, lease.entries)
             # The lookups are retried like the write itself: a window that starts while the
             # sink is down waits for it instead of failing until the next window.
-            ctx = await self._with_retry("lookup", lambda: self._context(store, items))
+            ctx = await self._with_retry("lookup", lambda: self._context(store, items), op="lookup")
             verdict, batch = await asyncio.to_thread(
                 self._prepare, store, window_at, lease.entries, items, ctx, self.clock.now()
             )
@@ -268,7 +272,7 @@ class Committer:
         rows, voids, triggers = batch.sales, batch.voids, batch.triggers
         if rows or voids:
             await self._with_retry(
-                f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch)
+                f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch), op="commit"
             )
         done = (
             [s for s, _ in verdict.sales] + [s for s, _ in verdict.voids] + list(verdict.superseded)
@@ -305,10 +309,8 @@ class Committer:
         result.warnings += sum(1 for r in rows if r.warnings)
         for reason, n in verdict.skipped.items():
             result.triggers_skipped[reason] = result.triggers_skipped.get(reason, 0) + n
-            self.metrics.triggers.labels(f"skipped_{reason}").inc(n)
-        self.metrics.committed.inc(len(rows))
-        self.metrics.quarantined.inc(len(quarantined))
-        self.metrics.triggers.labels("written").inc(len(triggers))
+        counts = (rows, voids, quarantined, verdict.held, verdict.superseded, triggers)
+        self.metrics.count_page(batch.store, *map(len, counts), skipped=verdict.skipped)
 
     def _prepare(
         self,
@@ -394,7 +396,7 @@ class Committer:
             cash_rounding=self._cash_steps[store.id],
         )
 
-    async def _with_retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    async def _with_retry(self, what: str, fn: Callable[[], Awaitable[T]], *, op: str) -> T:
         """Run a sink call, retrying retriable errors with backoff and jitter until stopped."""
         delay = 0.5
         while True:
@@ -407,7 +409,7 @@ class Committer:
                 self.sink_error = None
                 return result
             except SinkError as exc:
-                self.metrics.sink_errors.labels(str(exc.retriable).lower()).inc()
+                self.metrics.sink_error(exc.retriable, op)
                 if self.sink_error is None:
                     log.warning(
                         "sink failing: %s",
@@ -429,9 +431,10 @@ class Committer:
         total = 0
         limit = 1000
         while True:
-            delivered = await self.sink.deliver_due_triggers(self.clock.now(), limit)
+            with self.metrics.sink_call("deliver"):
+                delivered = await self.sink.deliver_due_triggers(self.clock.now(), limit)
             total += len(delivered)
-            self.metrics.triggers.labels("delivered").inc(len(delivered))
+            self.metrics.triggers_delivered.inc(len(delivered))
             if len(delivered) < limit:
                 return total
 
@@ -459,8 +462,6 @@ class Committer:
         triggers = [
             ev for row in rows for ev in self._triggers_for(row, store, now, skipped=skipped)
         ]
-        for reason, n in skipped.items():
-            self.metrics.triggers.labels(f"skipped_{reason}").inc(n)
         digest = hashlib.sha256(
             "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
         ).hexdigest()[:16]
@@ -474,11 +475,12 @@ class Committer:
             triggers=triggers,
             manifest=_manifest(batch_id, store.id, now, rows, [], len(triggers)),
         )
-        outcome = await self.sink.commit_sales(batch)
+        with self.metrics.sink_call("commit"):
+            outcome = await self.sink.commit_sales(batch)
+        written = 0 if outcome.already_committed else outcome.inserted + outcome.updated
+        emitted = 0 if outcome.already_committed else len(triggers)
+        self.metrics.count_page(store.id, written, 0, 0, 0, 0, emitted, skipped=skipped)
         await self.deliver_triggers()
-        written = outcome.inserted + outcome.updated
-        if outcome.already_committed:
-            written = 0
         return written, len(sales) - written
 
     async def recheck(self, store: StoreConfig, record: Sale | Void) -> list[Failure]:

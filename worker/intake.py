@@ -112,6 +112,9 @@ class IngestOutcome(msgspec.Struct, kw_only=True):
     realtime: int = 0
     spooled: int = 0
     manual: int = 0
+    # Of `duplicates`, those of the real-time upsert and of the spool append (for metrics).
+    realtime_duplicates: int = 0
+    spooled_duplicates: int = 0
 
 
 class Intake:
@@ -272,9 +275,7 @@ class Intake:
         if parsed.delivery_id and await self.spool.seen_delivery(
             store.id, source, parsed.delivery_id
         ):
-            self.metrics.child(self.metrics.records, source, "duplicate_delivery").inc(
-                len(parsed.records)
-            )
+            self.metrics.count_push(source, store.id, parsed.records, None)
             return IngestOutcome(
                 accepted=0,
                 duplicates=len(parsed.records),
@@ -283,20 +284,19 @@ class Intake:
                 visible_at=self.committer.visible_at(store),
             )
         if not parsed.records and parsed.rejected:
-            self.metrics.child(self.metrics.records, source, "rejected").inc(len(parsed.rejected))
+            self.metrics.child(self.metrics.rejected, source, store.id).inc(len(parsed.rejected))
             raise NothingAcceptable(parsed.rejected)
         outcome = await self.route(store, parsed.records, priority=priority, origin=origin)
         if parsed.delivery_id:
             await self.spool.remember_delivery(store.id, source, parsed.delivery_id)
         outcome.rejected = parsed.rejected
         outcome.dropped = parsed.dropped
-        m, rec = self.metrics, self.metrics.records
-        m.child(rec, source, "accepted").inc(outcome.accepted)
-        m.child(rec, source, "duplicate").inc(outcome.duplicates)
+        m = self.metrics
+        m.count_push(source, store.id, parsed.records, outcome)
         if parsed.rejected:
-            m.child(rec, source, "rejected").inc(len(parsed.rejected))
+            m.child(m.rejected, source, store.id).inc(len(parsed.rejected))
         for reason, n in parsed.dropped.items():
-            m.child(rec, source, f"dropped_{reason}").inc(n)
+            m.child(m.dropped, source, store.id, reason).inc(n)
         return outcome
 
     async def route(
@@ -325,6 +325,7 @@ class Intake:
                 spooled.append(r)
         accepted = 0
         duplicates = 0
+        realtime_dups = spooled_dups = 0
         if spooled and (entities or manual):
             # Decide the whole push first: if the spool cannot take its sales, nothing of it
             # is written (the real-time upserts would otherwise land before the 503).
@@ -343,10 +344,15 @@ class Intake:
             for res in results:
                 if isinstance(res, BaseException):
                     raise res
+            dups: list[int] = []
             for res in results:
                 assert not isinstance(res, BaseException)
                 accepted += res[0]
                 duplicates += res[1]
+                dups.append(res[1])
+            # The jobs ran in this order: entities, spooled, manual.
+            realtime_dups = dups[0] if entities else 0
+            spooled_dups = dups[1 if entities else 0] if spooled else 0
         return IngestOutcome(
             accepted=accepted,
             duplicates=duplicates,
@@ -356,10 +362,13 @@ class Intake:
             realtime=len(entities),
             spooled=len(spooled),
             manual=len(manual),
+            realtime_duplicates=realtime_dups,
+            spooled_duplicates=spooled_dups,
         )
 
     async def _upsert(self, store: str, entities: list[Entity]) -> tuple[int, int]:
-        out = await self.sink.upsert_entities(store, entities)
+        with self.metrics.sink_call("upsert"):
+            out = await self.sink.upsert_entities(store, entities)
         return out.applied, out.stale
 
     async def _spool(

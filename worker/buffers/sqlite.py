@@ -53,6 +53,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
@@ -150,6 +151,8 @@ class SqliteSpool:
         self.file_note: str | None = None  # a spool opened before was missing or empty
         self.last_error: str | None = None
         self.groups = 0
+        # Called after each committed group with (records, seconds): the metrics hook.
+        self.on_group: Callable[[int, float], None] | None = None
         self._closing = False
         self.integrity: str | None = None  # None until the background check has run
         self.integrity_task: asyncio.Task[None] | None = None
@@ -301,6 +304,7 @@ class SqliteSpool:
         return group
 
     async def _commit_group(self, group: list[_Append]) -> None:
+        t0 = time.perf_counter()  # a latency measurement, not a schedule: real time
         try:
             results = await self._run(lambda db: _write_group(db, group))
         except Exception as exc:
@@ -317,6 +321,8 @@ class SqliteSpool:
             return
         self.last_error = None
         self.groups += 1
+        if self.on_group is not None:
+            self.on_group(sum(len(item.rows) for item in group), time.perf_counter() - t0)
         for item, (result, deltas) in zip(group, results, strict=True):
             for store, (drows, dbytes) in deltas.items():
                 c = self._counts.setdefault(store, _Counts())

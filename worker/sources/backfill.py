@@ -251,6 +251,10 @@ def add_backfill_routes(app: web.Application) -> None:
         return
     app[BACKFILLS] = Backfills()
     app.router.add_post("/v1/backfill/{source}/{store}", backfill)
+    metrics = app.get(keys.METRICS)
+    if metrics is not None:
+        stores = [s.id for s in app[keys.CONFIG].stores]
+        metrics.watch_backfills(lambda: app[BACKFILLS].running.values(), stores)
     extra = app.get(keys.STATUS_EXTRA)
     if extra is not None:
         extra["backfills"] = lambda: backfill_status(app)

@@ -207,7 +207,6 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition."""
     require_admin(request)
     m = request.app[keys.METRICS]
-    m.spool_pending.set(request.app[keys.SPOOL].total_pending())
     return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
 
