@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import random
@@ -50,6 +51,11 @@ from worker.windows import due_catch_up, next_store_window
 
 log = logging.getLogger("possync.committer")
 T = TypeVar("T")
+# When the sink retries of the running commit give up (an admin commit's deadline); None:
+# retry until the sink is back or the service stops.
+_DEADLINE: contextvars.ContextVar[datetime | None] = contextvars.ContextVar(
+    "commit_deadline", default=None
+)
 
 
 class WindowResult(msgspec.Struct, kw_only=True):
@@ -135,9 +141,18 @@ class Committer:
     # ----------------------------------------------------------------- window commit
 
     async def commit_store(
-        self, store: StoreConfig, window_at: datetime, *, force: bool = False
+        self,
+        store: StoreConfig,
+        window_at: datetime,
+        *,
+        force: bool = False,
+        deadline: datetime | None = None,
     ) -> WindowResult:
-        """Run one store-window: commit what the spool held at `window_at`."""
+        """Run one store-window: commit what the spool held at `window_at`.
+
+        A failing sink is retried with backoff until it is back, or, given a `deadline`
+        (an admin call), until then: the last error is raised and the rows stay pending.
+        """
         started = self.clock.now()
         result = WindowResult(store=store.id, window_at=window_at, started_at=started)
         if store.id in self.paused and not force:
@@ -158,7 +173,11 @@ class Committer:
                 extra={"event": "window.start", "store": store.id, "source": store.source},
             )
             try:
-                await self._commit_pages(store, window_at, result)
+                token = _DEADLINE.set(deadline)  # copied into the page tasks it creates
+                try:
+                    await self._commit_pages(store, window_at, result)
+                finally:
+                    _DEADLINE.reset(token)
             except SinkError as exc:
                 result.error = exc.message
                 m = self.metrics
@@ -397,8 +416,11 @@ class Committer:
         )
 
     async def _with_retry(self, what: str, fn: Callable[[], Awaitable[T]], *, op: str) -> T:
-        """Run a sink call, retrying retriable errors with backoff and jitter until stopped."""
+        """Run a sink call, retrying retriable errors with backoff and jitter until stopped
+        or until the admin call's `_DEADLINE` (one last attempt then; its error is raised).
+        A sink whose file vanished is retriable: nothing was written, rows stay spooled."""
         delay = 0.5
+        deadline = _DEADLINE.get()
         while True:
             try:
                 result = await fn()
@@ -419,9 +441,15 @@ class Committer:
                 self.sink_error = exc.message
                 if not exc.retriable or self.stop.is_set():
                     raise
-                log.warning("sink %s failed (%s); retrying in %.1fs", what, exc.message, delay)
-                deadline = self.clock.now().timestamp() + delay * (0.5 + random.random())
-                await self.clock.wait_until(datetime.fromtimestamp(deadline, UTC), self.stop)
+                now = self.clock.now().timestamp()
+                wait = delay * (0.5 + random.random())
+                if deadline is not None:
+                    left = deadline.timestamp() - now
+                    if left <= 0:
+                        raise
+                    wait = min(wait, left)
+                log.warning("sink %s failed (%s); retrying in %.1fs", what, exc.message, wait)
+                await self.clock.wait_until(datetime.fromtimestamp(now + wait, UTC), self.stop)
                 if self.stop.is_set():
                     raise
                 delay = min(delay * 2, self.cfg.windows.commit_retry_max_s)

@@ -57,6 +57,9 @@ class WindowsConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True
     hold_windows: NonNeg = 2
     batch_size: Pos = 1000
     commit_retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # POST /v1/admin/commit stops retrying a failing sink after this long and answers with
+    # the error (the scheduler's own windows retry until the sink is back).
+    admin_commit_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class SpoolConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -113,6 +113,26 @@ class SinkError(PossyncError):
         self.retriable = retriable
 
 
+class SinkUnavailable(SinkError, Unavailable):
+    """The sink cannot take writes now but may again without a restart (its file vanished
+    or is being restored): 503 with Retry-After, `field` = "sink"; the window retries."""
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        # SinkError -> Unavailable -> PossyncError (cooperative): Unavailable adds Retry-After.
+        super().__init__(message, retriable=True, field="sink")
+        self.retry_after_s = retry_after_s
+
+
+class SinkFull(SinkError):
+    """The sink's disk is full (SQLite SQLITE_FULL, PostgreSQL 53100): nothing was written.
+    507 with `field` = "sink"; the window retries with backoff until space returns."""
+
+    status = 507
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True, field="sink")
+
+
 class ConfigError(PossyncError):
     """The configuration is invalid; names the offending key."""
 

@@ -6,31 +6,57 @@ permitted); the sink lives outside it, so only the spool fills. A filler file le
 room; sales are pushed until the spool answers 507 (or 503). The filler is deleted and pushes
 succeed again on the same process. After SIGTERM, `PRAGMA integrity_check` is ok and every
 sale that got a 202 is in the spool.
+
+The sink's disk full (issue 12, item 8): the sink's directory is a tmpfs of its own (the
+spool stays on the test's disk), filled to the last block. A customer push answers 507 with
+`field: "sink"` (it was a 503 without Retry-After), `/readyz` is 503 naming the sink (it
+stayed green), an admin commit answers 507 at its `admin_commit_timeout_s` (it sat about
+11 minutes in backoff) with every row still pending, and once the filler is deleted the
+same process commits every sale exactly once and takes the refused customer. Mid-window:
+the disk fills after the first page of a large window is retired; nothing more is retired
+until space returns (quick 3,000 sales; long, `POSSYNC_LONG=1`, 20,000).
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
+from tests.appserver import make_config, running
 from tests.procserver import ServerProcess, free_port, headers, sale_body, write_config
+from tests.test_sink_identity import (
+    EMAIL,
+    more_retries,
+    push_customer,
+    push_sales,
+    readyz,
+    retries,
+    start_window,
+    until,
+)
+from worker.config import Config
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs, unmounted at teardown."""
-    mnt = tmp_path / "tiny"
+@contextmanager
+def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` at `mnt`, unmounted on exit."""
     mnt.mkdir()
     proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
         capture_output=True,
         text=True,
         check=False,
@@ -41,6 +67,20 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, unmounted at teardown."""
+    with _tmpfs(tmp_path / "tiny", "4m") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def sink_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 MiB tmpfs for the sink alone (filled to the last block by the tests)."""
+    with _tmpfs(tmp_path / "sinkfs", "256m") as mnt:
+        yield mnt
 
 
 def _body(prefix: str, start: int, n: int) -> bytes:
@@ -106,3 +146,178 @@ async def test_disk_full_then_recovers(tmp_path: Path, tiny_fs: Path) -> None:
         assert not lost, sorted(lost)[:10]
     finally:
         await server.stop()
+
+
+NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 New York: the next window is 14:00
+
+
+def _sink_config(tmp_path: Path, sink_fs: Path) -> Config:
+    return make_config(
+        tmp_path,
+        sink={"kind": "sqlite", "path": str(sink_fs / "clientbook.db")},
+        windows={"commit_retry_max_s": 5},
+    )
+
+
+def _fill(directory: Path) -> Path:
+    """Write a filler file until the filesystem has not one block left."""
+    filler = directory / "filler.bin"
+    with filler.open("wb", buffering=0) as f:
+        for chunk in (1 << 20, 4096):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    f.write(block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC, exc
+                    break
+    return filler
+
+
+def _db(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def _sales(path: Path) -> list[str]:
+    con = _db(path)
+    try:
+        return [r[0] for r in con.execute("SELECT id FROM sales WHERE store = 'S1'")]
+    finally:
+        con.close()
+
+
+def _check_sink(path: Path) -> tuple[str, int, set[str]]:
+    """integrity_check, the sum of `inserted` over commit batches, the customers of S1."""
+    con = _db(path)
+    try:
+        ok = con.execute("PRAGMA integrity_check").fetchone()[0]
+        rows = con.execute("SELECT outcome FROM commit_batches WHERE store = 'S1'").fetchall()
+        customers = {r[0] for r in con.execute("SELECT id FROM customers WHERE store = 'S1'")}
+    finally:
+        con.close()
+    return ok, sum(int(orjson.loads(r[0])["inserted"]) for r in rows), customers
+
+
+async def test_sink_disk_full_507_admin_deadline_readyz_then_recovers(
+    tmp_path: Path, sink_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="possync")
+    cfg = _sink_config(tmp_path, sink_fs)
+    path = sink_fs / "clientbook.db"
+    sales = [f"F-{n}" for n in range(300)]
+    async with running(cfg, NOW) as h:
+        accepted = ["C-0"]
+        assert (await push_customer(h, "C-0"))[0] == 202
+        await push_sales(h, sales)
+        filler = _fill(sink_fs)
+
+        # Customers go to the sink in real time: pushed until the disk refuses one.
+        refused = None
+        for n in range(1, 200):  # bounded: each upsert needs new WAL blocks
+            status, body, _ = await push_customer(h, f"C-{n}")
+            if status == 202:
+                accepted.append(f"C-{n}")
+                continue
+            refused = (f"C-{n}", status, body)
+            break
+        assert refused is not None, "the sink's disk never refused a write"
+        refused_id, refusal, body = refused
+        assert refusal == 507, body
+        assert body["field"] == "sink", body
+        assert "disk full" in body["error"], body
+        assert EMAIL not in body["error"]
+
+        status, ready = await readyz(h)
+        assert status == 503, ready
+        assert ready["field"] == "sink", ready
+        assert "disk full" in ready["checks"]["sink"], ready
+
+        # An admin commit: retried until its own deadline, then the error; rows stay.
+        call = asyncio.ensure_future(h.client.post("/v1/admin/commit?store=S1", headers=h.admin()))
+        await until(lambda: retries(caplog) >= 1)
+        seen = retries(caplog)
+        h.clock.advance(cfg.windows.admin_commit_timeout_s - 1)
+        await until(more_retries(caplog, seen))
+        assert not call.done(), "the admin commit answered before its deadline"
+        h.clock.advance(1)
+        resp = await asyncio.wait_for(call, 20)
+        got = await resp.json()
+        assert resp.status == 507, got
+        assert got["field"] == "sink" and "disk full" in got["error"], got
+        assert h.spool.stats("S1").pending == len(sales)
+
+        # Space returns: the same process is ready, commits and takes the customer.
+        filler.unlink()
+        assert (await readyz(h))[0] == 200
+        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+        got = await resp.json()
+        assert resp.status == 200, got
+        assert got["stores"]["S1"]["committed"] == len(sales)
+        assert (await push_customer(h, refused_id))[0] == 202
+        assert h.spool.stats("S1").pending == 0
+    ok, inserted, customers = _check_sink(path)
+    assert ok == "ok"
+    ids = _sales(path)
+    assert sorted(ids) == sorted(sales), "a sale lost or committed twice"
+    assert inserted == len(sales)
+    assert customers == {*accepted, refused_id}
+    print(
+        f"sink-disk-full: customers_accepted={len(accepted)} refusal={refusal}"
+        f" admin_commit={resp.status} sales={len(sales)} lost=0 duplicated=0 integrity={ok}"
+    )
+
+
+async def _disk_full_mid_window(
+    tmp_path: Path, sink_fs: Path, caplog: pytest.LogCaptureFixture, n: int
+) -> None:
+    caplog.set_level(logging.WARNING, logger="possync")
+    cfg = _sink_config(tmp_path, sink_fs)
+    path = sink_fs / "clientbook.db"
+    sales = [f"W-{k}" for k in range(n)]
+    async with running(cfg, NOW) as h:
+        for i in range(0, n, 1000):
+            await push_sales(h, sales[i : i + 1000])
+        window = await start_window(h)
+        await until(lambda: h.spool.stats("S1").pending <= n - 1000, 300)
+        filler = _fill(sink_fs)
+        await until(lambda: retries(caplog) >= 1, 300)
+        pending = h.spool.stats("S1").pending
+        assert pending > 0, "the window ended before the disk filled: not mid-window"
+        for _ in range(2):
+            seen = retries(caplog)
+            h.clock.advance(cfg.windows.commit_retry_max_s)
+            await until(more_retries(caplog, seen), 300)
+        assert not window.done()
+        assert h.spool.stats("S1").pending == pending
+        status, ready = await readyz(h)
+        assert status == 503 and ready["field"] == "sink", ready
+        retired = set(sales) - await h.spool.pending_ids("S1", "sale", sales)
+        assert retired <= set(_sales(path))
+
+        filler.unlink()
+        h.clock.advance(cfg.windows.commit_retry_max_s)
+        result = await asyncio.wait_for(window, 600)
+        assert result.error is None, result.error
+        assert h.spool.stats("S1").pending == 0
+        assert (await readyz(h))[0] == 200
+    ok, inserted, _ = _check_sink(path)
+    assert ok == "ok"
+    assert sorted(_sales(path)) == sorted(sales), "a sale lost or committed twice"
+    assert inserted == n
+    print(
+        f"sink-disk-full-mid-window: sales={n} retired_before={n - pending}"
+        f" held_back={pending} lost=0 duplicated=0 retries={retries(caplog)} integrity={ok}"
+    )
+
+
+async def test_sink_disk_full_mid_window(
+    tmp_path: Path, sink_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _disk_full_mid_window(tmp_path, sink_fs, caplog, 3_000)
+
+
+@pytest.mark.long
+async def test_sink_disk_full_mid_window_long(
+    tmp_path: Path, sink_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _disk_full_mid_window(tmp_path, sink_fs, caplog, 20_000)

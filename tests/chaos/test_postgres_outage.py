@@ -49,6 +49,7 @@ shutdown_timeout_s = 5
 times = ["02:00", "14:00"]
 spread_s = 0
 commit_retry_max_s = 1
+admin_commit_timeout_s = 600  # the admin call stands in for a window waiting the outage out
 [sink]
 kind = "postgres"
 dsn = "{dsn}"

@@ -33,7 +33,7 @@ import asyncpg
 import msgspec
 
 from worker.config import Config, PostgresSinkConfig
-from worker.errors import ConfigError, SinkError
+from worker.errors import ConfigError, SinkError, SinkFull
 from worker.records import Customer, Entity, Product, SaleLine, Tender
 from worker.sinks import postgres_reads as reads
 from worker.sinks.base import (
@@ -85,9 +85,14 @@ _DRIVER_ERRORS = (
 )
 
 
+_DISK_FULL = "53100"
+
+
 def _sink_error(exc: BaseException, what: str) -> SinkError:
     if isinstance(exc, asyncpg.PostgresError):
         state = str(getattr(exc, "sqlstate", "") or "")
+        if state == _DISK_FULL:
+            return SinkFull(f"postgres sink: {what}: disk full on the server (SQLSTATE 53100)")
         retriable = state[:2] in _RETRIABLE_CLASSES or state in _RETRIABLE_STATES
     elif isinstance(exc, asyncpg.InterfaceError):
         # Client-side data/config errors are ValueErrors; the rest (connection closed, ...)

@@ -61,7 +61,7 @@ import aiosqlite
 import msgspec
 
 from worker.config import Config, SqliteSinkConfig
-from worker.errors import ConfigError, SinkError
+from worker.errors import ConfigError, SinkError, SinkFull, SinkUnavailable
 from worker.records import Customer, Entity, Product
 from worker.sinks import sqlite_reads as reads
 from worker.sinks.base import (
@@ -75,6 +75,14 @@ from worker.sinks.base import (
     latest_per_sale,
     utc_text,
     warnings_of,
+)
+from worker.sinks.sqlite_file import (
+    FileIdentity,
+    abandon,
+    close_pair,
+    open_pair,
+    reopen,
+    space_problem,
 )
 from worker.sinks.sqlite_rows import (
     IN_IDS,
@@ -100,7 +108,6 @@ from worker.sinks.sqlite_rows import (
     trigger_params,
     void_params,
 )
-from worker.sinks.sqlite_schema import migrate
 from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
@@ -128,8 +135,13 @@ _DICT_DECODER = msgspec.json.Decoder(dict[str, Any])
 _JSON = msgspec.json.Encoder()
 
 
+_SQLITE_FULL = 13
+
+
 def _sink_error(exc: sqlite3.Error, what: str) -> SinkError:
     code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        return SinkFull(f"sqlite sink: {what}: disk full: nothing was written, retry later")
     if isinstance(code, int):
         retriable = (code & 0xFF) in _RETRIABLE_CODES
     else:
@@ -152,47 +164,120 @@ class SqliteSink:
     name: str = "sqlite"
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, path: Path
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        path: Path,
+        sc: SqliteSinkConfig | None = None,
     ) -> None:
         self.path = path
         # Set when the file was damaged at start-up and moved aside (shown on /readyz, /status).
         self.recovered_from: str | None = None
         self._w = writer
         self._r = reader
+        self._sc = sc or SqliteSinkConfig()
         self._wlock = asyncio.Lock()
         self._rlock = asyncio.Lock()
         self._closed = False
+        # The file this sink opened (device + inode of the database and its -wal).
+        self._identity = FileIdentity(path)
+        # Why the sink is refusing: its file vanished (connections closed), or the last
+        # write found the disk full (cleared by the next write that succeeds).
+        self.lost: str | None = None
+        self.full: str | None = None
 
     def close(self) -> None:
         """Refuse further calls (the connections are closed by `open_sqlite_sink`)."""
         self._closed = True
 
+    async def close_connections(self) -> None:
+        """Close the current writer and reader (at exit)."""
+        await close_pair(self._w, self._r)
+
     def _check_open(self) -> None:
         if self._closed:
             raise SinkError("sqlite sink is closed", retriable=False)
+
+    async def _check_file(self, *, locked: bool) -> None:
+        """Refuse (SinkUnavailable) unless the file at `path` is the one the connections
+        write to; re-open on a file restored at the path. Cheap when nothing changed."""
+        if self.lost is None and self._identity.problem() is None:
+            return
+        if locked:
+            await self._recover()
+        else:
+            async with self._wlock:
+                await self._recover()
+
+    async def _recover(self) -> None:
+        """Under the write lock: notice a vanished file and close it; re-open a file that
+        is back at the path (see `sinks.sqlite_file`: accepted without a restart)."""
+        async with self._rlock:
+            if self.lost is None:
+                problem = self._identity.problem()
+                if problem is None:
+                    return
+                self.lost = problem
+                log.error(
+                    "sqlite sink %s: %s; writes refused until the file is back",
+                    self.path,
+                    problem,
+                    extra={"event": "sink.file_lost"},
+                )
+                await abandon(self._w, self._r, self.path)
+            if not self.path.exists():
+                raise SinkUnavailable(self._lost_text())
+            self._w, self._r = await reopen(self.path, self._sc, self._identity)
+            self._identity = FileIdentity(self.path)
+            log.warning(
+                "sqlite sink %s: a database file is back at the path (%s before); re-opened",
+                self.path,
+                self.lost,
+                extra={"event": "sink.file_reopened"},
+            )
+            self.lost = None
+
+    def _lost_text(self) -> str:
+        return f"sqlite sink: {self.lost}; writes refused until it is restored or possync restarts"
+
+    def _after_commit(self) -> None:
+        """A transaction that committed into a file no longer at the path did not happen."""
+        problem = self._identity.problem()
+        if problem is not None:
+            raise SinkUnavailable(
+                f"sqlite sink: {problem} (during the write, which is not counted as done)"
+            )
 
     @asynccontextmanager
     async def _write(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction: BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any error."""
         self._check_open()
         async with self._wlock:
+            await self._check_file(locked=True)
             db = self._w
-            with _errors(what):
-                try:
-                    # IMMEDIATE takes the write lock up front (waiting busy_timeout), so the
-                    # transaction never fails half-way on a lock upgrade. Inside the try: a
-                    # cancellation while BEGIN runs on the thread must still roll back.
-                    await db.execute("BEGIN IMMEDIATE")
-                    yield db
-                    await db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback(db, what)
-                    raise
+            try:
+                with _errors(what):
+                    try:
+                        # IMMEDIATE takes the write lock up front (waiting busy_timeout), so
+                        # the transaction never fails half-way on a lock upgrade. Inside the
+                        # try: a cancellation while BEGIN runs must still roll back.
+                        await db.execute("BEGIN IMMEDIATE")
+                        yield db
+                        await db.execute("COMMIT")
+                    except BaseException:
+                        await self._rollback(db, what)
+                        raise
+            except SinkFull as exc:
+                self.full = exc.message
+                raise
+            self._after_commit()
+            self.full = None
 
     @asynccontextmanager
     async def _read(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
         """One read snapshot on the reader connection."""
         self._check_open()
+        await self._check_file(locked=False)
         async with self._rlock:
             db = self._r
             with _errors(what):
@@ -215,7 +300,13 @@ class SqliteSink:
             log.exception("sqlite sink: rollback after %s failed", what)
 
     async def health(self) -> None:
-        """Take and release the write lock: raises if the database cannot take writes now."""
+        """Raise if the database cannot take writes now: its file is not the one opened, the
+        last write found the disk full and there is still no room, or the lock is not free."""
+        if self.full is not None:
+            problem = await asyncio.to_thread(space_problem, self.path.parent)
+            if problem is not None:
+                raise SinkFull(f"sqlite sink: {problem}")
+            # Room again: green now; the next write that succeeds forgets the failure.
         async with self._write("health"):
             pass
 
@@ -542,33 +633,6 @@ class SqliteSink:
         return dict(zip(TABLES, row, strict=True))
 
 
-async def _configure(
-    db: aiosqlite.Connection, path: Path, sc: SqliteSinkConfig, reader: bool
-) -> None:
-    await db.execute(f"PRAGMA busy_timeout = {int(sc.busy_timeout_ms)}")
-    if reader:
-        await db.execute("PRAGMA query_only = ON")
-        return
-    async with db.execute("PRAGMA journal_mode = WAL") as cur:
-        mode = await cur.fetchone()
-    if mode is None or str(mode[0]).lower() != "wal":
-        raise SinkError(f"sqlite sink: cannot enable WAL on {path}", retriable=False)
-    await db.execute(f"PRAGMA synchronous = {sc.synchronous}")
-    await db.execute("PRAGMA temp_store = MEMORY")
-    await db.execute("PRAGMA cache_size = -32768")  # 32 MiB page cache for batch commits
-
-
-async def _connect(path: Path, sc: SqliteSinkConfig, *, reader: bool) -> aiosqlite.Connection:
-    # isolation_level=None: no implicit transactions; the sink issues BEGIN/COMMIT itself.
-    db = await aiosqlite.connect(str(path), isolation_level=None)
-    try:
-        await _configure(db, path, sc, reader)
-    except BaseException:
-        await db.close()
-        raise
-    return db
-
-
 def sink_path(cfg: Config) -> Path:
     """`[sink] path`, else `<data_dir>/clientbook.db`."""
     sc = cfg.sink
@@ -594,13 +658,10 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
                 ) from exc
             problem = await asyncio.to_thread(cheap_check, path)
             damaged = move_aside(path, problem, "sqlite sink") if problem else None
-            writer = await _connect(path, sc, reader=False)
-            stack.push_async_callback(writer.close)
-            # Migrate before any other use: the reader must see the current schema.
-            await migrate(writer)
-            reader = await _connect(path, sc, reader=True)
-            stack.push_async_callback(reader.close)
-        sink = SqliteSink(writer, reader, path)
+            writer, reader = await open_pair(path, sc)
+        sink = SqliteSink(writer, reader, path, sc)
+        # The connections the sink holds at exit (it re-opens them if its file is restored).
+        stack.push_async_callback(sink.close_connections)
         if damaged is not None:
             sink.recovered_from = str(damaged)
         stack.callback(sink.close)

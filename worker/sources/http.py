@@ -377,9 +377,12 @@ async def admin_commit(request: web.Request) -> web.Response:
     wanted = request.query.get("store")
     stores = [request.app[keys.INTAKE].store(wanted)] if wanted else list(cfg.stores)
     now = request.app[keys.CLOCK].now()
+    # A failing sink is retried until this deadline, then its error is the answer (507 disk
+    # full, 503 + Retry-After gone or busy) and the rows stay pending for the next window.
+    deadline = now + timedelta(seconds=cfg.windows.admin_commit_timeout_s)
     out: dict[str, Any] = {}
     for store in stores:
-        res = await committer.commit_store(store, now, force=True)
+        res = await committer.commit_store(store, now, force=True, deadline=deadline)
         out[store.id] = {
             "committed": res.committed,
             "quarantined": res.quarantined,
