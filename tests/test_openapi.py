@@ -139,7 +139,11 @@ async def test_served_document_is_the_built_one_without_credential(tmp_path: Pat
         resp = await h.client.get("/openapi.json")
         assert resp.status == 200
         assert resp.content_type == "application/json"
+        text = await resp.text()
         assert await resp.json() == document()
+    # It describes; it reveals nothing of the configuration (tokens, store ids, data dir).
+    for secret in (ADMIN, S1_TOKEN, str(tmp_path), '"S1"', '"S2"'):
+        assert secret not in text
 
 
 def _url(path: str, values: dict[str, str]) -> str:
@@ -170,6 +174,7 @@ _BAD = {
     "offset": "-1",
     "commit": "later",
     "commit_every_s": "nan",
+    "page": "0",
 }
 
 

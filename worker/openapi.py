@@ -35,6 +35,7 @@ from worker.openapi_schemas import (
     LOGIN_BODY,
     NATIVE_BODY,
     NATIVE_JSON,
+    NEXT,
     P_ANY_SOURCE,
     P_ID,
     P_NATIVE_SOURCE,
@@ -61,6 +62,7 @@ from worker.openapi_schemas import (
     see_other,
 )
 from worker.sinks.base import TRIGGER_STATES
+from worker.sources.http import STATUS_STORES_DEFAULT, STATUS_STORES_MAX
 from worker.status_page import COOKIE
 
 # ------------------------------------------------------------------------- operations
@@ -245,10 +247,29 @@ def _paths(record: Json, spooled: Json) -> Json:
         "/status": {
             "get": _op(
                 "status",
-                "Per store: pending, windows, quarantine; spool and sink state",
+                "Every store's summary; one page of stores in attention order; spool and sink",
                 ADMIN,
-                json_ok("status", {"type": "object"}),
-                (401,),
+                json_ok("status", obj({"summary": {"type": "object"}, **NEXT}, ["summary"])),
+                (400, 401),
+                params=[
+                    param(
+                        "query",
+                        "page",
+                        {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
+                        "page of stores",
+                    ),
+                    param(
+                        "query",
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": STATUS_STORES_MAX,
+                            "default": STATUS_STORES_DEFAULT,
+                        },
+                        "stores per page",
+                    ),
+                ],
                 tag=ops_tag,
             )
         },
@@ -418,7 +439,8 @@ def _paths(record: Json, spooled: Json) -> Json:
                 "Run the window now (one store or all)",
                 ADMIN,
                 json_ok("per store: committed, quarantined, held, triggers", ref("Commit")),
-                (400, 401, 404, 503),
+                # A sink still failing at `[windows] admin_commit_timeout_s` is the answer.
+                (400, 401, 404, 503, 507),
                 params=[param("query", "store", ID_TEXT, "only this store")],
                 tag=admin_tag,
             )

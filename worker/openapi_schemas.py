@@ -190,7 +190,7 @@ SALE_DETAIL = obj(
     },
     ["id", "currency", "total", "lines", "tenders", "tenders_known", "record"],
 )
-_PAGE_NEXT = {
+NEXT = {
     "next": {
         "type": "string",
         "description": "relative URL of the next page (same filters and limit); absent on the last",
@@ -198,7 +198,7 @@ _PAGE_NEXT = {
 }
 SALES_LOG = obj(
     {"store": STR, "date": DAY, "customer": STR, "count": INT, "sales": arr(ref("SaleLogItem"))}
-    | _PAGE_NEXT,
+    | NEXT,
     ["store", "date", "count", "sales"],
 )
 REPORT = obj(
@@ -224,9 +224,7 @@ REPORT = obj(
     },
     ["store", "from", "to", "rows"],
 )
-TRIGGERS = obj(
-    {"store": STR, "events": arr(obj({"total": MONEY}))} | _PAGE_NEXT, ["store", "events"]
-)
+TRIGGERS = obj({"store": STR, "events": arr(obj({"total": MONEY}))} | NEXT, ["store", "events"])
 REASON = obj({"rule": STR, "field": OPT_STR, "message": STR}, ["rule", "message"])
 QUARANTINE = obj(
     {
@@ -248,10 +246,10 @@ QUARANTINE = obj(
             )
         ),
     }
-    | _PAGE_NEXT,
+    | NEXT,
     ["count", "items"],
 )
-AUDIT = obj({"entries": arr(obj({"id": INT}, ["id"]))} | _PAGE_NEXT, ["entries"])
+AUDIT = obj({"entries": arr(obj({"id": INT}, ["id"]))} | NEXT, ["entries"])
 SPOOL = obj(
     {
         "store": STR,
