@@ -443,3 +443,22 @@ async def test_names_follow_the_prometheus_conventions(
         {"source": "canonical", "store": STORE, "type": "customer"}
     ]
     assert store_auth()["Authorization"] not in text
+
+
+async def test_manual_sales_count_as_committed_at_once(tmp_path: Path) -> None:
+    manual = sale_dict("MAN-1", at=AT, customer_id="C-1", origin="manual")
+    async with store_app(tmp_path, "canonical") as h:
+        await push(h, body(customer("C-1")))
+        out = await push(h, body(manual))
+        assert (out["accepted"], out["duplicates"]) == (1, 0)
+        again = await push(h, body(manual))
+        assert (again["accepted"], again["duplicates"]) == (0, 1)
+        m = await scrape(h)
+    store = {"store": STORE}
+    canon = {"source": "canonical", "store": STORE}
+    assert value(m, "possync_sales_committed_total", **store) == 1
+    assert value(m, "possync_trigger_events_emitted_total", **store) == 2
+    assert value(m, "possync_records_received_total", **canon, type="sale") == 2
+    assert value(m, "possync_records_duplicate_total", **canon, type="sale") == 1
+    assert samples(m, "possync_window_commits_total") == []  # no window ran
+    assert samples(m, "possync_spool_group_size_records_count")[0].value == 0  # never spooled

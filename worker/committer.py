@@ -475,7 +475,8 @@ class Committer:
             BatchItem(seq=i, record=localize(s, zone), held=self.cfg.windows.hold_windows)
             for i, s in enumerate(sales)
         ]
-        ctx = await self._context(store, items)
+        with self.metrics.sink_call("lookup"):
+            ctx = await self._context(store, items)
         for item in items:
             assert isinstance(item.record, Sale)
             failures = validate_sale(item.record, ctx)

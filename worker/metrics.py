@@ -12,7 +12,9 @@ customer, topic text) is ever a label.
 Records (intake, per push):
 
 * `possync_records_received_total{source,store,type}`: records read from pushes (before
-  dedup: duplicates included), by type customer|product|sale|void.
+  dedup: duplicates included), by type customer|product|sale|void. Counted once the push is
+  written: a push answered 5xx counts nothing (its retry will). Backfills count in the
+  `possync_backfill_*` gauges instead.
 * `possync_records_duplicate_total{source,store,type}`: of those, what the sink or spool
   already held at the same or a newer version (or a redelivered webhook). The sink and the
   spool answer one count per write, not per type: when one write mixes two types (a batch
@@ -23,7 +25,9 @@ Records (intake, per push):
 * `possync_records_dropped_total{source,store,reason}`: items the adapter skipped by rule.
 
 Scrape-time collectors read in-memory state only (no SQL per scrape): the spool's pending
-counts per store, the MQTT subscriber's state, the running backfills.
+counts per store, the MQTT subscriber's state (its families exist only while MQTT is
+enabled), the running backfills (0 per store when none runs). Counters and histograms also
+carry prometheus-client's `_created` series (the child's creation time).
 """
 
 from __future__ import annotations
