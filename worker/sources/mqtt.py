@@ -878,13 +878,9 @@ class MqttSource:
                 self._error(f"ingest {msg.topic}: {type(exc).__name__}: {exc.message}")
                 log.warning("transient ingest failure on %s (held, not acked): %s", msg.topic, exc)
             except Exception as exc:  # noqa: BLE001 - unknown failure: hold, never ack
-                # The type only: an exception's text can quote the payload (customer data).
-                self._error(f"ingest {msg.topic}: {type(exc).__name__}")
-                log.error(  # noqa: TRY400 - no traceback: its text can quote the payload
-                    "unexpected ingest failure on %s (held, not acked): %s",
-                    msg.topic,
-                    type(exc).__name__,
-                )
+                name = type(exc).__name__  # its type only: its text can quote the payload
+                self._error(f"ingest {msg.topic}: {name}")
+                log.error("unexpected ingest failure on %s (held): %s", msg.topic, name)  # noqa: TRY400
             else:
                 if outcome.rejected:
                     await self._notice_items(conn, msg.topic, outcome.rejected)
@@ -924,8 +920,7 @@ class MqttSource:
         self.state.items_rejected += len(rejected)
         self._changed()
         first = rejected[0]
-        # Errors name field and rule only (RecordInvalid scrubs values); the list is capped
-        # like a push's answer, the count is whole.
+        # Capped like a push's answer; errors name field and rule only (RecordInvalid scrubs).
         notice = {
             "error": f"{len(rejected)} item(s) rejected: {first.error}",
             "field": first.field,
