@@ -114,8 +114,8 @@ class SinkError(PossyncError):
 
 
 class SinkUnavailable(SinkError, Unavailable):
-    """The sink cannot take writes now but may again without a restart (its file vanished
-    or is being restored): 503 with Retry-After, `field` = "sink"; the window retries."""
+    """The sink cannot take writes now but may again without a restart (locked, busy, its
+    file vanished): 503 with Retry-After, `field` = "sink"; the window retries."""
 
     def __init__(self, message: str, retry_after_s: int = 5) -> None:
         # SinkError -> Unavailable -> PossyncError (cooperative): Unavailable adds Retry-After.

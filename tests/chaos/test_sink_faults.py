@@ -28,7 +28,7 @@ import pytest
 
 from tests.appserver import Harness, make_config, running
 from tests.factories import sale_dict
-from tests.test_sink_identity import delete_sink_files, readyz, start_window
+from tests.test_sink_identity import delete_sink_files, push_customer, readyz, start_window
 from worker import keys
 from worker.sinks.sqlite import sink_path
 
@@ -113,6 +113,12 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             assert status == 503, ready
             assert ready["field"] == "sink" and ready["checks"]["sink"] != "ok", ready
             assert str(ready["error"]).startswith("sink:")
+
+            # A customer goes to the sink in real time: refused, retry later, naming the sink.
+            status, body, headers = await push_customer(h, "C-locked")
+            assert status == 503, body
+            assert body["field"] == "sink" and "locked" in body["error"], body
+            assert int(headers["Retry-After"]) > 0, headers
 
             # Intake keeps accepting sales into the spool while the sink is down.
             during = [f"D-{n}" for n in range(200)]

@@ -146,7 +146,10 @@ def _sink_error(exc: sqlite3.Error, what: str) -> SinkError:
         retriable = (code & 0xFF) in _RETRIABLE_CODES
     else:
         retriable = isinstance(exc, sqlite3.OperationalError)
-    return SinkError(f"sqlite sink: {what}: {exc}", retriable=retriable)
+    if retriable:
+        # Busy, locked, I/O: 503 + Retry-After naming the sink; the window retries.
+        return SinkUnavailable(f"sqlite sink: {what}: {exc}")
+    return SinkError(f"sqlite sink: {what}: {exc}", retriable=False)
 
 
 @contextmanager

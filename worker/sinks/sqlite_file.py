@@ -103,11 +103,11 @@ def space_problem(directory: Path, nbytes: int = PROBE_BYTES) -> str | None:
     except OSError as exc:
         return _space_text(exc, nbytes)
     try:
-        os.posix_fallocate(fd, 0, nbytes)
+        _allocate(fd, nbytes)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             return _space_text(exc, nbytes)
-        # A filesystem without fallocate: fall back to what statvfs says is free.
+        # No fallocate here (the platform or the filesystem): what statvfs says is free.
         st = os.statvfs(directory)
         if st.f_bavail * st.f_frsize < nbytes:
             return f"disk full: less than {nbytes} bytes free"
@@ -116,6 +116,13 @@ def space_problem(directory: Path, nbytes: int = PROBE_BYTES) -> str | None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(probe)
     return None
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    """Reserve `nbytes` blocks for `fd` without writing them (EOPNOTSUPP where impossible)."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        raise OSError(errno.EOPNOTSUPP, "posix_fallocate is not available")
+    os.posix_fallocate(fd, 0, nbytes)
 
 
 def _space_text(exc: OSError, nbytes: int) -> str:
