@@ -14,7 +14,9 @@ stayed green), an admin commit answers 507 at its `admin_commit_timeout_s` (it s
 11 minutes in backoff) with every row still pending, and once the filler is deleted the
 same process commits every sale exactly once and takes the refused customer. Mid-window:
 the disk fills after the first page of a large window is retired; nothing more is retired
-until space returns (quick 3,000 sales; long, `POSSYNC_LONG=1`, 20,000).
+until space returns (quick 3,000 sales; long, `POSSYNC_LONG=1`, 20,000). PostgreSQL: a
+database whose tablespace is a 32 MiB tmpfs, filled: its SQLSTATE 53100 is a 507 naming the
+sink, and pushes are accepted again once space returns.
 """
 
 from __future__ import annotations
@@ -23,18 +25,22 @@ import asyncio
 import errno
 import logging
 import os
+import pwd
 import sqlite3
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.appserver import make_config, running
+from tests.appserver import Harness, make_config, running
 from tests.procserver import ServerProcess, free_port, headers, sale_body, write_config
 from tests.test_sink_identity import (
     EMAIL,
@@ -47,6 +53,11 @@ from tests.test_sink_identity import (
     until,
 )
 from worker.config import Config
+
+if TYPE_CHECKING:
+    from tests.plugins.postgres import PostgresServer
+
+pytest_plugins = ["tests.plugins.postgres"]
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -321,3 +332,73 @@ async def test_sink_disk_full_mid_window_long(
     tmp_path: Path, sink_fs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _disk_full_mid_window(tmp_path, sink_fs, caplog, 20_000)
+
+
+@pytest.fixture
+def pg_on_tmpfs(postgres_server: PostgresServer) -> Iterator[tuple[str, Path]]:
+    """A fresh database whose tablespace is a 32 MiB tmpfs: (its DSN, the mount)."""
+    postgres_server.start()
+    # Not under tmp_path (0700 root): the postgres user must reach the tablespace.
+    base = Path(tempfile.mkdtemp(prefix="possync-pgfull-"))
+    base.chmod(0o755)
+    tag = uuid.uuid4().hex[:12]
+    with _tmpfs(base / "mnt", "32m") as mnt:
+        ts = mnt / "ts"
+        ts.mkdir()
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(ts, user.pw_uid, user.pw_gid)
+        postgres_server.psql(f"CREATE TABLESPACE tiny_{tag} LOCATION '{ts}'")
+        postgres_server.psql(f"CREATE DATABASE full_{tag} TABLESPACE tiny_{tag}")
+        try:
+            yield postgres_server.dsn_for(f"full_{tag}"), mnt
+        finally:
+            for junk in mnt.glob("filler*"):
+                junk.unlink()
+            postgres_server.psql(f"DROP DATABASE IF EXISTS full_{tag} WITH (FORCE)")
+            postgres_server.psql(f"DROP TABLESPACE IF EXISTS tiny_{tag}")
+
+
+async def _push_customers(h: Harness, first: int, n: int) -> tuple[int, dict[str, Any]]:
+    body = b"\n".join(
+        orjson.dumps({"type": "customer", "id": f"P-{k}", "first_name": "Ada", "email": EMAIL})
+        for k in range(first, first + n)
+    )
+    resp = await h.client.post(
+        "/v1/push/canonical/S1",
+        data=body,
+        headers={**h.store(), "Content-Type": "application/x-ndjson"},
+    )
+    return resp.status, await resp.json()
+
+
+async def test_postgres_sink_disk_full_is_507_then_recovers(
+    tmp_path: Path, pg_on_tmpfs: tuple[str, Path]
+) -> None:
+    dsn, mnt = pg_on_tmpfs
+    cfg = make_config(tmp_path, sink={"kind": "postgres", "dsn": dsn, "pool_max": 2})
+    async with running(cfg, NOW) as h:
+        assert (await _push_customers(h, 0, 50))[0] == 202
+        filler = _fill(mnt)
+        refused: tuple[int, dict[str, Any]] | None = None
+        accepted = 50
+        for _ in range(400):  # bounded: 20,000 customers are far past a full tablespace
+            status, body = await _push_customers(h, accepted, 50)
+            if status != 202:
+                refused = (status, body)
+                break
+            accepted += 50
+        assert refused is not None, "PostgreSQL never reported the disk full"
+        status, body = refused
+        assert status == 507, body
+        assert body["field"] == "sink" and "53100" in body["error"], body
+        assert EMAIL not in body["error"]
+
+        filler.unlink()
+        status, body = await _push_customers(h, accepted, 50)
+        assert status == 202, body
+        accepted += 50
+        sink = h.sink
+        stored = [await sink.get_customer("S1", f"P-{k}") for k in (0, accepted - 1)]
+        assert all(c is not None for c in stored)
+    print(f"postgres-disk-full: customers_accepted={accepted} refusal={refused[0]} lost=0")
