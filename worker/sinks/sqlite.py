@@ -43,6 +43,10 @@ Invariants:
   (store, id) exists, so a void that arrives before its sale, and a newer version of a
   voided sale, both end voided.
 * Outbox events of a voided sale are cancelled at delivery instead of being delivered.
+* The file at the path is the one the connections opened (device + inode of it and its
+  -wal, `sinks.sqlite_file`), checked before and after every write and before every read:
+  otherwise 503 (`SinkUnavailable`), nothing counted as written, and a database file that is
+  back at the path is re-opened. SQLITE_FULL is `SinkFull` (507).
 """
 
 from __future__ import annotations
