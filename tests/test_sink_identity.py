@@ -261,6 +261,41 @@ async def test_wal_deleted_alone_is_folded_back_and_nothing_committed_is_lost(
     assert sorted(sink_sales(path)) == sorted(sales)
 
 
+@pytest.mark.parametrize("how", ["replaced in place", "main file deleted, then restored"])
+async def test_the_old_wal_is_never_applied_to_the_file_that_takes_its_place(
+    tmp_path: Path, how: str
+) -> None:
+    cfg = config(tmp_path)
+    path = sink_path(cfg)
+    before, after = [f"O-{n}" for n in range(50)], [f"N-{n}" for n in range(50)]
+    async with running(cfg, NOW) as h:
+        copy = tmp_path / "empty-copy.db"
+        backup(path, copy)  # the schema, no sales
+        await push_sales(h, before)
+        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+        assert resp.status == 200, await resp.json()
+        # The old file's -wal (with those commits in it) and -shm stay beside the path.
+        assert Path(f"{path}-wal").stat().st_size > 0
+        if how == "replaced in place":
+            restore(copy, path)
+        else:
+            path.unlink()
+            assert (await push_customer(h, "C-1"))[0] == 503
+            restore(copy, path)
+        await push_sales(h, after)
+        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+        got = await resp.json()
+        assert resp.status == 200, got
+        assert got["stores"]["S1"]["committed"] == len(after)
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        con.close()
+    # Only what was committed into the file now at the path: none of the old WAL's sales.
+    assert sorted(sink_sales(path)) == sorted(after)
+
+
 async def test_a_file_back_at_the_path_that_does_not_open_keeps_refusing(
     tmp_path: Path,
 ) -> None:
