@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.money import CASH_ROUNDING
 from worker.records import Sale, SaleLine, Tender, Void, encode
 from worker.validation import (
     ISO_4217,
@@ -615,7 +616,13 @@ def test_tenders_short_always_fails(s: Sale, thousandths: int) -> None:
         Tender(method="cash", amount=s.tenders[-1].amount - D(thousandths).scaleb(-3)),
     ]
     bad = msgspec.structs.replace(s, tenders=short)
-    assert rules(validate_sale(bad, ctx())) == {RULE_TENDERS_SUM}
+    step = CASH_ROUNDING.get(s.currency)
+    if step is not None and D(thousandths).scaleb(-3) * 2 <= step:
+        # Within half the currency's cash step (HUF 5, CHF 0.05): a rounding, kept as a
+        # warning on the committed sale, not a failure (tests/test_validation_faithful.py).
+        assert validate_sale(bad, ctx()) == []
+    else:
+        assert rules(validate_sale(bad, ctx())) == {RULE_TENDERS_SUM}
 
 
 items_strategy = st.lists(
