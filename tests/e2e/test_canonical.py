@@ -153,7 +153,9 @@ async def test_walk_in_sale_commits_without_trigger_events_and_says_so(tmp_path:
         status = await (await h.client.get("/status", headers=h.admin())).json()
         assert status["stores"]["S1"]["last_window"]["triggers_skipped"] == {"no_customer": 2}
         metrics = await (await h.client.get("/metrics", headers=h.admin())).text()
-        assert 'possync_trigger_events_skipped_total{reason="no_customer",store="S1"} 2.0' in metrics
+        assert (
+            'possync_trigger_events_skipped_total{reason="no_customer",store="S1"} 2.0' in metrics
+        )
 
 
 async def test_store_policy_warn_commits_a_tender_mismatch_with_its_warning(
