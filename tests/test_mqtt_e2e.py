@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.appserver import make_config, running
 from tests.factories import sale_dict
@@ -23,7 +24,7 @@ NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 
 
 def _publish(port: int, topic: str, payload: bytes) -> None:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="pos-gateway")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pos-gateway")
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
