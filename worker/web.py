@@ -23,8 +23,11 @@ import msgspec
 from aiohttp import web
 
 from worker import keys
+from worker.adapters import get_adapter
+from worker.config import StoreConfig
 from worker.errors import (
     AuthError,
+    NotFound,
     PayloadTooLarge,
     PossyncError,
     RecordInvalid,
@@ -156,6 +159,20 @@ def require_admin(request: web.Request) -> None:
     """401 unless the admin token is presented."""
     if not token_ok(bearer(request), request.app[keys.CONFIG].http.admin_token):
         raise AuthError("admin token required", field="Authorization")
+
+
+def route_source(request: web.Request, store: StoreConfig) -> str:
+    """The route's `{source}`: 404 naming `source` unless it is a known adapter and the
+    store's own source (or `canonical`, which every store takes)."""
+    source = request.match_info["source"]
+    if get_adapter(source) is None:
+        raise NotFound(f"unknown source {source!r}", field="source")
+    if source not in ("canonical", store.source):
+        raise NotFound(
+            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
+            field="source",
+        )
+    return source
 
 
 def body_error(request: web.Request) -> RecordInvalid:

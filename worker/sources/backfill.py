@@ -74,7 +74,6 @@ from worker.buffers.sqlite import SqliteSpool
 from worker.committer import WindowResult
 from worker.config import StoreConfig
 from worker.errors import (
-    NotFound,
     PayloadTooLarge,
     PossyncError,
     RecordInvalid,
@@ -82,7 +81,14 @@ from worker.errors import (
 )
 from worker.intake import IngestOutcome, Intake
 from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
-from worker.web import body_error, json_response, media_type, read_body, require_admin
+from worker.web import (
+    body_error,
+    json_response,
+    media_type,
+    read_body,
+    require_admin,
+    route_source,
+)
 
 log = logging.getLogger("possync.backfill")
 
@@ -502,16 +508,6 @@ def _params(query: Mapping[str, str]) -> _Params:
     return _Params(offset=offset, commit_now=commit == "now", commit_every_s=every, final=final)
 
 
-def _check_source(source: str, store: StoreConfig) -> None:
-    if get_adapter(source) is None:
-        raise NotFound(f"unknown source {source!r}", field="source")
-    if source not in ("canonical", store.source):
-        raise NotFound(
-            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
-            field="source",
-        )
-
-
 async def backfill(request: web.Request) -> web.Response:
     """POST /v1/backfill/{source}/{store}: stream history into the spool; see module docs."""
     require_admin(request)
@@ -519,8 +515,7 @@ async def backfill(request: web.Request) -> web.Response:
     cfg = app[keys.CONFIG]
     intake = app[keys.INTAKE]
     store = intake.store(request.match_info["store"])
-    source = request.match_info["source"]
-    _check_source(source, store)
+    source = route_source(request, store)
     params = _params(request.query)
     limit = cfg.http.max_backfill_bytes
     if request.content_length is not None and request.content_length > limit:

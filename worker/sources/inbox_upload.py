@@ -18,12 +18,10 @@ from aiohttp import web
 from aiohttp.multipart import content_disposition_filename, parse_content_disposition
 
 from worker import keys
-from worker.adapters import get_adapter
-from worker.config import Config, StoreConfig
-from worker.errors import NotFound
+from worker.config import Config
 from worker.intake import check_headers
 from worker.sources.http import outcome_json
-from worker.web import bearer, json_response, media_type, read_body
+from worker.web import bearer, json_response, media_type, read_body, route_source
 
 if TYPE_CHECKING:
     from worker.sources.inbox import Inbox
@@ -76,16 +74,6 @@ def upload_content_type(request: web.Request, filename: str | None) -> str:
     return given
 
 
-def _check_source(source: str, store: StoreConfig) -> None:
-    if get_adapter(source) is None:
-        raise NotFound(f"unknown source {source!r}", field="source")
-    if source not in ("canonical", store.source):
-        raise NotFound(
-            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
-            field="source",
-        )
-
-
 async def upload(request: web.Request) -> web.Response:
     """POST /v1/files/{source}/{store}: ingest one export file, answered like a push."""
     app = request.app
@@ -93,8 +81,7 @@ async def upload(request: web.Request) -> web.Response:
     # Authenticate before reading a body that may be large (signed sources included: a file
     # upload carries no webhook signature). An unknown store is the same 401 as a bad token.
     store = intake.authorized_store(request.match_info["store"], bearer(request))
-    source = request.match_info["source"]
-    _check_source(source, store)
+    source = route_source(request, store)
     headers = dict(request.headers)
     check_headers(headers)
     filename = upload_filename(request)
