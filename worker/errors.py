@@ -1,4 +1,15 @@
-"""Errors with behaviour flags: each maps to one HTTP status or one retry decision."""
+"""Errors with behaviour flags: each carries its HTTP status and its retry decision.
+
+Contract (the way aiokafka's errors carry `retriable`): every transport decides transience
+from the error itself, never from its type or status.
+
+* `status`: the HTTP status of the JSON body `{"error", "field"}` (`web.error_response`).
+* `retriable`: the same request may succeed later, unchanged (our side or a dependency is
+  at fault). MQTT holds the message and retries it, the inbox leaves the file in place, the
+  window retries the sink. False: the input itself is refused (rejected topic, failed/).
+* `retry_after_s`: when set, the seconds a client should wait (HTTP `Retry-After`; the MQTT
+  and inbox backoff never waits less). None: no hint.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +33,17 @@ class PossyncError(Exception):
     """Base of every error possync raises on purpose."""
 
     status: int = 500
+    retriable: bool = False
+    retry_after_s: int | None = None
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, field: str | None = None, *, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     def to_json(self) -> dict[str, object]:
         """The JSON error body: `{"error": ..., "field": ...}`."""
@@ -81,35 +98,40 @@ class SpoolFull(PossyncError):
     """The store's spool is over its cap; the client should retry later."""
 
     status = 503
-
-    def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5) -> None:
-        super().__init__(message, field)
-        self.retry_after_s = retry_after_s
+    retriable = True
+    retry_after_s = 5
 
 
 class StorageFull(PossyncError):
     """The disk under the spool is full: nothing was written."""
 
     status = 507
+    retriable = True
 
 
 class Unavailable(PossyncError):
     """A dependency (sink, spool writer) is down; retry later."""
 
     status = 503
-
-    def __init__(self, message: str, field: str | None = None, retry_after_s: int = 5) -> None:
-        super().__init__(message, field)
-        self.retry_after_s = retry_after_s
+    retriable = True
+    retry_after_s = 5
 
 
 class SinkError(PossyncError):
-    """The sink refused or failed a write. `retriable` drives backoff."""
+    """The sink refused or failed a write; `retriable` (per error: the driver's code decides
+    it) drives the window's backoff."""
 
     status = 503
 
-    def __init__(self, message: str, *, retriable: bool, field: str | None = None) -> None:
-        super().__init__(message, field)
+    def __init__(
+        self,
+        message: str,
+        *,
+        retriable: bool,
+        field: str | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, field, retry_after_s=retry_after_s)
         self.retriable = retriable
 
 
@@ -117,10 +139,9 @@ class SinkUnavailable(SinkError, Unavailable):
     """The sink cannot take writes now but may again without a restart (locked, busy, its
     file vanished): 503 with Retry-After, `field` = "sink"; the window retries."""
 
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        # SinkError -> Unavailable -> PossyncError (cooperative): Unavailable adds Retry-After.
-        super().__init__(message, retriable=True, field="sink")
-        self.retry_after_s = retry_after_s
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        # Retry-After is Unavailable's (the MRO puts SinkError's status, 503, first).
+        super().__init__(message, retriable=True, field="sink", retry_after_s=retry_after_s)
 
 
 class SinkFull(SinkError):

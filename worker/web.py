@@ -31,8 +31,6 @@ from worker.errors import (
     PayloadTooLarge,
     PossyncError,
     RecordInvalid,
-    SpoolFull,
-    Unavailable,
 )
 
 log = logging.getLogger("possync.http")
@@ -53,7 +51,7 @@ def json_response(
 def error_response(exc: PossyncError) -> web.Response:
     """The JSON error body with its status (and Retry-After where it applies)."""
     headers = {}
-    if isinstance(exc, SpoolFull | Unavailable):
+    if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, AuthError):
         headers["WWW-Authenticate"] = 'Bearer realm="possync"'

@@ -62,14 +62,7 @@ from aiohttp import web
 from worker import keys
 from worker.clock import Clock
 from worker.config import Config
-from worker.errors import (
-    ConfigError,
-    PossyncError,
-    SinkError,
-    SpoolFull,
-    StorageFull,
-    Unavailable,
-)
+from worker.errors import ConfigError, PossyncError
 from worker.intake import IngestOutcome, Intake, NothingAcceptable
 from worker.sources import inbox_fs
 from worker.sources.http import outcome_json
@@ -98,13 +91,6 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     return tuple(
         (1, int(part)) if part.isdigit() else (0, part) for part in _DIGITS.split(name) if part
     )
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True when retrying the same file later can succeed (nothing is wrong with the file)."""
-    if isinstance(exc, SinkError):
-        return exc.retriable
-    return isinstance(exc, SpoolFull | Unavailable | StorageFull | OSError)
 
 
 # ---------------------------------------------------------------------- state
@@ -460,7 +446,7 @@ class Inbox:
             )
             return True
         except PossyncError as exc:
-            if is_transient(exc):
+            if exc.retriable:  # nothing is wrong with the file: a later try can succeed
                 return self._retry_later(folder, path, exc)
             return await self._fail(folder, handle, path, entry, stamp, exc)
         except OSError as exc:
@@ -572,7 +558,7 @@ class Inbox:
         prev = self._retry.get(path)
         attempts = (prev.attempts if prev else 0) + 1
         delay = min(self.cfg.inbox.scan_interval_s * 2 ** (attempts - 1), BACKOFF_MAX_S)
-        delay = max(delay, float(getattr(exc, "retry_after_s", 0)))
+        delay = max(delay, float(getattr(exc, "retry_after_s", None) or 0))
         at = self.clock.now() + timedelta(seconds=delay)
         self._retry[path] = _Retry(attempts, at, _describe(exc))
         self._due_at(folder, at)

@@ -36,13 +36,13 @@ Invariants
    publish `{"error", "field", "topic"}` to `{prefix}/rejected/{source}/{store}/{kind}` at
    QoS 1, wait for the broker's PUBACK, then ack the original (so it is not redelivered
    forever). A crash in between re-sends the original and the refusal is published again.
-5. Transient failure (5xx: `SpoolFull`, `Unavailable`, `StorageFull`, a retriable
-   `SinkError`, or any unexpected exception): never ack. The message is *held* and ingest
-   is retried locally with exponential backoff + jitter (honouring `retry_after_s`, capped
-   at `reconnect_max_s`, waits via `clock.wait_until`). We do not reconnect to provoke a
-   redelivery: that would re-send every in-flight message of every store and stall the
-   healthy ones. If the connection drops or we stop while it is held, it is abandoned
-   un-acked and the broker re-sends it when the session resumes.
+5. Transient failure (the error's own `retriable` flag: `SpoolFull`, `Unavailable`,
+   `StorageFull`, a retriable `SinkError`; or any unexpected exception): never ack. The
+   message is *held* and ingest is retried locally with exponential backoff + jitter
+   (honouring `retry_after_s`, capped at `reconnect_max_s`, waits via `clock.wait_until`).
+   We do not reconnect to provoke a redelivery: that would re-send every in-flight message
+   of every store and stall the healthy ones. If the connection drops or we stop while it
+   is held, it is abandoned un-acked and the broker re-sends it when the session resumes.
 6. Backpressure: the CONNECT carries Receive Maximum = `max_inflight`, so a compliant broker
    never has more than that many un-acked QoS 1 messages out to us; at most `max_inflight`
    ingests run at once; anything beyond (QoS 0, or a broker ignoring the limit) waits in
@@ -79,7 +79,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from worker.adapters.base import Rejection
 from worker.clock import Clock
 from worker.config import Config, MqttConfig
-from worker.errors import PossyncError, RecordInvalid, SinkError, Unavailable
+from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.intake import MAX_REJECTIONS
 
 log = logging.getLogger("possync.mqtt")
@@ -213,10 +213,8 @@ def _headers_of(props: Properties | None) -> tuple[dict[str, str], str | None]:
 
 
 def is_transient(exc: PossyncError) -> bool:
-    """True when a retry may succeed (our side is at fault: 5xx); False for a bad payload."""
-    if isinstance(exc, SinkError):
-        return exc.retriable
-    return exc.status >= 500
+    """True when a retry may succeed: the error's own `retriable` flag (worker.errors)."""
+    return exc.retriable
 
 
 class _Inbound:
@@ -874,7 +872,7 @@ class MqttSource:
                 if not is_transient(exc):
                     await self._reject(item, exc)
                     return
-                retry_after = float(getattr(exc, "retry_after_s", 0) or 0)
+                retry_after = float(exc.retry_after_s or 0)
                 self._error(f"ingest {msg.topic}: {type(exc).__name__}: {exc.message}")
                 log.warning("transient ingest failure on %s (held, not acked): %s", msg.topic, exc)
             except Exception as exc:  # noqa: BLE001 - unknown failure: hold, never ack
