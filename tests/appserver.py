@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.support.config import config_dict, merged, store
 from worker import keys
 from worker.app import build_app
 from worker.clock import FakeClock
@@ -23,26 +24,21 @@ S2_TOKEN = "s2-token-ghijkl"
 
 def make_config(tmp: Path, **overrides: Any) -> Config:
     """A config with two canonical stores and a trigger, data in `tmp`."""
-    raw: dict[str, Any] = {
-        "data_dir": str(tmp),
-        "http": {"admin_token": ADMIN, "max_body_bytes": 1024 * 1024},
-        "windows": {"times": ["02:00", "14:00"], "timezone": "UTC", "spread_s": 0},
-        "sink": {"kind": "sqlite"},
-        "stores": [
-            {"id": "S1", "source": "canonical", "timezone": "America/New_York", "token": S1_TOKEN},
-            {"id": "S2", "source": "canonical", "timezone": "Europe/Paris", "token": S2_TOKEN},
+    raw = config_dict(
+        tmp,
+        admin_token=ADMIN,
+        stores=[
+            store("S1", S1_TOKEN, timezone="America/New_York"),
+            store("S2", S2_TOKEN, timezone="Europe/Paris"),
         ],
-        "triggers": [
+        http={"max_body_bytes": 1024 * 1024},
+        windows={"timezone": "UTC"},
+        triggers=[
             {"name": "thank-you", "days_after": 0},
             {"name": "follow-up", "days_after": 30},
         ],
-    }
-    for k, v in overrides.items():
-        if isinstance(v, dict) and isinstance(raw.get(k), dict):
-            raw[k] = {**raw[k], **v}
-        else:
-            raw[k] = v
-    return decode(raw)
+    )
+    return decode(merged(raw, overrides))
 
 
 class Harness:

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from tests.support.config import config_dict, merged, store, write_toml
+
 ADMIN = "admin-token-proc"
 TOKEN = "store-token-proc"
 
@@ -23,31 +25,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_config(tmp: Path, port: int, extra: str = "") -> Path:
-    """A TOML config for one canonical store S1 with data in `tmp`."""
-    path = tmp / "possync.toml"
-    path.write_text(
-        f"""
-data_dir = "{tmp / "data"}"
-[http]
-host = "127.0.0.1"
-port = {port}
-admin_token = "{ADMIN}"
-shutdown_timeout_s = 5
-[windows]
-times = ["02:00", "14:00"]
-spread_s = 0
-[sink]
-kind = "sqlite"
-[[stores]]
-id = "S1"
-source = "canonical"
-timezone = "America/New_York"
-token = "{TOKEN}"
-{extra}
-"""
+def config(tmp: Path, port: int, **overrides: Any) -> dict[str, Any]:
+    """The config of one canonical store S1 with data in `tmp / "data"`, as a dict."""
+    raw = config_dict(
+        tmp / "data",
+        admin_token=ADMIN,
+        stores=[store("S1", TOKEN)],
+        http={"host": "127.0.0.1", "port": port, "shutdown_timeout_s": 5},
     )
-    return path
+    return merged(raw, overrides)
+
+
+def write_config(tmp: Path, port: int, **overrides: Any) -> Path:
+    """`config(tmp, port, **overrides)` written to `tmp / "possync.toml"`."""
+    return write_toml(tmp / "possync.toml", config(tmp, port, **overrides))
 
 
 class ServerProcess:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shlex
 import signal
 import sys
+import tomllib
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.procserver import free_port
+from tests.support.config import write_toml
 from worker.config import load
 from worker.errors import ConfigError
 
@@ -60,9 +61,9 @@ def test_example_config_needs_its_secrets_filled_in(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load(DEPLOY / "possync.toml")
     assert err.value.field == "$.stores[1].secret"
-    filled = tmp_path / "possync.toml"
-    filled.write_text((DEPLOY / "possync.toml").read_text().replace('secret = ""', 'secret = "s"'))
-    cfg = load(filled)
+    raw = tomllib.loads((DEPLOY / "possync.toml").read_text())
+    raw["stores"] = [{**s, "secret": "s"} if "secret" in s else s for s in raw["stores"]]
+    cfg = load(write_toml(tmp_path / "possync.toml", raw))
     assert cfg.data_dir == "/var/lib/possync"
     assert {s.source for s in cfg.stores} == {"the_edge", "shopify"}
 
@@ -73,15 +74,16 @@ async def test_exec_start_serves_with_the_example_config(tmp_path: Path) -> None
     conf_dir.mkdir()
     port = free_port()
     admin = "deploy-admin-token"
-    text = (DEPLOY / "possync.toml").read_text()
-    text = text.replace('data_dir = "/var/lib/possync"', f'data_dir = "{state_dir}"')
-    text = re.sub(r"^port = 8080", f"port = {port}", text, flags=re.M)
-    text = text.replace('admin_token = ""', f'admin_token = "{admin}"')
+    raw = tomllib.loads((DEPLOY / "possync.toml").read_text())
+    assert raw["data_dir"] == "/var/lib/possync" and raw["http"]["port"] == 8080
+    raw["data_dir"] = str(state_dir)
+    raw["http"] = {**raw["http"], "port": port, "admin_token": admin}
     # Each store its own token: config refuses a token shared by two stores (issue 12).
-    tokens = iter(("store-token-1", "store-token-2"))
-    text = re.sub(r'^token = ""', lambda _: f'token = "{next(tokens)}"', text, flags=re.M)
-    text = text.replace('secret = ""', 'secret = "shopify-secret"')
-    (conf_dir / "possync.toml").write_text(text)
+    raw["stores"] = [
+        {**s, "token": f"store-token-{n}"} | ({"secret": "shopify-secret"} if "secret" in s else {})
+        for n, s in enumerate(raw["stores"], start=1)
+    ]
+    write_toml(conf_dir / "possync.toml", raw)
     # What systemd does with the line: expand ${CONFIGURATION_DIRECTORY}; the venv stands in
     # for /opt/possync.
     argv = shlex.split(exec_start.replace("${CONFIGURATION_DIRECTORY}", str(conf_dir)))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.procserver import ADMIN, write_config
+from tests.procserver import ADMIN, TOKEN, write_config
+from tests.support.config import store
 
 
 async def _serve(config: Path) -> asyncio.subprocess.Process:
@@ -66,8 +67,7 @@ async def test_port_zero_prints_the_bound_port_and_serves(tmp_path: Path) -> Non
 
 
 async def test_unknown_source_fails_naming_the_key(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, 0)
-    cfg.write_text(cfg.read_text().replace('source = "canonical"', 'source = "shopfy"'))
+    cfg = write_config(tmp_path, 0, stores=[store("S1", TOKEN, source="shopfy")])
     proc = await _serve(cfg)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2 and out == b""
@@ -76,8 +76,7 @@ async def test_unknown_source_fails_naming_the_key(tmp_path: Path) -> None:
 
 
 async def test_empty_admin_token_warns_loudly(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path, 0)
-    cfg.write_text(cfg.read_text().replace(f'admin_token = "{ADMIN}"', 'admin_token = ""'))
+    cfg = write_config(tmp_path, 0, http={"admin_token": ""})
     proc = await _serve(cfg)
     assert proc.stdout is not None and proc.stderr is not None
     try:

@@ -29,22 +29,11 @@ LONG = bool(os.environ.get("POSSYNC_LONG"))
 PUSH_BATCH = 1000
 SALES = "SELECT count(*) FROM sales"
 PENDING = "SELECT count(*) FROM spool WHERE state = 0"
-TRIGGERS = """
-[[triggers]]
-name = "thank-you"
-days_after = 0
-[[triggers]]
-name = "follow-up"
-days_after = 30
-"""
+TRIGGERS = [{"name": "thank-you", "days_after": 0}, {"name": "follow-up", "days_after": 30}]
 
 
 def _config(tmp: Path, port: int, batch_size: int) -> Path:
-    path = write_config(tmp, port, TRIGGERS)
-    # write_config's `extra` lands after [[stores]]; the page size belongs in [windows].
-    text = path.read_text().replace("spread_s = 0", f"spread_s = 0\nbatch_size = {batch_size}")
-    path.write_text(text)
-    return path
+    return write_config(tmp, port, windows={"batch_size": batch_size}, triggers=TRIGGERS)
 
 
 def _connect(db: Path) -> sqlite3.Connection:

@@ -100,11 +100,9 @@ def _body(prefix: str, start: int, n: int) -> bytes:
 
 async def test_disk_full_then_recovers(tmp_path: Path, tiny_fs: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path, port)
-    text = config.read_text()
-    text = text.replace(f'data_dir = "{tmp_path / "data"}"', f'data_dir = "{tiny_fs}"')
-    text = text.replace('kind = "sqlite"', f'kind = "sqlite"\npath = "{tmp_path / "sink.db"}"')
-    config.write_text(text)
+    config = write_config(
+        tmp_path, port, data_dir=str(tiny_fs), sink={"path": str(tmp_path / "sink.db")}
+    )
     server = ServerProcess(config, port, tmp_path / "server.log")
     url = f"{server.url}/v1/push/canonical/S1"
     hdrs = {**headers(), **NDJSON}

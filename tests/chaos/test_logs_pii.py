@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.factories import sale_dict
 from tests.procserver import ADMIN, TOKEN, ServerProcess, free_port, headers, write_config
+from tests.support.config import store
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -86,9 +87,9 @@ BUG_DEBUG = (
 )
 async def test_full_run_logs_no_pii(tmp_path: Path, level: str) -> None:
     port = free_port()
-    config = write_config(tmp_path, port, '[[triggers]]\nname = "thank-you"\ndays_after = 0\n')
-    # Top-level keys must come before the first table.
-    config.write_text(f'log_level = "{level}"\n' + config.read_text())
+    config = write_config(
+        tmp_path, port, log_level=level, triggers=[{"name": "thank-you", "days_after": 0}]
+    )
     log = tmp_path / "server.log"
     server = ServerProcess(config, port, log)
     admin = {"Authorization": f"Bearer {ADMIN}"}
@@ -233,19 +234,14 @@ async def test_bad_values_reach_neither_log_nor_answers_nor_rejected_topic(
     config = write_config(
         tmp_path,
         port,
-        f"""
-[[stores]]
-id = "K1"
-source = "kwi"
-timezone = "America/New_York"
-token = "{KWI_TOKEN}"
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {mosquitto.port}
-client_id = "possync-pii"
-reconnect_max_s = 1.0
-""",
+        stores=[store("S1", TOKEN), store("K1", KWI_TOKEN, source="kwi")],
+        mqtt={
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": mosquitto.port,
+            "client_id": "possync-pii",
+            "reconnect_max_s": 1.0,
+        },
     )
     log = tmp_path / "server.log"
     server = ServerProcess(config, port, log)

@@ -45,17 +45,14 @@ def _config(tmp: Path, port: int, broker_port: int, cap: int) -> Path:
     return write_config(
         tmp,
         port,
-        extra=f"""
-[spool]
-max_records_per_store = {cap}
-retry_after_s = 1
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = {broker_port}
-client_id = "possync-chaos"
-reconnect_max_s = 1.0
-""",
+        spool={"max_records_per_store": cap, "retry_after_s": 1},
+        mqtt={
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": broker_port,
+            "client_id": "possync-chaos",
+            "reconnect_max_s": 1.0,
+        },
     )
 
 

@@ -24,7 +24,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.procserver import ADMIN, TOKEN, ServerProcess, free_port, sale_body
+from tests.procserver import ADMIN, TOKEN, ServerProcess, free_port, sale_body, write_config
 
 if TYPE_CHECKING:
     from tests.plugins.postgres import PostgresServer
@@ -36,33 +36,13 @@ ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def _config(tmp: Path, port: int, dsn: str) -> Path:
-    path = tmp / "possync.toml"
-    path.write_text(
-        f"""
-data_dir = "{tmp / "data"}"
-[http]
-host = "127.0.0.1"
-port = {port}
-admin_token = "{ADMIN}"
-shutdown_timeout_s = 5
-[windows]
-times = ["02:00", "14:00"]
-spread_s = 0
-commit_retry_max_s = 1
-admin_commit_timeout_s = 600  # the admin call stands in for a window waiting the outage out
-[sink]
-kind = "postgres"
-dsn = "{dsn}"
-pool_max = 4
-command_timeout_s = 3
-[[stores]]
-id = "S1"
-source = "canonical"
-timezone = "America/New_York"
-token = "{TOKEN}"
-"""
+    return write_config(
+        tmp,
+        port,
+        # The admin call stands in for a window waiting the outage out.
+        windows={"commit_retry_max_s": 1, "admin_commit_timeout_s": 600},
+        sink={"kind": "postgres", "dsn": dsn, "pool_max": 4, "command_timeout_s": 3},
     )
-    return path
 
 
 async def _push(session: aiohttp.ClientSession, url: str, ids: list[str]) -> None:

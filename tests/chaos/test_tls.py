@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.procserver import ServerProcess, free_port, headers, sale_body, write_config
+from tests.support.config import write_toml
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -54,11 +55,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path]:
 async def test_https_push_and_plain_http_refused(tmp_path: Path) -> None:
     cert, key = _self_signed(tmp_path)
     port = free_port()
-    config = write_config(tmp_path, port)
-    text = config.read_text().replace(
-        "shutdown_timeout_s = 5", f'shutdown_timeout_s = 5\ntls_cert = "{cert}"\ntls_key = "{key}"'
-    )
-    config.write_text(text)
+    config = write_config(tmp_path, port, http={"tls_cert": str(cert), "tls_key": str(key)})
     server = ServerProcess(config, port, tmp_path / "server.log")
     https = f"https://127.0.0.1:{port}/v1/push/canonical/S1"
     plain = f"http://127.0.0.1:{port}/v1/push/canonical/S1"
@@ -95,18 +92,13 @@ async def test_https_push_and_plain_http_refused(tmp_path: Path) -> None:
 def test_refuses_public_bind_with_empty_token(
     tmp_path: Path, admin: str, token: str, field: str
 ) -> None:
-    config = tmp_path / "public.toml"
-    config.write_text(
-        f"""
-data_dir = "{tmp_path / "data"}"
-[http]
-host = "0.0.0.0"
-port = {free_port()}
-admin_token = "{admin}"
-[[stores]]
-id = "S1"
-token = "{token}"
-"""
+    config = write_toml(
+        tmp_path / "public.toml",
+        {
+            "data_dir": str(tmp_path / "data"),
+            "http": {"host": "0.0.0.0", "port": free_port(), "admin_token": admin},
+            "stores": [{"id": "S1", "token": token}],
+        },
     )
     # A server that wrongly starts would never exit: the timeout makes that a failure.
     proc = subprocess.run(
