@@ -1,18 +1,23 @@
 """kill -9 at random moments during a window commit; rerun; every sale lands exactly once.
 
 A real `possync serve` subprocess gets sales pushed in NDJSON batches, then
-`POST /v1/admin/commit` runs and the server is killed at a random moment: alternately once
-the sink's `sales` count (read through the test's own WAL connection) passes a random
-threshold, which lands between a page's sink commit and its spool ack, and after a random
-delay drawn from the measured duration of an uncrashed commit in the same run, which lands
-anywhere (mostly inside a sink or spool transaction). After every restart the invariants must hold; at the end a final
-uncrashed commit must leave every pushed sale in the sink exactly once, nothing pending in
-the spool, and no duplicate trigger outbox rows or events.
+`POST /v1/admin/commit` runs and the server is killed at a random moment inside the commit:
+alternately once the sink's `sales` count (read through the test's own WAL connection)
+passes a random threshold, which lands between a page's sink commit and its spool ack, and
+a random delay after the first page landed (drawn from the measured duration of an
+uncrashed commit in the same run), which lands anywhere, mostly inside a sink or spool
+transaction. Either way the kill comes before the last page (a round spans several pages
+of `BATCH` sales), and each kill is checked to have landed mid-commit: the commit never
+answered, and the sink holds some but not all of the sales pending when it began.
+After every restart the invariants must hold; at the end a final uncrashed commit must
+leave every pushed sale in the sink exactly once, nothing pending in the spool, and no
+duplicate trigger outbox rows or events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import random
 import sqlite3
@@ -27,6 +32,7 @@ from tests.procserver import ADMIN, ServerProcess, free_port, headers, sale_body
 
 LONG = bool(os.environ.get("POSSYNC_LONG"))
 PUSH_BATCH = 1000
+BATCH = 1000  # [windows] batch_size: the sales one commit page holds
 SALES = "SELECT count(*) FROM sales"
 PENDING = "SELECT count(*) FROM spool WHERE state = 0"
 TRIGGERS = [{"name": "thank-you", "days_after": 0}, {"name": "follow-up", "days_after": 30}]
@@ -151,10 +157,22 @@ def _check_sink(sink: Path, expected: set[str] | None) -> dict[str, int]:
     return {"sales": len(ids), "duplicated": dup, "events": len(events_ids)}
 
 
+async def _sink_reaches(
+    commit: asyncio.Task[dict[str, object]], sink: Path, threshold: int, until: float = math.inf
+) -> None:
+    """Return once the sink holds `threshold` sales, the commit ends, or `until` passes."""
+    # Another process's database has no event to wait on: look every turn.
+    while (  # noqa: ASYNC110
+        not commit.done() and _count(sink, SALES) < threshold and time.monotonic() < until
+    ):
+        await asyncio.sleep(0)
+
+
 async def _run(tmp_path: Path, kills: int, per_round: int, seed: int) -> None:
+    assert per_round > BATCH, "a round must span several pages to be killed mid-commit"
     port = free_port()
     rng = random.Random(seed)
-    server = ServerProcess(_config(tmp_path, port, 1000), port, tmp_path / "server.log")
+    server = ServerProcess(_config(tmp_path, port, BATCH), port, tmp_path / "server.log")
     sink = tmp_path / "data" / "clientbook.db"
     spool = tmp_path / "data" / "spool.db"
     pushed: set[str] = set()
@@ -181,29 +199,38 @@ async def _run(tmp_path: Path, kills: int, per_round: int, seed: int) -> None:
                 pushed.update(ids)
                 before = _count(sink, "SELECT count(*) FROM sales")
                 pending = len(pushed) - before
+                # The sink count at which at most the last page is still to come.
+                last_page = before + pending - BATCH
                 commit = asyncio.create_task(_commit(session, server.url))
                 if round_no % 2 == 0:
-                    # Kill once the sink holds a random number of the pending sales: lands
-                    # between a page's sink commit and its spool ack.
-                    threshold = before + rng.randrange(pending)
+                    # Kill once the sink holds a random number of the pending sales (at
+                    # least one page, not the last): lands between a page's sink commit and
+                    # its spool ack.
+                    threshold = before + 1 + rng.randrange(last_page - before)
                     how = f"sink count >= {threshold}"
-                    # Another process's database has no event to wait on: look every turn.
-                    while not commit.done() and _count(sink, SALES) < threshold:  # noqa: ASYNC110
-                        await asyncio.sleep(0)
+                    await _sink_reaches(commit, sink, threshold)
                 else:
-                    # Kill after a random delay within the measured uncrashed duration
-                    # (scaled to what is pending): lands anywhere, mostly inside a sink or
-                    # spool transaction.
+                    # Kill a random delay after the first page landed, within the measured
+                    # uncrashed duration scaled to what is pending (and before the last
+                    # page): lands anywhere, mostly inside a sink or spool transaction.
+                    await _sink_reaches(commit, sink, before + 1)
                     delay = rng.uniform(0, duration * pending / per_round)
-                    how = f"after {delay * 1000:.0f} ms"
-                    await asyncio.wait({commit}, timeout=delay)
+                    how = f"{delay * 1000:.0f} ms after the first page"
+                    await _sink_reaches(commit, sink, last_page, time.monotonic() + delay)
                 server.kill9()
                 await server.wait()
+                answered = None
                 try:
-                    await commit
+                    answered = await commit
                 except (aiohttp.ClientError, TimeoutError):
                     interrupted += 1  # the commit never answered: the kill was inside it
                 at = _count(sink, SALES)
+            # The kill landed mid-commit: no answer, and some but not all pending sales in.
+            assert answered is None, f"round {round_no}: kill {how} came after the commit"
+            assert before < at < before + pending, (
+                f"round {round_no}: kill {how} not mid-commit: sink={at}"
+                f" before={before} pending={pending}"
+            )
             figures = _check_sink(sink, None)
             print(
                 f"round {round_no}: kill {how}: sink={at}/{len(pushed)}"
@@ -218,6 +245,7 @@ async def _run(tmp_path: Path, kills: int, per_round: int, seed: int) -> None:
         lost = len(pushed) - figures["sales"]
         log = (tmp_path / "server.log").read_text()
         assert "Traceback" not in log, log[-3000:]
+        assert interrupted == kills
         print(
             f"commit-crash: kills={kills} interrupted={interrupted} records={len(pushed)}"
             f" lost={lost} duplicated={figures['duplicated']} uncrashed_commit={duration:.2f}s"
