@@ -36,7 +36,8 @@ from worker.backfill_cli import (
 )
 from worker.clock import FakeClock
 from worker.config import Config
-from worker.sources.backfill import BACKFILLS, BATCH_RECORDS, LineSplitter, add_backfill_routes
+from worker.adapters.streaming import LineSplitter
+from worker.sources.backfill import BACKFILLS, BATCH_RECORDS, add_backfill_routes
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
 URL = "/v1/backfill/canonical/S1"

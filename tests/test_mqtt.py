@@ -32,6 +32,8 @@ from worker.errors import (
     StorageFull,
     Unavailable,
 )
+from worker.health import Health
+from worker.intake import Envelope, IngestOutcome
 from worker.sources.mqtt import (
     JSON,
     NDJSON,
@@ -49,16 +51,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.plugins.mosquitto"]
 
 WAIT_S = 10.0
-
-
-class Outcome(msgspec.Struct, kw_only=True):
-    """Same shape as worker.intake.IngestOutcome."""
-
-    accepted: int
-    duplicates: int
-    rejected: list[Rejection]
-    dropped: dict[str, int]
-    visible_at: datetime | None
 
 
 class Call(msgspec.Struct, kw_only=True):
@@ -86,18 +78,10 @@ class FakeIntake:
         self.completed = 0
         self.cond = asyncio.Condition()
 
-    async def ingest(
-        self,
-        source: str,
-        store_id: str,
-        body: bytes,
-        *,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
-        topic: str | None = None,
-        authorized: bool = False,
-        **_: Any,
-    ) -> Outcome:
+    async def ingest(self, envelope: Envelope) -> IngestOutcome:
+        source, store_id, body = envelope.source, envelope.store, envelope.body
+        topic, headers = envelope.topic, envelope.headers
+        content_type, authorized = envelope.content_type, envelope.authorized
         doc_id: str | None = None
         try:
             doc = msgspec.json.decode(body)
@@ -135,7 +119,7 @@ class FakeIntake:
             duplicate = key in self.stored
             self.stored[key] = body
             bad = doc.get("bad_items", [])  # item-level refusals inside an accepted payload
-            return Outcome(
+            return IngestOutcome(
                 accepted=0 if duplicate else 1,
                 duplicates=int(duplicate),
                 rejected=[Rejection(i, "bad line", f"$[{i}].qty") for i in bad],
@@ -573,13 +557,18 @@ async def test_reads_pause_while_messages_wait_for_a_slot(mosquitto: MosquittoSe
 async def test_dead_loop_is_visible() -> None:
     # An empty host makes paho raise ValueError: a bug-class failure, not a network one.
     cfg = Config(mqtt=MqttConfig(enabled=True, host="", port=1))
-    async with open_mqtt_source(cfg, FakeIntake(), SystemClock()) as src:
+    health = Health()
+    async with open_mqtt_source(cfg, FakeIntake(), SystemClock(), health=health) as src:
         with pytest.raises(RuntimeError, match="died"):
             await asyncio.wait_for(src.wait_for(lambda s: s.subscribed), WAIT_S)
         assert not src.ready
         assert src.state.failure is not None and "ValueError" in src.state.failure
         with pytest.raises(Unavailable, match="died"):
             await src.check()
+        # The loop is the app registry's owned task: /readyz reports it dead, not just "mqtt".
+        checks = await health.run()
+        assert checks["task:mqtt"].startswith("dead:") and "ValueError" in checks["task:mqtt"]
+    assert "mqtt" not in health.tasks  # cancelled and awaited with the context
 
 
 async def test_disabled_source_is_inert() -> None:

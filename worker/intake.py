@@ -12,6 +12,11 @@ key and version, so a retry after a partial failure cannot double anything.
 A push is decided whole before any of it is written: when the spool cannot take its sales
 (`SpoolFull`, 503) none of its customers or products are upserted either.
 
+Every source (HTTP push, MQTT, inbox files, uploads, backfill) hands the intake one
+`Envelope` through the `Ingest` protocol (`ingest(envelope) -> IngestOutcome`); an envelope
+carries either the raw body (parsed here by the source's adapter, with the store's
+`StoreContext` built once at start-up) or records a streaming source already read.
+
 Credentials come first (`admit`, from the headers, before the body is read): push routes take
 only the store's own token (the admin token is for reads and operations); a signed source
 (Shopify) needs its signature header and a configured secret, and is verified against the
@@ -25,12 +30,12 @@ import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from worker.adapters import get_adapter
-from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.adapters import adapter_for, get_adapter, store_context
+from worker.adapters.base import Parsed, Rejection, StoreContext
 from worker.buffers.sqlite import SqliteSpool
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
@@ -117,8 +122,40 @@ class IngestOutcome(msgspec.Struct, kw_only=True):
     spooled_duplicates: int = 0
 
 
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """One push as a source hands it to the intake, whatever the transport.
+
+    `body` is the raw payload for the source's adapter; a streaming source that already read
+    its records (backfill) passes them as `records` instead and they are routed as they are.
+    `authorized`: the source checked the credential itself (HTTP `admit`, an upload's token,
+    the broker for MQTT, the file system for drop folders); else `token` is checked here.
+    """
+
+    source: str
+    store: str
+    body: bytes = b""
+    records: Sequence[Record] | None = None
+    headers: Mapping[str, str] = {}
+    content_type: str = ""
+    topic: str | None = None  # MQTT kind / Shopify topic
+    filename: str | None = None  # file drops and uploads
+    received_at: datetime | None = None  # None: the intake's clock, when it parses
+    origin: Literal["backfill"] | None = None
+    priority: Literal["live", "bulk"] = "live"
+    authorized: bool = False
+    token: str | None = None
+
+
+class Ingest(Protocol):
+    """What every source calls: one envelope in, durable (or refused) before it returns."""
+
+    async def ingest(self, envelope: Envelope) -> IngestOutcome:
+        """Parse, route and durably write one push; raise a PossyncError when refused."""
+        ...
+
+
 class Intake:
-    """Routes parsed records to the sink or the spool. One per app."""
+    """Routes parsed records to the sink or the spool. One per app; the `Ingest` of every source."""
 
     def __init__(
         self,
@@ -136,8 +173,9 @@ class Intake:
         self.clock = clock
         self.metrics = metrics
         self._stores = {s.id: s for s in cfg.stores}
-        self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
-        self._mappings = _load_mappings(cfg)
+        # Built once: zone and compiled mapping per store (a bad mapping is a ConfigError
+        # naming the key, so the service refuses to start rather than reject every file).
+        self._contexts = {s.id: store_context(cfg, s) for s in cfg.stores}
         # Compared against when the store is unknown, so that path costs what a wrong token
         # costs (no timing difference between "no such store" and "wrong token").
         self._decoy = secrets.token_urlsafe(24)
@@ -148,6 +186,10 @@ class Intake:
         if store is None:
             raise NotFound(f"unknown store {store_id!r}", field="store")
         return store
+
+    def context(self, store_id: str) -> StoreContext:
+        """The store's adapter context (config, zone, compiled mapping), built at start-up."""
+        return self._contexts[store_id]
 
     def authorize(self, store: StoreConfig, token: str | None) -> None:
         """The store's own token or 401 (the admin token is not a push credential)."""
@@ -190,89 +232,44 @@ class Intake:
             raise signed_denied(source)
         return store
 
-    def parse(
-        self,
-        source: str,
-        store: StoreConfig,
-        body: bytes,
-        *,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
-        topic: str | None = None,
-        filename: str | None = None,
-    ) -> Parsed:
+    def parse(self, envelope: Envelope, store: StoreConfig) -> Parsed:
         """Run the source's adapter (pure) on a whole payload."""
-        adapter = get_adapter(source)
-        if adapter is None:
-            raise NotFound(f"unknown source {source!r}", field="source")
-        if source not in ("canonical", store.source):
-            raise NotFound(
-                f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
-                field="source",
-            )
-        ctx = AdapterContext(
-            store=store,
-            zone=self._zones[store.id],
-            headers={k.lower(): v for k, v in (headers or {}).items()},
-            content_type=content_type,
-            received_at=self.clock.now(),
-            topic=topic,
-            filename=filename,
-            mapping=self._mappings.get(store.id),
+        adapter = adapter_for(envelope.source, store)
+        ctx = self._contexts[store.id].for_push(
+            headers=envelope.headers,
+            content_type=envelope.content_type,
+            received_at=envelope.received_at or self.clock.now(),
+            topic=envelope.topic,
+            filename=envelope.filename,
         )
-        return adapter.parse(body, ctx)
+        return adapter.parse(envelope.body, ctx)
 
-    async def ingest(
-        self,
-        source: str,
-        store_id: str,
-        body: bytes,
-        *,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
-        topic: str | None = None,
-        filename: str | None = None,
-        priority: Literal["live", "bulk"] = "live",
-        authorized: bool = False,
-        token: str | None = None,
-        origin: Literal["backfill"] | None = None,
-    ) -> IngestOutcome:
+    async def ingest(self, envelope: Envelope) -> IngestOutcome:
         """Parse, route and durably write one payload; see the module docstring."""
-        store = self.store(store_id)
+        store = self.store(envelope.store)
+        if envelope.records is not None:
+            # Already read by a streaming source (admitted by it): routed as they are.
+            return await self.route(
+                store, envelope.records, priority=envelope.priority, origin=envelope.origin
+            )
+        source = envelope.source
         adapter = get_adapter(source)
         if adapter is None:
             raise NotFound(f"unknown source {source!r}", field="source")
         # Signed sources (Shopify) authenticate by HMAC of the raw body inside the adapter.
-        if not authorized and not adapter.signed:
-            self.authorize(store, token)
+        if not envelope.authorized and not adapter.signed:
+            self.authorize(store, envelope.token)
         try:
-            if len(body) > _THREAD_PARSE_BYTES:
-                parsed = await asyncio.to_thread(
-                    self.parse,
-                    source,
-                    store,
-                    body,
-                    content_type=content_type,
-                    headers=headers,
-                    topic=topic,
-                    filename=filename,
-                )
+            if len(envelope.body) > _THREAD_PARSE_BYTES:
+                parsed = await asyncio.to_thread(self.parse, envelope, store)
             else:
-                parsed = self.parse(
-                    source,
-                    store,
-                    body,
-                    content_type=content_type,
-                    headers=headers,
-                    topic=topic,
-                    filename=filename,
-                )
+                parsed = self.parse(envelope, store)
         except AuthError:
             if not adapter.signed:
                 raise
             # Bad base64, wrong signature, no secret: one answer, whatever the reason.
             raise signed_denied(source) from None
-        if parsed.delivery_id and await self.spool.seen_delivery(
+        if parsed.delivery_id and await self.spool.state.seen_delivery(
             store.id, source, parsed.delivery_id
         ):
             self.metrics.count_push(source, store.id, parsed.records, None)
@@ -286,9 +283,11 @@ class Intake:
         if not parsed.records and parsed.rejected:
             self.metrics.child(self.metrics.rejected, source, store.id).inc(len(parsed.rejected))
             raise NothingAcceptable(parsed.rejected)
-        outcome = await self.route(store, parsed.records, priority=priority, origin=origin)
+        outcome = await self.route(
+            store, parsed.records, priority=envelope.priority, origin=envelope.origin
+        )
         if parsed.delivery_id:
-            await self.spool.remember_delivery(store.id, source, parsed.delivery_id)
+            await self.spool.state.remember_delivery(store.id, source, parsed.delivery_id)
         outcome.rejected = parsed.rejected
         outcome.dropped = parsed.dropped
         m = self.metrics
@@ -376,19 +375,3 @@ class Intake:
     ) -> tuple[int, int]:
         res = await self.spool.append(store, records, priority=priority)
         return res.accepted, res.duplicates
-
-
-def _load_mappings(cfg: Config) -> dict[str, Mapping[str, object]]:
-    """Per store: its declarative mapping or field overrides, validated at start-up.
-
-    A bad mapping raises ConfigError naming the key, so the service refuses to start
-    rather than rejecting every file later.
-    """
-    from worker.adapters import mapping_context
-
-    out: dict[str, Mapping[str, object]] = {}
-    for store in cfg.stores:
-        ctx = mapping_context(cfg, store)
-        if ctx is not None:
-            out[store.id] = ctx
-    return out

@@ -23,11 +23,10 @@ import msgspec
 from aiohttp import web
 
 from worker import keys
-from worker.adapters import get_adapter
+from worker.adapters import adapter_for
 from worker.config import StoreConfig
 from worker.errors import (
     AuthError,
-    NotFound,
     PayloadTooLarge,
     PossyncError,
     RecordInvalid,
@@ -163,13 +162,7 @@ def route_source(request: web.Request, store: StoreConfig) -> str:
     """The route's `{source}`: 404 naming `source` unless it is a known adapter and the
     store's own source (or `canonical`, which every store takes)."""
     source = request.match_info["source"]
-    if get_adapter(source) is None:
-        raise NotFound(f"unknown source {source!r}", field="source")
-    if source not in ("canonical", store.source):
-        raise NotFound(
-            f"store {store.id!r} is configured for source {store.source!r}, not {source!r}",
-            field="source",
-        )
+    adapter_for(source, store)
     return source
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from worker.config import RulePolicy, StoreConfig
 from worker.records import Record
+
+if TYPE_CHECKING:
+    from worker.adapters.mapping.spec import MappingSpec
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -39,6 +42,42 @@ class AdapterContext(msgspec.Struct, frozen=True, kw_only=True):
     topic: str | None = None  # MQTT kind / Shopify topic / file name
     filename: str | None = None  # for file drops and uploads
     mapping: Mapping[str, Any] | None = None  # declarative mapping for file/CSV sources
+    spec: MappingSpec | None = None  # the same mapping compiled (mapping sources), if known
+
+
+class StoreContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What every push of one store shares: built once per store at start-up.
+
+    `mapping` is the store's mapping table (mapping sources; a the_edge `fields` table),
+    `spec` the mapping compiled, so no push compiles it again.
+    """
+
+    store: StoreConfig
+    zone: ZoneInfo
+    mapping: Mapping[str, Any] | None = None
+    spec: MappingSpec | None = None
+
+    def for_push(
+        self,
+        *,
+        headers: Mapping[str, str],
+        content_type: str,
+        received_at: datetime,
+        topic: str | None = None,
+        filename: str | None = None,
+    ) -> AdapterContext:
+        """The adapter context of one push of this store (header names lower-cased here)."""
+        return AdapterContext(
+            store=self.store,
+            zone=self.zone,
+            headers={k.lower(): v for k, v in headers.items()},
+            content_type=content_type,
+            received_at=received_at,
+            topic=topic,
+            filename=filename,
+            mapping=self.mapping,
+            spec=self.spec,
+        )
 
 
 class Parsed(msgspec.Struct, kw_only=True):

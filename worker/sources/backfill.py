@@ -37,15 +37,12 @@ Invariants
 from __future__ import annotations
 
 import asyncio
-import codecs
-import io
 import itertools
 import logging
 import math
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -56,21 +53,10 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from worker import keys
 from worker.adapters import get_adapter
 from worker.adapters.base import AdapterContext, Rejection
-from worker.adapters.mapping import (
-    CSV_TYPES,
-    MappingAdapter,
-    MappingSpec,
-    RecordType,
-    check_columns,
-    csv_header,
-    iter_csv_rows,
-    iter_items,
-    load_mapping,
-    reachable_types,
-    record_type_for,
-)
+from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
-from worker.buffers.sqlite import SqliteSpool
+from worker.adapters.streaming import LineSplitter, TextLines, run_threaded
+from worker.buffers.base import Buffer
 from worker.committer import WindowResult
 from worker.config import StoreConfig
 from worker.errors import (
@@ -79,7 +65,7 @@ from worker.errors import (
     RecordInvalid,
     UnsupportedMediaType,
 )
-from worker.intake import IngestOutcome, Intake
+from worker.intake import Envelope, IngestOutcome, Intake
 from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
 from worker.web import (
     body_error,
@@ -266,61 +252,6 @@ def add_backfill_routes(app: web.Application) -> None:
         extra["backfills"] = lambda: backfill_status(app)
 
 
-# ---------------------------------------------------------------------- line splitting
-
-
-class LineSplitter:
-    """Splits a byte stream into lines, carrying the partial last line between feeds.
-
-    Yields (line number from 1, byte position of the line's start, stripped line) for every
-    line, blank ones included (callers skip them). A line longer than `max_line` is never
-    buffered: it is yielded once with None instead of its bytes, and skipped to its newline.
-    """
-
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        self._carry = b""
-        self._carry_at = 0  # byte position of the carried partial line
-        self._pos = 0  # byte position of the next fed byte
-        self._line = 0
-        self._skipping = False  # inside an over-long line, waiting for its newline
-
-    def feed(self, chunk: bytes) -> Iterator[tuple[int, int, bytes | None]]:
-        """Complete lines made available by `chunk`."""
-        at = self._pos
-        self._pos += len(chunk)
-        if self._skipping:
-            nl = chunk.find(b"\n")
-            if nl < 0:
-                return
-            self._skipping = False
-            chunk = chunk[nl + 1 :]
-            at += nl + 1
-        if self._carry:
-            chunk, at = self._carry + chunk, self._carry_at
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            for raw in chunk[:cut].split(b"\n"):
-                self._line += 1
-                yield self._line, at, raw.strip() if len(raw) <= self.max_line else None
-                at += len(raw) + 1
-            chunk = chunk[cut + 1 :]
-        if len(chunk) > self.max_line:
-            self._line += 1
-            self._skipping = True
-            self._carry = b""
-            yield self._line, at, None
-        else:
-            self._carry, self._carry_at = chunk, at
-
-    def finish(self) -> Iterator[tuple[int, int, bytes | None]]:
-        """The last line when the stream does not end with a newline."""
-        if self._carry:
-            self._line += 1
-            yield self._line, self._carry_at, self._carry.strip()
-        self._carry = b""
-
-
 # ---------------------------------------------------------------------- writing
 
 
@@ -335,6 +266,7 @@ class _Writer:
         self,
         app: web.Application,
         store: StoreConfig,
+        source: str,
         run: BackfillRun,
         *,
         commit_now: bool,
@@ -344,6 +276,7 @@ class _Writer:
         self.intake: Intake = app[keys.INTAKE]
         self.spool = app[keys.SPOOL]
         self.store = store
+        self.source = source
         self.run = run
         self.commit_now = commit_now
         self.commit_every_s = commit_every_s
@@ -359,8 +292,16 @@ class _Writer:
         _mark_history(records, self.zone)
         await self._drain_route()
         await yield_to_live(self.spool)
+        batch = Envelope(
+            source=self.source,
+            store=self.store.id,
+            records=records,
+            priority="bulk",
+            origin="backfill",
+            authorized=True,  # the admin token, checked by the handler
+        )
         self._route = asyncio.create_task(
-            self.intake.route(self.store, records, priority="bulk", origin="backfill"),
+            self.intake.ingest(batch),
             name=f"backfill-route-{self.run.id}",
         )
 
@@ -460,7 +401,7 @@ def _mark_history(records: list[Record], zone: ZoneInfo) -> None:
                 )
 
 
-async def yield_to_live(spool: SqliteSpool) -> None:
+async def yield_to_live(spool: Buffer) -> None:
     """Give the event loop away once, and for a bounded while more when live appends wait."""
     await asyncio.sleep(0)
     for _ in range(_LIVE_YIELDS):
@@ -523,8 +464,9 @@ async def backfill(request: web.Request) -> web.Response:
     ctype = media_type(request)
     adapter = get_adapter(source)
     csv_spec: MappingSpec | None = None
+    ctx = _context(request, store, ctype)
     if isinstance(adapter, MappingAdapter):
-        spec = adapter.spec_for(_context(request, store, ctype, load_mapping(cfg, store)))
+        spec = adapter.spec_for(ctx)
         if spec.format == "csv":
             if ctype not in CSV_TYPES:
                 raise UnsupportedMediaType(
@@ -535,14 +477,14 @@ async def backfill(request: web.Request) -> web.Response:
     state = app[BACKFILLS]
     run = state.start(store.id, source, params.offset, app[keys.CLOCK].now().isoformat())
     writer = _Writer(
-        app, store, run, commit_now=params.commit_now, commit_every_s=params.commit_every_s
+        app, store, source, run, commit_now=params.commit_now, commit_every_s=params.commit_every_s
     )
     error: BaseException | None = None
     try:
         if source == "canonical" and ctype in _STREAM_TYPES:
             await _stream_ndjson(request, run, writer, limit, cfg.http.max_body_bytes)
         elif csv_spec is not None:
-            await _stream_csv(request, run, writer, store, csv_spec, ctype, limit)
+            await _stream_csv(request, run, writer, csv_spec, ctx, limit)
         else:
             await _buffered(request, run, writer, store, source, ctype)
         await writer.finish(final=params.final)
@@ -642,16 +584,18 @@ async def _buffered(
     body = await read_body(request, min(cfg.http.max_body_bytes, cfg.http.max_backfill_bytes))
     run.bytes = len(body)
     intake: Intake = request.app[keys.INTAKE]
-    parsed = await asyncio.to_thread(
-        intake.parse,
-        source,
-        store,
-        body,
+    envelope = Envelope(
+        source=source,
+        store=store.id,
+        body=body,
         content_type=ctype,
         headers=dict(request.headers),
         topic=request.query.get("topic"),
         filename=request.query.get("filename"),
+        authorized=True,
     )
+    parsed = await asyncio.to_thread(intake.parse, envelope, store)
+    del envelope
     del body
     for r in parsed.rejected:
         run.reject(BackfillRejection(r.index, None, None, r.error, r.field))
@@ -665,165 +609,62 @@ async def _buffered(
 # ---------------------------------------------------------------------- mapping CSV exports
 
 
-def _context(
-    request: web.Request, store: StoreConfig, ctype: str, spec: MappingSpec | None
-) -> AdapterContext:
-    app = request.app
-    return AdapterContext(
-        store=store,
-        zone=app[keys.CONFIG].store_zone(store),
-        headers={k.lower(): v for k, v in request.headers.items()},
-        content_type=ctype,
-        received_at=app[keys.CLOCK].now(),
-        topic=request.query.get("topic"),
-        filename=request.query.get("filename"),
-        mapping=spec.as_context() if spec is not None else None,
+def _context(request: web.Request, store: StoreConfig, ctype: str) -> AdapterContext:
+    """The store's adapter context (built at start-up) for this request."""
+    return (
+        request.app[keys.INTAKE]
+        .context(store.id)
+        .for_push(
+            headers=request.headers,
+            content_type=ctype,
+            received_at=request.app[keys.CLOCK].now(),
+            topic=request.query.get("topic"),
+            filename=request.query.get("filename"),
+        )
     )
-
-
-class _Batch:
-    """What the CSV thread hands to the event loop: records, rejections, drops; or the end."""
-
-    __slots__ = ("dropped", "end", "error", "records", "rejected")
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.rejected: list[Rejection] = []
-        self.dropped: dict[str, int] = {}
-        self.end = False
-        self.error: BaseException | None = None
 
 
 async def _stream_csv(
     request: web.Request,
     run: BackfillRun,
     writer: _Writer,
-    store: StoreConfig,
     spec: MappingSpec,
-    ctype: str,
+    ctx: AdapterContext,
     limit: int,
 ) -> None:
-    """A mapping CSV export, streamed: the mapping's row iterators run in a worker thread.
+    """A mapping CSV export, streamed: the mapping's row reader runs on a worker thread.
 
-    The mapping adapter reads rows with the csv module over a *blocking* text stream
-    (`iter_csv_rows` + `iter_items(contiguous=True)`: a sale is emitted when its rows end, so
-    they must be adjacent). The thread reads lines from a bounded queue the event loop fills
-    from the request body, and hands back batches through a one-slot queue, so each side
-    waits for the other and neither holds more than a few network reads.
+    `csv_items` reads rows with the csv module over a *blocking* line iterator and emits a
+    sale when its rows end (so they must be adjacent); `run_threaded` feeds it lines decoded
+    from the request body and hands back batches, each side waiting for the other.
     """
-    loop = asyncio.get_running_loop()
-    ctx = _context(request, store, ctype, spec)
-    lines_q: asyncio.Queue[list[str] | None] = asyncio.Queue(maxsize=4)
-    out_q: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=1)
-    abort = threading.Event()
+    text = TextLines(spec.encoding)
 
-    def pull() -> Iterator[str]:  # on the thread
-        while not abort.is_set():
-            got = asyncio.run_coroutine_threadsafe(lines_q.get(), loop).result()
-            if got is None:
-                return
-            yield from got
-
-    def push(batch: _Batch) -> None:  # on the thread; waits while the loop is behind
-        if not abort.is_set():
-            asyncio.run_coroutine_threadsafe(out_q.put(batch), loop).result()
-
-    def work() -> None:  # the thread
-        batch = _Batch()
-        try:
-            lines = pull()
-            first = next(lines, None)
-            if first is not None:
-                _check_header(spec, ctx, first)
-                rows = iter_csv_rows(itertools.chain([first], lines), spec)
-                for item in iter_items(rows, spec, ctx, contiguous=True):
-                    if isinstance(item, Rejection):
-                        batch.rejected.append(item)
-                    elif isinstance(item, Dropped):
-                        batch.dropped[item.reason] = batch.dropped.get(item.reason, 0) + 1
-                    else:
-                        batch.records.append(item)
-                    if len(batch.records) + len(batch.rejected) >= BATCH_RECORDS:
-                        push(batch)
-                        batch = _Batch()
-                    if abort.is_set():
-                        return
-        except Exception as exc:  # noqa: BLE001 - handed to the loop, which raises it
-            batch.error = exc
-        batch.end = True
-        push(batch)
-
-    async def feed() -> None:
-        decoder = codecs.getincrementaldecoder(spec.encoding)()
-        carry = ""
+    async def feed() -> AsyncIterator[list[str]]:
         async for chunk in request.content.iter_chunked(READ_BYTES):
             if run.bytes + len(chunk) > limit:
                 raise PayloadTooLarge(
                     f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
                 )
-            try:
-                text = carry + decoder.decode(chunk)
-            except UnicodeDecodeError as exc:
-                raise RecordInvalid(
-                    f"not {spec.encoding} text (byte {run.bytes + exc.start}); "
-                    "set the mapping's `encoding`",
-                    field="$",
-                ) from None
+            lines = text.feed(chunk)
             run.bytes += len(chunk)
-            cut = text.rfind("\n") + 1
-            carry = text[cut:]
-            if cut:
-                # Universal newlines as in a file opened with newline="" (what csv expects).
-                await lines_q.put(list(io.StringIO(text[:cut], newline="")))
-        try:
-            carry += decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise RecordInvalid(f"not {spec.encoding} text (at the end)", field="$") from None
-        if carry:
-            await lines_q.put([carry])
-        await lines_q.put(None)
+            yield lines
+        yield text.finish()
 
-    async def consume() -> None:
-        while True:
-            batch = await out_q.get()
-            if batch.error is not None:
-                raise batch.error
-            for r in batch.rejected:
-                run.reject(BackfillRejection(r.index, None, None, r.error, r.field))
-            for reason, n in batch.dropped.items():
-                run.dropped[reason] = run.dropped.get(reason, 0) + n
-            run.records += len(batch.records) + len(batch.rejected)
-            if batch.records:
-                await writer.submit(batch.records)
-            if batch.end:
-                return
+    async def consume(items: list[Item]) -> None:
+        records: list[Record] = []
+        for item in items:
+            if isinstance(item, Rejection):
+                run.reject(BackfillRejection(item.index, None, None, item.error, item.field))
+                run.records += 1
+            elif isinstance(item, Dropped):
+                run.dropped[item.reason] = run.dropped.get(item.reason, 0) + 1
+            else:
+                records.append(item)
+        run.records += len(records)
+        if records:
+            await writer.submit(records)
 
-    thread = asyncio.ensure_future(asyncio.to_thread(work))
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(feed())
-            tg.create_task(consume())
-    except BaseExceptionGroup as group:
-        raise group.exceptions[0] from None
-    finally:
-        # Unblock the thread wherever it waits (a get gets the end, a put gets room), then
-        # await it: after `abort` it blocks at most once more, and both queues have room.
-        abort.set()
-        while not out_q.empty():
-            out_q.get_nowait()
-        while not lines_q.empty():
-            lines_q.get_nowait()
-        lines_q.put_nowait(None)
-        await asyncio.gather(asyncio.shield(thread), return_exceptions=True)
-
-
-def _check_header(spec: MappingSpec, ctx: AdapterContext, first_line: str) -> None:
-    """As `MappingAdapter.parse`: a file lacking a required column is refused whole."""
-    header = csv_header(first_line, spec)
-    file_type = record_type_for(spec, ctx.filename)
-    types: Iterable[RecordType] = ()
-    if spec.record_column is not None:
-        types = reachable_types(spec)
-    elif file_type is not None and file_type != "skip":
-        types = [file_type]
-    check_columns(spec, header, types)
+    await run_threaded(
+        feed(), lambda lines: csv_items(lines, spec, ctx), consume, batch=BATCH_RECORDS
+    )

@@ -21,7 +21,7 @@ from worker.buffers.sqlite_lists import QuarantineFilter
 from worker.committer import WindowResult
 from worker.config import POLICY_RULES, StoreConfig
 from worker.errors import NotFound, RecordInvalid
-from worker.intake import IngestOutcome, check_headers, rejections_json
+from worker.intake import Envelope, IngestOutcome, check_headers, rejections_json
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
 from worker.sinks.base import TRIGGER_STATES
 from worker.status_page import attention_order
@@ -59,14 +59,16 @@ async def push(request: web.Request) -> web.Response:
     check_headers(headers)
     body = await read_body(request, cfg.http.max_body_bytes)
     out = await intake.ingest(
-        source,
-        store.id,
-        body,
-        content_type=media_type(request),
-        headers=headers,
-        topic=headers.get("X-Shopify-Topic") or request.query.get("topic"),
-        filename=request.query.get("filename"),
-        authorized=True,
+        Envelope(
+            source=source,
+            store=store.id,
+            body=body,
+            content_type=media_type(request),
+            headers=headers,
+            topic=headers.get("X-Shopify-Topic") or request.query.get("topic"),
+            filename=request.query.get("filename"),
+            authorized=True,
+        )
     )
     return json_response(outcome_json(out), status=202)
 

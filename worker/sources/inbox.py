@@ -63,7 +63,7 @@ from worker import keys
 from worker.clock import Clock
 from worker.config import Config
 from worker.errors import ConfigError, PossyncError
-from worker.intake import IngestOutcome, Intake, NothingAcceptable
+from worker.intake import Envelope, IngestOutcome, Intake, NothingAcceptable
 from worker.sources import inbox_fs
 from worker.sources.http import outcome_json
 from worker.sources.inbox_fs import FAILED, PROCESSED, Entry, Listing, RefusedEntry
@@ -420,13 +420,15 @@ class Inbox:
         try:
             body = await asyncio.to_thread(inbox_fs.read, handle, entry, self.limit, LIMIT_HINT)
             outcome = await self.intake.ingest(
-                folder.source,
-                folder.store,
-                body,
-                content_type=content_type_for(entry.name),
-                filename=entry.name,
-                priority="bulk",
-                authorized=True,
+                Envelope(
+                    source=folder.source,
+                    store=folder.store,
+                    body=body,
+                    content_type=content_type_for(entry.name),
+                    filename=entry.name,
+                    priority="bulk",
+                    authorized=True,
+                )
             )
         except inbox_fs.Vanished:
             log.info("inbox: %s vanished before it was read", path)

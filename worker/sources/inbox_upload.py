@@ -1,7 +1,7 @@
 """`POST /v1/files/{source}/{store}`: one export file uploaded, ingested like a drop-folder file.
 
     POST /v1/files/{source}/{store}?filename=NAME   (store token or admin; body = the file)
-        -> Intake.ingest(priority="bulk", authorized=True)
+        -> Intake.ingest(Envelope(priority="bulk", authorized=True))
         -> 202 {"accepted", "duplicates", "rejected", "dropped", "visible_at"}
 
 Also home of what the drop folders and the uploads share: the size limit and the content
@@ -19,7 +19,7 @@ from aiohttp.multipart import content_disposition_filename, parse_content_dispos
 
 from worker import keys
 from worker.config import Config
-from worker.intake import check_headers
+from worker.intake import Envelope, check_headers
 from worker.sources.http import outcome_json
 from worker.web import bearer, json_response, media_type, read_body, route_source
 
@@ -87,15 +87,17 @@ async def upload(request: web.Request) -> web.Response:
     filename = upload_filename(request)
     body = await read_body(request, file_limit(app[keys.CONFIG]))
     out = await intake.ingest(
-        source,
-        store.id,
-        body,
-        content_type=upload_content_type(request, filename),
-        headers=headers,
-        topic=request.query.get("topic"),
-        filename=filename,
-        priority="bulk",
-        authorized=True,
+        Envelope(
+            source=source,
+            store=store.id,
+            body=body,
+            content_type=upload_content_type(request, filename),
+            headers=headers,
+            topic=request.query.get("topic"),
+            filename=filename,
+            priority="bulk",
+            authorized=True,
+        )
     )
     inbox = app.get(INBOX)
     if inbox is not None:

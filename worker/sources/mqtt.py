@@ -1,5 +1,11 @@
 """MQTT source: `{prefix}/{source}/{store}/{kind}` in, PUBACK only once the intake made it durable.
 
+The policy: topics -> `Envelope` -> `Ingest.ingest`, when to acknowledge, what to publish
+on refusal, retries and reconnects. The socket, paho and the PUBACK ordering are
+`worker.sources.mqtt_client.Connection`, which reports back through `ConnectionEvents`
+(this `MqttSource` implements them). The connection loop is a task owned by the app's
+`Health` registry, so `/readyz` shows `task:mqtt` dead if it dies.
+
 Why paho-mqtt directly, not aiomqtt
 -----------------------------------
 aiomqtt 2.x (2.5.1 here) builds its paho client with the default `manual_ack=False`, so paho
@@ -60,68 +66,40 @@ import contextlib
 import logging
 import random
 import re
-import socket
-import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import unquote
 
 import msgspec
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from worker.adapters.base import Rejection
 from worker.clock import Clock
 from worker.config import Config, MqttConfig
 from worker.errors import PossyncError, RecordInvalid, Unavailable
-from worker.intake import MAX_REJECTIONS
+from worker.health import Health
+from worker.intake import MAX_REJECTIONS, Envelope, Ingest
+from worker.sources.mqtt_client import (
+    SESSION_EXPIRY_S,
+    ConnectFlags,
+    Connection,
+    Message,
+    Refused,
+)
 
 log = logging.getLogger("possync.mqtt")
 
-SESSION_EXPIRY_S: Final = 0xFFFFFFFF  # MQTT 5: "never expires", like a v3.1.1 persistent session
+__all__ = ["SESSION_EXPIRY_S", "MqttSource", "MqttState", "open_mqtt_source"]
+
 CANONICAL_KINDS: Final = frozenset({"customer", "product", "sale", "void", "batch", "ndjson"})
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"
 _BACKOFF_BASE_S: Final = 0.5
 _STABLE_S: Final = 10.0  # a connection up this long resets the reconnect backoff
-_TICK_S: Final = 1.0  # paho's keepalive bookkeeping runs on real time (time.monotonic)
 _FORM_LINE = re.compile(rb"^[A-Za-z0-9_.~%+\[\]-]+=[^,\t]*$")
 _NOTICE = msgspec.json.Encoder(decimal_format="string")
-
-_PENDING, _DONE, _ABANDONED = 0, 1, 2
-
-
-class IngestOutcomeLike(Protocol):
-    """What the source reads from `Intake.ingest`'s result."""
-
-    @property
-    def rejected(self) -> Sequence[Rejection]:
-        """Items of the payload that could not be read (the rest were accepted)."""
-        ...
-
-
-class IntakeLike(Protocol):
-    """The slice of `worker.intake.Intake` the source uses."""
-
-    async def ingest(
-        self,
-        source: str,
-        store_id: str,
-        body: bytes,
-        *,
-        content_type: str,
-        headers: Mapping[str, str] | None = None,
-        topic: str | None = None,
-        authorized: bool = False,
-    ) -> IngestOutcomeLike:
-        """Parse, route and durably write one payload."""
-        ...
 
 
 class MqttState(msgspec.Struct, kw_only=True):
@@ -154,10 +132,6 @@ class _Route(msgspec.Struct, frozen=True):
     store: str
     kind: str  # the raw topic level, as published
     topic: str  # `kind` percent-decoded: passed to ingest as `topic=`
-
-
-class _Refused(Exception):
-    """The broker refused CONNECT or SUBSCRIBE."""
 
 
 def parse_topic(prefix: str, topic: str) -> _Route:
@@ -220,348 +194,9 @@ def is_transient(exc: PossyncError) -> bool:
 class _Inbound:
     __slots__ = ("conn", "msg")
 
-    def __init__(self, conn: _Conn, msg: paho.MQTTMessage) -> None:
+    def __init__(self, conn: Connection, msg: Message) -> None:
         self.conn = conn
         self.msg = msg
-
-
-class _Conn:
-    """One broker connection: a fresh paho client per attempt, driven by the asyncio loop."""
-
-    def __init__(self, owner: MqttSource, gen: int) -> None:
-        self.owner = owner
-        self.gen = gen
-        cfg = owner.cfg
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.get_ident()
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=cfg.client_id,
-            protocol=paho.MQTTv5,
-            reconnect_on_failure=False,
-            manual_ack=True,
-        )
-        client.connect_timeout = float(min(cfg.keepalive_s, 10))
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
-        self.client = client
-        self.connack: asyncio.Future[paho.ConnectFlags] = self._loop.create_future()
-        self.closed: asyncio.Future[str] = self._loop.create_future()
-        # Set when the connection is gone or the source stops: held messages give up.
-        self.release = asyncio.Event()
-        self._subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
-        self._pubacks: dict[int, asyncio.Future[ReasonCode]] = {}
-        # QoS 1 mids in arrival order -> _PENDING/_DONE/_ABANDONED (invariant 2).
-        self._order: dict[int, int] = {}
-        self._fd: int | None = None
-        self._reading = False
-        self._want_read = True
-        self._timer: asyncio.TimerHandle | None = None
-
-    # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def alive(self) -> bool:
-        """Connected (or connecting) and not yet closed."""
-        return not self.closed.done()
-
-    async def open(self) -> paho.ConnectFlags:
-        """TCP connect + CONNECT, then wait for a successful CONNACK."""
-        cfg = self.owner.cfg
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = SESSION_EXPIRY_S
-        props.ReceiveMaximum = min(cfg.max_inflight, 65535)
-
-        def connect() -> MQTTErrorCode:
-            return self.client.connect(
-                cfg.host, cfg.port, cfg.keepalive_s, clean_start=False, properties=props
-            )
-
-        # paho's connect() blocks on DNS and the TCP handshake: run it in a thread. Its socket
-        # callbacks then fire on that thread; `_call` hops them onto the loop.
-        fut = self._loop.run_in_executor(None, connect)
-        try:
-            rc = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            # The thread may still open a socket: close it when it does.
-            fut.add_done_callback(lambda _: self.abort("cancelled while connecting"))
-            raise
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"connect failed: {paho.error_string(rc)}")
-        waiters: set[asyncio.Future[Any]] = {self.connack, self.closed}
-        await asyncio.wait(waiters, timeout=cfg.keepalive_s, return_when=asyncio.FIRST_COMPLETED)
-        if self.connack.done():
-            return self.connack.result()  # raises _Refused on a negative CONNACK
-        if self.closed.done():
-            raise ConnectionError(f"closed before CONNACK: {self.closed.result()}")
-        raise TimeoutError(f"no CONNACK within {cfg.keepalive_s} s")
-
-    async def subscribe(self, topic: str) -> None:
-        """SUBSCRIBE at QoS 1 and wait for a SUBACK that grants QoS 1."""
-        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
-        rc, mid = self.client.subscribe(topic, options=options)
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            raise ConnectionError(f"subscribe failed: {paho.error_string(rc)}")
-        fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
-        self._subacks[mid] = fut
-        codes = await asyncio.wait_for(fut, timeout=self.owner.cfg.keepalive_s)
-        if not codes or codes[0].is_failure or codes[0].value < 1:
-            # Granted QoS 0 would mean no acks and no redelivery: refuse to run like that.
-            raise _Refused(f"broker did not grant QoS 1 on {topic}: {codes}")
-
-    async def publish(self, topic: str, payload: bytes) -> bool:
-        """QoS 1 publish; True once the broker PUBACKed it, False if the connection is gone."""
-        if not self.alive:
-            return False
-        info = self.client.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
-        fut: asyncio.Future[ReasonCode] = self._loop.create_future()
-        self._pubacks[info.mid] = fut
-        try:
-            reason = await asyncio.wait_for(fut, timeout=self.owner.cfg.keepalive_s)
-        except (TimeoutError, ConnectionError):
-            return False
-        finally:
-            self._pubacks.pop(info.mid, None)
-        if reason.is_failure:
-            # e.g. "Not authorized" by an ACL: retrying cannot help; the count and the log remain.
-            log.warning("broker refused publish to %s: %s", topic, reason)
-        return True
-
-    def disconnect(self) -> None:
-        """Queue a DISCONNECT behind every pending PUBACK (the session survives it)."""
-        if self.alive:
-            self.client.disconnect()
-
-    def abort(self, reason: str) -> None:
-        """Drop the connection without DISCONNECT, as a network failure would."""
-        if not self.alive:
-            return
-        sock = self.client.socket()
-        if sock is None:
-            self._closed(reason)
-            return
-        shutdown = getattr(sock, "shutdown", None)  # plain and TLS sockets; not websockets
-        if shutdown is not None:
-            with contextlib.suppress(OSError):
-                shutdown(socket.SHUT_RDWR)
-        try:
-            # Read the EOF now: paho closes its socket and reports the disconnect.
-            self.client.loop_read()
-        except Exception:  # paho is already broken here: just stop watching the fd
-            log.exception("MQTT abort: paho failed reading EOF")
-            self._unwatch()
-        self._closed(reason)
-
-    # -- acknowledgements (invariants 1-3) -------------------------------------------
-
-    def arrived(self, msg: paho.MQTTMessage) -> bool:
-        """Record a QoS 1 arrival in order; False if this mid is already in flight here."""
-        if msg.qos == 0:
-            return True
-        if msg.mid in self._order:
-            return False
-        self._order[msg.mid] = _PENDING
-        return True
-
-    def complete(self, msg: paho.MQTTMessage) -> None:
-        """The message is durable (or refused for good): ack it once its turn comes."""
-        if msg.qos == 0 or msg.mid not in self._order:
-            return
-        self._order[msg.mid] = _DONE
-        if not self.alive:
-            return
-        while self._order:
-            mid, status = next(iter(self._order.items()))
-            if status != _DONE:
-                break
-            try:
-                self.client.ack(mid, 1)
-            except (RuntimeError, OSError, ValueError) as exc:
-                # The PUBACK cannot be sent: the message stays un-acked and the broker
-                # re-sends it on the next session (ingest is idempotent).
-                self._loop.call_soon(self.abort, f"ack failed: {exc}")
-                break
-            del self._order[mid]
-            self.owner.state.acked += 1
-        self.owner._changed()
-
-    def abandon(self, msg: paho.MQTTMessage) -> None:
-        """Never ack this message here: the broker re-sends it on the next session."""
-        if msg.qos == 0 or msg.mid not in self._order:
-            return
-        self._order[msg.mid] = _ABANDONED
-        self.owner.state.abandoned += 1
-        self.owner._changed()
-
-    # -- reading / backpressure ------------------------------------------------------
-
-    def pause_reading(self) -> None:
-        """Stop reading the socket (TCP backpressure reaches the broker)."""
-        self._want_read = False
-        if self._reading and self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._reading = False
-
-    def resume_reading(self) -> None:
-        """Read the socket again."""
-        self._want_read = True
-        if not self._reading and self._fd is not None:
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
-
-    def _on_readable(self) -> None:
-        try:
-            self.client.loop_read()
-        except Exception as exc:  # a broken packet or socket ends this connection only
-            log.exception("MQTT read failed")
-            self.abort(f"read failed: {exc!r}")
-
-    def _on_writable(self) -> None:
-        try:
-            self.client.loop_write()
-        except Exception as exc:  # as above: reconnect; the session keeps our state
-            log.exception("MQTT write failed")
-            self.abort(f"write failed: {exc!r}")
-
-    def _tick(self) -> None:
-        self._timer = None
-        if self._fd is None:
-            return
-        self.client.loop_misc()  # keepalive PINGREQ / PINGRESP timeout
-        if self._fd is not None:
-            self._timer = self._loop.call_later(_TICK_S, self._tick)
-
-    def _closed(self, reason: str) -> None:
-        if self.closed.done():
-            return
-        self.closed.set_result(reason)
-        self.release.set()
-        pending: list[asyncio.Future[Any]] = [*self._subacks.values(), *self._pubacks.values()]
-        for fut in pending:
-            if not fut.done():
-                fut.set_exception(ConnectionError(reason))
-        self._subacks.clear()
-        self.owner._conn_closed(self, reason)
-
-    # -- paho callbacks (VERSION2 signatures) ----------------------------------------
-
-    def _call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run on the loop thread: now if we are on it, else hop (connect runs in a thread)."""
-        if threading.get_ident() == self._thread:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._watch, sock.fileno())
-
-    def _watch(self, fd: int) -> None:
-        self._fd = fd
-        if self._want_read:
-            self.resume_reading()
-        self._timer = self._loop.call_later(_TICK_S, self._tick)
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._unwatch)
-
-    def _unwatch(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            # The fd may already be closed when this hop came from the connect thread.
-            with contextlib.suppress(OSError, ValueError):
-                self._loop.remove_reader(fd)
-                self._loop.remove_writer(fd)
-        self._reading = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._add_writer, sock.fileno())
-
-    def _add_writer(self, fd: int) -> None:
-        if fd == self._fd:
-            try:
-                self._loop.add_writer(fd, self._on_writable)
-            except (RuntimeError, OSError, ValueError) as exc:
-                # The broker closed the socket under us (uvloop: "handler is closed"). Treat
-                # it as a lost connection; the owner reconnects and the broker re-sends.
-                self._loop.call_soon(self.abort, f"socket closed: {exc}")
-
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._call(self._remove_writer, sock.fileno())
-
-    def _remove_writer(self, fd: int) -> None:
-        if fd == self._fd:
-            self._loop.remove_writer(fd)
-
-    def _on_connect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.ConnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        self._call(self._connacked, flags, reason)
-
-    def _connacked(self, flags: paho.ConnectFlags, reason: ReasonCode) -> None:
-        if self.connack.done():
-            return
-        if reason.is_failure:
-            self.connack.set_exception(_Refused(f"broker refused CONNECT: {reason}"))
-        else:
-            self.connack.set_result(flags)
-            self.owner._conn_up(self, flags)
-
-    def _on_disconnect(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        flags: paho.DisconnectFlags,
-        reason: ReasonCode,
-        props: Properties | None,
-    ) -> None:
-        who = "broker" if flags.is_disconnect_packet_from_server else "connection"
-        self._call(self._closed, f"{who}: {reason}")
-
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        codes: list[ReasonCode],
-        props: Properties | None,
-    ) -> None:
-        fut = self._subacks.pop(mid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(codes)
-
-    def _on_publish(
-        self,
-        client: paho.Client,
-        userdata: Any,
-        mid: int,
-        reason: ReasonCode,
-        props: Properties,
-    ) -> None:
-        fut = self._pubacks.get(mid)
-        if fut is not None and not fut.done():
-            fut.set_result(reason)
-
-    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        self.owner._on_message(self, msg)
 
 
 class MqttSource:
@@ -570,7 +205,7 @@ class MqttSource:
     def __init__(
         self,
         cfg: MqttConfig,
-        intake: IntakeLike,
+        intake: Ingest,
         clock: Clock,
         *,
         rng: random.Random | None = None,
@@ -581,7 +216,7 @@ class MqttSource:
         self._clock = clock
         self._rng = rng or random.Random()
         self._stop = asyncio.Event()
-        self._conn: _Conn | None = None
+        self._conn: Connection | None = None
         self._gen = 0
         self._queue: deque[_Inbound] = deque()
         self._running: set[asyncio.Task[None]] = set()
@@ -714,7 +349,7 @@ class MqttSource:
     async def _session(self) -> bool:
         """One connection from connect to close. True if it got as far as subscribing."""
         self._gen += 1
-        conn = _Conn(self, self._gen)
+        conn = Connection(self.cfg, self, self._gen)
         self._conn = conn
         subscribed = False
         try:
@@ -731,7 +366,7 @@ class MqttSource:
                 stop.cancel()
             if self._stop.is_set() and conn.alive:
                 await self._drain(conn)
-        except (OSError, TimeoutError, _Refused) as exc:  # ConnectionError is an OSError
+        except (OSError, TimeoutError, Refused) as exc:  # ConnectionError is an OSError
             self._error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
             log.warning("MQTT connection to %s:%d failed: %s", self.cfg.host, self.cfg.port, exc)
         finally:
@@ -741,7 +376,7 @@ class MqttSource:
             self._changed()
         return subscribed
 
-    async def _drain(self, conn: _Conn) -> None:
+    async def _drain(self, conn: Connection) -> None:
         """Graceful stop: finish running ingests, send their acks, then DISCONNECT."""
         conn.release.set()  # held retries give up now
         for item in self._queue:
@@ -754,8 +389,10 @@ class MqttSource:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(conn.closed), timeout=self.cfg.keepalive_s)
 
-    def _conn_up(self, conn: _Conn, flags: paho.ConnectFlags) -> None:
-        # Called from the CONNACK itself: re-sent messages may follow in the same read.
+    # -- ConnectionEvents ------------------------------------------------------------
+
+    def connected(self, conn: Connection, flags: ConnectFlags) -> None:
+        """CONNACK: called from the CONNACK itself; re-sent messages may follow in the same read."""
         self.state.connected = True
         self.state.connected_since = self._clock.now()
         self.state.session_present = flags.session_present
@@ -771,7 +408,8 @@ class MqttSource:
         log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
         self._changed()
 
-    def _conn_closed(self, conn: _Conn, reason: str) -> None:
+    def closed(self, conn: Connection, reason: str) -> None:
+        """The connection is gone: not ready, and say why (unless we are stopping)."""
         if conn is not self._conn or not self.state.connected:
             return
         self.state.connected = False
@@ -790,7 +428,18 @@ class MqttSource:
 
     # -- dispatch ----------------------------------------------------------------------
 
-    def _on_message(self, conn: _Conn, msg: paho.MQTTMessage) -> None:
+    def acked(self, conn: Connection, count: int) -> None:
+        """PUBACKs sent."""
+        self.state.acked += count
+        self._changed()
+
+    def abandoned(self, conn: Connection) -> None:
+        """A message left un-acked (the broker re-sends it)."""
+        self.state.abandoned += 1
+        self._changed()
+
+    def message(self, conn: Connection, msg: Message) -> None:
+        """A PUBLISH: queued for an ingest slot (in arrival order)."""
         self.state.received += 1
         if msg.dup:
             self.state.redelivered += 1
@@ -851,7 +500,15 @@ class MqttSource:
             return
         headers, declared = _headers_of(msg.properties)
         payload = bytes(msg.payload)
-        content_type = content_type_for(route.kind, payload, declared)
+        envelope = Envelope(
+            source=route.source,
+            store=route.store,
+            body=payload,
+            content_type=content_type_for(route.kind, payload, declared),
+            headers=headers,
+            topic=route.topic,
+            authorized=True,  # over MQTT, authentication is the broker's job
+        )
         attempt = 0
         while True:
             if not conn.alive:
@@ -859,15 +516,7 @@ class MqttSource:
                 return
             retry_after: float = 0.0
             try:
-                outcome = await self._intake.ingest(
-                    route.source,
-                    route.store,
-                    payload,
-                    content_type=content_type,
-                    headers=headers,
-                    topic=route.topic,
-                    authorized=True,  # over MQTT, authentication is the broker's job
-                )
+                outcome = await self._intake.ingest(envelope)
             except PossyncError as exc:
                 if not is_transient(exc):
                     await self._reject(item, exc)
@@ -913,7 +562,9 @@ class MqttSource:
         # start a new session, where the broker re-sends it and we try again.
         conn.abort("rejection notice was not acknowledged")
 
-    async def _notice_items(self, conn: _Conn, topic: str, rejected: Sequence[Rejection]) -> None:
+    async def _notice_items(
+        self, conn: Connection, topic: str, rejected: Sequence[Rejection]
+    ) -> None:
         """Accepted payload with refused items: publish them (best effort, the ack does not wait on it)."""
         self.state.items_rejected += len(rejected)
         self._changed()
@@ -933,33 +584,31 @@ class MqttSource:
 @contextlib.asynccontextmanager
 async def open_mqtt_source(
     cfg: Config,
-    intake: IntakeLike,
+    intake: Ingest,
     clock: Clock,
     *,
+    health: Health | None = None,
     drain_timeout_s: float = 10.0,
     rng: random.Random | None = None,
 ) -> AsyncIterator[MqttSource]:
-    """Run the MQTT subscriber for the life of the context; on exit drain, cancel AND await it."""
+    """Run the MQTT subscriber for the life of the context; on exit drain, cancel AND await it.
+
+    The connection loop is `health`'s owned task `mqtt` (the app's registry: /readyz shows
+    `task:mqtt` dead when it dies); without one, a private registry owns it.
+    """
     source = MqttSource(cfg.mqtt, intake, clock, rng=rng)
     if not cfg.mqtt.enabled:
         yield source
         return
-    task = asyncio.create_task(source._run(), name="possync.mqtt")
-    source._task = task
-    task.add_done_callback(source._task_done)
-    try:
-        yield source
-    finally:
-        source._stop.set()
-        source.state.stopping = True
-        source._changed()
+    async with (health or Health()).owned_task("mqtt", source._run()) as task:
+        source._task = task
+        task.add_done_callback(source._task_done)
         try:
+            yield source
+        finally:
+            source._stop.set()
+            source.state.stopping = True
+            source._changed()
             if not task.done():
                 await asyncio.wait({task}, timeout=drain_timeout_s)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await task
-                except Exception:  # noqa: BLE001 - already logged and exposed by _task_done
-                    log.debug("MQTT subscriber ended with an error during shutdown")
+        # Leaving `owned_task` cancels the loop if it outlived the drain, and awaits it.

@@ -18,9 +18,10 @@ Where a mapping comes from (`load_mapping(cfg, store)`, at start-up):
    differs: tables merge key by key, the overriding side wins.
 3. The result is validated (unknown keys, unknown canonical fields, bad strptime formats,
    enumeration values, required fields per record type) and any problem raises `ConfigError`
-   naming the key. `MappingSpec.as_context()` is what goes into `AdapterContext.mapping`.
+   naming the key. The compiled `MappingSpec` goes into `AdapterContext.spec` (built once
+   per store at start-up, `worker.adapters.store_context`); `as_context()` is its dict form.
 
-Reading (`parse`, or `iter_csv_rows` + `iter_items` for streaming backfills):
+Reading (`parse`, or `csv_items` over text lines for streaming backfills):
 
 - Rows are read one by one (csv module over a text stream). Columns a mapping names but the
   file lacks read as empty, except required ones (record id, sale time): a missing required
@@ -45,7 +46,7 @@ Reading (`parse`, or `iter_csv_rows` + `iter_items` for streaming backfills):
   do-not-contact flag with `flag = "blocked"` (yes = `opted_out`, no = `unknown`).
 """
 
-from worker.adapters.mapping.adapter import MappingAdapter
+from worker.adapters.mapping.adapter import MappingAdapter, check_header, csv_items
 from worker.adapters.mapping.build import (
     Item,
     check_columns,
@@ -96,8 +97,10 @@ __all__ = [
     "builtin_names",
     "builtin_table",
     "check_columns",
+    "check_header",
     "compile_spec",
     "csv_header",
+    "csv_items",
     "iter_csv_rows",
     "iter_items",
     "iter_json_rows",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 
 from worker.adapters.base import AdapterContext, Parsed, Rejection
@@ -57,7 +58,9 @@ class MappingAdapter:
         self._builtin: MappingSpec | None = None
 
     def spec_for(self, ctx: AdapterContext) -> MappingSpec:
-        """The mapping this payload is read with."""
+        """The mapping this payload is read with (the store's, compiled once at start-up)."""
+        if ctx.spec is not None:
+            return ctx.spec
         if ctx.mapping is not None:
             return compile_spec(ctx.mapping, f"stores.{ctx.store.id}.mapping")
         if self._builtin is None:
@@ -89,12 +92,7 @@ class MappingAdapter:
                     f"not {spec.encoding} text (byte {exc.start}); set the mapping's `encoding`",
                     field="$",
                 ) from None
-            header = csv_header(text, spec)
-            file_type = record_type_for(spec, ctx.filename or ctx.topic)
-            if spec.record_column is not None:
-                check_columns(spec, header, reachable_types(spec))
-            elif file_type is not None and file_type != "skip":
-                check_columns(spec, header, [file_type])
+            check_header(spec, csv_header(text, spec), ctx.filename or ctx.topic)
             items = list(
                 iter_items(
                     iter_csv_rows(io.StringIO(text, newline=""), spec), spec, ctx, contiguous=False
@@ -113,3 +111,30 @@ class MappingAdapter:
             raise RecordInvalid(only.error, field=only.field)
         out.records = keep_last(out.records)
         return out
+
+
+def check_header(spec: MappingSpec, header: list[str], name: str | None) -> None:
+    """RecordInvalid naming the column when a CSV header lacks one its record types require.
+
+    `name` is the file name (or topic) that may select the record type.
+    """
+    file_type = record_type_for(spec, name)
+    if spec.record_column is not None:
+        check_columns(spec, header, reachable_types(spec))
+    elif file_type is not None and file_type != "skip":
+        check_columns(spec, header, [file_type])
+
+
+def csv_items(lines: Iterator[str], spec: MappingSpec, ctx: AdapterContext) -> Iterator[Item]:
+    """Streaming read of a CSV export from its text lines, in bounded memory.
+
+    The header (first line) is checked as `parse` checks it (by `ctx.filename`), then each
+    customer, product or sale is yielded as its rows end (`iter_items(contiguous=True)`: a
+    sale's rows must be adjacent), with rejections and drops in between.
+    """
+    first = next(lines, None)
+    if first is None:
+        return
+    check_header(spec, csv_header(first, spec), ctx.filename)
+    rows = iter_csv_rows(itertools.chain([first], lines), spec)
+    yield from iter_items(rows, spec, ctx, contiguous=True)
