@@ -35,7 +35,7 @@ from tests.test_sinks import (  # the contract suite's backends and builders
 from worker import pages
 from worker.buffers.sqlite import SqliteSpool
 from worker.records import Sale
-from worker.sinks.base import Sink
+from worker.sinks.base import ClientBook
 
 if TYPE_CHECKING:
     from tests.plugins.postgres import PostgresServer
@@ -56,7 +56,9 @@ def sale_at(sid: str, minute: int, *, customer: str | None = None, day: date = D
     return msgspec.structs.replace(base, occurred_at=at)
 
 
-async def commit(sink_: Sink, batch_id: str, sales: Sequence[Sale], store: str = STORE) -> None:
+async def commit(
+    sink_: ClientBook, batch_id: str, sales: Sequence[Sale], store: str = STORE
+) -> None:
     """Commit `sales` in batches of 1,000 straight through the sink (one transaction each)."""
     for n in range(0, len(sales), 1000):
         chunk = sales[n : n + 1000]
@@ -67,7 +69,7 @@ async def commit(sink_: Sink, batch_id: str, sales: Sequence[Sale], store: str =
 # -- the sink functions, over both sinks ---------------------------------------------------
 
 
-async def test_sales_log_keyset_pages_cover_the_date_once_in_order(sink: Sink) -> None:
+async def test_sales_log_keyset_pages_cover_the_date_once_in_order(sink: ClientBook) -> None:
     sales = [
         sale_at(f"s{i:03d}", i // 4, customer="c1" if i % 3 == 0 else None) for i in range(120)
     ]
@@ -94,7 +96,7 @@ async def test_sales_log_keyset_pages_cover_the_date_once_in_order(sink: Sink) -
 
 
 async def test_sales_log_rows_committed_between_pages_come_once_or_before_the_cursor(
-    sink: Sink,
+    sink: ClientBook,
 ) -> None:
     await commit(sink, "b1", [sale_at(f"s{i:02d}", i) for i in range(30)], store="s1")
     first = await sink.sales_log("s1", DAY, 10)
@@ -119,7 +121,9 @@ async def test_sales_log_rows_committed_between_pages_come_once_or_before_the_cu
     assert len(ids) == 32
 
 
-async def test_trigger_events_page_newest_first_and_filter_by_state_and_rule(sink: Sink) -> None:
+async def test_trigger_events_page_newest_first_and_filter_by_state_and_rule(
+    sink: ClientBook,
+) -> None:
     sales = [sale_at(f"t{i:02d}", i) for i in range(40)]
     triggers = []
     for i, s in enumerate(sales):

@@ -23,6 +23,7 @@ import msgspec
 import pytest
 
 from worker.api_format import sale_detail
+from worker.batch import CommitBatch, CommitOutcome, Manifest, SaleRow, TriggerEvent
 from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
 from worker.errors import SinkError
 from worker.records import (
@@ -37,17 +38,7 @@ from worker.records import (
     sum_decimals,
 )
 from worker.sinks import open_sink, postgres_schema, sqlite_schema
-from worker.sinks.base import (
-    SALE_LOG_COLUMNS,
-    CommitBatch,
-    CommitOutcome,
-    EntityOutcome,
-    Manifest,
-    ReportRow,
-    SaleRow,
-    Sink,
-    TriggerEvent,
-)
+from worker.sinks.base import SALE_LOG_COLUMNS, ClientBook, EntityOutcome, ReportRow
 from worker.sinks.sqlite import open_sqlite_sink
 
 if TYPE_CHECKING:
@@ -77,7 +68,7 @@ class Backend:
     def config(self) -> Config:
         raise NotImplementedError
 
-    def open(self) -> AbstractAsyncContextManager[Sink]:
+    def open(self) -> AbstractAsyncContextManager[ClientBook]:
         """Through the registry, as the service does."""
         return open_sink(self.config())
 
@@ -191,7 +182,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 
 @pytest.fixture
-async def sink(backend: Backend) -> AsyncIterator[Sink]:
+async def sink(backend: Backend) -> AsyncIterator[ClientBook]:
     async with backend.open() as opened:
         yield opened
 
@@ -296,7 +287,7 @@ def subset(got: dict[str, Any] | None, expected: dict[str, Any]) -> dict[str, An
 # -- entities -------------------------------------------------------------------------------
 
 
-async def test_upsert_never_goes_back_in_version(sink: Sink) -> None:
+async def test_upsert_never_goes_back_in_version(sink: ClientBook) -> None:
     v1 = Customer(id="c1", first_name="Ann", email="ann@example.com", version=1)
     v2 = Customer(id="c1", first_name="Anna", email="anna@example.com", version=2)
     assert await sink.upsert_entities(STORE, [v1]) == EntityOutcome(applied=1, stale=0)
@@ -311,7 +302,7 @@ async def test_upsert_never_goes_back_in_version(sink: Sink) -> None:
     assert await sink.get_customer("other", "c1") is None
 
 
-async def test_upsert_versions_come_from_updated_at(sink: Sink) -> None:
+async def test_upsert_versions_come_from_updated_at(sink: ClientBook) -> None:
     old = Product(id="p1", name="Ring", price=Decimal("100.00"), updated_at=T0)
     new = Product(
         id="p1", name="Gold ring", price=Decimal("120.50"), updated_at=T0 + timedelta(seconds=1)
@@ -326,7 +317,7 @@ async def test_upsert_versions_come_from_updated_at(sink: Sink) -> None:
     assert (await sink.upsert_entities(STORE, [Product(id="p1", name="x", version=5)])).stale == 1
 
 
-async def test_upsert_many_in_one_call_keeps_the_newest(sink: Sink) -> None:
+async def test_upsert_many_in_one_call_keeps_the_newest(sink: ClientBook) -> None:
     records: list[Entity] = [
         Customer(id="c1", first_name="v2", version=2),
         Customer(id="c1", first_name="v1", version=1),
@@ -344,7 +335,7 @@ async def test_upsert_many_in_one_call_keeps_the_newest(sink: Sink) -> None:
 # -- commit_sales ---------------------------------------------------------------------------
 
 
-async def test_commit_writes_sales_lines_tenders_triggers_and_manifest(sink: Sink) -> None:
+async def test_commit_writes_sales_lines_tenders_triggers_and_manifest(sink: ClientBook) -> None:
     s1 = make_sale(
         "s-1",
         "30.00",
@@ -384,7 +375,7 @@ async def test_commit_writes_sales_lines_tenders_triggers_and_manifest(sink: Sin
     ]
 
 
-async def test_rerunning_a_committed_batch_changes_nothing(sink: Sink) -> None:
+async def test_rerunning_a_committed_batch_changes_nothing(sink: ClientBook) -> None:
     s1 = make_sale("s-1")
     batch = make_batch("b1", [s1], voids=[make_void("ghost")], triggers=[make_trigger(s1, T0)])
     first = await sink.commit_sales(batch)
@@ -398,7 +389,9 @@ async def test_rerunning_a_committed_batch_changes_nothing(sink: Sink) -> None:
     assert other == CommitOutcome(batch_id="b2", unchanged=1, triggers=0)
 
 
-async def test_older_version_is_left_alone_newer_replaces_lines_and_tenders(sink: Sink) -> None:
+async def test_older_version_is_left_alone_newer_replaces_lines_and_tenders(
+    sink: ClientBook,
+) -> None:
     v2 = make_sale(
         "s-1",
         "20.00",
@@ -434,7 +427,7 @@ async def test_older_version_is_left_alone_newer_replaces_lines_and_tenders(sink
     assert (counts["sales"], counts["sale_lines"], counts["tenders"]) == (1, 1, 1)
 
 
-async def test_a_batch_with_two_versions_of_a_sale_keeps_the_newest(sink: Sink) -> None:
+async def test_a_batch_with_two_versions_of_a_sale_keeps_the_newest(sink: ClientBook) -> None:
     old, new = make_sale("s-1", "1.00", version=1), make_sale("s-1", "2.00", version=2)
     out = await sink.commit_sales(make_batch("b1", [new, old]))
     assert out == CommitOutcome(batch_id="b1", inserted=1, unchanged=1)
@@ -442,7 +435,7 @@ async def test_a_batch_with_two_versions_of_a_sale_keeps_the_newest(sink: Sink) 
     assert got is not None and got["total"] == "2.00"
 
 
-async def test_sale_versions_from_updated_at(sink: Sink) -> None:
+async def test_sale_versions_from_updated_at(sink: ClientBook) -> None:
     later = make_sale("s-1", "2.00", version=None, updated_at=T0 + timedelta(minutes=5))
     earlier = make_sale("s-1", "1.00", version=None, updated_at=T0)
     await sink.commit_sales(make_batch("b1", [later]))
@@ -455,7 +448,7 @@ async def test_sale_versions_from_updated_at(sink: Sink) -> None:
 # -- voids -----------------------------------------------------------------------------------
 
 
-async def test_void_marks_the_sale_and_takes_it_out_of_the_report(sink: Sink) -> None:
+async def test_void_marks_the_sale_and_takes_it_out_of_the_report(sink: ClientBook) -> None:
     await sink.commit_sales(make_batch("b1", [make_sale("s-1", "10.00"), make_sale("s-2", "5.00")]))
     out = await sink.commit_sales(make_batch("b2", voids=[make_void("s-1")]))
     assert out == CommitOutcome(batch_id="b2", voided=1)
@@ -481,14 +474,16 @@ async def test_void_marks_the_sale_and_takes_it_out_of_the_report(sink: Sink) ->
     assert (await sink.commit_sales(make_batch("b3", voids=[make_void("s-1")]))).voided == 0
 
 
-async def test_void_of_a_sale_in_the_same_batch(sink: Sink) -> None:
+async def test_void_of_a_sale_in_the_same_batch(sink: ClientBook) -> None:
     out = await sink.commit_sales(make_batch("b1", [make_sale("s-1")], voids=[make_void("s-1")]))
     assert out == CommitOutcome(batch_id="b1", inserted=1, voided=1)
     got = await sink.get_sale(STORE, "s-1")
     assert got is not None and got["voided"] is True
 
 
-async def test_void_that_arrives_before_its_sale_applies_when_the_sale_lands(sink: Sink) -> None:
+async def test_void_that_arrives_before_its_sale_applies_when_the_sale_lands(
+    sink: ClientBook,
+) -> None:
     assert (await sink.commit_sales(make_batch("b1", voids=[make_void("s-1")]))).voided == 0
     assert await sink.existing_sales(STORE, ["s-1"]) == set()
     out = await sink.commit_sales(make_batch("b2", [make_sale("s-1")]))
@@ -497,7 +492,7 @@ async def test_void_that_arrives_before_its_sale_applies_when_the_sale_lands(sin
     assert got is not None and got["voided"] is True
 
 
-async def test_a_newer_version_of_a_voided_sale_stays_voided(sink: Sink) -> None:
+async def test_a_newer_version_of_a_voided_sale_stays_voided(sink: ClientBook) -> None:
     await sink.commit_sales(
         make_batch("b1", [make_sale("s-1", version=1)], voids=[make_void("s-1")])
     )
@@ -511,7 +506,7 @@ async def test_a_newer_version_of_a_voided_sale_stays_voided(sink: Sink) -> None
 # -- triggers -------------------------------------------------------------------------------
 
 
-async def test_deliver_due_triggers_exactly_once_and_only_when_due(sink: Sink) -> None:
+async def test_deliver_due_triggers_exactly_once_and_only_when_due(sink: ClientBook) -> None:
     s1, s2 = make_sale("s-1", customer_id="c1"), make_sale("s-2", customer_id="c2")
     t1 = make_trigger(s1, T0 + timedelta(days=1))
     t2 = make_trigger(s2, T0 + timedelta(days=3))
@@ -532,7 +527,7 @@ async def test_deliver_due_triggers_exactly_once_and_only_when_due(sink: Sink) -
     json.dumps(list(listed.values()))
 
 
-async def test_deliver_respects_the_limit(sink: Sink) -> None:
+async def test_deliver_respects_the_limit(sink: ClientBook) -> None:
     sales = [make_sale(f"s-{i}") for i in range(5)]
     triggers = [make_trigger(s, T0 + timedelta(hours=i)) for i, s in enumerate(sales)]
     await sink.commit_sales(make_batch("b1", sales, triggers=triggers))
@@ -543,7 +538,7 @@ async def test_deliver_respects_the_limit(sink: Sink) -> None:
     assert rest == triggers[2:]
 
 
-async def test_triggers_of_a_voided_sale_are_cancelled_not_delivered(sink: Sink) -> None:
+async def test_triggers_of_a_voided_sale_are_cancelled_not_delivered(sink: ClientBook) -> None:
     s1 = make_sale("s-1")
     trig = make_trigger(s1, T0 + timedelta(days=1))
     await sink.commit_sales(make_batch("b1", [s1], triggers=[trig]))
@@ -556,7 +551,7 @@ async def test_triggers_of_a_voided_sale_are_cancelled_not_delivered(sink: Sink)
 # -- reads ----------------------------------------------------------------------------------
 
 
-async def test_reads_are_json_able_and_none_when_missing(sink: Sink) -> None:
+async def test_reads_are_json_able_and_none_when_missing(sink: ClientBook) -> None:
     customer = Customer(
         id="c1",
         first_name="Ann",
@@ -595,7 +590,7 @@ async def test_reads_are_json_able_and_none_when_missing(sink: Sink) -> None:
     assert await sink.list_triggers("other") == []
 
 
-async def test_decimal_money_round_trips_exactly(sink: Sink) -> None:
+async def test_decimal_money_round_trips_exactly(sink: ClientBook) -> None:
     lines = [
         SaleLine(sku="A", quantity=Decimal(1), unit_price=Decimal("0.1")),
         SaleLine(sku="B", quantity=Decimal(1), unit_price=Decimal("0.2")),
@@ -625,7 +620,7 @@ async def test_decimal_money_round_trips_exactly(sink: Sink) -> None:
     assert isinstance(row.gross, Decimal)
 
 
-async def test_sales_report_per_business_date(sink: Sink) -> None:
+async def test_sales_report_per_business_date(sink: ClientBook) -> None:
     day2, day3 = DAY + timedelta(days=1), DAY + timedelta(days=2)
     await sink.commit_sales(
         make_batch(
@@ -672,7 +667,7 @@ async def test_sales_report_per_business_date(sink: Sink) -> None:
 
 
 async def test_health_raises_retriable_while_the_database_is_unavailable(
-    sink: Sink, backend: Backend
+    sink: ClientBook, backend: Backend
 ) -> None:
     await sink.health()
     await backend.make_unavailable()
@@ -689,7 +684,7 @@ async def test_health_raises_retriable_while_the_database_is_unavailable(
     assert (await sink.commit_sales(make_batch("b1", [make_sale("s-1")]))).inserted == 1
 
 
-async def test_a_failed_commit_leaves_nothing_behind(sink: Sink, backend: Backend) -> None:
+async def test_a_failed_commit_leaves_nothing_behind(sink: ClientBook, backend: Backend) -> None:
     await sink.commit_sales(make_batch("b0", [make_sale("old", version=1)]))
     before = await sink.counts()
     s1 = make_sale("s-1")
@@ -816,7 +811,9 @@ def batch_of(batch_id: str, rows: Sequence[SaleRow]) -> CommitBatch:
     return msgspec.structs.replace(plain, sales=list(rows))
 
 
-async def test_a_line_without_sku_keeps_none_and_tender_method_ids_round_trip(sink: Sink) -> None:
+async def test_a_line_without_sku_keeps_none_and_tender_method_ids_round_trip(
+    sink: ClientBook,
+) -> None:
     sale = faithful_sale()
     await sink.commit_sales(make_batch("b1", [sale]))
     got = await sink.get_sale(STORE, "f-1")
@@ -833,7 +830,7 @@ async def test_a_line_without_sku_keeps_none_and_tender_method_ids_round_trip(si
     assert got["record"]["tenders"][1]["amount"] == "72.98000"
 
 
-async def test_warnings_round_trip_through_detail_and_log(sink: Sink) -> None:
+async def test_warnings_round_trip_through_detail_and_log(sink: ClientBook) -> None:
     warned = SaleRow(
         sale=make_sale("w-1"),
         version=1,
@@ -849,7 +846,7 @@ async def test_warnings_round_trip_through_detail_and_log(sink: Sink) -> None:
     assert "warning" not in log["w-1"]
 
 
-async def test_sales_log_carries_the_body_only_figures(sink: Sink) -> None:
+async def test_sales_log_carries_the_body_only_figures(sink: ClientBook) -> None:
     plain = make_sale("p-1")
     await sink.commit_sales(make_batch("b1", [faithful_sale(), plain]))
     log = {r["id"]: r for r in await sink.sales_log(STORE, DAY)}
@@ -866,7 +863,7 @@ async def test_sales_log_carries_the_body_only_figures(sink: Sink) -> None:
     assert (log["p-1"]["discount"], log["p-1"]["rounding"]) == (None, "0")
 
 
-async def test_report_per_date_and_currency_counts_returns(sink: Sink) -> None:
+async def test_report_per_date_and_currency_counts_returns(sink: ClientBook) -> None:
     def in_currency(sale: Sale, currency: str) -> Sale:
         return msgspec.structs.replace(sale, currency=currency)
 
@@ -909,7 +906,7 @@ async def test_report_per_date_and_currency_counts_returns(sink: Sink) -> None:
     ]
 
 
-async def test_trigger_listing_names_the_sale_currency(sink: Sink) -> None:
+async def test_trigger_listing_names_the_sale_currency(sink: ClientBook) -> None:
     sale = faithful_sale(currency="CHF")
     await sink.commit_sales(make_batch("b1", [sale], triggers=[make_trigger(sale, T0)]))
     (item,) = await sink.list_triggers(STORE)

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.batch import SaleRow, TriggerEvent
 from worker.config import TriggerConfig
 from worker.records import Sale, SaleLine, Tender, localize
-from worker.sinks.base import SaleRow, TriggerEvent
 from worker.triggers import match_triggers, trigger_matches
 
 NY = ZoneInfo("America/New_York")

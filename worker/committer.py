@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from worker.adapters import get_adapter
+from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
 from worker.buffers.base import Entry, Lease
 from worker.buffers.sqlite import SqliteSpool
 from worker.clock import Clock
@@ -36,7 +37,7 @@ from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
 from worker.metrics import Metrics
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
-from worker.sinks.base import CommitBatch, Manifest, SaleRow, Sink, TriggerEvent
+from worker.sinks.base import Sink
 from worker.triggers import match_triggers
 from worker.validation import (
     BatchItem,

@@ -15,13 +15,13 @@ if TYPE_CHECKING:
     from worker.health import Health
     from worker.intake import Intake
     from worker.metrics import Metrics
-    from worker.sinks.base import Sink
+    from worker.sinks.base import ClientBook
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials | None] = web.AppKey("credentials")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 SPOOL: web.AppKey[SqliteSpool] = web.AppKey("spool")
-SINK: web.AppKey[Sink] = web.AppKey("sink")
+SINK: web.AppKey[ClientBook] = web.AppKey("sink")
 COMMITTER: web.AppKey[Committer] = web.AppKey("committer")
 INTAKE: web.AppKey[Intake] = web.AppKey("intake")
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics")

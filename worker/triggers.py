@@ -37,9 +37,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+from worker.batch import SaleRow, TriggerEvent
 from worker.config import TriggerConfig
 from worker.records import Sale, business_date
-from worker.sinks.base import SaleRow, TriggerEvent
 from worker.windows import start_of_day
 
 __all__ = ["match_triggers", "trigger_matches"]

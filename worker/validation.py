@@ -63,6 +63,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from worker.batch import SaleRow
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid
 from worker.money import CASH_ROUNDING
@@ -75,7 +76,6 @@ from worker.records import (
     invalid_from,
     localize,
 )
-from worker.sinks.base import SaleRow
 
 __all__ = [
     "ISO_4217",

@@ -1,19 +1,22 @@
 """The Sink extension point: where committed data lands (the clienteling database).
 
-A sink is opened as one async context (`open_sink(config)` in `worker.sinks`) and offers:
+A sink is opened as one async context (`open_sink(config)` in `worker.sinks`, the registry)
+and has two sides, each the type its consumers use:
 
-* `upsert_entities`: customers/products in real time, one transaction, version-guarded
-  (an older version never overwrites a newer one; equal version is a no-op).
-* `commit_sales`: one window batch (sales + lines + tenders + voids + trigger outbox rows +
-  a manifest) in ONE transaction, idempotent by `batch_id` and by (store, sale id, version).
-  Re-running a batch that already committed returns `already_committed=True` and writes
-  nothing. A sale whose stored version is >= the batch's version is left alone (unchanged).
-* `deliver_due_triggers`: moves due outbox events to the trigger sink (`trigger_events`)
-  exactly once (both in one transaction).
-* reads for the HTTP API and validation (existence checks, sales log, report, triggers).
-* `health`: raise `SinkError` when the sink cannot take writes.
+* `Sink`, the write side (intake, committer): `health` (raise `SinkError` when the sink
+  cannot take writes); `upsert_entities` (customers/products in real time, one
+  transaction, version-guarded: an older version never overwrites a newer one, an equal
+  one is a no-op); `commit_sales` (one `worker.batch.CommitBatch` in ONE transaction,
+  idempotent by `batch_id` and by (store, sale id, version): re-running a committed batch
+  returns `already_committed=True` and writes nothing, a sale whose stored version is >= the
+  batch's is left alone); `deliver_due_triggers` (moves due outbox events to
+  `trigger_events` exactly once); the existence checks validation needs.
+* `SinkReader`, the read side (HTTP read API, /status): customers, products, one sale, the
+  Sales Log and its count, the Sales Report, trigger events, row counts.
 
-Every failure is a `SinkError` whose `retriable` flag drives the caller's backoff.
+`ClientBook` is both: what the registry yields. Every failure is a `SinkError` whose
+`retriable` flag drives the caller's backoff. The SQL sinks share one implementation of
+both sides (`worker.sinks.sql`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any, Protocol
 
 import msgspec
 
-from worker.records import Entity, Sale, Void
+from worker.batch import CommitBatch, CommitOutcome, TriggerEvent
+from worker.records import Entity
 
 
 class EntityOutcome(msgspec.Struct, frozen=True):
@@ -33,85 +37,6 @@ class EntityOutcome(msgspec.Struct, frozen=True):
 
     applied: int
     stale: int
-
-
-class SaleRow(msgspec.Struct, frozen=True, kw_only=True):
-    """A validated sale ready for commit. `sale.business_date` is always set."""
-
-    sale: Sale
-    version: int
-    customer_linked: bool = True
-    # What validation let through but wants seen: "rule: message", one per warning.
-    warnings: tuple[str, ...] = ()
-
-    def warning_text(self) -> str | None:
-        """The warnings as the sinks store them: a JSON array, or NULL when there are none."""
-        return msgspec.json.encode(list(self.warnings)).decode() if self.warnings else None
-
-
-def warnings_of(stored: str | None) -> list[str]:
-    """The stored `warning` column back as a list (older rows hold one plain message)."""
-    if not stored:
-        return []
-    if stored.startswith("["):
-        try:
-            return list(msgspec.json.decode(stored, type=list[str]))
-        except msgspec.DecodeError:
-            pass
-    return [stored]
-
-
-class TriggerEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """One sales-trigger event (outbox row). `event_id` is deterministic: store:sale:trigger."""
-
-    event_id: str
-    store: str
-    sale_id: str
-    trigger: str
-    action: str
-    customer_id: str | None
-    total: Decimal
-    business_date: date
-    due_date: date
-    due_at: datetime  # UTC instant of store-local midnight of due_date
-    created_at: datetime
-
-
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
-    """Counts, sums and a hash of the ids of one committed batch (for audit)."""
-
-    batch_id: str
-    store: str
-    window_at: datetime
-    sales: int
-    voids: int
-    triggers: int
-    total_sum: Decimal
-    ids_sha256: str
-
-
-class CommitBatch(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything one sink transaction writes."""
-
-    batch_id: str
-    store: str
-    window_at: datetime
-    sales: Sequence[SaleRow]
-    voids: Sequence[Void]
-    triggers: Sequence[TriggerEvent]
-    manifest: Manifest
-
-
-class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):
-    """What a commit did."""
-
-    batch_id: str
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    voided: int = 0
-    triggers: int = 0
-    already_committed: bool = False
 
 
 class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,7 +144,7 @@ TRIGGER_STATES = ("pending", "due", "delivered", "cancelled")
 
 
 class Sink(Protocol):
-    """A destination for customers, products and committed sales."""
+    """The write side of a sink: where customers, products and committed sales land."""
 
     name: str
 
@@ -246,6 +171,10 @@ class Sink(Protocol):
     async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
         """Which of `ids` are committed sales of `store`."""
         ...
+
+
+class SinkReader(Protocol):
+    """The read side of a sink: what the HTTP read API and /status ask it."""
 
     async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
         """The stored customer as a JSON-able dict (its canonical record + version)."""
@@ -304,14 +233,8 @@ class Sink(Protocol):
         ...
 
 
-def latest_per_sale(rows: Sequence[SaleRow]) -> tuple[dict[str, SaleRow], int]:
-    """The highest version of each sale id in a batch, and how many rows lost to it."""
-    best: dict[str, SaleRow] = {}
-    for row in rows:
-        seen = best.get(row.sale.id)
-        if seen is None or row.version > seen.version:
-            best[row.sale.id] = row
-    return best, len(rows) - len(best)
+class ClientBook(Sink, SinkReader, Protocol):
+    """A configured sink: both sides (what `open_sink` yields)."""
 
 
 def utc_text(value: datetime) -> str:

@@ -1,6 +1,7 @@
 """PostgreSQL sink: the clienteling database behind an asyncpg pool.
 
-Same tables, keys and invariants as the SQLite sink (see `worker.sinks.sqlite`), with native
+Same tables, keys and invariants as the SQLite sink (see `worker.sinks.sqlite`), and the
+same commit algorithm and reads (`worker.sinks.sql`, over `postgres_sql.PostgresDialect`), with native
 types: money and quantities are NUMERIC (exact, scale kept), instants TIMESTAMPTZ, business
 dates DATE, record bodies JSONB. Every table lives in `[sink] schema`; the schema and
 tables are created at start-up by idempotent DDL, serialized across processes by an
@@ -23,48 +24,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from datetime import date, datetime
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING
 
 import asyncpg
-import msgspec
 
 from worker.config import Config, PostgresSinkConfig
 from worker.errors import ConfigError, SinkError, SinkFull
-from worker.records import Customer, Entity, Product, SaleLine, Tender
-from worker.sinks import postgres_reads as reads
-from worker.sinks.base import (
-    CommitBatch,
-    CommitOutcome,
-    EntityOutcome,
-    PageKey,
-    ReportRow,
-    TriggerEvent,
-    latest_per_sale,
-    utc_text,
-    utc_text_opt,
-    warnings_of,
-)
 from worker.sinks.postgres_schema import DDL_LOCK
-from worker.sinks.postgres_sql import (
-    CUSTOMER,
-    LINE,
-    PRODUCT,
-    SALE,
-    TABLES,
-    TENDER,
-    TRIGGER,
-    VOID,
-    Sql,
-    columns,
-    customer_row,
-    product_row,
-    sale_row,
-    trigger_from,
-)
+from worker.sinks.postgres_sql import PostgresDialect, Sql
+from worker.sinks.sql import SqlSink
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -119,17 +89,14 @@ def _errors(what: str) -> Iterator[None]:
         raise _sink_error(exc, what) from exc
 
 
-_OUTCOME_DECODER = msgspec.json.Decoder(CommitOutcome)
-_DICT_DECODER = msgspec.json.Decoder(dict[str, Any])
-_JSON = msgspec.json.Encoder()
-
-
-class PostgresSink:
-    """The Sink protocol over an asyncpg pool."""
+class PostgresSink(SqlSink["PoolConnectionProxy[asyncpg.Record]"]):
+    """Both sink sides over an asyncpg pool: pooled connections and their transactions
+    (writes READ COMMITTED, reads a REPEATABLE READ snapshot); the rest is `SqlSink`."""
 
     name: str = "postgres"
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], sql: Sql, timeout_s: float) -> None:
+        super().__init__(PostgresDialect(sql))
         self._pool = pool
         self._sql = sql
         self._timeout = timeout_s
@@ -138,6 +105,12 @@ class PostgresSink:
     def close(self) -> None:
         """Refuse further calls (the pool is closed by `open_postgres_sink`)."""
         self._closed = True
+
+    def _write(self, what: str) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        return self._conn(what)
+
+    def _read(self, what: str) -> AbstractAsyncContextManager[PoolConnectionProxy[asyncpg.Record]]:
+        return self._conn(what, write=False)
 
     @asynccontextmanager
     async def _conn(
@@ -163,300 +136,6 @@ class PostgresSink:
             raise SinkError(
                 "postgres sink: server is read-only (recovery or standby)", retriable=True
             )
-
-    async def upsert_entities(self, store: str, records: Sequence[Entity]) -> EntityOutcome:
-        """Upsert customers/products in one transaction; older or equal versions are skipped."""
-        customers: dict[str, Customer] = {}
-        products: dict[str, Product] = {}
-        for rec in records:
-            bucket: dict[str, Any] = customers if isinstance(rec, Customer) else products
-            seen = bucket.get(rec.id)
-            if seen is None or rec.effective_version > seen.effective_version:
-                bucket[rec.id] = rec
-        applied = 0
-        async with self._conn("upsert_entities") as conn:
-            if customers:
-                rows = [customer_row(c) for c in customers.values()]
-                cols = columns(rows, len(CUSTOMER))
-                applied += len(await conn.fetch(self._sql.upsert_customers, store, *cols))
-            if products:
-                rows = [product_row(p) for p in products.values()]
-                cols = columns(rows, len(PRODUCT))
-                applied += len(await conn.fetch(self._sql.upsert_products, store, *cols))
-        return EntityOutcome(applied=applied, stale=len(records) - applied)
-
-    async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
-        """Write one window batch in one transaction; idempotent by batch id and version."""
-        sql = self._sql
-        store, batch_id = batch.store, batch.batch_id
-        latest, superseded = latest_per_sale(batch.sales)
-        void_ids = list(dict.fromkeys(v.id for v in batch.voids))
-        sale_rows = [sale_row(row) for row in latest.values()]
-        m = batch.manifest
-        async with self._conn("commit_sales") as conn:
-            claimed = await conn.fetchval(
-                sql.claim_batch,
-                batch_id,
-                store,
-                batch.window_at,
-                m.sales,
-                m.voids,
-                m.triggers,
-                m.total_sum,
-                m.ids_sha256,
-            )
-            if claimed is None:
-                previous = await conn.fetchval(sql.batch_outcome, batch_id)
-                return msgspec.structs.replace(
-                    _OUTCOME_DECODER.decode(previous), already_committed=True
-                )
-            existing: dict[str, tuple[int, bool]] = {}
-            if latest or void_ids:
-                locked = await conn.fetch(sql.lock_sales, store, [*latest, *void_ids])
-                existing = {r[0]: (r[1], r[2]) for r in locked}
-            # Voids first: a sale and its void in the same batch (or a void that came
-            # earlier) make the sale land already voided.
-            if batch.voids:
-                voids = [(v.id, v.occurred_at, v.reason, v.effective_version) for v in batch.voids]
-                await conn.execute(sql.insert_voids, store, batch_id, *columns(voids, len(VOID)))
-            written: dict[str, bool] = {}
-            if sale_rows:
-                returned = await conn.fetch(
-                    sql.upsert_sales, store, batch_id, *columns(sale_rows, len(SALE))
-                )
-                written = {r[0]: r[1] for r in returned}
-            replaced = [sid for sid in written if sid in existing]
-            if replaced:
-                await conn.execute(sql.delete_lines, store, replaced)
-                await conn.execute(sql.delete_tenders, store, replaced)
-            lines: list[tuple[Any, ...]] = []
-            tenders: list[tuple[Any, ...]] = []
-            for sid in written:
-                s = latest[sid].sale
-                lines.extend(
-                    (
-                        sid,
-                        no,
-                        ln.line_id,
-                        ln.sku,
-                        ln.product_id,
-                        ln.description,
-                        ln.category,
-                        ln.quantity,
-                        ln.unit_price,
-                        ln.discount,
-                        ln.tax,
-                        ln.line_kind,
-                        ln.employee_id,
-                        ln.original_line_id,
-                        ln.restock,
-                    )
-                    for no, ln in enumerate(s.lines, 1)
-                )
-                tenders.extend(
-                    (sid, no, t.method, t.amount, t.reference, t.method_id)
-                    for no, t in enumerate(s.tenders, 1)
-                )
-            if lines:
-                await conn.execute(sql.insert_lines, store, *columns(lines, len(LINE)))
-            if tenders:
-                await conn.execute(sql.insert_tenders, store, *columns(tenders, len(TENDER)))
-
-            voided = sum(
-                1
-                for sid, is_voided in written.items()
-                if is_voided and not (sid in existing and existing[sid][1])
-            )
-            others = [sid for sid in void_ids if sid not in written and sid in existing]
-            if others:
-                voided += len(await conn.fetch(sql.void_existing, store, others))
-            triggers = 0
-            if batch.triggers:
-                rows = [
-                    (
-                        t.event_id,
-                        t.store,
-                        t.sale_id,
-                        t.trigger,
-                        t.action,
-                        t.customer_id,
-                        t.total,
-                        t.business_date,
-                        t.due_date,
-                        t.due_at,
-                        t.created_at,
-                    )
-                    for t in batch.triggers
-                ]
-                inserted = await conn.fetch(
-                    sql.insert_outbox, batch_id, *columns(rows, len(TRIGGER))
-                )
-                triggers = len(inserted)
-            outcome = CommitOutcome(
-                batch_id=batch_id,
-                inserted=len(written) - len(replaced),
-                updated=len(replaced),
-                unchanged=len(latest) - len(written) + superseded,
-                voided=voided,
-                triggers=triggers,
-            )
-            await conn.execute(sql.finish_batch, batch_id, _JSON.encode(outcome).decode())
-        return outcome
-
-    async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
-        """Move due outbox events to trigger_events once; cancel those of voided sales."""
-        if now.tzinfo is None:
-            raise ValueError("naive datetime: the sink stores aware UTC instants only")
-        sql = self._sql
-        async with self._conn("deliver_due_triggers") as conn:
-            rows = await conn.fetch(sql.due_outbox, now, limit)
-            deliver = [r for r in rows if not r[-1]]
-            cancel = [r[0] for r in rows if r[-1]]
-            if deliver:
-                ids = [r[0] for r in deliver]
-                await conn.execute(sql.fire, now, ids)
-                await conn.execute(sql.mark_outbox, now, ids, False)
-            if cancel:
-                await conn.execute(sql.mark_outbox, now, cancel, True)
-        return [trigger_from(r) for r in deliver]
-
-    async def _ids(self, table: str, store: str, ids: Collection[str]) -> set[str]:
-        if not ids:
-            return set()
-        async with self._conn(f"existing {table}", write=False) as conn:
-            rows = await conn.fetch(self._sql.existing[table], store, list(ids))
-        return {r[0] for r in rows}
-
-    async def existing_customers(self, store: str, ids: Collection[str]) -> set[str]:
-        """Which of `ids` are customers of `store`."""
-        return await self._ids("customers", store, ids)
-
-    async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
-        """Which of `ids` are committed sales of `store`."""
-        return await self._ids("sales", store, ids)
-
-    async def _entity(self, table: str, store: str, entity_id: str) -> dict[str, Any] | None:
-        async with self._conn(f"get {table}", write=False) as conn:
-            row = await conn.fetchrow(self._sql.entity[table], store, entity_id)
-        if row is None:
-            return None
-        out = _DICT_DECODER.decode(row[1])
-        out["version"] = row[0]
-        return out
-
-    async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
-        """The stored customer: its canonical record, `version` = the stored ordering key."""
-        return await self._entity("customers", store, customer_id)
-
-    async def get_product(self, store: str, product_id: str) -> dict[str, Any] | None:
-        """The stored product: its canonical record, `version` = the stored ordering key."""
-        return await self._entity("products", store, product_id)
-
-    async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
-        """The committed sale: canonical record, lines/tenders from their tables, sink state."""
-        sql = self._sql
-        async with self._conn("get_sale", write=False) as conn:
-            head = await conn.fetchrow(sql.sale_head, store, sale_id)
-            if head is None:
-                return None
-            lines = await conn.fetch(sql.sale_lines, store, sale_id)
-            tenders = await conn.fetch(sql.sale_tenders, store, sale_id)
-        version, voided, voided_at, linked, warning, committed_at, batch_id, body = head
-        out = _DICT_DECODER.decode(body)
-        out["lines"] = [
-            msgspec.to_builtins(
-                SaleLine(
-                    line_id=r[0],
-                    sku=r[1],
-                    product_id=r[2],
-                    description=r[3],
-                    category=r[4],
-                    quantity=r[5],
-                    unit_price=r[6],
-                    discount=r[7],
-                    tax=r[8],
-                    line_kind=r[9],
-                    employee_id=r[10],
-                    original_line_id=r[11],
-                    restock=r[12],
-                )
-            )
-            for r in lines
-        ]
-        out["tenders"] = [
-            msgspec.to_builtins(Tender(method=r[0], amount=r[1], reference=r[2], method_id=r[3]))
-            for r in tenders
-        ]
-        out.update(
-            record=_DICT_DECODER.decode(body),
-            version=version,
-            voided=voided,
-            voided_at=utc_text_opt(voided_at),
-            customer_linked=linked,
-            warnings=warnings_of(warning),
-            committed_at=utc_text(committed_at),
-            batch_id=batch_id,
-        )
-        return out
-
-    async def sales_log(
-        self,
-        store: str,
-        day: date,
-        limit: int = 10_000,
-        *,
-        after: PageKey | None = None,
-        customer: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Committed sales of one business date in (occurred_at, id) order, after `after`."""
-        async with self._conn("sales_log", write=False) as conn:
-            return await reads.sales_log(conn, self._sql.schema, store, day, limit, after, customer)
-
-    async def count_sales(self, store: str, day: date, *, customer: str | None = None) -> int:
-        """How many sales the Sales Log of `day` (with its filter) holds."""
-        async with self._conn("count_sales", write=False) as conn:
-            return await reads.count_sales(conn, self._sql.schema, store, day, customer)
-
-    async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
-        """Per (business date, currency): count, gross, returns, net; voided count."""
-        async with self._conn("sales_report", write=False) as conn:
-            rows = await conn.fetch(self._sql.sales_report, store, start, end)
-        return [
-            ReportRow(
-                date=r[0],
-                currency=r[1],
-                count=r[2],
-                gross=Decimal(r[3]),
-                returns=Decimal(r[4]),
-                returns_count=r[6],
-                net=Decimal(r[3]) - Decimal(r[4]),
-                voided=r[5],
-            )
-            for r in rows
-        ]
-
-    async def list_triggers(
-        self,
-        store: str,
-        limit: int = 1000,
-        *,
-        before: PageKey | None = None,
-        state: str | None = None,
-        trigger: str | None = None,
-        now: datetime | None = None,
-    ) -> list[dict[str, Any]]:
-        """Trigger events of a store (pending, delivered, cancelled), newest first."""
-        async with self._conn("list_triggers", write=False) as conn:
-            return await reads.list_triggers(
-                conn, self._sql.schema, store, limit, before, state, trigger, now
-            )
-
-    async def counts(self) -> dict[str, int]:
-        """Row counts per table."""
-        async with self._conn("counts", write=False) as conn:
-            row = await conn.fetchrow(self._sql.counts)
-        assert row is not None  # a SELECT without FROM returns exactly one row
-        return {t: int(v) for t, v in zip(TABLES, row, strict=True)}
 
 
 async def _create_schema(pool: asyncpg.Pool[asyncpg.Record], sql: Sql) -> None:

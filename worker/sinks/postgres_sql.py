@@ -1,33 +1,30 @@
-"""Every statement of the PostgreSQL sink, and how records map to its rows (the tables are
-described in `worker.sinks.sqlite`, their DDL is in `worker.sinks.postgres_schema`). Bulk
-writes send one array per column and `INSERT ... SELECT FROM unnest(...)`.
+"""The PostgreSQL dialect of the SQL sink core (`worker.sinks.sql`): placeholders `$n`, id
+lists bound as one `text[]`, native types (NUMERIC, TIMESTAMPTZ, DATE, JSONB), and how
+records map to the PostgreSQL sink's rows. The tables are described in
+`worker.sinks.sqlite`, their DDL is in `worker.sinks.postgres_schema`. Bulk writes send one
+array per column and `INSERT ... SELECT FROM unnest(...)`: one round-trip per table whatever
+the batch size; the sales upsert is guarded in SQL and `RETURNING` tells which rows landed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
+from worker.batch import CommitBatch, SaleRow
 from worker.errors import SinkError
 from worker.records import Customer, Product, encode
-from worker.sinks.base import SALE_LOG_COLUMNS, SALE_LOG_FROM_BODY, SaleRow, TriggerEvent, utc_text
+from worker.sinks.base import SALE_LOG_COLUMNS, SALE_LOG_FROM_BODY, ReportRow
 from worker.sinks.postgres_schema import ddl
 
-TABLES = (
-    "customers",
-    "products",
-    "sales",
-    "sale_lines",
-    "tenders",
-    "voids",
-    "trigger_outbox",
-    "trigger_events",
-    "commit_batches",
-)
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Conn = PoolConnectionProxy[asyncpg.Record]
 
 Cols = Sequence[tuple[str, str]]
 
@@ -89,7 +86,7 @@ def _log_column(column: str) -> str:
     return f"coalesce(body->>'{column}', '{default}')"
 
 
-# The Sales Log's select list (`worker.sinks.postgres_reads`).
+# The Sales Log's select list.
 SALE_LOG_SELECT = ", ".join(_log_column(c) for c in SALE_LOG_COLUMNS)
 
 
@@ -98,7 +95,7 @@ class Sql:
 
     def __init__(self, schema: str) -> None:
         s = '"' + schema.replace('"', '""') + '"'
-        self.schema = s  # quoted, for the statements built per call (`postgres_reads`)
+        self.schema = s  # quoted, for the statements `worker.sinks.sql` writes
         self.ddl = ddl(schema)
         names = [n for n, _ in CUSTOMER]
         self.upsert_customers = (
@@ -133,10 +130,6 @@ class Sql:
         )
         self.batch_outcome = f"SELECT outcome::text FROM {s}.commit_batches WHERE batch_id = $1"
         self.finish_batch = f"UPDATE {s}.commit_batches SET outcome = $2::jsonb WHERE batch_id = $1"
-        self.lock_sales = (
-            f"SELECT id, version, voided FROM {s}.sales WHERE store = $1 AND id = ANY($2::text[])"
-            " FOR UPDATE"
-        )
         self.insert_voids = (
             f"INSERT INTO {s}.voids (store, sale_id, occurred_at, reason, version, batch_id)"
             f" SELECT $1::text, u.sale_id, u.occurred_at, u.reason, u.version, $2::text"
@@ -175,43 +168,6 @@ class Sql:
             f" SELECT u.*, $1::text FROM {_unnest(TRIGGER, 2)}"
             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
-        self.due_outbox = (
-            f"SELECT {', '.join(f'o.{n}' for n, _ in TRIGGER)}, coalesce(s.voided, false)"
-            f" FROM {s}.trigger_outbox o LEFT JOIN {s}.sales s"
-            " ON s.store = o.store AND s.id = o.sale_id"
-            " WHERE o.delivered_at IS NULL AND o.due_at <= $1"
-            " ORDER BY o.due_at, o.event_id LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
-        )
-        self.fire = (
-            f"INSERT INTO {s}.trigger_events ({_TRIGGER_NAMES}, fired_at)"
-            f" SELECT {_TRIGGER_NAMES}, $1 FROM {s}.trigger_outbox"
-            " WHERE event_id = ANY($2::text[]) ON CONFLICT (event_id) DO NOTHING"
-        )
-        self.mark_outbox = (
-            f"UPDATE {s}.trigger_outbox SET delivered_at = $1, cancelled = $3"
-            " WHERE event_id = ANY($2::text[])"
-        )
-        self.existing = {
-            t: f"SELECT id FROM {s}.{t} WHERE store = $1 AND id = ANY($2::text[])"
-            for t in ("customers", "sales")
-        }
-        self.entity = {
-            t: f"SELECT version, body::text FROM {s}.{t} WHERE store = $1 AND id = $2"
-            for t in ("customers", "products")
-        }
-        self.sale_head = (
-            "SELECT version, voided, voided_at, customer_linked, warning, committed_at, batch_id,"
-            f" body::text FROM {s}.sales WHERE store = $1 AND id = $2"
-        )
-        self.sale_lines = (
-            "SELECT line_id, sku, product_id, description, category, quantity, unit_price,"
-            " discount, tax, line_kind, employee_id, original_line_id, restock"
-            f" FROM {s}.sale_lines WHERE store = $1 AND sale_id = $2 ORDER BY line_no"
-        )
-        self.sale_tenders = (
-            f"SELECT method, amount, reference, method_id FROM {s}.tenders"
-            " WHERE store = $1 AND sale_id = $2 ORDER BY seq"
-        )
         self.sales_report = (
             "SELECT business_date, currency, count(*) FILTER (WHERE NOT voided),"
             " coalesce(sum(total) FILTER (WHERE NOT voided AND total > 0), 0),"
@@ -221,21 +177,9 @@ class Sql:
             f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3"
             " GROUP BY business_date, currency ORDER BY business_date, currency"
         )
-        self.counts = "SELECT " + ", ".join(f"(SELECT count(*) FROM {s}.{t})" for t in TABLES)
         self.health = (
             "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
         )
-
-
-def jsonable(value: Any) -> Any:
-    """Column value -> the JSON-able form the SQLite sink stores (same strings)."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return utc_text(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
 
 
 def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
@@ -309,17 +253,190 @@ def sale_row(row: SaleRow) -> tuple[Any, ...]:
     )
 
 
-def trigger_from(r: asyncpg.Record) -> TriggerEvent:
-    return TriggerEvent(
-        event_id=r[0],
-        store=r[1],
-        sale_id=r[2],
-        trigger=r[3],
-        action=r[4],
-        customer_id=r[5],
-        total=r[6],
-        business_date=r[7],
-        due_date=r[8],
-        due_at=r[9],
-        created_at=r[10],
-    )
+def _line_rows(rows: Sequence[SaleRow]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            row.sale.id,
+            no,
+            ln.line_id,
+            ln.sku,
+            ln.product_id,
+            ln.description,
+            ln.category,
+            ln.quantity,
+            ln.unit_price,
+            ln.discount,
+            ln.tax,
+            ln.line_kind,
+            ln.employee_id,
+            ln.original_line_id,
+            ln.restock,
+        )
+        for row in rows
+        for no, ln in enumerate(row.sale.lines, 1)
+    ]
+
+
+def _tender_rows(rows: Sequence[SaleRow]) -> list[tuple[Any, ...]]:
+    return [
+        (row.sale.id, no, t.method, t.amount, t.reference, t.method_id)
+        for row in rows
+        for no, t in enumerate(row.sale.tenders, 1)
+    ]
+
+
+class PostgresDialect:
+    """`worker.sinks.sql.Dialect` for asyncpg, every table in one schema."""
+
+    log_select = SALE_LOG_SELECT
+    body = "body::text"
+    # The stored versions a commit compares against stay put until it ends; concurrent
+    # deliverers never hand out the same outbox event.
+    lock_sales = " FOR UPDATE"
+    lock_due = " FOR UPDATE OF o SKIP LOCKED"
+
+    def __init__(self, sql: Sql) -> None:
+        self.sql = sql
+
+    def mark(self, n: int) -> str:
+        """`$n`."""
+        return f"${n}"
+
+    def table(self, name: str) -> str:
+        """The table in the sink's schema."""
+        return f"{self.sql.schema}.{name}"
+
+    def in_ids(self, mark: str) -> str:
+        """Membership in a `text[]` bound as one parameter."""
+        return f"= ANY({mark}::text[])"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        """The ids as one array."""
+        return list(values)
+
+    def param(self, value: date | datetime) -> Any:
+        """Dates and instants bind natively (DATE, TIMESTAMPTZ)."""
+        return value
+
+    async def fetch(self, tx: Conn, sql: str, args: Sequence[Any]) -> Sequence[Sequence[Any]]:
+        """Run a statement, return its rows."""
+        # asyncpg.Record is indexable by position; its stubs type it as a Mapping only.
+        return cast("Sequence[Sequence[Any]]", await tx.fetch(sql, *args))
+
+    async def execute(self, tx: Conn, sql: str, args: Sequence[Any]) -> None:
+        """Run a statement."""
+        await tx.execute(sql, *args)
+
+    async def upsert_entities(
+        self,
+        tx: Conn,
+        store: str,
+        customers: Sequence[Customer],
+        products: Sequence[Product],
+        synced_at: datetime,
+    ) -> int:
+        """Version-guarded upserts; `synced_at` is the server's now()."""
+        applied = 0
+        if customers:
+            cols = columns([customer_row(c) for c in customers], len(CUSTOMER))
+            applied += len(await tx.fetch(self.sql.upsert_customers, store, *cols))
+        if products:
+            cols = columns([product_row(p) for p in products], len(PRODUCT))
+            applied += len(await tx.fetch(self.sql.upsert_products, store, *cols))
+        return applied
+
+    async def claim_batch(self, tx: Conn, batch: CommitBatch, committed_at: datetime) -> str | None:
+        """Claim the batch's row first: a second commit of the same id waits on it, then
+        finds the outcome the first one stored."""
+        m = batch.manifest
+        claimed = await tx.fetchval(
+            self.sql.claim_batch,
+            batch.batch_id,
+            batch.store,
+            batch.window_at,
+            m.sales,
+            m.voids,
+            m.triggers,
+            m.total_sum,
+            m.ids_sha256,
+        )
+        if claimed is not None:
+            return None
+        outcome: str = await tx.fetchval(self.sql.batch_outcome, batch.batch_id)
+        return outcome
+
+    async def finish_batch(
+        self, tx: Conn, batch: CommitBatch, outcome: str, committed_at: datetime
+    ) -> None:
+        """The outcome, filled in before the transaction commits."""
+        await tx.execute(self.sql.finish_batch, batch.batch_id, outcome)
+
+    async def insert_voids(self, tx: Conn, batch: CommitBatch) -> None:
+        """Every void of the batch; the first void of a sale wins."""
+        voids = [(v.id, v.occurred_at, v.reason, v.effective_version) for v in batch.voids]
+        await tx.execute(
+            self.sql.insert_voids, batch.store, batch.batch_id, *columns(voids, len(VOID))
+        )
+
+    async def upsert_sales(
+        self, tx: Conn, batch: CommitBatch, rows: Sequence[SaleRow], committed_at: datetime
+    ) -> dict[str, bool]:
+        """The guarded upsert joined to `voids`; RETURNING says which rows landed."""
+        cols = columns([sale_row(row) for row in rows], len(SALE))
+        returned = await tx.fetch(self.sql.upsert_sales, batch.store, batch.batch_id, *cols)
+        return {r[0]: r[1] for r in returned}
+
+    async def delete_children(self, tx: Conn, store: str, sale_ids: Sequence[str]) -> None:
+        """Delete the lines and tenders of these sales."""
+        await tx.execute(self.sql.delete_lines, store, list(sale_ids))
+        await tx.execute(self.sql.delete_tenders, store, list(sale_ids))
+
+    async def insert_children(self, tx: Conn, store: str, rows: Sequence[SaleRow]) -> None:
+        """Insert the lines and tenders of these sales, one array per column."""
+        lines, tenders = _line_rows(rows), _tender_rows(rows)
+        if lines:
+            await tx.execute(self.sql.insert_lines, store, *columns(lines, len(LINE)))
+        if tenders:
+            await tx.execute(self.sql.insert_tenders, store, *columns(tenders, len(TENDER)))
+
+    async def void_existing(self, tx: Conn, store: str, sale_ids: Sequence[str]) -> int:
+        """Mark stored sales voided at their void's instant; how many changed."""
+        return len(await tx.fetch(self.sql.void_existing, store, list(sale_ids)))
+
+    async def insert_triggers(self, tx: Conn, batch: CommitBatch) -> int:
+        """The batch's outbox rows; an existing event id is kept."""
+        rows = [
+            (
+                t.event_id,
+                t.store,
+                t.sale_id,
+                t.trigger,
+                t.action,
+                t.customer_id,
+                t.total,
+                t.business_date,
+                t.due_date,
+                t.due_at,
+                t.created_at,
+            )
+            for t in batch.triggers
+        ]
+        cols = columns(rows, len(TRIGGER))
+        return len(await tx.fetch(self.sql.insert_outbox, batch.batch_id, *cols))
+
+    async def sales_report(self, tx: Conn, store: str, start: date, end: date) -> list[ReportRow]:
+        """Summed by the server in NUMERIC (exact)."""
+        rows = await tx.fetch(self.sql.sales_report, store, start, end)
+        return [
+            ReportRow(
+                date=r[0],
+                currency=r[1],
+                count=r[2],
+                gross=Decimal(r[3]),
+                returns=Decimal(r[4]),
+                returns_count=r[6],
+                net=Decimal(r[3]) - Decimal(r[4]),
+                voided=r[5],
+            )
+            for r in rows
+        ]

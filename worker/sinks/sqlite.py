@@ -28,7 +28,9 @@ UTC, ISO-8601 with microseconds, so text order is time order; dates are TEXT YYY
 `body` is the canonical JSON of the record (`worker.records.encode`): the one source of
 truth for what the columns do not carry (adjustments, attributes, discount, rounding,
 tax_included, tenders_known); reads take those from it. `warning` is a JSON array of
-"rule: message" strings (`SaleRow.warning_text`). DDL and migrations: `sinks.sqlite_schema`.
+"rule: message" strings (`SaleRow.warning_text`). DDL and migrations: `sinks.sqlite_schema`;
+the statements: `sinks.sqlite_rows` (the SQLite dialect of `sinks.sql`, which holds the
+commit algorithm and the reads both SQL sinks share).
 
 Invariants:
 
@@ -54,32 +56,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
-import msgspec
 
 from worker.config import Config, SqliteSinkConfig
 from worker.errors import ConfigError, SinkError, SinkFull, SinkUnavailable
-from worker.records import Customer, Entity, Product
-from worker.sinks import sqlite_reads as reads
-from worker.sinks.base import (
-    CommitBatch,
-    CommitOutcome,
-    EntityOutcome,
-    PageKey,
-    ReportDay,
-    ReportRow,
-    TriggerEvent,
-    latest_per_sale,
-    utc_text,
-    warnings_of,
-)
+from worker.sinks.sql import SqlSink
 from worker.sinks.sqlite_file import (
     FileIdentity,
     abandon,
@@ -88,30 +73,7 @@ from worker.sinks.sqlite_file import (
     reopen,
     space_problem,
 )
-from worker.sinks.sqlite_rows import (
-    IN_IDS,
-    INSERT_BATCH,
-    INSERT_LINE,
-    INSERT_TENDER,
-    INSERT_TRIGGER,
-    INSERT_VOID,
-    TABLES,
-    TRIGGER_COLS,
-    UPSERT_CUSTOMER,
-    UPSERT_PRODUCT,
-    UPSERT_SALE,
-    customer_params,
-    json_list,
-    line_dict,
-    line_params,
-    money_text,
-    product_params,
-    sale_params,
-    tender_dict,
-    trigger_from_row,
-    trigger_params,
-    void_params,
-)
+from worker.sinks.sqlite_rows import SqliteDialect
 from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
@@ -133,11 +95,6 @@ _RETRIABLE_CODES = frozenset(
         15,  # SQLITE_PROTOCOL
     }
 )
-
-_OUTCOME_DECODER = msgspec.json.Decoder(CommitOutcome)
-_DICT_DECODER = msgspec.json.Decoder(dict[str, Any])
-_JSON = msgspec.json.Encoder()
-
 
 _SQLITE_FULL = 13
 
@@ -165,8 +122,9 @@ def _errors(what: str) -> Iterator[None]:
         raise _sink_error(exc, what) from exc
 
 
-class SqliteSink:
-    """The Sink protocol over one SQLite file (one writer, one reader connection)."""
+class SqliteSink(SqlSink[aiosqlite.Connection]):
+    """Both sink sides over one SQLite file (one writer, one reader connection): the
+    connections, their transactions and the file's identity; the rest is `SqlSink`."""
 
     name: str = "sqlite"
 
@@ -177,6 +135,7 @@ class SqliteSink:
         path: Path,
         sc: SqliteSinkConfig | None = None,
     ) -> None:
+        super().__init__(SqliteDialect())
         self.path = path
         # Set when the file was damaged at start-up and moved aside (shown on /readyz, /status).
         self.recovered_from: str | None = None
@@ -316,328 +275,6 @@ class SqliteSink:
             # Room again: green now; the next write that succeeds forgets the failure.
         async with self._write("health"):
             pass
-
-    async def upsert_entities(self, store: str, records: Sequence[Entity]) -> EntityOutcome:
-        """Upsert customers/products in one transaction; older or equal versions are skipped."""
-        customers: dict[str, Customer] = {}
-        products: dict[str, Product] = {}
-        for rec in records:
-            bucket: dict[str, Any] = customers if isinstance(rec, Customer) else products
-            seen = bucket.get(rec.id)
-            if seen is None or rec.effective_version > seen.effective_version:
-                bucket[rec.id] = rec
-        synced_at = utc_text(datetime.now(UTC))
-        applied = 0
-        async with self._write("upsert_entities") as db:
-            if customers:
-                params = [customer_params(store, c, synced_at) for c in customers.values()]
-                async with db.executemany(UPSERT_CUSTOMER, params) as cur:
-                    applied += cur.rowcount
-            if products:
-                params = [product_params(store, p, synced_at) for p in products.values()]
-                async with db.executemany(UPSERT_PRODUCT, params) as cur:
-                    applied += cur.rowcount
-        return EntityOutcome(applied=applied, stale=len(records) - applied)
-
-    async def commit_sales(self, batch: CommitBatch) -> CommitOutcome:
-        """Write one window batch in one transaction; idempotent by batch id and version."""
-        store = batch.store
-        latest, superseded = latest_per_sale(batch.sales)
-        void_ids = list(dict.fromkeys(v.id for v in batch.voids))
-        committed_at = utc_text(datetime.now(UTC))
-        async with self._write("commit_sales") as db:
-            done = await db.execute_fetchall(
-                "SELECT outcome FROM commit_batches WHERE batch_id = ?", (batch.batch_id,)
-            )
-            for (outcome_json,) in done:
-                previous = _OUTCOME_DECODER.decode(outcome_json)
-                return msgspec.structs.replace(previous, already_committed=True)
-
-            existing: dict[str, tuple[int, bool]] = {}
-            if latest or void_ids:
-                rows = await db.execute_fetchall(
-                    f"SELECT id, version, voided FROM sales WHERE store = ? AND id IN {IN_IDS}",
-                    (store, json_list([*latest, *void_ids])),
-                )
-                existing = {r[0]: (r[1], bool(r[2])) for r in rows}
-            written = [
-                row
-                for sid, row in latest.items()
-                if sid not in existing or existing[sid][0] < row.version
-            ]
-            written_ids = {row.sale.id for row in written}
-            replaced = [sid for sid in written_ids if sid in existing]
-
-            # Voids first: a sale and its void in the same batch (or a void that came
-            # earlier) make the sale land already voided.
-            if batch.voids:
-                await db.executemany(
-                    INSERT_VOID, [void_params(store, v, batch.batch_id) for v in batch.voids]
-                )
-            void_at: dict[str, str] = {}
-            if written:
-                rows = await db.execute_fetchall(
-                    f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {IN_IDS}",
-                    (store, json_list(written_ids)),
-                )
-                void_at = {r[0]: r[1] for r in rows}
-                # Generators, not lists: the rows are built on the connection thread while
-                # executemany consumes them, so a 5,000-sale batch does not stall the loop.
-                await db.executemany(
-                    UPSERT_SALE,
-                    (
-                        sale_params(
-                            store, row, void_at.get(row.sale.id), committed_at, batch.batch_id
-                        )
-                        for row in written
-                    ),
-                )
-            if replaced:
-                keys = [(store, sid) for sid in replaced]
-                await db.executemany("DELETE FROM sale_lines WHERE store = ? AND sale_id = ?", keys)
-                await db.executemany("DELETE FROM tenders WHERE store = ? AND sale_id = ?", keys)
-            if written:
-                await db.executemany(
-                    INSERT_LINE,
-                    (
-                        line_params(store, row.sale.id, no, ln)
-                        for row in written
-                        for no, ln in enumerate(row.sale.lines, 1)
-                    ),
-                )
-                await db.executemany(
-                    INSERT_TENDER,
-                    (
-                        (
-                            store,
-                            row.sale.id,
-                            no,
-                            t.method,
-                            money_text(t.amount),
-                            t.reference,
-                            t.method_id,
-                        )
-                        for row in written
-                        for no, t in enumerate(row.sale.tenders, 1)
-                    ),
-                )
-
-            voided = sum(1 for sid in void_at if not (sid in existing and existing[sid][1]))
-            others = [
-                (store, sid) for sid in void_ids if sid not in written_ids and sid in existing
-            ]
-            if others:
-                async with db.executemany(
-                    "UPDATE sales SET voided = 1, voided_at = (SELECT v.occurred_at FROM voids v"
-                    " WHERE v.store = sales.store AND v.sale_id = sales.id)"
-                    " WHERE store = ? AND id = ? AND voided = 0",
-                    others,
-                ) as cur:
-                    voided += cur.rowcount
-
-            triggers = 0
-            if batch.triggers:
-                async with db.executemany(
-                    INSERT_TRIGGER, [trigger_params(t, batch.batch_id) for t in batch.triggers]
-                ) as cur:
-                    triggers = cur.rowcount
-
-            outcome = CommitOutcome(
-                batch_id=batch.batch_id,
-                inserted=len(written) - len(replaced),
-                updated=len(replaced),
-                unchanged=len(latest) - len(written) + superseded,
-                voided=voided,
-                triggers=triggers,
-            )
-            m = batch.manifest
-            await db.execute(
-                INSERT_BATCH,
-                (
-                    batch.batch_id,
-                    store,
-                    utc_text(batch.window_at),
-                    m.sales,
-                    m.voids,
-                    m.triggers,
-                    money_text(m.total_sum),
-                    m.ids_sha256,
-                    committed_at,
-                    _JSON.encode(outcome).decode(),
-                ),
-            )
-        return outcome
-
-    async def deliver_due_triggers(self, now: datetime, limit: int = 1000) -> list[TriggerEvent]:
-        """Move due outbox events to trigger_events once; cancel those of voided sales."""
-        at = utc_text(now)
-        async with self._write("deliver_due_triggers") as db:
-            rows = await db.execute_fetchall(
-                f"SELECT o.{', o.'.join(TRIGGER_COLS)}, coalesce(s.voided, 0)"
-                " FROM trigger_outbox o LEFT JOIN sales s ON s.store = o.store AND s.id = o.sale_id"
-                " WHERE o.delivered_at IS NULL AND o.due_at <= ?"
-                " ORDER BY o.due_at, o.event_id LIMIT ?",
-                (at, limit),
-            )
-            if not rows:
-                return []
-            deliver = [r for r in rows if not r[-1]]
-            cancel = [r[0] for r in rows if r[-1]]
-            deliver_ids = json_list(r[0] for r in deliver)
-            if deliver:
-                await db.execute(
-                    f"INSERT INTO trigger_events ({', '.join(TRIGGER_COLS)}, fired_at)"
-                    f" SELECT {', '.join(TRIGGER_COLS)}, ? FROM trigger_outbox"
-                    f" WHERE event_id IN {IN_IDS} ON CONFLICT (event_id) DO NOTHING",
-                    (at, deliver_ids),
-                )
-                await db.execute(
-                    f"UPDATE trigger_outbox SET delivered_at = ? WHERE event_id IN {IN_IDS}",
-                    (at, deliver_ids),
-                )
-            if cancel:
-                await db.execute(
-                    "UPDATE trigger_outbox SET delivered_at = ?, cancelled = 1"
-                    f" WHERE event_id IN {IN_IDS}",
-                    (at, json_list(cancel)),
-                )
-        return [trigger_from_row(r) for r in deliver]
-
-    async def _ids(self, table: str, store: str, ids: Collection[str]) -> set[str]:
-        if not ids:
-            return set()
-        async with self._read(f"existing {table}") as db:
-            rows = await db.execute_fetchall(
-                f"SELECT id FROM {table} WHERE store = ? AND id IN {IN_IDS}",
-                (store, json_list(ids)),
-            )
-        return {r[0] for r in rows}
-
-    async def existing_customers(self, store: str, ids: Collection[str]) -> set[str]:
-        """Which of `ids` are customers of `store`."""
-        return await self._ids("customers", store, ids)
-
-    async def existing_sales(self, store: str, ids: Collection[str]) -> set[str]:
-        """Which of `ids` are committed sales of `store`."""
-        return await self._ids("sales", store, ids)
-
-    async def _entity(self, table: str, store: str, entity_id: str) -> dict[str, Any] | None:
-        async with self._read(f"get {table}") as db:
-            rows = await db.execute_fetchall(
-                f"SELECT version, body FROM {table} WHERE store = ? AND id = ?", (store, entity_id)
-            )
-        for version, body in rows:
-            out = _DICT_DECODER.decode(body)
-            out["version"] = version
-            return out
-        return None
-
-    async def get_customer(self, store: str, customer_id: str) -> dict[str, Any] | None:
-        """The stored customer: its canonical record, `version` = the stored ordering key."""
-        return await self._entity("customers", store, customer_id)
-
-    async def get_product(self, store: str, product_id: str) -> dict[str, Any] | None:
-        """The stored product: its canonical record, `version` = the stored ordering key."""
-        return await self._entity("products", store, product_id)
-
-    async def get_sale(self, store: str, sale_id: str) -> dict[str, Any] | None:
-        """The committed sale: canonical record, lines/tenders from their tables, sink state."""
-        key = (store, sale_id)
-        async with self._read("get_sale") as db:
-            head = list(
-                await db.execute_fetchall(
-                    "SELECT version, voided, voided_at, customer_linked, warning, committed_at,"
-                    " batch_id, body FROM sales WHERE store = ? AND id = ?",
-                    key,
-                )
-            )
-            if not head:
-                return None
-            lines = await db.execute_fetchall(
-                "SELECT line_id, sku, product_id, description, category, quantity, unit_price,"
-                " discount, tax, line_kind, employee_id, original_line_id, restock"
-                " FROM sale_lines WHERE store = ? AND sale_id = ? ORDER BY line_no",
-                key,
-            )
-            tenders = await db.execute_fetchall(
-                "SELECT method, amount, reference, method_id FROM tenders"
-                " WHERE store = ? AND sale_id = ? ORDER BY seq",
-                key,
-            )
-        version, voided, voided_at, linked, warning, committed_at, batch_id, body = head[0]
-        out = _DICT_DECODER.decode(body)
-        record = _DICT_DECODER.decode(body)
-        out["lines"] = [line_dict(r) for r in lines]
-        out["tenders"] = [tender_dict(r) for r in tenders]
-        out.update(
-            record=record,
-            version=version,
-            voided=bool(voided),
-            voided_at=voided_at,
-            customer_linked=bool(linked),
-            warnings=warnings_of(warning),
-            committed_at=committed_at,
-            batch_id=batch_id,
-        )
-        return out
-
-    async def sales_log(
-        self,
-        store: str,
-        day: date,
-        limit: int = 10_000,
-        *,
-        after: PageKey | None = None,
-        customer: str | None = None,
-    ) -> list[dict[str, Any]]:
-        """Committed sales of one business date in (occurred_at, id) order, after `after`."""
-        async with self._read("sales_log") as db:
-            return await reads.sales_log(db, store, day, limit, after, customer)
-
-    async def count_sales(self, store: str, day: date, *, customer: str | None = None) -> int:
-        """How many sales the Sales Log of `day` (with its filter) holds."""
-        async with self._read("count_sales") as db:
-            return await reads.count_sales(db, store, day, customer)
-
-    async def sales_report(self, store: str, start: date, end: date) -> list[ReportRow]:
-        """Per (business date, currency): count, gross, returns, net; voided count."""
-        async with self._read("sales_report") as db:
-            rows = await db.execute_fetchall(
-                "SELECT business_date, currency, kind, voided, total FROM sales"
-                " WHERE store = ? AND business_date BETWEEN ? AND ?"
-                " ORDER BY business_date, currency",
-                (store, start.isoformat(), end.isoformat()),
-            )
-        # Totals are exact decimal text; SQL sum() would go through float.
-        days: dict[tuple[str, str], ReportDay] = {}
-        for day, currency, kind, voided, total in rows:
-            acc = days.get((day, currency))
-            if acc is None:
-                acc = days[day, currency] = ReportDay()
-            acc.add(Decimal(total), kind, bool(voided))
-        return [acc.row(date.fromisoformat(d), cur) for (d, cur), acc in days.items()]
-
-    async def list_triggers(
-        self,
-        store: str,
-        limit: int = 1000,
-        *,
-        before: PageKey | None = None,
-        state: str | None = None,
-        trigger: str | None = None,
-        now: datetime | None = None,
-    ) -> list[dict[str, Any]]:
-        """Trigger events of a store (pending, delivered, cancelled), newest first."""
-        async with self._read("list_triggers") as db:
-            return await reads.list_triggers(db, store, limit, before, state, trigger, now)
-
-    async def counts(self) -> dict[str, int]:
-        """Row counts per table."""
-        query = "SELECT " + ", ".join(f"(SELECT count(*) FROM {t})" for t in TABLES)
-        async with self._read("counts") as db:
-            rows = await db.execute_fetchall(query)
-        (row,) = rows
-        return dict(zip(TABLES, row, strict=True))
 
 
 def sink_path(cfg: Config) -> Path:

@@ -1,6 +1,8 @@
-"""How records map to the SQLite sink's rows: column lists, statements, parameter tuples
-and row decoders (the tables are described in `worker.sinks.sqlite`, their DDL is in
-`worker.sinks.sqlite_schema`). Money is exact decimal text, never REAL.
+"""The SQLite dialect of the SQL sink core (`worker.sinks.sql`): placeholders `?`, id lists
+bound as one JSON array, and how records map to the SQLite sink's rows (column lists,
+statements, parameter tuples). The tables are described in `worker.sinks.sqlite`, their
+DDL is in `worker.sinks.sqlite_schema`. Money is exact decimal text, never REAL; instants
+fixed-width UTC text, dates ISO text.
 """
 
 from __future__ import annotations
@@ -10,29 +12,27 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+import aiosqlite
 import msgspec
 
+from worker.batch import CommitBatch, SaleRow, TriggerEvent
 from worker.errors import SinkError
-from worker.records import Customer, Product, SaleLine, Tender, Void, encode
+from worker.records import Customer, Product, SaleLine, Void, encode
 from worker.sinks.base import (
     SALE_LOG_COLUMNS,
     SALE_LOG_FROM_BODY,
-    SaleRow,
-    TriggerEvent,
+    ReportDay,
+    ReportRow,
     utc_text,
     utc_text_opt,
 )
+from worker.sinks.sql import TRIGGER_COLUMNS
 
 _JSON = msgspec.json.Encoder()
 
 
 def _cols(names: str) -> tuple[str, ...]:
     return tuple(names.split())
-
-
-TABLES = _cols(
-    "customers products sales sale_lines tenders voids trigger_outbox trigger_events commit_batches"
-)
 
 
 def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -70,10 +70,6 @@ _LINE_COLS = _cols(
 )
 _TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference", "method_id")
 _VOID_COLS = ("store", "sale_id", "occurred_at", "reason", "version", "batch_id")
-TRIGGER_COLS = _cols(
-    "event_id store sale_id trigger_name action customer_id total business_date "
-    "due_date due_at created_at"
-)
 _BATCH_COLS = _cols(
     "batch_id store window_at sales voids triggers total_sum ids_sha256 committed_at outcome"
 )
@@ -85,14 +81,12 @@ INSERT_LINE = _insert("sale_lines", _LINE_COLS)
 INSERT_TENDER = _insert("tenders", _TENDER_COLS)
 INSERT_VOID = _insert("voids", _VOID_COLS, "ON CONFLICT (store, sale_id) DO NOTHING")
 INSERT_TRIGGER = _insert(
-    "trigger_outbox", (*TRIGGER_COLS, "batch_id"), "ON CONFLICT (event_id) DO NOTHING"
+    "trigger_outbox", (*TRIGGER_COLUMNS, "batch_id"), "ON CONFLICT (event_id) DO NOTHING"
 )
 INSERT_BATCH = _insert("commit_batches", _BATCH_COLS)
 
 # A JSON array bound as one parameter: one round-trip for any number of ids.
 IN_IDS = "(SELECT value FROM json_each(?))"
-
-SALE_LOG_COLS = SALE_LOG_COLUMNS
 
 
 # The log's figures that only the canonical body holds (one source of truth): a body
@@ -108,8 +102,7 @@ def _from_body(column: str) -> str:
     return f"coalesce({extract}, {literal})"
 
 
-SALE_LOG_SELECT = ", ".join(_from_body(c) for c in SALE_LOG_COLS)
-BOOL_COLS = frozenset({"customer_linked", "voided", "tax_included"})
+SALE_LOG_SELECT = ", ".join(_from_body(c) for c in SALE_LOG_COLUMNS)
 
 
 def money_text(value: Decimal) -> str:
@@ -247,44 +240,189 @@ def trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
     )
 
 
-def trigger_from_row(r: Sequence[Any]) -> TriggerEvent:
-    return TriggerEvent(
-        event_id=r[0],
-        store=r[1],
-        sale_id=r[2],
-        trigger=r[3],
-        action=r[4],
-        customer_id=r[5],
-        total=Decimal(r[6]),
-        business_date=date.fromisoformat(r[7]),
-        due_date=date.fromisoformat(r[8]),
-        due_at=datetime.fromisoformat(r[9]),
-        created_at=datetime.fromisoformat(r[10]),
-    )
+def _tender_params(store: str, row: SaleRow) -> Iterable[tuple[Any, ...]]:
+    for no, t in enumerate(row.sale.tenders, 1):
+        yield (store, row.sale.id, no, t.method, money_text(t.amount), t.reference, t.method_id)
 
 
-def line_dict(r: Sequence[Any]) -> dict[str, Any]:
-    line = SaleLine(
-        line_id=r[0],
-        sku=r[1],
-        product_id=r[2],
-        description=r[3],
-        category=r[4],
-        quantity=Decimal(r[5]),
-        unit_price=Decimal(r[6]),
-        discount=Decimal(r[7]),
-        tax=Decimal(r[8]),
-        line_kind=r[9],
-        employee_id=r[10],
-        original_line_id=r[11],
-        restock=None if r[12] is None else bool(r[12]),
-    )
-    out: dict[str, Any] = msgspec.to_builtins(line)
-    return out
+class SqliteDialect:
+    """`worker.sinks.sql.Dialect` for aiosqlite: one writer connection in BEGIN IMMEDIATE."""
 
+    log_select = SALE_LOG_SELECT
+    body = "body"
+    # The writer holds the database's write lock for the whole transaction: no row locks.
+    lock_sales = ""
+    lock_due = ""
 
-def tender_dict(r: Sequence[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = msgspec.to_builtins(
-        Tender(method=r[0], amount=Decimal(r[1]), reference=r[2], method_id=r[3])
-    )
-    return out
+    def mark(self, n: int) -> str:
+        """`?`: positional, in the order the marks appear."""
+        return "?"
+
+    def table(self, name: str) -> str:
+        """Tables live in the file's main schema."""
+        return name
+
+    def in_ids(self, mark: str) -> str:
+        """Membership in a JSON array bound as one parameter: one round-trip for any count."""
+        return f"IN (SELECT value FROM json_each({mark}))"
+
+    def ids(self, values: Iterable[str]) -> Any:
+        """The ids as one JSON array."""
+        return json_list(values)
+
+    def param(self, value: date | datetime) -> Any:
+        """Instants as fixed-width UTC text, dates as ISO text (text order is time order)."""
+        return utc_text(value) if isinstance(value, datetime) else value.isoformat()
+
+    async def fetch(
+        self, tx: aiosqlite.Connection, sql: str, args: Sequence[Any]
+    ) -> Sequence[Sequence[Any]]:
+        """Run a statement, return its rows."""
+        return list(await tx.execute_fetchall(sql, args))
+
+    async def execute(self, tx: aiosqlite.Connection, sql: str, args: Sequence[Any]) -> None:
+        """Run a statement."""
+        await tx.execute(sql, args)
+
+    async def upsert_entities(
+        self,
+        tx: aiosqlite.Connection,
+        store: str,
+        customers: Sequence[Customer],
+        products: Sequence[Product],
+        synced_at: datetime,
+    ) -> int:
+        """Version-guarded upserts (`UPSERT_CUSTOMER`, `UPSERT_PRODUCT`); rows written."""
+        at = utc_text(synced_at)
+        applied = 0
+        if customers:
+            params = [customer_params(store, c, at) for c in customers]
+            async with tx.executemany(UPSERT_CUSTOMER, params) as cur:
+                applied += cur.rowcount
+        if products:
+            params = [product_params(store, p, at) for p in products]
+            async with tx.executemany(UPSERT_PRODUCT, params) as cur:
+                applied += cur.rowcount
+        return applied
+
+    async def claim_batch(
+        self, tx: aiosqlite.Connection, batch: CommitBatch, committed_at: datetime
+    ) -> str | None:
+        """The stored outcome of a committed batch; the write lock is the claim."""
+        done = await tx.execute_fetchall(
+            "SELECT outcome FROM commit_batches WHERE batch_id = ?", (batch.batch_id,)
+        )
+        for (outcome,) in done:
+            return str(outcome)
+        return None
+
+    async def finish_batch(
+        self, tx: aiosqlite.Connection, batch: CommitBatch, outcome: str, committed_at: datetime
+    ) -> None:
+        """The `commit_batches` row: its existence is what makes the batch committed."""
+        m = batch.manifest
+        await tx.execute(
+            INSERT_BATCH,
+            (
+                batch.batch_id,
+                batch.store,
+                utc_text(batch.window_at),
+                m.sales,
+                m.voids,
+                m.triggers,
+                money_text(m.total_sum),
+                m.ids_sha256,
+                utc_text(committed_at),
+                outcome,
+            ),
+        )
+
+    async def insert_voids(self, tx: aiosqlite.Connection, batch: CommitBatch) -> None:
+        """Every void of the batch; the first void of a sale wins."""
+        await tx.executemany(
+            INSERT_VOID, [void_params(batch.store, v, batch.batch_id) for v in batch.voids]
+        )
+
+    async def upsert_sales(
+        self,
+        tx: aiosqlite.Connection,
+        batch: CommitBatch,
+        rows: Sequence[SaleRow],
+        committed_at: datetime,
+    ) -> dict[str, bool]:
+        """Write the (strictly newer) sales, voided where a void is kept."""
+        store = batch.store
+        found = await tx.execute_fetchall(
+            f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {IN_IDS}",
+            (store, json_list(row.sale.id for row in rows)),
+        )
+        void_at: dict[str, str] = {r[0]: r[1] for r in found}
+        at = utc_text(committed_at)
+        # A generator, not a list: the rows are built on the connection thread while
+        # executemany consumes them, so a 5,000-sale batch does not stall the loop.
+        await tx.executemany(
+            UPSERT_SALE,
+            (sale_params(store, row, void_at.get(row.sale.id), at, batch.batch_id) for row in rows),
+        )
+        return {row.sale.id: row.sale.id in void_at for row in rows}
+
+    async def delete_children(
+        self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]
+    ) -> None:
+        """Delete the lines and tenders of these sales."""
+        keys = [(store, sid) for sid in sale_ids]
+        await tx.executemany("DELETE FROM sale_lines WHERE store = ? AND sale_id = ?", keys)
+        await tx.executemany("DELETE FROM tenders WHERE store = ? AND sale_id = ?", keys)
+
+    async def insert_children(
+        self, tx: aiosqlite.Connection, store: str, rows: Sequence[SaleRow]
+    ) -> None:
+        """Insert the lines and tenders of these sales (streamed, like the sales)."""
+        await tx.executemany(
+            INSERT_LINE,
+            (
+                line_params(store, row.sale.id, no, ln)
+                for row in rows
+                for no, ln in enumerate(row.sale.lines, 1)
+            ),
+        )
+        await tx.executemany(
+            INSERT_TENDER, (params for row in rows for params in _tender_params(store, row))
+        )
+
+    async def void_existing(
+        self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]
+    ) -> int:
+        """Mark stored sales voided at their void's instant; how many changed."""
+        async with tx.executemany(
+            "UPDATE sales SET voided = 1, voided_at = (SELECT v.occurred_at FROM voids v"
+            " WHERE v.store = sales.store AND v.sale_id = sales.id)"
+            " WHERE store = ? AND id = ? AND voided = 0",
+            [(store, sid) for sid in sale_ids],
+        ) as cur:
+            return int(cur.rowcount)
+
+    async def insert_triggers(self, tx: aiosqlite.Connection, batch: CommitBatch) -> int:
+        """The batch's outbox rows; an existing event id is kept."""
+        async with tx.executemany(
+            INSERT_TRIGGER, [trigger_params(t, batch.batch_id) for t in batch.triggers]
+        ) as cur:
+            return int(cur.rowcount)
+
+    async def sales_report(
+        self, tx: aiosqlite.Connection, store: str, start: date, end: date
+    ) -> list[ReportRow]:
+        """Summed in Python over exact decimal text (SQL sum() would go through float)."""
+        rows = await tx.execute_fetchall(
+            "SELECT business_date, currency, kind, voided, total FROM sales"
+            " WHERE store = ? AND business_date BETWEEN ? AND ?"
+            " ORDER BY business_date, currency",
+            (store, start.isoformat(), end.isoformat()),
+        )
+        days: dict[tuple[str, str], ReportDay] = {}
+        for day, currency, kind, voided, total in rows:
+            acc = days.get((day, currency))
+            if acc is None:
+                acc = days[day, currency] = ReportDay()
+            acc.add(Decimal(total), kind, bool(voided))
+        return [acc.row(date.fromisoformat(d), cur) for (d, cur), acc in days.items()]
