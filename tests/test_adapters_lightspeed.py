@@ -6,7 +6,6 @@ a correct POS export must pass them, with the POS's figures untouched.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import urllib.parse
@@ -16,8 +15,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from tests.adapter_helpers import by_type, fixture, fixture_json, make_ctx, sale
 from worker.adapters import get_adapter
@@ -776,68 +773,3 @@ def test_attributes_are_capped_and_say_so() -> None:
     assert len(s.attributes) == MAX_ATTRIBUTES
     assert s.attributes[TRUNCATED] == "true"
     assert s.attributes["extra0"] == "0"
-
-
-# -- property tests ----------------------------------------------------------------------
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@given(body=st.binary(max_size=512), content_type=st.sampled_from(["application/json", FORM, ""]))
-def test_arbitrary_bytes_only_raise_record_invalid(body: bytes, content_type: str) -> None:
-    with contextlib.suppress(RecordInvalid):
-        push(body, content_type=content_type)
-
-
-def _mutate(doc: Any, path: list[int], value: Any) -> Any:
-    if not path or not isinstance(doc, dict | list) or not doc:
-        return value
-    keys = list(doc) if isinstance(doc, dict) else list(range(len(doc)))
-    key = keys[path[0] % len(keys)]
-    doc[key] = _mutate(doc[key], path[1:], value)
-    return doc
-
-
-@given(
-    name=st.sampled_from(
-        [
-            "x_sale.json",
-            "x_return.json",
-            "x_customer.json",
-            "x_product.json",
-            "vend_register_sales.json",
-            "r_sale.json",
-            "r_sale_10.json",
-            "r_refund.json",
-            "r_sales_list.json",
-            "r_customer.json",
-            "r_item.json",
-            "x_sale_webhook_payload.json",
-            "x_customer_webhook.json",
-        ]
-    ),
-    path=st.lists(st.integers(min_value=0, max_value=60), max_size=6),
-    value=json_values,
-)
-def test_mutated_fixtures_parse_or_raise_record_invalid(
-    name: str, path: list[int], value: Any
-) -> None:
-    doc = _mutate(x(name), path, value)
-    try:
-        if name.endswith("payload.json"):
-            parsed = webhook(doc)
-        elif name == "x_customer_webhook.json":
-            parsed = webhook(doc, "customer.update")
-        else:
-            parsed = push(doc)
-    except RecordInvalid as err:
-        assert err.field
-        return
-    for rejection in parsed.rejected:
-        assert rejection.field

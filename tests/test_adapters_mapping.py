@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -12,11 +11,8 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from tests.adapter_helpers import (
-    FIXTURES,
     RECEIVED_AT,
     assert_consistent,
     by_type,
@@ -816,57 +812,6 @@ def test_streaming_needs_adjacent_sale_rows() -> None:
     # the whole-file parse groups them instead
     whole = push("rain", "transactions.csv", body=text.encode())
     assert sale(whole, "T1").total == Decimal(12)
-
-
-# -- property tests ----------------------------------------------------------------------
-
-
-@given(body=st.binary(max_size=512), source=st.sampled_from(MAPPING_SOURCES))
-def test_arbitrary_bytes_only_raise_record_invalid(body: bytes, source: str) -> None:
-    with contextlib.suppress(RecordInvalid):
-        push(source, "transactions.csv", body=body)
-
-
-_cells = st.text(alphabet=st.characters(codec="utf-8"), max_size=12)
-
-
-MAPPED_FIXTURES = sorted(
-    (source, path.name) for source in MAPPING_SOURCES for path in (FIXTURES / source).glob("*.csv")
-)
-
-
-def test_every_mapping_source_has_fixtures() -> None:
-    assert {source for source, _ in MAPPED_FIXTURES} == set(MAPPING_SOURCES)
-
-
-# One property test for all six sources: any cell of any fixture replaced by any text.
-@given(
-    source_file=st.sampled_from(MAPPED_FIXTURES),
-    row=st.integers(min_value=1, max_value=6),
-    col=st.integers(min_value=0, max_value=30),
-    value=_cells,
-)
-def test_mutated_cells_parse_or_reject(
-    source_file: tuple[str, str], row: int, col: int, value: str
-) -> None:
-    import csv
-
-    source, name = source_file
-    rows = list(csv.reader(io.StringIO(fixture(source, name).decode())))
-    r = rows[min(row, len(rows) - 1)]
-    r[col % len(r)] = value
-    out = io.StringIO()
-    csv.writer(out).writerows(rows)
-    try:
-        parsed = push(source, name, body=out.getvalue().encode(), zone="America/New_York")
-    except RecordInvalid as err:
-        assert err.field
-        return
-    for rejection in parsed.rejected:
-        assert rejection.field
-    for record in parsed.records:
-        if isinstance(record, Sale):
-            assert record.occurred_at.tzinfo is not None
 
 
 def test_store_config_defaults_are_usable() -> None:

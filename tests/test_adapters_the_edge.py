@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -456,50 +455,6 @@ def test_utf8_bom_is_accepted() -> None:
 
 
 # -- property tests ----------------------------------------------------------------------
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=24),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-@given(
-    body=st.binary(max_size=512),
-    name=st.sampled_from([TX1, CUSTOMERS, ITEMS, None, "x.json"]),
-)
-def test_arbitrary_bytes_only_raise_record_invalid(body: bytes, name: str | None) -> None:
-    with contextlib.suppress(RecordInvalid):
-        push(body, name)
-
-
-def _mutate(doc: Any, path: list[int], value: Any) -> Any:
-    if not path or not isinstance(doc, dict | list) or not doc:
-        return value
-    keys = list(doc) if isinstance(doc, dict) else list(range(len(doc)))
-    key = keys[path[0] % len(keys)]
-    doc[key] = _mutate(doc[key], path[1:], value)
-    return doc
-
-
-@given(
-    name=st.sampled_from([TX1, TX2, DST, CUSTOMERS, ITEMS]),
-    path=st.lists(st.integers(min_value=0, max_value=40), max_size=5),
-    value=json_values,
-)
-def test_mutated_exports_parse_or_raise_record_invalid(
-    name: str, path: list[int], value: Any
-) -> None:
-    doc = _mutate(json.loads(fixture("the_edge", name)), path, value)
-    try:
-        parsed = push(doc, name)
-    except RecordInvalid as err:
-        assert err.field
-        return
-    for rejection in parsed.rejected:
-        assert rejection.field
 
 
 @given(
