@@ -11,7 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,14 +19,14 @@ from typing import Any
 import msgspec
 import orjson
 import pytest
-from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import ClientSession
 from rich.console import Console
 
 from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config
+from tests.appserver import running as app_running
 from tests.factories import sale_dict
 from worker import keys
-from worker.app import build_app
+from worker.adapters.streaming import LineSplitter
 from worker.backfill_cli import (
     Options,
     add_backfill_command,
@@ -34,29 +34,17 @@ from worker.backfill_cli import (
     run_backfill_command,
     send_file,
 )
-from worker.clock import FakeClock
 from worker.config import Config
-from worker.adapters.streaming import LineSplitter
-from worker.sources.backfill import BACKFILLS, BATCH_RECORDS, add_backfill_routes
+from worker.sources.backfill import BACKFILLS, BATCH_RECORDS
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
 URL = "/v1/backfill/canonical/S1"
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 
-@asynccontextmanager
-async def running(cfg: Config, now: datetime = NOW) -> AsyncIterator[Harness]:
-    """tests.appserver.running, plus the backfill route (a no-op once build_app wires it)."""
-    clock = FakeClock(now)
-    app = build_app(cfg, clock=clock)
-    add_backfill_routes(app)
-    server = TestServer(app, host="127.0.0.1", port=0)
-    client: TestClient[web.Request, web.Application] = TestClient(server)
-    await client.start_server()
-    try:
-        yield Harness(app, client, clock)
-    finally:
-        await client.close()
+def running(cfg: Config, now: datetime = NOW) -> AbstractAsyncContextManager[Harness]:
+    """tests.appserver.running at this file's NOW (build_app registers the backfills)."""
+    return app_running(cfg, now)
 
 
 @pytest.fixture

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
@@ -87,17 +85,6 @@ def _family_of(sample: str, families: dict[str, Metric]) -> str:
     raise AssertionError(f"no family for {sample}: {sorted(families)}")
 
 
-def _publish(port: int, topic: str, payload: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pos-gateway-metrics")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 async def _until(cond: Callable[[], bool]) -> None:
     """Yield to the loop until `cond()` holds (no sleeping: each turn runs pending I/O)."""
     for _ in range(2_000_000):
@@ -154,7 +141,7 @@ async def test_every_family_counts_what_was_done(
         await push(h, body({"type": "sale", "id": "S-NONE"}), expect=400)
         # -- MQTT: one walk-in sale, acked once durable
         payload = orjson.dumps(sale_dict("M-1", at=AT))
-        await asyncio.to_thread(_publish, mosquitto.port, "pos/canonical/S1/sale", payload)
+        await asyncio.to_thread(mosquitto.publish, "pos/canonical/S1/sale", payload)
         await asyncio.wait_for(source.wait_for(lambda s: s.acked >= 1), 15)
         # -- the sink locked by another connection: the customer push fails retriably
         locker = sqlite3.connect(sink_path(h.app[keys.CONFIG]), isolation_level=None)

@@ -187,6 +187,16 @@ async def publisher(broker: MosquittoServer) -> AsyncIterator[aiomqtt.Client]:
         yield client
 
 
+@asynccontextmanager
+async def rejected_watcher(broker: MosquittoServer) -> AsyncIterator[aiomqtt.Client]:
+    """A real MQTT 5 client subscribed (SUBACKed) to every rejection notice, `pos/rejected/#`."""
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="test-watcher", protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.subscribe("pos/rejected/#", qos=1)
+        yield client
+
+
 async def publish(broker: MosquittoServer, *items: tuple[str, bytes]) -> None:
     """Publish QoS 1 messages; returns once the broker PUBACKed each."""
     async with publisher(broker) as pub:
@@ -395,16 +405,7 @@ async def test_transient_failure_is_not_acked_and_redelivered(mosquitto: Mosquit
 async def test_permanent_failures_go_to_rejected_topic(mosquitto: MosquittoServer) -> None:
     cfg = config(mosquitto)
     intake = FakeIntake()
-    async with (
-        aiomqtt.Client(
-            mosquitto.host,
-            mosquitto.port,
-            identifier="test-watcher",
-            protocol=aiomqtt.ProtocolVersion.V5,
-        ) as watcher,
-        source(cfg, intake) as src,
-    ):
-        await watcher.subscribe("pos/rejected/#", qos=1)
+    async with rejected_watcher(mosquitto) as watcher, source(cfg, intake) as src:
         await until(src, lambda s: s.subscribed)
         await publish(
             mosquitto,
@@ -455,16 +456,7 @@ async def test_item_rejections_are_published_and_payload_acked(
 ) -> None:
     cfg = config(mosquitto)
     intake = FakeIntake()
-    async with (
-        aiomqtt.Client(
-            mosquitto.host,
-            mosquitto.port,
-            identifier="test-watcher",
-            protocol=aiomqtt.ProtocolVersion.V5,
-        ) as watcher,
-        source(cfg, intake) as src,
-    ):
-        await watcher.subscribe("pos/rejected/#", qos=1)
+    async with rejected_watcher(mosquitto) as watcher, source(cfg, intake) as src:
         await until(src, lambda s: s.subscribed)
         await publish(mosquitto, ("pos/canonical/s1/batch", doc("p1", bad_items=[2, 5])))
         async with asyncio.timeout(WAIT_S):

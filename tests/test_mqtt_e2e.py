@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.appserver import make_config, running
 from tests.factories import sale_dict
@@ -23,17 +21,6 @@ pytest_plugins = ["tests.plugins.mosquitto"]
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 
 
-def _publish(port: int, topic: str, payload: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pos-gateway")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
-
-
 async def test_sale_over_mqtt_is_spooled_before_puback(
     tmp_path: Path, mosquitto: MosquittoServer
 ) -> None:
@@ -44,12 +31,11 @@ async def test_sale_over_mqtt_is_spooled_before_puback(
         source = h.app[keys.MQTT]
         await asyncio.wait_for(source.wait_for(lambda s: s.subscribed), 15)
         await asyncio.to_thread(
-            _publish,
-            mosquitto.port,
+            mosquitto.publish,
             "pos/canonical/S1/sale",
             orjson.dumps(sale_dict("M-1", at=NOW)),
         )
-        await asyncio.to_thread(_publish, mosquitto.port, "pos/canonical/S1/sale", b"{not json")
+        await asyncio.to_thread(mosquitto.publish, "pos/canonical/S1/sale", b"{not json")
         await asyncio.wait_for(source.wait_for(lambda s: s.acked >= 2), 15)
         assert h.spool.stats("S1").pending == 1
         assert source.state.rejected == 1

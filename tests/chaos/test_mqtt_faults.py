@@ -101,6 +101,13 @@ def _rows(db: Path, sql: str) -> list[str]:
         con.close()
 
 
+def _tally(tmp: Path, ids: list[str]) -> tuple[Counter[str], Counter[str], set[str], int]:
+    """Spool rows and sink rows by id, the ids the sink lacks, and the extra sink copies."""
+    spooled = Counter(_rows(tmp / "data" / "spool.db", "SELECT rid FROM spool"))
+    sink = Counter(_rows(tmp / "data" / "clientbook.db", "SELECT id FROM sales WHERE store='S1'"))
+    return spooled, sink, set(ids) - set(sink), sum(c - 1 for c in sink.values() if c > 1)
+
+
 def _publish_all(port: int, ids: list[str]) -> None:
     """Publish each id at QoS 1 and wait for the broker's PUBACK."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pos-gateway-a")
@@ -160,12 +167,7 @@ async def test_kill9_between_receipt_and_durable_write(
             )
             redelivered = st["mqtt"]["redelivered"]
             committed = await _commit(session, server.url)
-        spooled = Counter(_rows(tmp_path / "data" / "spool.db", "SELECT rid FROM spool"))
-        sink = Counter(
-            _rows(tmp_path / "data" / "clientbook.db", "SELECT id FROM sales WHERE store='S1'")
-        )
-        lost = set(ids) - set(sink)
-        duplicated = sum(c - 1 for c in sink.values() if c > 1)
+        spooled, sink, lost, duplicated = _tally(tmp_path, ids)
         print(
             f"mqtt-kill9: published={total} spooled_before_kill={cap} held_unacked={held}"
             f" redelivered={redelivered} committed={committed} lost={len(lost)}"
@@ -263,12 +265,7 @@ async def _broker_restart_under_load(
                 limit_s=60,
             )
             committed = await _commit(session, server.url)
-        spooled = Counter(_rows(tmp_path / "data" / "spool.db", "SELECT rid FROM spool"))
-        sink = Counter(
-            _rows(tmp_path / "data" / "clientbook.db", "SELECT id FROM sales WHERE store='S1'")
-        )
-        lost = set(ids) - set(sink)
-        duplicated = sum(c - 1 for c in sink.values() if c > 1)
+        spooled, sink, lost, duplicated = _tally(tmp_path, ids)
         print(
             f"mqtt-broker-restart: published={total} broker_restarts={restarts}"
             f" republished={publisher.republished} reconnects={st['mqtt']['reconnects']}"

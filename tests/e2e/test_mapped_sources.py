@@ -15,9 +15,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from tests.adapter_helpers import fixture
 from tests.appserver import Harness
 from tests.e2e.harness import (
@@ -76,17 +73,6 @@ async def post_csv(h: Harness, source: str, name: str, body: bytes | None = None
     out = await resp.json()
     assert resp.status == 202, (resp.status, out)
     return out
-
-
-def _publish(port: int, topic: str, payload: bytes) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="ms360-gateway")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
-    finally:
-        client.loop_stop()
-        client.disconnect()
 
 
 # -- reading back ------------------------------------------------------------------------
@@ -248,7 +234,7 @@ async def test_music_shop_360_over_mqtt(tmp_path: Path, mosquitto: MosquittoServ
         # no file name over MQTT: the topic's last level says which file type it is
         for kind in ("customers", "transactions"):
             body = fixture("music_shop_360", f"{kind}.csv")
-            await asyncio.to_thread(_publish, mosquitto.port, f"{topic}/{kind}", body)
+            await asyncio.to_thread(mosquitto.publish, f"{topic}/{kind}", body)
         # PUBACK only after the durable write: once acked, the sale is in the spool
         await asyncio.wait_for(source.wait_for(lambda s: s.acked >= 2), 15)
         assert source.state.rejected == 0

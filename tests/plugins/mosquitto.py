@@ -146,6 +146,23 @@ class MosquittoServer:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def publish(self, topic: str, payload: bytes, client_id: str = "pos-gateway") -> None:
+        """Publish one message at QoS 1 as a POS gateway would; returns after the PUBACK.
+
+        Blocking (a paho client with its own network thread): call it via asyncio.to_thread.
+        """
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        client.connect("127.0.0.1", self.port)
+        client.loop_start()
+        try:
+            client.publish(topic, payload, qos=1).wait_for_publish(timeout=10)
+        finally:
+            client.loop_stop()
+            client.disconnect()
+
 
 def _pump_log(stream: IO[bytes], path: Path, ready: threading.Event) -> None:
     # Drain stderr for the life of the process (a full pipe would block Mosquitto).

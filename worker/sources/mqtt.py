@@ -16,12 +16,12 @@ the private `client._client`. aiomqtt also reads the socket unconditionally into
 therefore drive paho-mqtt 2.x ourselves with its documented external-event-loop API
 (`on_socket_open/close/register_write/unregister_write` + `loop_read/loop_write/loop_misc`,
 as in paho's `examples/loop_asyncio.py`) and its public `Client(manual_ack=True)` +
-`Client.ack(mid, qos)`. Every line here uses paho's public API only.
+`Client.ack(mid, qos)`, in `mqtt_client`. Every line of it uses paho's public API only.
 
 Protocol and session
 --------------------
 MQTT 5, fixed `client_id`, `clean_start=False`, Session Expiry Interval = never
-(`SESSION_EXPIRY_S`): the broker keeps our subscription and queues QoS 1 messages while we
+(`mqtt_client.SESSION_EXPIRY_S`): the broker keeps our subscription and queues QoS 1 messages while we
 are down, and re-sends every un-acknowledged one (DUP set) when the session resumes. We
 subscribe `{prefix}/+/+/+` at QoS 1 on every connect (idempotent), with retain-handling
 "only on a new subscription" so a resumed session does not replay retained messages.
@@ -81,17 +81,9 @@ from worker.config import Config, MqttConfig
 from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.health import Health
 from worker.intake import MAX_REJECTIONS, Envelope, Ingest
-from worker.sources.mqtt_client import (
-    SESSION_EXPIRY_S,
-    ConnectFlags,
-    Connection,
-    Message,
-    Refused,
-)
+from worker.sources.mqtt_client import ConnectFlags, Connection, Message, Refused
 
 log = logging.getLogger("possync.mqtt")
-
-__all__ = ["SESSION_EXPIRY_S", "MqttSource", "MqttState", "open_mqtt_source"]
 
 CANONICAL_KINDS: Final = frozenset({"customer", "product", "sale", "void", "batch", "ndjson"})
 JSON: Final = "application/json"
