@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only NAME] [--json PATH]`: one table, every figure vs its baseline.
 
-Names for --only (repeatable): push, backfill, rss, commit, p99, restart.
+Names for --only (repeatable): push, backfill, rss, commit, p99, restart, mqtt.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import pipeline, push
+from bench import mqtt, pipeline, push
 from bench.load import have_wrk
 from bench.report import (
     Row,
@@ -26,40 +26,47 @@ from bench.report import (
     write_json,
 )
 
-NAMES = ("push", *pipeline.PIPELINE)
+NAMES = ("push", *pipeline.PIPELINE, "mqtt")
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
 
-def _settings(quick: bool) -> tuple[push.PushSettings, pipeline.PipelineSettings]:
+def _settings(
+    quick: bool,
+) -> tuple[push.PushSettings, pipeline.PipelineSettings, mqtt.MqttSettings]:
+    # P5's idle baseline is 15 s in both modes (pipeline.IDLE_MIN_S): 3,000 samples.
     if quick:
         return (
             push.PushSettings(connections=64, warmup_s=2, duration_s=5, rounds=1),
-            pipeline.PipelineSettings(commit_n=50_000, rss_total=200_000, live_rate=200, idle_s=4),
+            pipeline.PipelineSettings(commit_n=50_000, rss_total=200_000, live_rate=200, idle_s=15),
+            mqtt.MqttSettings(messages=20_000, warmup=2_000),
         )
     return (
         push.PushSettings(connections=64, warmup_s=5, duration_s=15, rounds=3),
         pipeline.PipelineSettings(
             commit_n=1_000_000, rss_total=2_000_000, live_rate=200, idle_s=15
         ),
+        mqtt.MqttSettings(messages=100_000, warmup=5_000),
     )
 
 
 async def _main(args: argparse.Namespace, workdir: Path) -> list[Row]:
     want = set(args.only or NAMES)
-    push_s, pipe_s = _settings(args.quick)
+    push_s, pipe_s, mqtt_s = _settings(args.quick)
+    if args.mqtt_messages:
+        mqtt_s = mqtt.MqttSettings(args.mqtt_messages, min(mqtt_s.warmup, args.mqtt_messages))
     if args.loadgen:
         push_s = push.PushSettings(
             push_s.connections, push_s.warmup_s, push_s.duration_s, push_s.rounds, True
         )
     rows: list[Row] = []
     if "push" in want:
-        print("[1] durable single-sale pushes", flush=True)
+        print("[P1-P2] durable single-sale pushes", flush=True)
         d = workdir / "push"
         d.mkdir()
         rows += await push.run(d, push_s)
     rest = frozenset(want & set(pipeline.PIPELINE))
     if rest:
-        print(f"[2-6] {', '.join(sorted(rest))}", flush=True)
+        print(f"[P3-P7] {', '.join(sorted(rest))}", flush=True)
         d = workdir / "pipeline"
         d.mkdir()
         settings = pipeline.PipelineSettings(
@@ -70,6 +77,13 @@ async def _main(args: argparse.Namespace, workdir: Path) -> list[Row]:
             want=rest,
         )
         rows += await pipeline.run(d, settings)
+    if "mqtt" in want:
+        print("[P8] MQTT QoS 1 intake", flush=True)
+        d = workdir / "mqtt"
+        d.mkdir()
+        rows += await mqtt.run(d, mqtt_s)
+    # In P-number order (P6 and P7 are measured between P4 and P5); stable within a number.
+    rows.sort(key=lambda r: int(r.measure.split()[0].removeprefix("P")))
     return rows
 
 
@@ -81,6 +95,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write JSON")
     parser.add_argument("--loadgen", action="store_true", help="use the aiohttp client, not wrk")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--mqtt-messages", type=int, default=0, help="messages per P8 phase (default by mode)"
+    )
     args = parser.parse_args()
 
     def on_term(signum: int, frame: object) -> None:

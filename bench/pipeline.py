@@ -1,13 +1,16 @@
-"""Measures 2-6 on one real server, in the order an operator meets them.
+"""Measures P3-P7 on one real server, in the order an operator meets them.
 
-    empty-spool restart (baseline of 6)
+    empty-spool restart (baseline of P7)
     start server, push the customers (real time, into the sink)
-    backfill stores A, B, C through HTTP, sampling the server's RSS       -> 2, 5
-        baseline: raw executemany of the same records into a WAL table      (2)
-    window commit of store A (N sales) via POST /v1/admin/commit          -> 3
-        baseline: raw executemany of the same sink rows into the same tables
-    restart with the rest still spooled, time to /readyz 200              -> 6
-    live pushes at a fixed rate: idle p99, then p99 while store B commits -> 4
+    backfill stores A, B, C through HTTP, sampling the server's RSS       -> P3, P6
+        baseline: the whole raw loop over the same files (read, cut out the id,
+        executemany, COMMIT) into a spool-shaped WAL table
+    window commit of store A (N sales) via POST /v1/admin/commit          -> P4
+        baseline: raw executemany of the same sink rows into the same tables, one
+        transaction per `[windows] batch_size` sales (read from the server's config)
+    restart with the rest still spooled, time to /readyz 200              -> P7
+    live pushes at a fixed rate: idle (>= 15 s), then while store B commits -> P5
+        median and p99, both against idle, with the sample counts
 
 Stores A and B hold N sales each (the commit measures), C the rest of the backfill, so
 the backfill is `rss_total` records and the RSS mark at half way is `rss_total / 2`.
@@ -48,6 +51,14 @@ _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 BACKFILL_BATCH = 5_000
 RSS_LIMIT = 200 * 1024 * 1024
 RSS_FLAT = 1.2  # "flat": twice the records may cost at most 20 % more peak RSS
+# Issue 11's goals for P3-P5.
+BACKFILL_RATIO = 0.7  # backfill >= 0.7x the whole raw loop
+COMMIT_RATIO = 0.8  # window commit >= 0.8x raw inserts in the committer's page size
+BUSY_P50 = 1.2  # push median during a commit <= 1.2x idle
+BUSY_P99 = 1.5  # push p99 during a commit <= 1.5x idle
+# Idle p99 on 800 samples (4 s at 200 req/s) swung 21-93 ms between runs, so a 4-10x rise
+# of the median read as "met": the idle baseline needs at least this long.
+IDLE_MIN_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -56,12 +67,13 @@ class PipelineSettings:
 
     commit_n: int  # sales per commit store (A and B)
     rss_total: int  # records in the whole backfill (A + B + C)
-    live_rate: float  # req/s of live pushes during measure 4
-    idle_s: float
-    sink_batch: int = (
-        5_000  # rows per baseline transaction (the committer pages by [windows] batch_size)
-    )
+    live_rate: float  # req/s of live pushes during P5
+    idle_s: float  # the idle baseline of P5, at least IDLE_MIN_S
     want: frozenset[str] = frozenset(PIPELINE)
+
+    def __post_init__(self) -> None:
+        if "p99" in self.want and self.idle_s < IDLE_MIN_S:
+            raise ValueError(f"idle_s must be >= {IDLE_MIN_S:g} s for P5 (got {self.idle_s:g})")
 
 
 @dataclass
@@ -256,7 +268,8 @@ CREATE INDEX spool_pending ON spool(store, state, seq);
 def _raw_backfill(st: _State) -> tuple[int, float]:
     """The same records, executemany'd in batches of 5,000 into a spool-shaped WAL table.
 
-    Only executemany + COMMIT is timed; reading the file and cutting out each id is not.
+    The whole loop is timed, as the server's figure is: reading the files, cutting the id
+    out of each line, the inserts and every COMMIT (only opening the database is not).
     """
     path = st.workdir / "raw-backfill.db"
     db = sqlite3.connect(path, isolation_level=None)
@@ -265,26 +278,24 @@ def _raw_backfill(st: _State) -> tuple[int, float]:
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_SPOOL_LIKE)
         n = 0
-        spent = 0.0
-        now = time.time()
         sql = (
             "INSERT INTO spool(store, kind, rid, version, origin, received_at, size, body) "
             "VALUES(?,?,?,?,?,?,?,?)"
         )
+        t0 = time.perf_counter()
         for store in st.stores:
             for batch in data.read_batches(store.path, BACKFILL_BATCH):
+                now = time.time()
                 rows = []
                 for line in batch:
                     start = line.index(b'"id":"') + 6
                     rid = line[start : line.index(b'"', start)].decode()
                     rows.append((store.name, "sale", rid, 0, "backfill", now, len(line), line))
-                t0 = time.perf_counter()
                 db.execute("BEGIN IMMEDIATE")
                 db.executemany(sql, rows)
                 db.execute("COMMIT")
-                spent += time.perf_counter() - t0
                 n += len(rows)
-        return n, spent
+        return n, time.perf_counter() - t0
     finally:
         db.close()
 
@@ -314,18 +325,20 @@ async def _backfill(session: aiohttp.ClientSession, st: _State, proc: Proc) -> N
     if "backfill" in s.want:
         n_raw, raw_s = await asyncio.to_thread(_raw_backfill, st)
         raw_rate = n_raw / raw_s
-        _log(f"raw executemany: {raw_rate:,.0f} records/s ({raw_s:.1f} s)")
+        _log(
+            f"raw loop (read, cut id, executemany, COMMIT): {raw_rate:,.0f} records/s ({raw_s:.1f} s)"
+        )
         st.rows.append(
             Row(
                 "backfill",
-                f"bulk backfill through HTTP, {total:,} records ({how})",
+                f"P3 bulk backfill through HTTP, {total:,} records ({how})",
                 rate,
                 fmt_rate(rate, "rec/s"),
                 raw_rate,
-                fmt_rate(raw_rate, "rec/s") + " raw executemany",
+                fmt_rate(raw_rate, "rec/s") + " whole raw loop",
                 rate / raw_rate,
-                ">= 0.7x",
-                rate / raw_rate >= 0.7,
+                f">= {BACKFILL_RATIO}x",
+                rate / raw_rate >= BACKFILL_RATIO,
                 {"seconds": elapsed, "accepted": accepted, "raw_seconds": raw_s, "stores": results},
             )
         )
@@ -337,7 +350,7 @@ async def _backfill(session: aiohttp.ClientSession, st: _State, proc: Proc) -> N
         st.rows.append(
             Row(
                 "rss",
-                f"server RSS peak during backfill: {total:,} vs {total // 2:,} records",
+                f"P6 server RSS peak during backfill: {total:,} vs {total // 2:,} records",
                 full_peak,
                 fmt_mb(full_peak),
                 half_peak,
@@ -406,8 +419,9 @@ async def _empty_sink(path: Path) -> None:
 def _raw_commit(src_path: Path, dst_path: Path, store: str, size: int) -> tuple[int, int, float]:
     """Copy the committed rows of `store` with executemany, `size` sales per transaction.
 
-    Same tables, indexes and pragmas (WAL, synchronous=FULL) as the sink; only the inserts
-    and COMMITs are timed, not reading the rows back out of the server's sink.
+    `size` is the committer's page (`[windows] batch_size` of the server's config). Same
+    tables, indexes and pragmas (WAL, synchronous=FULL) as the sink; only the inserts and
+    COMMITs are timed, not reading the rows back out of the server's sink.
     """
     src = sqlite3.connect(f"file:{src_path}?mode=ro", uri=True)
     dst = sqlite3.connect(dst_path, isolation_level=None)
@@ -437,7 +451,11 @@ def _raw_commit(src_path: Path, dst_path: Path, store: str, size: int) -> tuple[
 
 
 async def _window_commit(session: aiohttp.ClientSession, st: _State) -> None:
-    s = st.settings
+    from worker.config import load
+
+    # The committer writes one transaction per page of `[windows] batch_size` sales: the
+    # baseline uses the page size of the very config the server runs with.
+    page = load(st.config).windows.batch_size
     elapsed, res = await _commit(session, st, "A")
     committed = int(res["committed"])
     rate = committed / elapsed
@@ -445,22 +463,31 @@ async def _window_commit(session: aiohttp.ClientSession, st: _State) -> None:
     dst = st.workdir / "raw-sink.db"
     await _empty_sink(dst)
     n, n_lines, raw_s = await asyncio.to_thread(
-        _raw_commit, st.workdir / "data" / "clientbook.db", dst, "A", s.sink_batch
+        _raw_commit, st.workdir / "data" / "clientbook.db", dst, "A", page
     )
     raw_rate = n / raw_s
-    _log(f"raw executemany into the sink tables: {n:,} sales ({n_lines:,} lines) {raw_rate:,.0f}/s")
+    _log(
+        f"raw executemany into the sink tables, {page:,} sales per transaction: "
+        f"{n:,} sales ({n_lines:,} lines) {raw_rate:,.0f}/s"
+    )
     st.rows.append(
         Row(
             "commit",
-            f"window commit of {committed:,} spooled sales into the SQLite sink",
+            f"P4 window commit of {committed:,} spooled sales into the SQLite sink",
             rate,
             fmt_rate(rate, "sales/s"),
             raw_rate,
-            fmt_rate(raw_rate, "sales/s") + " raw executemany",
+            fmt_rate(raw_rate, "sales/s") + f" raw inserts, {page:,}/transaction",
             rate / raw_rate,
-            ">= 0.5x",
-            rate / raw_rate >= 0.5,
-            {"seconds": elapsed, "result": res, "raw_seconds": raw_s, "raw_lines": n_lines},
+            f">= {COMMIT_RATIO}x",
+            rate / raw_rate >= COMMIT_RATIO,
+            {
+                "seconds": elapsed,
+                "result": res,
+                "raw_seconds": raw_s,
+                "raw_lines": n_lines,
+                "batch_size": page,
+            },
         )
     )
 
@@ -492,21 +519,29 @@ async def _p99(session: aiohttp.ClientSession, st: _State) -> None:
     committed = int(res["committed"])
     _log(f"live pushes at {s.live_rate:g}/s: idle {idle}; during commit of B {busy}")
     _log(f"window commit B under live load: {committed:,} sales in {elapsed:.1f} s")
-    ratio = busy["p99_ms"] / idle["p99_ms"] if idle["p99_ms"] else 0.0
-    st.rows.append(
-        Row(
-            "p99",
-            f"push p99 during a {committed:,}-sale window commit ({s.live_rate:g} req/s open loop)",
-            busy["p99_ms"],
-            f"p99 {busy['p99_ms']:.1f} ms (p50 {busy['p50_ms']:.1f}, max {busy['max_ms']:.0f})",
-            idle["p99_ms"],
-            f"idle p99 {idle['p99_ms']:.1f} ms (p50 {idle['p50_ms']:.1f})",
-            ratio,
-            "<= 3x",
-            ratio <= 3.0 and busy["non_2xx"] == 0,
-            {"idle": idle, "during_commit": busy, "commit_seconds": elapsed, "result": res},
+    details = {"idle": idle, "during_commit": busy, "commit_seconds": elapsed, "result": res}
+    ok = busy["non_2xx"] == 0 and idle["non_2xx"] == 0
+    what = f"a {committed:,}-sale window commit ({s.live_rate:g} req/s open loop)"
+    for stat, limit in (("p50", BUSY_P50), ("p99", BUSY_P99)):
+        key = f"{stat}_ms"
+        ratio = busy[key] / idle[key] if idle[key] else float("inf")
+        name = "median" if stat == "p50" else "p99"
+        st.rows.append(
+            Row(
+                "p99",
+                f"P5 push {name} during {what} vs idle",
+                busy[key],
+                f"{stat} {busy[key]:.1f} ms of {busy['requests']:,} "
+                f"(max {busy['max_ms']:.0f}, non-2xx {busy['non_2xx']})",
+                idle[key],
+                f"idle {stat} {idle[key]:.1f} ms of {idle['requests']:,} "
+                f"({idle_end - idle_start:.0f} s)",
+                ratio,
+                f"<= {limit}x",
+                ok and ratio <= limit,
+                details if stat == "p50" else {},
+            )
         )
-    )
 
 
 # ---------------------------------------------------------------------------- restart
@@ -579,7 +614,7 @@ async def run(workdir: Path, s: PipelineSettings) -> list[Row]:
                     st.rows.append(
                         Row(
                             "restart",
-                            f"restart to ready with {pending:,} spooled rows",
+                            f"P7 restart to ready with {pending:,} spooled rows",
                             ready,
                             f"{ready:.2f} s",
                             empty_ready,

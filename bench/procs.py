@@ -53,8 +53,13 @@ def write_config(
     stores: Sequence[str],
     *,
     max_body_bytes: int = 64 * 1024 * 1024,
+    mqtt_port: int | None = None,
+    mqtt_client_id: str = "possync-bench",
 ) -> Path:
-    """A possync TOML config: canonical stores, SQLite sink, windows far from now."""
+    """A possync TOML config: canonical stores, SQLite sink, windows far from now.
+
+    With `mqtt_port`, the MQTT source subscribes to the broker on 127.0.0.1 at that port.
+    """
     times = ", ".join(f'"{t}"' for t in far_window_times())
     parts = [
         f'data_dir = "{data_dir}"',
@@ -77,6 +82,14 @@ def write_config(
         "[inbox]",
         "enabled = false",
     ]
+    if mqtt_port is not None:
+        parts += [
+            "[mqtt]",
+            "enabled = true",
+            'host = "127.0.0.1"',
+            f"port = {mqtt_port}",
+            f'client_id = "{mqtt_client_id}"',
+        ]
     for store in stores:
         parts += [
             "[[stores]]",

@@ -1,4 +1,4 @@
-"""Measure 1: durable single-sale pushes against a bare and a naive server, same client.
+"""Measures P1 and P2: durable single-sale pushes against a bare and a naive server, same client.
 
 Three servers, one at a time, each its own process on uvloop: `bare` and `naive`
 (`bench.servers`) and the real `possync serve` with a generated config. The same load
@@ -29,6 +29,10 @@ from bench.procs import (
     write_config,
 )
 from bench.report import Row
+
+BARE_RPS = 0.65  # durable req/s at least this share of the bare server's
+BARE_P99 = 2.0  # durable p99 at most this multiple of the bare server's
+NAIVE_RPS = 3.5  # durable req/s at least this multiple of commit-per-request
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,7 @@ def _median(runs: list[LoadResult]) -> LoadResult:
 
 
 async def run(workdir: Path, s: PushSettings) -> list[Row]:
-    """Bare, naive, then durable (interleaved rounds); two rows (durable vs each baseline)."""
+    """Bare, naive, then durable (interleaved rounds); rows P1 (req/s, p99 vs bare) and P2."""
     runs: dict[str, list[LoadResult]] = {"bare": [], "naive": [], "durable": []}
     for n, kind in enumerate(["bare", "naive", "durable"] * s.rounds):
         d = workdir / f"push-{kind}-{n // 3}"
@@ -106,31 +110,52 @@ async def run(workdir: Path, s: PushSettings) -> list[Row]:
     details["duration_s"] = s.duration_s
     details["rounds"] = {k: [round(r.rps) for r in v] for k, v in runs.items()}
     r_bare = durable.rps / bare.rps if bare.rps else 0.0
+    r_p99 = durable.p99_ms / bare.p99_ms if bare.p99_ms else float("inf")
     r_naive = durable.rps / naive.rps if naive.rps else 0.0
+    how = f"{s.connections} conns, {durable.tool}" + (
+        f", median of {s.rounds} rounds" if s.rounds > 1 else ""
+    )
+    # Issue 11's goals: >= 0.65x bare's req/s with p99 <= 2x bare's; >= 3.5x naive's req/s.
+    # The Python load client tops out below the bare server (about 12.5k req/s here), so with
+    # it the bare figure is the client's and a ratio to it flatters possync: not judged.
+    judged = bare.tool == durable.tool == "wrk (Lua)"
+    if not judged:
+        how += "; bare is client-bound without wrk: not judged"
     return [
         Row(
             "push",
-            f"durable single-sale push vs bare aiohttp ({s.connections} conns, {durable.tool}"
-            + (f", median of {s.rounds} rounds)" if s.rounds > 1 else ")"),
+            f"P1 durable single-sale push vs bare aiohttp: req/s ({how})",
             durable.rps,
             _text(durable),
             bare.rps,
             _text(bare),
             r_bare,
-            ">= 0.85x",
-            r_bare >= 0.85,
+            f">= {BARE_RPS}x",
+            r_bare >= BARE_RPS if judged else None,
             details,
         ),
         Row(
             "push",
-            "durable single-sale push vs naive commit-per-request",
+            f"P1 durable single-sale push vs bare aiohttp: p99 ({how})",
+            durable.p99_ms,
+            f"p99 {durable.p99_ms:.1f} ms",
+            bare.p99_ms,
+            f"p99 {bare.p99_ms:.1f} ms",
+            r_p99,
+            f"<= {BARE_P99}x",
+            r_p99 <= BARE_P99 if judged else None,
+            {},
+        ),
+        Row(
+            "push",
+            "P2 durable single-sale push vs naive commit-per-request",
             durable.rps,
             _text(durable),
             naive.rps,
             _text(naive),
             r_naive,
-            ">= 5x",
-            r_naive >= 5.0,
+            f">= {NAIVE_RPS}x",
+            r_naive >= NAIVE_RPS,
             {},
         ),
     ]
