@@ -10,7 +10,10 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from worker.clock import FakeClock
+from worker.config import Config, StoreConfig, WindowsConfig
 from worker.windows import (
+    NextWindows,
     due_catch_up,
     last_window,
     local_instant,
@@ -498,3 +501,53 @@ def test_start_of_day_is_the_first_instant_of_the_date(day: date, zone: ZoneInfo
     # A skipped date (Apia 2011-12-30) starts with the next one.
     assume(local_day == day)
     assert (start - US).astimezone(zone).date() < day
+
+
+# --- NextWindows: the configured stores' windows against the clock ---------------------------
+
+
+def two_stores() -> tuple[Config, StoreConfig, StoreConfig]:
+    ny = StoreConfig(id="NY1", timezone="America/New_York")
+    syd = StoreConfig(id="SYD1", timezone="Australia/Sydney", windows=["03:00"])
+    cfg = Config(windows=WindowsConfig(times=DEFAULT, spread_s=900), stores=[ny, syd])
+    return cfg, ny, syd
+
+
+def test_next_windows_answers_each_store_in_its_own_zone_and_stagger() -> None:
+    cfg, ny, syd = two_stores()
+    clock = FakeClock(utc(2026, 3, 7, 12))
+    windows = NextWindows(cfg, clock)
+    assert windows.visible_at(ny) == next_store_window(clock.now(), NY, DEFAULT, "NY1", 900)
+    assert windows.visible_at(syd) == next_store_window(clock.now(), SYDNEY, ["03:00"], "SYD1", 900)
+    assert windows.visible_at(ny) != windows.visible_at(syd)
+    at = utc(2026, 3, 8, 6)  # New York springs forward that morning
+    assert windows.after(ny, at) == next_store_window(at, NY, DEFAULT, "NY1", 900)
+
+
+def test_visible_at_is_the_same_until_its_window_then_the_next_one() -> None:
+    cfg, ny, _ = two_stores()
+    clock = FakeClock(utc(2026, 5, 1, 12))
+    windows = NextWindows(cfg, clock)
+    first = windows.visible_at(ny)
+    assert first > clock.now()
+    clock.set(first - US)
+    assert windows.visible_at(ny) == first
+    clock.set(first)  # the window itself: a sale pushed now waits for the next one
+    second = windows.visible_at(ny)
+    assert second > first
+    assert second == next_store_window(first, NY, DEFAULT, "NY1", 900)
+    clock.set(second + timedelta(days=3))  # a clock that jumps is answered from the new now
+    assert windows.visible_at(ny) == next_store_window(clock.now(), NY, DEFAULT, "NY1", 900)
+
+
+def test_catch_up_is_the_pure_rule_over_the_store_plan() -> None:
+    cfg, ny, syd = two_stores()
+    now = utc(2026, 5, 3, 12)
+    windows = NextWindows(cfg, FakeClock(now))
+    last = utc(2026, 5, 1, 12)
+    assert windows.catch_up(ny, last, now) == due_catch_up(last, now, NY, DEFAULT, "NY1", 900)
+    assert windows.catch_up(syd, last, now) == due_catch_up(
+        last, now, SYDNEY, ["03:00"], "SYD1", 900
+    )
+    assert windows.catch_up(ny, None, now) is None  # never ran: nothing to catch up
+    assert windows.catch_up(ny, windows.after(ny, now), now) is None  # done beyond now

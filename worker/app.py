@@ -44,18 +44,20 @@ from aiohttp.web_protocol import RequestHandler
 from worker import keys
 from worker.buffers.sqlite import open_spool
 from worker.clock import Clock, SystemClock
-from worker.committer import Scheduler, open_committer
+from worker.committer import open_committer
 from worker.config import Config, Credentials
 from worker.health import Health
 from worker.intake import Intake
 from worker.metrics import Metrics
 from worker.openapi import add_openapi_route
+from worker.scheduler import Scheduler
 from worker.sinks import open_sink
 from worker.sources.backfill import add_backfill_routes
 from worker.sources.http import add_routes
 from worker.sources.inbox import add_file_routes, open_inbox
 from worker.status_page import add_page_routes
 from worker.web import errors_middleware
+from worker.windows import NextWindows
 
 log = logging.getLogger("possync.app")
 
@@ -76,6 +78,7 @@ def build_app(
     app[keys.CREDENTIALS] = credentials
     app[keys.METRICS] = Metrics()
     app[keys.HEALTH] = Health()
+    app[keys.WINDOWS] = NextWindows(cfg, app[keys.CLOCK])
     app[keys.STATUS_EXTRA] = {}
     app.cleanup_ctx.append(_spool_ctx)
     app.cleanup_ctx.append(_sink_ctx)
@@ -132,18 +135,19 @@ async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _committer_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[keys.CONFIG]
+    clock, metrics, windows = app[keys.CLOCK], app[keys.METRICS], app[keys.WINDOWS]
     async with open_committer(
-        cfg, app[keys.SPOOL], app[keys.SINK], app[keys.CLOCK], app[keys.METRICS]
+        cfg, app[keys.SPOOL], app[keys.SINK], clock, metrics, windows
     ) as committer:
         app[keys.COMMITTER] = committer
         app[keys.INTAKE] = Intake(
-            cfg, app[keys.SPOOL], app[keys.SINK], committer, app[keys.CLOCK], app[keys.METRICS]
+            cfg, app[keys.SPOOL], app[keys.SINK], committer, clock, metrics, windows
         )
         yield
 
 
 async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
-    scheduler = Scheduler(app[keys.CONFIG], app[keys.COMMITTER], app[keys.CLOCK])
+    scheduler = Scheduler(app[keys.CONFIG], app[keys.COMMITTER], app[keys.CLOCK], app[keys.WINDOWS])
     app[keys.SCHEDULER] = scheduler
     async with app[keys.HEALTH].owned_task("scheduler", scheduler.run()):
         yield

@@ -8,8 +8,9 @@ Finalize only after the sink confirms: rows are acked after `commit_sales` retur
 anywhere re-leases the same rows; the sink is idempotent by batch id and by (sale, version),
 and trigger events by event id, so a rerun leaves each sale in the sink exactly once.
 
-The `Scheduler` owns the timing: each store's two windows in its own zone, staggered,
-caught up once at start-up, one commit per store at a time.
+Also here, on the same validation and sink machinery: manual sales (validated and committed
+at once, `commit_manual`), a quarantined record's recheck, and the dry-run preview. The timing
+is not here: `worker.scheduler` fires `commit_store` at the instants `worker.windows` gives.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from worker.validation import (
     validate_batch,
     validate_sale,
 )
-from worker.windows import due_catch_up, next_store_window
+from worker.windows import NextWindows
 
 log = logging.getLogger("possync.committer")
 T = TypeVar("T")
@@ -83,13 +84,20 @@ class Committer:
     """Commits spooled sales of one store at a time; also commits manual sales at once."""
 
     def __init__(
-        self, cfg: Config, spool: SqliteSpool, sink: Sink, clock: Clock, metrics: Metrics
+        self,
+        cfg: Config,
+        spool: SqliteSpool,
+        sink: Sink,
+        clock: Clock,
+        metrics: Metrics,
+        windows: NextWindows,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
         self.sink = sink
         self.clock = clock
         self.metrics = metrics
+        self.windows = windows
         self.stop = asyncio.Event()
         self._locks: dict[str, asyncio.Lock] = {s.id: asyncio.Lock() for s in cfg.stores}
         self._zones = {s.id: cfg.store_zone(s) for s in cfg.stores}
@@ -98,29 +106,15 @@ class Committer:
             s.id: Decimal(s.cash_rounding) if s.cash_rounding else None for s in cfg.stores
         }
         self.paused: set[str] = set()
-        self._visible: dict[str, datetime] = {}
         self.last: dict[str, WindowResult] = {}
         self.last_window: dict[str, datetime] = {}
         self.sink_error: str | None = None
 
-    # ----------------------------------------------------------------- timing
+    # ----------------------------------------------------------------- state
 
     def visible_at(self, store: StoreConfig) -> datetime:
-        """When sales pushed now become visible: this store's next (staggered) window."""
-        now = self.clock.now()
-        cached = self._visible.get(store.id)
-        # The next window is the same for every instant before it: compute it once per window.
-        if cached is not None and now < cached:
-            return cached
-        nxt = next_store_window(
-            now,
-            self._zones[store.id],
-            self.cfg.store_times(store),
-            store.id,
-            self.cfg.windows.spread_s,
-        )
-        self._visible[store.id] = nxt
-        return nxt
+        """The store's next window (`NextWindows.visible_at`; read `keys.WINDOWS` instead)."""
+        return self.windows.visible_at(store)
 
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
@@ -354,16 +348,7 @@ class Committer:
         rows = [row for _, row in verdict.sales]
         voids = [v for _, v in verdict.voids]
         batch_id = f"{store.id}:{window_at.isoformat()}:{entries[0].seq}-{entries[-1].seq}"
-        batch = CommitBatch(
-            batch_id=batch_id,
-            store=store.id,
-            window_at=window_at,
-            sales=rows,
-            voids=voids,
-            triggers=triggers,
-            manifest=_manifest(batch_id, store.id, window_at, rows, voids, len(triggers)),
-        )
-        return verdict, batch
+        return verdict, _batch(batch_id, store.id, window_at, rows, voids, triggers)
 
     def _triggers_for(
         self,
@@ -495,16 +480,7 @@ class Committer:
         digest = hashlib.sha256(
             "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
         ).hexdigest()[:16]
-        batch_id = f"manual:{store.id}:{digest}"
-        batch = CommitBatch(
-            batch_id=batch_id,
-            store=store.id,
-            window_at=now,
-            sales=rows,
-            voids=[],
-            triggers=triggers,
-            manifest=_manifest(batch_id, store.id, now, rows, [], len(triggers)),
-        )
+        batch = _batch(f"manual:{store.id}:{digest}", store.id, now, rows, [], triggers)
         with self.metrics.sink_call("commit"):
             outcome = await self.sink.commit_sales(batch)
         written = 0 if outcome.already_committed else outcome.inserted + outcome.updated
@@ -539,7 +515,7 @@ class Committer:
                 {"seq": s, "rid": by_seq[s], "failures": [msgspec.structs.asdict(f) for f in fs]}
                 for s, fs in verdict.quarantined
             ],
-            "next_window": self.visible_at(store).isoformat(),
+            "next_window": self.windows.visible_at(store).isoformat(),
         }
 
 
@@ -577,130 +553,51 @@ def _invalid(failures: Sequence[Failure]) -> RecordInvalid:
     return RecordInvalid(f"{first.rule}: {first.message}", field=first.field)
 
 
-def _manifest(
+def _batch(
     batch_id: str,
     store: str,
     window_at: datetime,
-    rows: Sequence[SaleRow],
-    voids: Sequence[Void],
-    triggers: int,
-) -> Manifest:
+    rows: list[SaleRow],
+    voids: list[Void],
+    triggers: list[TriggerEvent],
+) -> CommitBatch:
+    """One sink transaction's worth, with the manifest that lets it be checked afterwards."""
     ids = sorted(f"{r.sale.id}@{r.version}" for r in rows) + sorted(f"void:{v.id}" for v in voids)
     total = Decimal(0)
     for r in rows:
         total += r.sale.total
-    return Manifest(
+    manifest = Manifest(
         batch_id=batch_id,
         store=store,
         window_at=window_at,
         sales=len(rows),
         voids=len(voids),
-        triggers=triggers,
+        triggers=len(triggers),
         total_sum=total,
         ids_sha256=hashlib.sha256("\n".join(ids).encode()).hexdigest(),
     )
-
-
-class Scheduler:
-    """Fires each store's windows (store-local, staggered); catches missed ones up once."""
-
-    def __init__(
-        self, cfg: Config, committer: Committer, clock: Clock, trigger_poll_s: float = 60.0
-    ) -> None:
-        self.cfg = cfg
-        self.committer = committer
-        self.clock = clock
-        self.trigger_poll_s = trigger_poll_s
-        self.wake = asyncio.Event()
-        self.running: dict[str, asyncio.Task[WindowResult]] = {}
-        self.next_due: dict[str, datetime] = {}
-        self.ticks = 0
-
-    def _next(self, store: StoreConfig, after: datetime) -> datetime:
-        return next_store_window(
-            after,
-            self.cfg.store_zone(store),
-            self.cfg.store_times(store),
-            store.id,
-            self.cfg.windows.spread_s,
-        )
-
-    async def run(self) -> None:
-        """The scheduling loop; owned by the app's cleanup context."""
-        stop = self.committer.stop
-        now = self.clock.now()
-        for store in self.cfg.stores:
-            last = self.committer.last_window.get(store.id)
-            due = due_catch_up(
-                last,
-                now,
-                self.cfg.store_zone(store),
-                self.cfg.store_times(store),
-                store.id,
-                self.cfg.windows.spread_s,
-            )
-            if due is not None:
-                log.info(
-                    "store %s missed its window at %s: catching up once", store.id, due.isoformat()
-                )
-                self._start(store, due)
-            self.next_due[store.id] = self._next(store, now)
-        try:
-            while not stop.is_set():
-                soonest = min(self.next_due.values(), default=None)
-                poll = datetime.fromtimestamp(
-                    self.clock.now().timestamp() + self.trigger_poll_s, UTC
-                )
-                deadline = poll if soonest is None else min(soonest, poll)
-                await self.clock.wait_until(deadline, stop)
-                if stop.is_set():
-                    break
-                self.ticks += 1
-                now = self.clock.now()
-                for store in self.cfg.stores:
-                    due_at = self.next_due[store.id]
-                    if due_at <= now:
-                        self._start(store, due_at)
-                        self.next_due[store.id] = self._next(store, now)
-                try:
-                    await self.committer.deliver_triggers()
-                except SinkError as exc:
-                    log.warning("trigger delivery failed: %s", exc.message)
-        finally:
-            tasks = list(self.running.values())
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, SinkError):
-                    await t
-
-    def _start(self, store: StoreConfig, window_at: datetime) -> None:
-        running = self.running.get(store.id)
-        if running is not None and not running.done():
-            log.warning(
-                "store %s: previous commit still running; window %s skipped",
-                store.id,
-                window_at.isoformat(),
-            )
-            return
-        task = asyncio.create_task(self._commit(store, window_at), name=f"commit-{store.id}")
-        self.running[store.id] = task
-
-    async def _commit(self, store: StoreConfig, window_at: datetime) -> WindowResult:
-        try:
-            return await self.committer.commit_store(store, window_at)
-        except SinkError as exc:  # logged by commit_store as window.failed
-            return WindowResult(
-                store=store.id, window_at=window_at, started_at=self.clock.now(), error=exc.message
-            )
+    return CommitBatch(
+        batch_id=batch_id,
+        store=store,
+        window_at=window_at,
+        sales=rows,
+        voids=voids,
+        triggers=triggers,
+        manifest=manifest,
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_committer(
-    cfg: Config, spool: SqliteSpool, sink: Sink, clock: Clock, metrics: Metrics
+    cfg: Config,
+    spool: SqliteSpool,
+    sink: Sink,
+    clock: Clock,
+    metrics: Metrics,
+    windows: NextWindows,
 ) -> AsyncIterator[Committer]:
     """The committer; its stop event is set on exit so retries end promptly."""
-    committer = Committer(cfg, spool, sink, clock, metrics)
+    committer = Committer(cfg, spool, sink, clock, metrics, windows)
     await committer.load_state()
     try:
         yield committer

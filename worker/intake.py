@@ -47,6 +47,7 @@ from worker.web import token_ok
 
 if TYPE_CHECKING:
     from worker.committer import Committer
+    from worker.windows import NextWindows
 
 log = logging.getLogger("possync.intake")
 
@@ -165,6 +166,7 @@ class Intake:
         committer: Committer,
         clock: Clock,
         metrics: Metrics,
+        windows: NextWindows,
     ) -> None:
         self.cfg = cfg
         self.spool = spool
@@ -172,6 +174,7 @@ class Intake:
         self.committer = committer
         self.clock = clock
         self.metrics = metrics
+        self.windows = windows
         self._stores = {s.id: s for s in cfg.stores}
         # Built once: zone and compiled mapping per store (a bad mapping is a ConfigError
         # naming the key, so the service refuses to start rather than reject every file).
@@ -278,7 +281,7 @@ class Intake:
                 duplicates=len(parsed.records),
                 rejected=parsed.rejected,
                 dropped=parsed.dropped,
-                visible_at=self.committer.visible_at(store),
+                visible_at=self.windows.visible_at(store),
             )
         if not parsed.records and parsed.rejected:
             self.metrics.child(self.metrics.rejected, source, store.id).inc(len(parsed.rejected))
@@ -357,7 +360,7 @@ class Intake:
             duplicates=duplicates,
             rejected=[],
             dropped={},
-            visible_at=self.committer.visible_at(store) if spooled else None,
+            visible_at=self.windows.visible_at(store) if spooled else None,
             realtime=len(entities),
             spooled=len(spooled),
             manual=len(manual),

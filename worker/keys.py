@@ -10,12 +10,14 @@ from aiohttp import web
 if TYPE_CHECKING:
     from worker.buffers.sqlite import SqliteSpool
     from worker.clock import Clock
-    from worker.committer import Committer, Scheduler
+    from worker.committer import Committer
     from worker.config import Config, Credentials
     from worker.health import Health
     from worker.intake import Intake
     from worker.metrics import Metrics
+    from worker.scheduler import Scheduler
     from worker.sinks.base import ClientBook
+    from worker.windows import NextWindows
 
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials | None] = web.AppKey("credentials")
@@ -29,4 +31,6 @@ HEALTH: web.AppKey[Health] = web.AppKey("health")
 # Extra /status sections (MQTT, backfills, inbox): name -> snapshot function.
 STATUS_EXTRA: web.AppKey[dict[str, Callable[[], Any]]] = web.AppKey("status_extra")
 SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
+# Each store's next window against the clock (visible_at of pushes, status, preview).
+WINDOWS: web.AppKey[NextWindows] = web.AppKey("windows")
 MQTT: web.AppKey[Any] = web.AppKey("mqtt")  # worker.sources.mqtt.MqttSource when enabled

@@ -5,6 +5,11 @@ asyncio. Inputs must be timezone-aware; every returned instant is UTC. Window ti
 `"HH:MM"` or `"HH:MM:SS"` strings (`config.parse_time`), read as wall-clock times in the
 store's IANA zone.
 
+`NextWindows` is the one stateful piece: the configured stores' windows bound to the clock.
+One per app (`app.py`); its `visible_at(store)` (when a sale pushed now is committed) is what
+the push answers, the committer's preview and the status code show, and `after` /
+`catch_up` are what the scheduler fires on.
+
 DST, the same rule for every zone (30-minute shifts such as Australia/Lord_Howe, southern
 hemisphere zones, zones that change at midnight):
 
@@ -29,11 +34,17 @@ import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from worker.config import parse_time
 
+if TYPE_CHECKING:
+    from worker.clock import Clock
+    from worker.config import Config, StoreConfig
+
 __all__ = [
+    "NextWindows",
     "due_catch_up",
     "last_window",
     "local_instant",
@@ -170,3 +181,39 @@ def due_catch_up(
     offset = stagger(store_id, spread_s)
     latest = last_window(now - offset, zone, times) + offset
     return latest if latest > last_done else None
+
+
+class NextWindows:
+    """Each configured store's staggered windows, read against the clock.
+
+    `visible_at` is cached per store: the next window is the same for every instant before
+    it, so it is computed once per window, not once per push.
+    """
+
+    def __init__(self, cfg: Config, clock: Clock) -> None:
+        self._clock = clock
+        self._spread_s = cfg.windows.spread_s
+        self._plans = {s.id: (cfg.store_zone(s), tuple(cfg.store_times(s))) for s in cfg.stores}
+        self._visible: dict[str, datetime] = {}
+
+    def after(self, store: StoreConfig, instant: datetime) -> datetime:
+        """The store's next staggered window strictly after `instant` (UTC)."""
+        zone, times = self._plans[store.id]
+        return next_store_window(instant, zone, times, store.id, self._spread_s)
+
+    def catch_up(
+        self, store: StoreConfig, last_done: datetime | None, now: datetime
+    ) -> datetime | None:
+        """The one window to run at `now` for all those missed since `last_done` (or None)."""
+        zone, times = self._plans[store.id]
+        return due_catch_up(last_done, now, zone, times, store.id, self._spread_s)
+
+    def visible_at(self, store: StoreConfig) -> datetime:
+        """When sales pushed now become visible: this store's next (staggered) window."""
+        now = self._clock.now()
+        cached = self._visible.get(store.id)
+        if cached is not None and now < cached:
+            return cached
+        nxt = self.after(store, now)
+        self._visible[store.id] = nxt
+        return nxt
