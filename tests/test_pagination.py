@@ -8,7 +8,7 @@ exactly once; rows added between two page reads appear once or before the cursor
 twice; `count` equals the store's own count (and the Sales Report's); filters hold; a
 garbled, foreign, re-filtered or edited cursor is a 400 naming `cursor`, a bad `limit` a
 400 naming `limit`. The sink functions under the endpoints run over both sinks
-(`backend` from the contract suite in `tests.test_sinks`).
+(`backend` from the sink contract suite's room, `tests.contracts.sinks`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from tests.appserver import Harness, make_config, running
-from tests.test_sinks import (  # the contract suite's backends and builders
+from tests.contracts.sinks import (  # the contract suite's backends and builders
     backend,
     make_batch,
     make_sale,
