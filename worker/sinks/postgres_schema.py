@@ -9,6 +9,20 @@ from __future__ import annotations
 
 DDL_LOCK = 0x706F7373796E63  # "possync": serializes start-up DDL across processes
 
+# The columns the trigger outbox and the delivered trigger events share.
+_TRIGGER_COLUMNS = """    event_id text PRIMARY KEY,
+    store text NOT NULL,
+    sale_id text NOT NULL,
+    trigger_name text NOT NULL,
+    action text NOT NULL,
+    customer_id text,
+    total numeric NOT NULL,
+    business_date date NOT NULL,
+    due_date date NOT NULL,
+    due_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+"""
+
 DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE IF NOT EXISTS {s}.customers (
@@ -117,18 +131,7 @@ CREATE TABLE IF NOT EXISTS {s}.voids (
     PRIMARY KEY (store, sale_id)
 );
 CREATE TABLE IF NOT EXISTS {s}.trigger_outbox (
-    event_id text PRIMARY KEY,
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    trigger_name text NOT NULL,
-    action text NOT NULL,
-    customer_id text,
-    total numeric NOT NULL,
-    business_date date NOT NULL,
-    due_date date NOT NULL,
-    due_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL,
-    batch_id text NOT NULL,
+<trigger columns>    batch_id text NOT NULL,
     delivered_at timestamptz,
     cancelled boolean NOT NULL DEFAULT false
 );
@@ -136,18 +139,7 @@ CREATE INDEX IF NOT EXISTS trigger_outbox_due ON {s}.trigger_outbox (due_at)
     WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON {s}.trigger_outbox (store, created_at);
 CREATE TABLE IF NOT EXISTS {s}.trigger_events (
-    event_id text PRIMARY KEY,
-    store text NOT NULL,
-    sale_id text NOT NULL,
-    trigger_name text NOT NULL,
-    action text NOT NULL,
-    customer_id text,
-    total numeric NOT NULL,
-    business_date date NOT NULL,
-    due_date date NOT NULL,
-    due_at timestamptz NOT NULL,
-    created_at timestamptz NOT NULL,
-    fired_at timestamptz NOT NULL
+<trigger columns>    fired_at timestamptz NOT NULL
 );
 CREATE TABLE IF NOT EXISTS {s}.commit_batches (
     batch_id text PRIMARY KEY,
@@ -178,6 +170,7 @@ BEGIN
 END
 $migrate$;
 """
+DDL = DDL.replace("<trigger columns>", _TRIGGER_COLUMNS)
 
 
 def _literal(text: str) -> str:

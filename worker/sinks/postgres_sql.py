@@ -16,10 +16,17 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 
 from worker.batch import CommitBatch, SaleRow
-from worker.errors import SinkError
 from worker.records import Customer, Product, encode
 from worker.sinks.base import SALE_LOG_COLUMNS, SALE_LOG_FROM_BODY, ReportRow
 from worker.sinks.postgres_schema import ddl
+from worker.sinks.sql_rows import (
+    customer_values,
+    line_values,
+    product_values,
+    sale_values,
+    tender_values,
+    trigger_values,
+)
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -90,6 +97,18 @@ def _log_column(column: str) -> str:
 SALE_LOG_SELECT = ", ".join(_log_column(c) for c in SALE_LOG_COLUMNS)
 
 
+def _upsert_entity(s: str, table: str, cols: Cols) -> str:
+    """The version-guarded bulk upsert of customers or products (`synced_at` = now())."""
+    names = [n for n, _ in cols]
+    return (
+        f"INSERT INTO {s}.{table} AS t (store, {', '.join(names)}, synced_at)"
+        f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-1])}, u.body::jsonb, now()"
+        f" FROM {_unnest(cols, 2)}"
+        f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded([*names, 'synced_at'], ['id'])}"
+        " WHERE excluded.version > t.version RETURNING t.id"
+    )
+
+
 class Sql:
     """Every statement of the sink, with the schema name baked in once."""
 
@@ -97,22 +116,8 @@ class Sql:
         s = '"' + schema.replace('"', '""') + '"'
         self.schema = s  # quoted, for the statements `worker.sinks.sql` writes
         self.ddl = ddl(schema)
-        names = [n for n, _ in CUSTOMER]
-        self.upsert_customers = (
-            f"INSERT INTO {s}.customers AS t (store, {', '.join(names)}, synced_at)"
-            f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-1])}, u.body::jsonb, now()"
-            f" FROM {_unnest(CUSTOMER, 2)}"
-            f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded([*names, 'synced_at'], ['id'])}"
-            " WHERE excluded.version > t.version RETURNING t.id"
-        )
-        names = [n for n, _ in PRODUCT]
-        self.upsert_products = (
-            f"INSERT INTO {s}.products AS t (store, {', '.join(names)}, synced_at)"
-            f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-1])}, u.body::jsonb, now()"
-            f" FROM {_unnest(PRODUCT, 2)}"
-            f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded([*names, 'synced_at'], ['id'])}"
-            " WHERE excluded.version > t.version RETURNING t.id"
-        )
+        self.upsert_customers = _upsert_entity(s, "customers", CUSTOMER)
+        self.upsert_products = _upsert_entity(s, "products", PRODUCT)
         names = [n for n, _ in SALE]
         sale_cols = [
             *names[:-2],
@@ -190,99 +195,18 @@ def columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
 
 
 def customer_row(c: Customer) -> tuple[Any, ...]:
-    return (
-        c.id,
-        c.effective_version,
-        c.first_name,
-        c.last_name,
-        c.email,
-        c.phone,
-        c.status,
-        c.updated_at,
-        encode(c).decode(),
-    )
+    """The `CUSTOMER` columns of one customer."""
+    return (*customer_values(c), encode(c).decode())
 
 
 def product_row(p: Product) -> tuple[Any, ...]:
-    return (
-        p.id,
-        p.effective_version,
-        p.sku,
-        p.name,
-        p.category,
-        p.price,
-        p.currency,
-        p.status,
-        p.is_unique_piece,
-        p.updated_at,
-        encode(p).decode(),
-    )
+    """The `PRODUCT` columns of one product."""
+    return (*product_values(p), encode(p).decode())
 
 
 def sale_row(row: SaleRow) -> tuple[Any, ...]:
-    s = row.sale
-    if s.business_date is None:
-        raise SinkError(
-            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
-        )
-    return (
-        s.id,
-        row.version,
-        s.business_date,
-        s.occurred_at,
-        s.kind,
-        s.origin,
-        s.channel,
-        s.customer_id,
-        row.customer_linked,
-        s.employee_id,
-        s.original_id,
-        s.display_number,
-        s.location_id,
-        s.register_id,
-        s.currency,
-        s.subtotal,
-        s.tax,
-        s.total,
-        s.shipping,
-        s.fees,
-        s.tip,
-        len(s.lines),
-        row.warning_text(),
-        encode(s).decode(),
-    )
-
-
-def _line_rows(rows: Sequence[SaleRow]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            row.sale.id,
-            no,
-            ln.line_id,
-            ln.sku,
-            ln.product_id,
-            ln.description,
-            ln.category,
-            ln.quantity,
-            ln.unit_price,
-            ln.discount,
-            ln.tax,
-            ln.line_kind,
-            ln.employee_id,
-            ln.original_line_id,
-            ln.restock,
-        )
-        for row in rows
-        for no, ln in enumerate(row.sale.lines, 1)
-    ]
-
-
-def _tender_rows(rows: Sequence[SaleRow]) -> list[tuple[Any, ...]]:
-    return [
-        (row.sale.id, no, t.method, t.amount, t.reference, t.method_id)
-        for row in rows
-        for no, t in enumerate(row.sale.tenders, 1)
-    ]
+    """The `SALE` columns of one sale."""
+    return (*sale_values(row), row.warning_text(), encode(row.sale).decode())
 
 
 class PostgresDialect:
@@ -393,7 +317,7 @@ class PostgresDialect:
 
     async def insert_children(self, tx: Conn, store: str, rows: Sequence[SaleRow]) -> None:
         """Insert the lines and tenders of these sales, one array per column."""
-        lines, tenders = _line_rows(rows), _tender_rows(rows)
+        lines, tenders = list(line_values(rows)), list(tender_values(rows))
         if lines:
             await tx.execute(self.sql.insert_lines, store, *columns(lines, len(LINE)))
         if tenders:
@@ -405,22 +329,7 @@ class PostgresDialect:
 
     async def insert_triggers(self, tx: Conn, batch: CommitBatch) -> int:
         """The batch's outbox rows; an existing event id is kept."""
-        rows = [
-            (
-                t.event_id,
-                t.store,
-                t.sale_id,
-                t.trigger,
-                t.action,
-                t.customer_id,
-                t.total,
-                t.business_date,
-                t.due_date,
-                t.due_at,
-                t.created_at,
-            )
-            for t in batch.triggers
-        ]
+        rows = [trigger_values(t) for t in batch.triggers]
         cols = columns(rows, len(TRIGGER))
         return len(await tx.fetch(self.sql.insert_outbox, batch.batch_id, *cols))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
@@ -34,36 +33,17 @@ from worker.batch import (
     latest_per_sale,
     warnings_of,
 )
-from worker.records import Customer, Entity, Product, SaleLine, Tender
-from worker.sinks.base import SALE_LOG_COLUMNS, EntityOutcome, PageKey, ReportRow, utc_text
-
-TABLES = (
-    "customers",
-    "products",
-    "sales",
-    "sale_lines",
-    "tenders",
-    "voids",
-    "trigger_outbox",
-    "trigger_events",
-    "commit_batches",
+from worker.records import Customer, Entity, Product
+from worker.sinks.base import SALE_LOG_COLUMNS, EntityOutcome, PageKey, ReportRow
+from worker.sinks.sql_rows import (
+    BOOL_COLS,
+    TABLES,
+    TRIGGER_COLUMNS,
+    jsonable,
+    line_dict,
+    tender_dict,
+    trigger_event,
 )
-# The outbox / trigger_events columns every statement names, in this order.
-TRIGGER_COLUMNS = (
-    "event_id",
-    "store",
-    "sale_id",
-    "trigger_name",
-    "action",
-    "customer_id",
-    "total",
-    "business_date",
-    "due_date",
-    "due_at",
-    "created_at",
-)
-# Sales Log columns that are booleans (SQLite answers 0/1).
-BOOL_COLS = frozenset({"customer_linked", "voided", "tax_included"})
 
 Tx = TypeVar("Tx")
 Tx_contra = TypeVar("Tx_contra", contravariant=True)
@@ -168,68 +148,6 @@ class Dialect(Protocol[Tx_contra]):
     ) -> list[ReportRow]:
         """One Sales Report row per (business date, currency) in [start, end]."""
         ...
-
-
-def jsonable(value: Any) -> Any:
-    """A column value as the SQLite sink stores it (exact decimal text, UTC text, ISO date)."""
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    if isinstance(value, datetime):
-        return utc_text(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
-
-
-def _day(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(value)
-
-
-def _instant(value: Any) -> datetime:
-    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
-
-
-def trigger_event(r: Sequence[Any]) -> TriggerEvent:
-    """An outbox row (`TRIGGER_COLUMNS` first) as the event."""
-    return TriggerEvent(
-        event_id=r[0],
-        store=r[1],
-        sale_id=r[2],
-        trigger=r[3],
-        action=r[4],
-        customer_id=r[5],
-        total=Decimal(r[6]),
-        business_date=_day(r[7]),
-        due_date=_day(r[8]),
-        due_at=_instant(r[9]),
-        created_at=_instant(r[10]),
-    )
-
-
-def _line(r: Sequence[Any]) -> dict[str, Any]:
-    line = SaleLine(
-        line_id=r[0],
-        sku=r[1],
-        product_id=r[2],
-        description=r[3],
-        category=r[4],
-        quantity=Decimal(r[5]),
-        unit_price=Decimal(r[6]),
-        discount=Decimal(r[7]),
-        tax=Decimal(r[8]),
-        line_kind=r[9],
-        employee_id=r[10],
-        original_line_id=r[11],
-        restock=None if r[12] is None else bool(r[12]),
-    )
-    out: dict[str, Any] = msgspec.to_builtins(line)
-    return out
-
-
-def _tender(r: Sequence[Any]) -> dict[str, Any]:
-    tender = Tender(method=r[0], amount=Decimal(r[1]), reference=r[2], method_id=r[3])
-    out: dict[str, Any] = msgspec.to_builtins(tender)
-    return out
 
 
 class Where:
@@ -469,8 +387,8 @@ class SqlSink(Generic[Tx]):
             tenders = await d.fetch(tx, q.sale_tenders, key)
         version, voided, voided_at, linked, warning, committed_at, batch_id, body = head[0]
         out = _DICT_DECODER.decode(body)
-        out["lines"] = [_line(r) for r in lines]
-        out["tenders"] = [_tender(r) for r in tenders]
+        out["lines"] = [line_dict(r) for r in lines]
+        out["tenders"] = [tender_dict(r) for r in tenders]
         out.update(
             record=_DICT_DECODER.decode(body),
             version=version,

@@ -16,17 +16,25 @@ import aiosqlite
 import msgspec
 
 from worker.batch import CommitBatch, SaleRow, TriggerEvent
-from worker.errors import SinkError
-from worker.records import Customer, Product, SaleLine, Void, encode
+from worker.records import Customer, Product, Void, encode
 from worker.sinks.base import (
     SALE_LOG_COLUMNS,
     SALE_LOG_FROM_BODY,
     ReportDay,
     ReportRow,
     utc_text,
-    utc_text_opt,
 )
-from worker.sinks.sql import TRIGGER_COLUMNS
+from worker.sinks.sql_rows import (
+    TRIGGER_COLUMNS,
+    customer_values,
+    line_values,
+    money_text,
+    product_values,
+    sale_values,
+    sqlite_value,
+    tender_values,
+    trigger_values,
+)
 
 _JSON = msgspec.json.Encoder()
 
@@ -105,117 +113,38 @@ def _from_body(column: str) -> str:
 SALE_LOG_SELECT = ", ".join(_from_body(c) for c in SALE_LOG_COLUMNS)
 
 
-def money_text(value: Decimal) -> str:
-    """Exact decimal text without exponent ('1E+2' -> '100')."""
-    text = str(value)  # 3-4x faster than format(); only exponent forms need the slow path
-    return format(value, "f") if "E" in text else text
-
-
-def _money_opt(value: Decimal | None) -> str | None:
-    return None if value is None else money_text(value)
-
-
 def json_list(values: Iterable[str]) -> str:
+    """Ids as one JSON array (bound to `IN_IDS`)."""
     return _JSON.encode(list(values)).decode()
 
 
-def _bool_opt(value: bool | None) -> int | None:
-    return None if value is None else int(value)
+def _text(values: Iterable[Any]) -> tuple[Any, ...]:
+    return tuple(map(sqlite_value, values))
 
 
 def customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]:
-    return (
-        store,
-        c.id,
-        c.effective_version,
-        c.first_name,
-        c.last_name,
-        c.email,
-        c.phone,
-        c.status,
-        utc_text_opt(c.updated_at),
-        synced_at,
-        encode(c).decode(),
-    )
+    """`UPSERT_CUSTOMER`'s parameters."""
+    return (store, *_text(customer_values(c)), synced_at, encode(c).decode())
 
 
 def product_params(store: str, p: Product, synced_at: str) -> tuple[Any, ...]:
-    return (
-        store,
-        p.id,
-        p.effective_version,
-        p.sku,
-        p.name,
-        p.category,
-        _money_opt(p.price),
-        p.currency,
-        p.status,
-        int(p.is_unique_piece),
-        utc_text_opt(p.updated_at),
-        synced_at,
-        encode(p).decode(),
-    )
+    """`UPSERT_PRODUCT`'s parameters."""
+    return (store, *_text(product_values(p)), synced_at, encode(p).decode())
 
 
 def sale_params(
     store: str, row: SaleRow, voided_at: str | None, committed_at: str, batch_id: str
 ) -> tuple[Any, ...]:
-    s = row.sale
-    if s.business_date is None:
-        raise SinkError(
-            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
-        )
+    """`UPSERT_SALE`'s parameters: voided iff a void of the sale is kept."""
     return (
         store,
-        s.id,
-        row.version,
-        s.business_date.isoformat(),
-        utc_text(s.occurred_at),
-        s.kind,
-        s.origin,
-        s.channel,
-        s.customer_id,
-        int(row.customer_linked),
-        s.employee_id,
-        s.original_id,
-        s.display_number,
-        s.location_id,
-        s.register_id,
-        s.currency,
-        money_text(s.subtotal),
-        money_text(s.tax),
-        money_text(s.total),
-        money_text(s.shipping),
-        money_text(s.fees),
-        money_text(s.tip),
-        len(s.lines),
+        *_text(sale_values(row)),
         int(voided_at is not None),
         voided_at,
         row.warning_text(),
         committed_at,
         batch_id,
-        encode(s).decode(),
-    )
-
-
-def line_params(store: str, sale_id: str, no: int, ln: SaleLine) -> tuple[Any, ...]:
-    return (
-        store,
-        sale_id,
-        no,
-        ln.line_id,
-        ln.sku,
-        ln.product_id,
-        ln.description,
-        ln.category,
-        money_text(ln.quantity),
-        money_text(ln.unit_price),
-        money_text(ln.discount),
-        money_text(ln.tax),
-        ln.line_kind,
-        ln.employee_id,
-        ln.original_line_id,
-        _bool_opt(ln.restock),
+        encode(row.sale).decode(),
     )
 
 
@@ -224,25 +153,8 @@ def void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
 
 
 def trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
-    return (
-        t.event_id,
-        t.store,
-        t.sale_id,
-        t.trigger,
-        t.action,
-        t.customer_id,
-        money_text(t.total),
-        t.business_date.isoformat(),
-        t.due_date.isoformat(),
-        utc_text(t.due_at),
-        utc_text(t.created_at),
-        batch_id,
-    )
-
-
-def _tender_params(store: str, row: SaleRow) -> Iterable[tuple[Any, ...]]:
-    for no, t in enumerate(row.sale.tenders, 1):
-        yield (store, row.sale.id, no, t.method, money_text(t.amount), t.reference, t.method_id)
+    """`INSERT_TRIGGER`'s parameters."""
+    return (*_text(trigger_values(t)), batch_id)
 
 
 class SqliteDialect:
@@ -378,17 +290,8 @@ class SqliteDialect:
         self, tx: aiosqlite.Connection, store: str, rows: Sequence[SaleRow]
     ) -> None:
         """Insert the lines and tenders of these sales (streamed, like the sales)."""
-        await tx.executemany(
-            INSERT_LINE,
-            (
-                line_params(store, row.sale.id, no, ln)
-                for row in rows
-                for no, ln in enumerate(row.sale.lines, 1)
-            ),
-        )
-        await tx.executemany(
-            INSERT_TENDER, (params for row in rows for params in _tender_params(store, row))
-        )
+        await tx.executemany(INSERT_LINE, ((store, *_text(v)) for v in line_values(rows)))
+        await tx.executemany(INSERT_TENDER, ((store, *_text(v)) for v in tender_values(rows)))
 
     async def void_existing(
         self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]

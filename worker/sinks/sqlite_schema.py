@@ -22,7 +22,28 @@ from worker.errors import SinkError
 
 SCHEMA_VERSION = 2
 
-SCHEMA = """
+# The sale_lines columns, as a new file creates them and as migration 2 rebuilds them.
+_SALE_LINES = """(
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    line_no INTEGER NOT NULL,
+    line_id TEXT,
+    sku TEXT,
+    product_id TEXT,
+    description TEXT,
+    category TEXT,
+    quantity TEXT NOT NULL,
+    unit_price TEXT NOT NULL,
+    discount TEXT NOT NULL,
+    tax TEXT NOT NULL,
+    line_kind TEXT NOT NULL,
+    employee_id TEXT,
+    original_line_id TEXT,
+    restock INTEGER,
+    PRIMARY KEY (store, sale_id, line_no)
+) WITHOUT ROWID"""
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS customers (
     store TEXT NOT NULL,
     id TEXT NOT NULL,
@@ -90,25 +111,7 @@ CREATE TABLE IF NOT EXISTS sales (
 CREATE INDEX IF NOT EXISTS sales_by_date ON sales (store, business_date);
 CREATE INDEX IF NOT EXISTS sales_by_customer ON sales (store, customer_id)
     WHERE customer_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS sale_lines (
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    line_no INTEGER NOT NULL,
-    line_id TEXT,
-    sku TEXT,
-    product_id TEXT,
-    description TEXT,
-    category TEXT,
-    quantity TEXT NOT NULL,
-    unit_price TEXT NOT NULL,
-    discount TEXT NOT NULL,
-    tax TEXT NOT NULL,
-    line_kind TEXT NOT NULL,
-    employee_id TEXT,
-    original_line_id TEXT,
-    restock INTEGER,
-    PRIMARY KEY (store, sale_id, line_no)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sale_lines {_SALE_LINES};
 CREATE TABLE IF NOT EXISTS tenders (
     store TEXT NOT NULL,
     sale_id TEXT NOT NULL,
@@ -175,26 +178,8 @@ CREATE TABLE IF NOT EXISTS commit_batches (
 );
 """
 
-_SALE_LINES_V2 = """
-CREATE TABLE sale_lines_v2 (
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    line_no INTEGER NOT NULL,
-    line_id TEXT,
-    sku TEXT,
-    product_id TEXT,
-    description TEXT,
-    category TEXT,
-    quantity TEXT NOT NULL,
-    unit_price TEXT NOT NULL,
-    discount TEXT NOT NULL,
-    tax TEXT NOT NULL,
-    line_kind TEXT NOT NULL,
-    employee_id TEXT,
-    original_line_id TEXT,
-    restock INTEGER,
-    PRIMARY KEY (store, sale_id, line_no)
-) WITHOUT ROWID
+_SALE_LINES_V2 = f"""
+CREATE TABLE sale_lines_v2 {_SALE_LINES}
 """
 
 _LINE_COLUMNS = (
