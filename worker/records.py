@@ -12,7 +12,7 @@ Decoders are built once at import (msgspec practice) and reused on the hot path.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -408,16 +408,6 @@ _TYPE_NAMES: dict[type, str] = {
 def type_of(record: Record) -> str:
     """The record's `type` tag."""
     return _TYPE_NAMES[type(record)]
-
-
-def iter_ndjson(body: bytes) -> Iterator[tuple[int, bytes]]:
-    """(index, line) for each non-blank line of an NDJSON body."""
-    index = 0
-    for raw in body.split(b"\n"):
-        line = raw.strip()
-        if line:
-            yield index, line
-            index += 1
 
 
 def sum_decimals(values: Iterable[Decimal]) -> Decimal:

@@ -8,9 +8,10 @@ from types import MappingProxyType
 import msgspec
 
 from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.adapters.streaming import iter_ndjson
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
-from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, invalid_from, iter_ndjson
+from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, invalid_from
 
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 JSON_TYPES = frozenset({"application/json", "text/json"})

@@ -1,7 +1,8 @@
 """Incremental readers: a byte stream in, lines or parsed items out, in bounded memory.
 
-What a streaming source (backfill today) needs between its network reads and an adapter's
-synchronous parser, independent of the format:
+The line readers every source shares, independent of the format: `iter_ndjson` for a
+whole NDJSON body (push, upload, inbox file, via the canonical adapter), and what a
+streaming source (backfill) needs between its network reads and an adapter's parser:
 
 * `LineSplitter`: bytes -> (line number, byte offset, line) for NDJSON, carrying the partial
   last line between feeds; a line over `max_line` is reported once and skipped, never held.
@@ -27,6 +28,16 @@ from typing import Generic, TypeVar
 from worker.errors import RecordInvalid
 
 T = TypeVar("T")
+
+
+def iter_ndjson(body: bytes) -> Iterator[tuple[int, bytes]]:
+    """(index, line) for each non-blank line of a whole NDJSON body."""
+    index = 0
+    for raw in body.split(b"\n"):
+        line = raw.strip()
+        if line:
+            yield index, line
+            index += 1
 
 
 class LineSplitter:

@@ -53,6 +53,7 @@ from aiohttp.http_exceptions import PayloadEncodingError
 from worker import keys
 from worker.adapters import get_adapter
 from worker.adapters.base import AdapterContext, Rejection
+from worker.adapters.canonical import NDJSON_TYPES
 from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
 from worker.adapters.streaming import LineSplitter, TextLines, run_threaded
@@ -84,10 +85,12 @@ MAX_REJECTIONS = 1_000
 # How many extra event-loop turns the parser gives away while live appends are staged.
 _LIVE_YIELDS = 64
 _RECENT = 20
-_NDJSON_TYPES = frozenset(
-    {"application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-seq"}
-)
-_STREAM_TYPES = _NDJSON_TYPES | {"", "application/octet-stream", "text/plain"}
+_STREAM_TYPES = NDJSON_TYPES | {
+    "application/json-seq",
+    "",
+    "application/octet-stream",
+    "text/plain",
+}
 
 
 class BackfillRejection(msgspec.Struct, frozen=True):
