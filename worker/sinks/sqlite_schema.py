@@ -43,6 +43,20 @@ _SALE_LINES = """(
     PRIMARY KEY (store, sale_id, line_no)
 ) WITHOUT ROWID"""
 
+# The columns the trigger outbox and the delivered trigger events share.
+_TRIGGER_COLUMNS = """    event_id TEXT PRIMARY KEY,
+    store TEXT NOT NULL,
+    sale_id TEXT NOT NULL,
+    trigger_name TEXT NOT NULL,
+    action TEXT NOT NULL,
+    customer_id TEXT,
+    total TEXT NOT NULL,
+    business_date TEXT NOT NULL,
+    due_date TEXT NOT NULL,
+    due_at TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+"""
+
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS customers (
     store TEXT NOT NULL,
@@ -132,18 +146,7 @@ CREATE TABLE IF NOT EXISTS voids (
     PRIMARY KEY (store, sale_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS trigger_outbox (
-    event_id TEXT PRIMARY KEY,
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    trigger_name TEXT NOT NULL,
-    action TEXT NOT NULL,
-    customer_id TEXT,
-    total TEXT NOT NULL,
-    business_date TEXT NOT NULL,
-    due_date TEXT NOT NULL,
-    due_at TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    batch_id TEXT NOT NULL,
+{_TRIGGER_COLUMNS}    batch_id TEXT NOT NULL,
     delivered_at TEXT,
     cancelled INTEGER NOT NULL DEFAULT 0
 );
@@ -151,18 +154,7 @@ CREATE INDEX IF NOT EXISTS trigger_outbox_due ON trigger_outbox (due_at)
     WHERE delivered_at IS NULL;
 CREATE INDEX IF NOT EXISTS trigger_outbox_by_store ON trigger_outbox (store, created_at);
 CREATE TABLE IF NOT EXISTS trigger_events (
-    event_id TEXT PRIMARY KEY,
-    store TEXT NOT NULL,
-    sale_id TEXT NOT NULL,
-    trigger_name TEXT NOT NULL,
-    action TEXT NOT NULL,
-    customer_id TEXT,
-    total TEXT NOT NULL,
-    business_date TEXT NOT NULL,
-    due_date TEXT NOT NULL,
-    due_at TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    fired_at TEXT NOT NULL
+{_TRIGGER_COLUMNS}    fired_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS commit_batches (
     batch_id TEXT PRIMARY KEY,
