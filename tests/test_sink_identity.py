@@ -78,6 +78,14 @@ async def push_customer(h: Harness, cid: str) -> tuple[int, dict[str, Any], dict
     return resp.status, await resp.json(), dict(resp.headers)
 
 
+async def commit_now(h: Harness) -> dict[str, Any]:
+    """POST /v1/admin/commit for S1 (a manual window) and its answer, which must be a 200."""
+    resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+    got: dict[str, Any] = await resp.json()
+    assert resp.status == 200, got
+    return got
+
+
 async def readyz(h: Harness) -> tuple[int, dict[str, Any]]:
     """GET /readyz as the admin."""
     resp = await h.client.get("/readyz", headers=h.admin())
@@ -141,9 +149,7 @@ async def test_deleted_sink_refuses_keeps_rows_and_a_restored_file_commits_once(
         assert (await push_customer(h, "C-1"))[0] == 202
         first = [f"A-{n}" for n in range(100)]
         await push_sales(h, first)
-        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-        assert resp.status == 200, await resp.json()
-        assert (await resp.json())["stores"]["S1"]["committed"] == len(first)
+        assert (await commit_now(h))["stores"]["S1"]["committed"] == len(first)
         copy = tmp_path / "nightly.db"
         backup(path, copy)
 
@@ -232,10 +238,7 @@ async def test_deleted_sink_then_restart_starts_a_fresh_file_and_commits_the_spo
     async with running(cfg, NOW + timedelta(minutes=1)) as h:
         assert (await readyz(h))[0] == 200
         assert (await push_customer(h, "C-1"))[0] == 202
-        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-        got = await resp.json()
-        assert resp.status == 200, got
-        assert got["stores"]["S1"]["committed"] == len(sales)
+        assert (await commit_now(h))["stores"]["S1"]["committed"] == len(sales)
     assert sorted(sink_sales(path)) == sorted(sales)
 
 
@@ -247,8 +250,7 @@ async def test_wal_deleted_alone_is_folded_back_and_nothing_committed_is_lost(
     sales = [f"W-{n}" for n in range(100)]
     async with running(cfg, NOW) as h:
         await push_sales(h, sales)
-        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-        assert resp.status == 200, await resp.json()
+        await commit_now(h)
         wal = Path(f"{path}-wal")
         assert wal.stat().st_size > 0  # the commit still lives in the WAL
         wal.unlink()
@@ -272,8 +274,7 @@ async def test_the_old_wal_is_never_applied_to_the_file_that_takes_its_place(
         copy = tmp_path / "empty-copy.db"
         backup(path, copy)  # the schema, no sales
         await push_sales(h, before)
-        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-        assert resp.status == 200, await resp.json()
+        await commit_now(h)
         # The old file's -wal (with those commits in it) and -shm stay beside the path.
         assert Path(f"{path}-wal").stat().st_size > 0
         if how == "replaced in place":
@@ -283,10 +284,7 @@ async def test_the_old_wal_is_never_applied_to_the_file_that_takes_its_place(
             assert (await push_customer(h, "C-1"))[0] == 503
             restore(copy, path)
         await push_sales(h, after)
-        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-        got = await resp.json()
-        assert resp.status == 200, got
-        assert got["stores"]["S1"]["committed"] == len(after)
+        assert (await commit_now(h))["stores"]["S1"]["committed"] == len(after)
     con = sqlite3.connect(path)
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
