@@ -98,32 +98,27 @@ async def _commit_until_drained(session: aiohttp.ClientSession, url: str, spool:
     raise AssertionError("spool never drained")
 
 
+def _groups(con: sqlite3.Connection, table: str, keys: str, having: str) -> int:
+    """How many groups of `table`'s rows by `keys` have a row count `c` with `having`."""
+    grouped = f"SELECT {keys}, count(*) c FROM {table} GROUP BY {keys} HAVING {having}"
+    sql = f"SELECT count(*) FROM ({grouped})"
+    return int(con.execute(sql).fetchone()[0])
+
+
 def _check_sink(sink: Path, expected: set[str] | None) -> dict[str, int]:
     """Invariants that hold after any crash; with `expected`, the final exactly-once oracle."""
     con = _connect(sink)
     try:
         ids = [r[0] for r in con.execute("SELECT id FROM sales WHERE store='S1'")]
         dup = len(ids) - len(set(ids))
-        lines_bad = con.execute(
-            "SELECT count(*) FROM (SELECT sale_id, count(*) c FROM sale_lines"
-            " GROUP BY store, sale_id HAVING c != 1)"
-        ).fetchone()[0]
-        tenders_bad = con.execute(
-            "SELECT count(*) FROM (SELECT sale_id, count(*) c FROM tenders"
-            " GROUP BY store, sale_id HAVING c != 1)"
-        ).fetchone()[0]
+        lines_bad = _groups(con, "sale_lines", "store, sale_id", "c != 1")
+        tenders_bad = _groups(con, "tenders", "store, sale_id", "c != 1")
         orphan_lines = con.execute(
             "SELECT count(*) FROM sale_lines l LEFT JOIN sales s"
             " ON s.store = l.store AND s.id = l.sale_id WHERE s.id IS NULL"
         ).fetchone()[0]
-        outbox_dup = con.execute(
-            "SELECT count(*) FROM (SELECT sale_id, trigger_name, count(*) c FROM trigger_outbox"
-            " GROUP BY store, sale_id, trigger_name HAVING c > 1)"
-        ).fetchone()[0]
-        events_dup = con.execute(
-            "SELECT count(*) FROM (SELECT sale_id, trigger_name, count(*) c FROM trigger_events"
-            " GROUP BY store, sale_id, trigger_name HAVING c > 1)"
-        ).fetchone()[0]
+        outbox_dup = _groups(con, "trigger_outbox", "store, sale_id, trigger_name", "c > 1")
+        events_dup = _groups(con, "trigger_events", "store, sale_id, trigger_name", "c > 1")
         events_ids = [r[0] for r in con.execute("SELECT event_id FROM trigger_events")]
         outbox_ids = [r[0] for r in con.execute("SELECT event_id FROM trigger_outbox")]
         inserted = sum(
@@ -132,10 +127,7 @@ def _check_sink(sink: Path, expected: set[str] | None) -> dict[str, int]:
         )
         # Every committed sale's outbox rows were written in the same transaction as the sale.
         outbox_sales = {r[0] for r in con.execute("SELECT DISTINCT sale_id FROM trigger_outbox")}
-        per_sale = con.execute(
-            "SELECT count(*) FROM (SELECT sale_id, count(*) c FROM trigger_outbox"
-            " GROUP BY sale_id HAVING c != 2)"
-        ).fetchone()[0]
+        per_sale = _groups(con, "trigger_outbox", "sale_id", "c != 2")
         # A delivered event is marked in the outbox in the same transaction, and vice versa.
         mismatched = con.execute(
             "SELECT count(*) FROM trigger_outbox o LEFT JOIN trigger_events e"

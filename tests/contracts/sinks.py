@@ -26,14 +26,7 @@ import pytest
 
 from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
 from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
-from worker.records import (
-    Adjustment,
-    Sale,
-    SaleLine,
-    Tender,
-    Void,
-    sum_decimals,
-)
+from worker.records import Adjustment, Sale, SaleLine, Tender, Void, sum_decimals
 from worker.sinks import open_sink
 from worker.sinks.base import ClientBook
 

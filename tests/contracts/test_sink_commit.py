@@ -22,13 +22,7 @@ from tests.contracts.sinks import (
     subset,
 )
 from worker.batch import CommitOutcome
-from worker.records import (
-    Customer,
-    Entity,
-    Product,
-    SaleLine,
-    Tender,
-)
+from worker.records import Customer, Entity, Product, SaleLine, Tender
 from worker.sinks.base import ClientBook, EntityOutcome, ReportRow
 
 pytest_plugins = ["tests.plugins.postgres"]

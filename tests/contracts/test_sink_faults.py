@@ -10,15 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.contracts.sinks import (
-    STORE,
-    T0,
-    Backend,
-    make_batch,
-    make_sale,
-    make_trigger,
-    make_void,
-)
+from tests.contracts.sinks import STORE, T0, Backend, make_batch, make_sale, make_trigger, make_void
 from worker.batch import CommitOutcome
 from worker.config import Config, SqliteSinkConfig
 from worker.errors import SinkError
