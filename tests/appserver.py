@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -85,3 +86,14 @@ async def running(cfg: Config, now: datetime) -> AsyncIterator[Harness]:
         yield Harness(app, client, clock)
     finally:
         await client.close()
+
+
+async def until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
+    """Wait for a state change, bounded; yields to the loop between looks."""
+
+    async def poll() -> None:
+        # The state lives in plain attributes with no event to wait on: look once per turn.
+        while not cond():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(poll(), limit_s)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.appserver import Harness, make_config, running
+from tests.appserver import Harness, make_config, running, until
 from tests.factories import sale_dict
 from worker import keys
 from worker.committer import WindowResult
@@ -18,17 +17,6 @@ from worker.windows import due_catch_up
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 PUSH = "/v1/push/canonical/S1"
-
-
-async def until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
-    """Wait for a state change, bounded; yields to the loop between looks."""
-
-    async def poll() -> None:
-        # The scheduler's state is plain attributes with no event to wait on.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), limit_s)
 
 
 async def push_sale(h: Harness, sid: str, at: datetime) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.appserver import Harness, make_config, running
+from tests.appserver import Harness, make_config, running, until
 from tests.factories import sale_dict
 from worker import keys
 from worker.committer import WindowResult
@@ -37,17 +37,6 @@ from worker.sinks.sqlite_file import FileIdentity, space_problem
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 New York: the next window is 14:00
 PUSH = "/v1/push/canonical/S1"
 EMAIL = "ada.lovelace@example.com"
-
-
-async def until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
-    """Wait for a state change, bounded; yields to the loop between looks."""
-
-    async def poll() -> None:
-        # The state lives in plain attributes with no event to wait on: look once per turn.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), limit_s)
 
 
 def retries(caplog: pytest.LogCaptureFixture) -> int:

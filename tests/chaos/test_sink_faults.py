@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.appserver import Harness, make_config, running
+from tests.appserver import Harness, make_config, running, until
 from tests.factories import sale_dict
 from tests.test_sink_identity import delete_sink_files, push_customer, readyz, start_window
 from worker import keys
@@ -34,17 +34,6 @@ from worker.sinks.sqlite import sink_path
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 New York: no window due for hours
 URL = "/v1/push/canonical/S1"
-
-
-async def _until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:
-    """Wait for a state change, bounded; yields to the loop between looks."""
-
-    async def poll() -> None:
-        # The state lives in plain attributes with no event to wait on: look once per turn.
-        while not cond():  # noqa: ASYNC110
-            await asyncio.sleep(0)
-
-    await asyncio.wait_for(poll(), limit_s)
 
 
 async def _push(h: Harness, ids: list[str]) -> None:
@@ -106,7 +95,7 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             commit = asyncio.create_task(
                 h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
             )
-            await _until(lambda: committer.sink_error is not None)
+            await until(lambda: committer.sink_error is not None)
             assert committer.sink_error is not None and "locked" in committer.sink_error
 
             status, ready = await _readyz(h)
@@ -130,7 +119,7 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             for _ in range(2):
                 seen = _retries(caplog)
                 h.clock.advance(cfg.windows.commit_retry_max_s)
-                await _until(_more_retries(caplog, seen))
+                await until(_more_retries(caplog, seen))
             assert not commit.done()
             assert _sink_ids(sink_path(cfg)) == []
         finally:
@@ -191,7 +180,7 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
         window = await start_window(h)
         # The first page is retired: the window is under way. Now the file leaves the path
         # (kept under another name by a hard link, as a `mv` away would) with its -wal/-shm.
-        await _until(lambda: h.spool.stats("S1").pending <= sales - 1000, 120)
+        await until(lambda: h.spool.stats("S1").pending <= sales - 1000, 120)
         keep = tmp_path / "moved-away.db"
         os.link(path, keep)
         delete_sink_files(path)
@@ -199,14 +188,14 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
         status, ready = await readyz(h)
         assert status == 503 and ready["field"] == "sink", ready
         assert sink.lost is not None
-        await _until(lambda: _retries(caplog) >= 1, 120)
+        await until(lambda: _retries(caplog) >= 1, 120)
         pending = h.spool.stats("S1").pending
         assert pending > 0, "the window ended before the file left: not mid-window"
         # Nothing is retired while the file is away (two more failed attempts).
         for _ in range(2):
             seen = _retries(caplog)
             h.clock.advance(cfg.windows.commit_retry_max_s)
-            await _until(_more_retries(caplog, seen), 120)
+            await until(_more_retries(caplog, seen), 120)
         assert not window.done()
         assert h.spool.stats("S1").pending == pending
         # Every row the spool retired is in the file that is coming back.
