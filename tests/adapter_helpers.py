@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from worker.adapters.base import AdapterContext, Parsed
 from worker.config import StoreConfig
 from worker.records import Customer, Product, Record, Sale, Void
+from worker.validation import ValidationContext
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECEIVED_AT = datetime(2026, 3, 22, 12, 0, 0, tzinfo=UTC)
@@ -63,6 +64,19 @@ def make_ctx(
         topic=topic,
         filename=filename,
         mapping=mapping,
+    )
+
+
+def window_ctx(hold_windows: int = 0, known: frozenset[str] = frozenset()) -> ValidationContext:
+    """The window's own validation context for store S1 (no sink: nothing known unless named)."""
+    return ValidationContext(
+        store="S1",
+        zone=ZoneInfo("America/Chicago"),
+        now=RECEIVED_AT,
+        existing_customers=frozenset(),
+        existing_sales=known,
+        pending_sale_ids=frozenset(),
+        hold_windows=hold_windows,
     )
 
 

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from tests.adapter_helpers import (
-    fixture_json,
-    make_ctx,
-    sign,
-)
+from tests.adapter_helpers import fixture_json, make_ctx, sign, window_ctx
 from worker.adapters.base import AdapterContext, Parsed
 from worker.adapters.shopify import ShopifyAdapter
 from worker.records import Sale
 from worker.validation import (
     Failure,
-    ValidationContext,
     validate_sale,
 )
 
@@ -46,19 +39,6 @@ def push(doc: Any, topic: str, **kw: Any) -> Parsed:
     """Sign and parse one delivery (a JSON document or raw bytes)."""
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     return ADAPTER.parse(body, ctx_for(body, topic, **kw))
-
-
-def window_ctx(hold_windows: int = 0, known: frozenset[str] = frozenset()) -> ValidationContext:
-    """The window's own validation context (no sink: nothing known unless named)."""
-    return ValidationContext(
-        store="S1",
-        zone=ZoneInfo("America/Chicago"),
-        now=datetime(2026, 3, 22, 12, 0, tzinfo=UTC),
-        existing_customers=frozenset(),
-        existing_sales=known,
-        pending_sale_ids=frozenset(),
-        hold_windows=hold_windows,
-    )
 
 
 def failures(s: Sale) -> list[Failure]:

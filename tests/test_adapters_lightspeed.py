@@ -12,18 +12,17 @@ import urllib.parse
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.adapter_helpers import by_type, fixture, fixture_json, make_ctx, sale
+from tests.adapter_helpers import by_type, fixture, fixture_json, make_ctx, sale, window_ctx
 from worker.adapters import get_adapter
 from worker.adapters.base import Parsed
 from worker.adapters.lightspeed import LightspeedAdapter
 from worker.adapters.lightspeed_common import MAX_ATTRIBUTES, TRUNCATED
 from worker.errors import RecordInvalid, UnsupportedMediaType
 from worker.records import Address, Customer, Product, Sale, Void, encode
-from worker.validation import Failure, ValidationContext, validate_sale
+from worker.validation import Failure, validate_sale
 
 ADAPTER = LightspeedAdapter()
 FORM = "application/x-www-form-urlencoded"
@@ -56,16 +55,7 @@ def x(name: str) -> dict[str, Any]:
 
 def failures(s: Sale, known_sales: frozenset[str] = frozenset()) -> list[Failure]:
     """The window's verdict on one sale (customer presence is not a failure)."""
-    ctx = ValidationContext(
-        store="S1",
-        zone=ZoneInfo("America/Chicago"),
-        now=datetime(2026, 3, 22, 12, 0, tzinfo=UTC),
-        existing_customers=frozenset(),
-        existing_sales=known_sales,
-        pending_sale_ids=frozenset(),
-        hold_windows=2,
-    )
-    return validate_sale(s, ctx)
+    return validate_sale(s, window_ctx(hold_windows=2, known=known_sales))
 
 
 def customers(parsed: Parsed) -> list[Customer]:

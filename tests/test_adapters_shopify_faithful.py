@@ -14,6 +14,7 @@ from tests.adapter_helpers import (
     fixture,
     fixture_json,
     sale,
+    window_ctx,
 )
 from tests.shopify_helpers import (
     ORDER_ID,
@@ -23,7 +24,6 @@ from tests.shopify_helpers import (
     order,
     order_with_embedded_refund,
     push,
-    window_ctx,
 )
 from worker.errors import RecordInvalid
 from worker.records import Customer
