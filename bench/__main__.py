@@ -45,7 +45,7 @@ def _settings(
         pipeline.PipelineSettings(
             commit_n=1_000_000, rss_total=2_000_000, live_rate=200, idle_s=15
         ),
-        mqtt.MqttSettings(messages=100_000, warmup=5_000),
+        mqtt.MqttSettings(messages=100_000, warmup=5_000, rounds=3),
     )
 
 
@@ -53,7 +53,9 @@ async def _main(args: argparse.Namespace, workdir: Path) -> list[Row]:
     want = set(args.only or NAMES)
     push_s, pipe_s, mqtt_s = _settings(args.quick)
     if args.mqtt_messages:
-        mqtt_s = mqtt.MqttSettings(args.mqtt_messages, min(mqtt_s.warmup, args.mqtt_messages))
+        mqtt_s = mqtt.MqttSettings(
+            args.mqtt_messages, min(mqtt_s.warmup, args.mqtt_messages), mqtt_s.rounds
+        )
     if args.loadgen:
         push_s = push.PushSettings(
             push_s.connections, push_s.warmup_s, push_s.duration_s, push_s.rounds, True

@@ -12,17 +12,23 @@ pid), and two consumers of it, one after the other:
 * possync: `possync serve` with `[mqtt]` enabled on the same broker; each message is
   decoded, spooled and fsynced (group commit), and only then acked.
 
-Both drain the same backlog the same way, so the publisher's own speed is in neither
-figure: a warm-up (`warmup` messages, waited for until all are acked), then the consumer
-process is paused (SIGSTOP, by its pid), the bench's paho publisher publishes the
-`messages` measured ones at QoS 1 (the broker queues them on the consumer's session), the
-clock starts and the consumer resumes (SIGCONT); the clock stops at its last ack. Same
-payloads (canonical single-sale JSON, `bench.data`), same count, same broker, same run.
+Both consumers are connected for the whole measure, each on its own topic, and drain
+backlogs the same way, so the publisher's own speed is in neither figure: a warm-up
+(`warmup` messages, waited for until all are acked), then per round and per consumer
+(baseline first): the consumer process is paused (SIGSTOP, by its pid), the bench's paho
+publisher publishes the round's `messages` at QoS 1 (the broker queues them on the
+consumer's session), the clock starts and the consumer resumes (SIGCONT); the clock stops
+at its last ack. Same payloads (canonical single-sale JSON, `bench.data`, new ids every
+round), same count, same broker, same run; the median round of each consumer counts.
 
 The baseline's stop time is taken by the subscriber itself, at its last `on_message`
 (paho sends that PUBACK as the callback returns; CLOCK_MONOTONIC is one clock for every
-process). possync's is its own PUBACK counter (`/status` -> `mqtt.acked`) polled every
-`poll_s`: late by at most one interval plus one answer, which counts against possync.
+process). possync's is its own PUBACK counter, `/status` -> `mqtt.acked`; but `/status`
+costs possync ~3 ms of work per call, so it is asked only once the spool holds every
+message (`GET /v1/stores/LIVE/spool`, ~0.25 ms, every `poll_s`; a PUBACK follows its
+fsync at once, in order), then every 2 ms until the count is reached. The stop time is
+late by up to about one `poll_s` plus two answers, and the polls cost possync a little
+loop time: both count against possync, never for it.
 """
 
 from __future__ import annotations
@@ -59,10 +65,11 @@ _ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
 
 @dataclass(frozen=True)
 class MqttSettings:
-    """How many messages each consumer drains (measured), after how many warm-up ones."""
+    """How many messages each consumer drains per round (measured), after the warm-up."""
 
     messages: int
     warmup: int
+    rounds: int = 1  # interleaved drains (baseline, possync); the median of each counts
     poll_s: float = 0.01
 
 
@@ -116,12 +123,47 @@ class _Subscriber:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
 
-    async def line(self, timeout_s: float) -> list[str]:
+    @classmethod
+    async def start(cls, port: int, marks: list[int], mqtt_cfg: MqttConfig) -> _Subscriber:
+        argv = [
+            sys.executable, "-m", "bench.mqtt", "subscribe", "--port", str(port),
+            "--topic", BASELINE_TOPIC, "--marks", ",".join(map(str, marks)),
+            "--receive-max", str(mqtt_cfg.max_inflight),
+            "--keepalive", str(mqtt_cfg.keepalive_s),
+        ]  # fmt: skip
+        sub = cls(await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE))
+        try:
+            if (await sub._line(60))[0] != "subscribed":
+                raise RuntimeError("baseline subscriber: no SUBACK")
+        except BaseException:
+            await sub.stop()
+            raise
+        return sub
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def _line(self, timeout_s: float) -> list[str]:
         assert self.proc.stdout is not None
         raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
         if not raw:
             raise RuntimeError("baseline subscriber exited early")
         return raw.decode().split()
+
+    async def drained(self, count: int) -> float:
+        """The monotonic time of the subscriber's `count`-th message."""
+        mark = await self._line(1200)
+        if mark[0] != "mark" or int(mark[1]) != count:
+            raise RuntimeError(f"baseline subscriber: {mark}, expected mark {count}")
+        return float(mark[2])
+
+    async def finish(self, total: int) -> int:
+        """Its closing line: every message received, no disconnect; the count."""
+        tail = await self._line(30)
+        if tail[0] != "done" or int(tail[1]) != total or int(tail[2]) != 0:
+            raise RuntimeError(f"baseline subscriber: {tail}, expected done {total} 0")
+        return int(tail[1])
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -131,35 +173,6 @@ class _Subscriber:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-
-
-async def _baseline(
-    port: int, warm: list[bytes], bodies: list[bytes], mqtt_cfg: MqttConfig
-) -> dict[str, Any]:
-    marks = f"{len(warm)},{len(warm) + len(bodies)}"
-    argv = [
-        sys.executable, "-m", "bench.mqtt", "subscribe", "--port", str(port),
-        "--topic", BASELINE_TOPIC, "--marks", marks,
-        "--receive-max", str(mqtt_cfg.max_inflight), "--keepalive", str(mqtt_cfg.keepalive_s),
-    ]  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
-    sub = _Subscriber(proc)
-    try:
-        if (await sub.line(60))[0] != "subscribed":
-            raise RuntimeError("baseline subscriber: no SUBACK")
-        await asyncio.to_thread(publish_all, port, BASELINE_TOPIC, warm)
-        await sub.line(300)  # the warm-up is received and acked
-        with paused(proc.pid):
-            pub_s = await asyncio.to_thread(publish_all, port, BASELINE_TOPIC, bodies)
-            t0 = time.monotonic()
-        mark = await sub.line(600)
-        seconds = float(mark[2]) - t0
-        tail = await sub.line(30)
-        if tail[0] != "done" or int(tail[1]) != len(warm) + len(bodies) or int(tail[2]) != 0:
-            raise RuntimeError(f"baseline subscriber: {tail}")
-        return {"seconds": seconds, "publish_seconds": pub_s, "received": int(tail[1])}
-    finally:
-        await sub.stop()
 
 
 def subscribe_main(argv: list[str]) -> int:
@@ -223,92 +236,145 @@ async def _mqtt_state(session: aiohttp.ClientSession, base: str) -> dict[str, An
         return state
 
 
+async def _pending(session: aiohttp.ClientSession, base: str) -> int:
+    async with session.get(f"{base}/v1/stores/LIVE/spool", headers=_ADMIN_H) as resp:
+        body = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"spool: {resp.status} {body}")
+        return int(body["pending"])
+
+
 async def _acked(
     session: aiohttp.ClientSession, base: str, count: int, s: MqttSettings, timeout_s: float
 ) -> tuple[float, dict[str, Any]]:
-    """Poll until possync has sent `count` PUBACKs; (monotonic time seen, mqtt state)."""
+    """Poll until possync has sent `count` PUBACKs; (monotonic time seen, mqtt state).
+
+    Another process's counters: polling is the only view. The cheap spool count first,
+    the costly `/status` only for the last few ms (see the module docstring).
+    """
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    seen, moved = -1, time.monotonic()
+    while (pending := await _pending(session, base)) < count:
+        now = time.monotonic()
+        if pending != seen:
+            seen, moved = pending, now
+        elif now - moved > 5.0 or now > deadline:  # stuck: say why rather than wait it out
+            state = await _mqtt_state(session, base)
+            if state["rejected"] or state["retries"] or now > deadline:
+                raise RuntimeError(f"possync spooled {pending} of {count} messages: {state}")
+            moved = now
+        await asyncio.sleep(s.poll_s)
+    while True:
         state = await _mqtt_state(session, base)
         if state["acked"] >= count:
             return time.monotonic(), state
-        if state["rejected"] or state["retries"]:
+        if state["rejected"] or state["retries"] or time.monotonic() > deadline:
             raise RuntimeError(f"possync MQTT intake: {state}")
-        await asyncio.sleep(s.poll_s)  # another process's counter: polling is the only view
-    raise RuntimeError(f"possync acked fewer than {count} messages in {timeout_s:g} s")
+        await asyncio.sleep(0.002)
 
 
-async def _possync(
-    workdir: Path,
-    cfg: Path,
-    broker_port: int,
-    warm: list[bytes],
-    bodies: list[bytes],
-    s: MqttSettings,
-) -> dict[str, Any]:
-    base = f"http://127.0.0.1:{load(cfg).http.port}"
-    total = len(warm) + len(bodies)
-    with possync_proc(cfg, workdir / "server.log") as proc:
-        await wait_ready(proc, f"{base}/readyz", headers=_ADMIN_H)  # MQTT subscribed
-        async with aiohttp.ClientSession() as session:
-            await asyncio.to_thread(publish_all, broker_port, POSSYNC_TOPIC, warm)
-            await _acked(session, base, len(warm), s, 300)
-            before = await _mqtt_state(session, base)
-            with paused(proc.pid):
-                pub_s = await asyncio.to_thread(publish_all, broker_port, POSSYNC_TOPIC, bodies)
-                t0 = time.monotonic()
-            t1, state = await _acked(session, base, total, s, 1200)
-            async with session.get(f"{base}/v1/stores/LIVE/spool", headers=_ADMIN_H) as resp:
-                spool = await resp.json()
-    if state["reconnects"] != before["reconnects"]:
-        raise RuntimeError("possync reconnected during the measure (keepalive lost while paused)")
-    if int(spool["pending"]) < total:
-        raise RuntimeError(f"spool holds {spool['pending']} sales but {total} were acked")
-    return {
-        "seconds": t1 - t0,
-        "publish_seconds": pub_s,
-        "acked": state["acked"],
-        "spool_pending": spool["pending"],
-        "mqtt": state,
-    }
+class _Possync:
+    """possync as a consumer: its pid, and its own PUBACK count as the stop time."""
+
+    def __init__(
+        self, pid: int, session: aiohttp.ClientSession, base: str, s: MqttSettings
+    ) -> None:
+        self.pid, self.session, self.base, self.s = pid, session, base, s
+        self.state: dict[str, Any] = {}
+
+    async def drained(self, count: int) -> float:
+        t1, self.state = await _acked(self.session, self.base, count, self.s, 1200)
+        return t1
+
+
+async def _drain(
+    consumer: _Subscriber | _Possync, port: int, topic: str, bodies: list[bytes], count: int
+) -> tuple[float, float]:
+    """Queue `bodies` while the consumer is paused, resume it, time it to its `count`-th ack."""
+    with paused(consumer.pid):
+        pub_s = await asyncio.to_thread(publish_all, port, topic, bodies)
+        t0 = time.monotonic()  # before SIGCONT: the resume itself is in the figure
+    return await consumer.drained(count) - t0, pub_s
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 # ---------------------------------------------------------------------------- run
 
 
 async def run(workdir: Path, s: MqttSettings) -> list[Row]:
-    """P8: one broker, the baseline drain then possync's; one row."""
+    """P8: one broker, both consumers; `rounds` interleaved drains (baseline, possync)."""
     from tests.plugins.mosquitto import MosquittoServer
 
+    n, total = s.messages, s.warmup + s.rounds * s.messages
     broker = MosquittoServer(
         workdir / "mosquitto",
-        # The backlog is queued on the paused consumer's session: room for all of it.
-        extra_conf=[f"max_queued_messages {2 * (s.warmup + s.messages)}"],
+        # Each backlog is queued on the paused consumer's session: room for all of it.
+        extra_conf=[f"max_queued_messages {2 * total}"],
     )
     d = workdir / "possync"
     d.mkdir()
     cfg = write_config(d / "possync.toml", d / "data", free_port(), ["LIVE"], mqtt_port=broker.port)
-    mqtt_cfg = load(cfg).mqtt
-    everything = payloads(s.warmup + s.messages)
-    warm, bodies = everything[: s.warmup], everything[s.warmup :]
-    size = sum(map(len, bodies)) / len(bodies)
-    print(f"  {len(bodies):,} messages of {size:,.0f} bytes (+{len(warm):,} warm-up)", flush=True)
+    config = load(cfg)
+    base_url = f"http://127.0.0.1:{config.http.port}"
+    everything = payloads(total)  # distinct ids in every round: no duplicate is cheaper
+    warm = everything[: s.warmup]
+    rounds = [everything[s.warmup + i * n : s.warmup + (i + 1) * n] for i in range(s.rounds)]
+    size = sum(map(len, everything)) / len(everything)
+    print(
+        f"  {s.rounds} x {n:,} messages of {size:,.0f} bytes (+{len(warm):,} warm-up)",
+        flush=True,
+    )
+    marks = [s.warmup + i * n for i in range(s.rounds + 1)]
+    base_s: list[float] = []
+    ours_s: list[float] = []
+    publish_s: list[float] = []
     broker.start()
     try:
-        base = await _baseline(broker.port, warm, bodies, mqtt_cfg)
-        base_rate = s.messages / base["seconds"]
-        print(f"  baseline (paho auto-ack): {base_rate:,.0f} msg/s {base}", flush=True)
-        ours = await _possync(d, cfg, broker.port, warm, bodies, s)
-        rate = s.messages / ours["seconds"]
-        print(f"  possync (PUBACK after fsync): {rate:,.0f} msg/s {ours}", flush=True)
+        sub = await _Subscriber.start(broker.port, marks, config.mqtt)
+        try:
+            with possync_proc(cfg, d / "server.log") as proc:
+                await wait_ready(proc, f"{base_url}/readyz", headers=_ADMIN_H)  # subscribed
+                async with aiohttp.ClientSession() as session:
+                    ours = _Possync(proc.pid, session, base_url, s)
+                    await asyncio.to_thread(publish_all, broker.port, BASELINE_TOPIC, warm)
+                    await sub.drained(s.warmup)
+                    await asyncio.to_thread(publish_all, broker.port, POSSYNC_TOPIC, warm)
+                    await ours.drained(s.warmup)
+                    before = dict(ours.state)
+                    for i, bodies in enumerate(rounds):
+                        count = marks[i + 1]
+                        b, pb = await _drain(sub, broker.port, BASELINE_TOPIC, bodies, count)
+                        o, po = await _drain(ours, broker.port, POSSYNC_TOPIC, bodies, count)
+                        base_s.append(b)
+                        ours_s.append(o)
+                        publish_s += [pb, po]
+                        print(
+                            f"  round {i + 1}: baseline (paho auto-ack) {n / b:,.0f} msg/s, "
+                            f"possync (PUBACK after fsync) {n / o:,.0f} msg/s",
+                            flush=True,
+                        )
+                    pending = await _pending(session, base_url)
+            received = await sub.finish(total)
+        finally:
+            await sub.stop()
     finally:
         broker.stop()
+    state = ours.state
+    if state["reconnects"] != before["reconnects"]:
+        raise RuntimeError("possync reconnected during the measure (keepalive lost while paused)")
+    if pending < total or state["acked"] < total or state["rejected"] or state["retries"]:
+        raise RuntimeError(f"spool holds {pending} sales, {total} were sent: {state}")
+    rate, base_rate = n / _median(ours_s), n / _median(base_s)
     ratio = rate / base_rate
+    how = f", median of {s.rounds} rounds" if s.rounds > 1 else ""
     return [
         Row(
             "mqtt",
-            f"P8 MQTT QoS 1 intake, PUBACK after the fsync, {s.messages:,} messages "
-            f"(Mosquitto, Receive Maximum {mqtt_cfg.max_inflight})",
+            f"P8 MQTT QoS 1 intake, PUBACK after the fsync, {n:,} queued messages "
+            f"(Mosquitto, Receive Maximum {config.mqtt.max_inflight}{how})",
             rate,
             fmt_rate(rate, "msg/s"),
             base_rate,
@@ -316,7 +382,18 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
             ratio,
             f">= {TARGET}x",
             ratio >= TARGET,
-            {"possync": ours, "baseline": base, "bytes_per_message": size},
+            {
+                "messages": n,
+                "rounds": s.rounds,
+                "possync_seconds": ours_s,
+                "baseline_seconds": base_s,
+                "publish_seconds": publish_s,
+                "baseline_received": received,
+                "possync_acked": state["acked"],
+                "spool_pending": pending,
+                "possync_mqtt": state,
+                "bytes_per_message": size,
+            },
         )
     ]
 
