@@ -56,7 +56,8 @@ def money_text(value: Decimal) -> str:
     return format(value, "f") if "E" in text else text
 
 
-_AS_TEXT: dict[type, Callable[[Any], Any]] = {
+# How SQLite stores each Python type a column value can have (others are stored as they are).
+AS_TEXT: dict[type, Callable[[Any], Any]] = {
     Decimal: money_text,
     datetime: utc_text,
     date: date.isoformat,
@@ -67,7 +68,7 @@ _AS_TEXT: dict[type, Callable[[Any], Any]] = {
 def sqlite_value(value: Any) -> Any:
     """A column value as SQLite stores it: money and quantities exact decimal text, instants
     fixed-width UTC text, dates ISO text, booleans 0/1; text, ints and None as they are."""
-    conv = _AS_TEXT.get(type(value))
+    conv = AS_TEXT.get(type(value))
     return value if conv is None else conv(value)
 
 

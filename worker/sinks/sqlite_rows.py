@@ -25,13 +25,13 @@ from worker.sinks.base import (
     utc_text,
 )
 from worker.sinks.sql_rows import (
+    AS_TEXT,
     TRIGGER_COLUMNS,
     customer_values,
     line_values,
     money_text,
     product_values,
     sale_values,
-    sqlite_value,
     tender_values,
     trigger_values,
 )
@@ -119,7 +119,9 @@ def json_list(values: Iterable[str]) -> str:
 
 
 def _text(values: Iterable[Any]) -> tuple[Any, ...]:
-    return tuple(map(sqlite_value, values))
+    # `sqlite_value` inlined: this runs for every column of every row of a batch.
+    conv = AS_TEXT.get
+    return tuple([v if (f := conv(type(v))) is None else f(v) for v in values])
 
 
 def customer_params(store: str, c: Customer, synced_at: str) -> tuple[Any, ...]:
