@@ -44,7 +44,7 @@ from aiohttp.web_protocol import RequestHandler
 from worker import keys
 from worker.buffers.sqlite import open_spool
 from worker.clock import Clock, SystemClock
-from worker.committer import open_committer
+from worker.committer import Committer
 from worker.config import Config, Credentials
 from worker.health import Health
 from worker.intake import Intake
@@ -134,15 +134,11 @@ async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _committer_ctx(app: web.Application) -> AsyncIterator[None]:
-    cfg = app[keys.CONFIG]
+    cfg, spool, sink = app[keys.CONFIG], app[keys.SPOOL], app[keys.SINK]
     clock, metrics, windows = app[keys.CLOCK], app[keys.METRICS], app[keys.WINDOWS]
-    async with open_committer(
-        cfg, app[keys.SPOOL], app[keys.SINK], clock, metrics, windows
-    ) as committer:
+    async with Committer(cfg, spool, sink, clock, metrics, windows) as committer:
         app[keys.COMMITTER] = committer
-        app[keys.INTAKE] = Intake(
-            cfg, app[keys.SPOOL], app[keys.SINK], committer, clock, metrics, windows
-        )
+        app[keys.INTAKE] = Intake(cfg, spool, sink, committer, clock, metrics, windows)
         yield
 
 
