@@ -90,7 +90,10 @@ def profiled_server(
     return ProfiledServer(argv, log, name="possync (py-spy)", grace_s=120.0)
 
 
-_SPOOL_FUNCS = ("SqliteSpool", "_write_group", "_retire", "_audit", "_quick_check", "open_spool")
+_SPOOL_FUNCS = (
+    "SqliteSpool", "_write_group", "_retire", "_insert_all_new", "_lease_slice", "_pending_counts",
+    "open_spool",
+)  # fmt: skip
 
 
 def _frame(text: str) -> str:
@@ -115,10 +118,10 @@ def _thread_kind(text: str) -> str:
     """Classify one thread by every frame it was ever seen in."""
     if "run_app (" in text:
         return "event loop"
-    if "SqliteSpool" in text or "_write_group" in text:
+    if "sqlite_file.py" in text or "_write_group" in text:
         return "spool connection thread"
     if "aiosqlite/core.py" in text:
-        return "aiosqlite threads (sink; spool before its first write)"
+        return "aiosqlite threads (sink)"
     if "concurrent/futures/thread.py" in text:
         return "executor threads (to_thread)"
     return "other threads"

@@ -75,12 +75,12 @@ async def test_quarantine_list_show_discard(h: Harness) -> None:
     assert (await cli(h, "commit", "--store", "S1"))[0] == 0
     code, out = await cli(h, "quarantine", "list", "--store", "S1")
     assert code == 0 and "BAD1" in out and "total.sum" in out
-    items = await h.spool.list_quarantine("S1")
+    items = await h.spool.quarantined.latest("S1")
     qid = str(items[0].qid)
     code, out = await cli(h, "quarantine", "show", qid)
     assert code == 0 and '"record_id": "BAD1"' in out
     code, out = await cli(h, "quarantine", "discard", qid, "--reason", "test")
-    assert code == 0 and await h.spool.list_quarantine("S1") == []
+    assert code == 0 and await h.spool.quarantined.latest("S1") == []
 
 
 async def test_sales_and_sale(h: Harness) -> None:

@@ -33,7 +33,7 @@ from tests.contracts.sinks import (  # the contract suite's backends and builder
     sink,
 )
 from worker import pages
-from worker.buffers.sqlite import SqliteSpool
+from worker.buffers.base import Buffer
 from worker.records import Sale
 from worker.sinks.base import ClientBook
 
@@ -261,7 +261,7 @@ async def test_sales_committed_between_page_reads_are_read_once_or_not_at_all(
 
 async def test_quarantine_pages_filters_and_count(tmp_path: Path) -> None:
     async with app(tmp_path, now=datetime(2024, 5, 1, 8, 0, tzinfo=UTC)) as h:
-        spool: SqliteSpool = h.spool
+        spool: Buffer = h.spool
         for store in (STORE, "S2"):  # the clock crosses windows: none may take the rows
             resp = await h.client.post(f"/v1/admin/stores/{store}/pause", headers=h.admin())
             assert resp.status == 200
@@ -272,7 +272,7 @@ async def test_quarantine_pages_filters_and_count(tmp_path: Path) -> None:
             h.clock.set(datetime(2024, 5, 1 + day_no, 9, 0, tzinfo=UTC))
             await quarantine(h, STORE, [f"q{day_no}-{i:03d}" for i in range(n)], rules)
         await quarantine(h, "S2", [f"other-{i}" for i in range(30)], rules)
-        for item in await spool.list_quarantine(None, 10_000):
+        for item in await spool.quarantined.latest(None, 10_000):
             made[item.qid] = (
                 item.store,
                 item.reasons[0]["rule"],
@@ -321,7 +321,7 @@ async def test_quarantine_pages_filters_and_count(tmp_path: Path) -> None:
 
 async def quarantine(h: Harness, store: str, ids: Sequence[str], rules: Sequence[str]) -> None:
     """Spool sales, lease them and quarantine them (alternating the failed rule)."""
-    spool: SqliteSpool = h.spool
+    spool: Buffer = h.spool
     await spool.append(store, [make_sale(i) for i in ids])
     lease = await spool.lease(
         store, upto=h.clock.now() + timedelta(days=1), after_seq=0, limit=10_000
@@ -388,11 +388,11 @@ async def test_trigger_events_pages_with_state_and_rule_filters(tmp_path: Path) 
 
 async def test_audit_log_pages_newest_first_with_iso_utc_instants(tmp_path: Path) -> None:
     async with app(tmp_path) as h:
-        spool: SqliteSpool = h.spool
+        spool: Buffer = h.spool
         await quarantine(h, STORE, [f"a{i:03d}" for i in range(230)], ["total.sum"])
-        items = await spool.list_quarantine(STORE, 10_000)
+        items = await spool.quarantined.latest(STORE, 10_000)
         for item in items:
-            assert await spool.discard_quarantined(item.qid, actor="admin", reason="test")
+            assert await spool.quarantined.discard(item.qid, actor="admin", reason="test")
         entries, bodies = await read_all(h, "/v1/admin/audit?limit=50", "entries")
         assert len(bodies) == 5 and len(entries) == 230
         ids = [e["id"] for e in entries]
@@ -402,8 +402,8 @@ async def test_audit_log_pages_newest_first_with_iso_utc_instants(tmp_path: Path
         assert datetime.fromisoformat(entries[0]["at"]).utcoffset() == timedelta(0)
         page1 = await get(h, "/v1/admin/audit?limit=100")
         await quarantine(h, STORE, ["late"], ["total.sum"])
-        (late,) = await spool.list_quarantine(STORE)
-        await spool.discard_quarantined(late.qid, actor="admin", reason="test")
+        (late,) = await spool.quarantined.latest(STORE)
+        await spool.quarantined.discard(late.qid, actor="admin", reason="test")
         rest, _ = await read_all(h, page1["next"], "entries")
         seen = [e["id"] for e in page1["entries"] + rest]
         assert len(seen) == len(set(seen)) == 230

@@ -253,7 +253,7 @@ async def test_acks_and_quarantine_moves_past_a_wal_break_are_completed(tmp_path
 
     async with open_spool(SpoolConfig(), crash, FakeClock(T0)) as spool:
         pending = spool.stats("S1").pending
-        quarantined = await spool.quarantine_count("S1")
+        quarantined = await spool.quarantined.count("S1")
     rows = _pending(crash)
     print(f"WAL break before acks: pending {pending}, quarantined {quarantined}")
     assert quarantined == 10

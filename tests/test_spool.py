@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,10 +17,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.factories import T0, make_sale
-from worker.buffers.sqlite import SqliteSpool, decode_entry, open_spool
+from worker.buffers.base import decode_entry
+from worker.buffers.sqlite import SqliteSpool, open_spool
 from worker.clock import FakeClock
 from worker.config import SpoolConfig
-from worker.errors import SpoolFull
+from worker.errors import SpoolFull, Unavailable
+from worker.health import Health
 from worker.records import Void
 
 FAR = T0 + timedelta(days=365)
@@ -127,15 +130,15 @@ async def test_quarantine_release_and_discard(tmp_path: Path) -> None:
         reasons = [{"rule": "total.sum", "field": "$.total", "message": "off by 1.00"}]
         await spool.quarantine(lease.lease_id, [(e.seq, reasons) for e in lease.entries])
         assert spool.stats("S1").pending == 0
-        items = await spool.list_quarantine("S1")
+        items = await spool.quarantined.latest("S1")
         assert {i.rid for i in items} == {"bad", "bad2"}
         assert items[0].reasons == reasons
         first, second = items
-        assert await spool.release_quarantined(first.qid, make_sale(first.rid), actor="admin")
+        assert await spool.quarantined.release(first.qid, make_sale(first.rid), actor="admin")
         assert spool.stats("S1").pending == 1
-        assert await spool.discard_quarantined(second.qid, actor="admin", reason="test data")
-        assert await spool.list_quarantine("S1") == []
-        audit = await spool.audit_log()
+        assert await spool.quarantined.discard(second.qid, actor="admin", reason="test data")
+        assert await spool.quarantined.latest("S1") == []
+        audit = await spool.quarantined.audit_log()
         assert [a["action"] for a in audit] == ["quarantine.discard", "quarantine.release"]
 
 
@@ -144,7 +147,7 @@ async def test_disk_full_is_507_and_spool_stays_consistent(tmp_path: Path) -> No
         await spool.append("S1", [make_sale("a")])
         # A real SQLite limit: cap the file at its current page count so the next write fails
         # with SQLITE_FULL, exactly what a full disk reports.
-        await spool._run(
+        await spool.file.run(
             lambda db: db.execute(
                 "PRAGMA max_page_count=" + str(db.execute("PRAGMA page_count").fetchone()[0])
             )
@@ -154,7 +157,7 @@ async def test_disk_full_is_507_and_spool_stays_consistent(tmp_path: Path) -> No
         with pytest.raises(StorageFull):
             await spool.append("S1", [make_sale(f"b{i}") for i in range(500)])
         assert spool.stats("S1").pending == 1
-        await spool._run(lambda db: db.execute("PRAGMA max_page_count=1073741823"))
+        await spool.file.run(lambda db: db.execute("PRAGMA max_page_count=1073741823"))
         assert (await spool.append("S1", [make_sale("b1")])).accepted == 1
 
 
@@ -192,6 +195,38 @@ async def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
         assert Path(spool.recovered_from.split(" (")[0]).exists()
         assert "salvaged 0 pending rows" in spool.recovered_from
         assert (await spool.append("S1", [make_sale("a")])).accepted == 1
+
+
+async def test_tasks_are_owned_by_health_and_a_dead_writer_fails_waiters(tmp_path: Path) -> None:
+    health = Health()
+    cfg = SpoolConfig(integrity_check_delay_s=0)
+    async with open_spool(cfg, tmp_path / "s.db", FakeClock(T0), health) as spool:
+        health.add_check("spool", spool.check)
+        assert spool.integrity_task is not None
+        await spool.integrity_task  # a one-shot job: done is ok, not "stopped"
+        checks = await health.run()
+        assert checks["task:spool-writer"] == "ok", checks
+        assert checks["task:spool-integrity"] == "ok", checks
+        assert checks["spool"] == "ok", checks
+        assert any(t.name.startswith("possync-spool") for t in threading.enumerate())
+
+        def broken_hook(records: int, seconds: float) -> None:
+            raise RuntimeError("hook bug")
+
+        # The writer dies after writing a group: the group's own waiter is failed, not left
+        # hanging, and every later append is refused at once.
+        spool.on_group = broken_hook
+        with pytest.raises(Unavailable, match="spool writer died"):
+            await spool.append("S1", [make_sale("a")])
+        assert not spool.writer_alive
+        checks = await health.run()
+        assert checks["task:spool-writer"].startswith("dead: RuntimeError"), checks
+        assert "spool writer died" in checks["spool"], checks
+        with pytest.raises(Unavailable, match="spool writer is down"):
+            await spool.append("S1", [make_sale("b")])
+    # Closed: no task left in the registry, the spool's thread has ended.
+    assert health.tasks == {}
+    assert not any(t.name.startswith("possync-spool") for t in threading.enumerate())
 
 
 class SpoolMachine(RuleBasedStateMachine):

@@ -98,7 +98,7 @@ def build_app(
 async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg = app[keys.CONFIG]
     health = app[keys.HEALTH]
-    async with open_spool(cfg.spool, cfg.spool_path, app[keys.CLOCK]) as spool:
+    async with open_spool(cfg.spool, cfg.spool_path, app[keys.CLOCK], health) as spool:
         app[keys.SPOOL] = spool
         app[keys.METRICS].watch_spool(spool, [s.id for s in cfg.stores])
         log.debug("spool %s open: %d pending rows", cfg.spool_path, spool.total_pending())

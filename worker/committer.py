@@ -22,7 +22,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -31,8 +31,7 @@ import msgspec
 
 from worker.adapters import get_adapter
 from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
-from worker.buffers.base import Entry, Lease
-from worker.buffers.sqlite import SqliteSpool
+from worker.buffers.base import Buffer, Entry, Lease
 from worker.clock import Clock
 from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
@@ -81,16 +80,12 @@ class WindowResult(msgspec.Struct, kw_only=True):
 
 
 class Committer:
-    """Commits spooled sales of one store at a time; also commits manual sales at once.
-
-    An async context (`async with Committer(...)`): entering restores paused flags and last
-    windows from the spool, leaving sets `stop`.
-    """
+    """Commits spooled sales of one store at a time; also commits manual sales at once."""
 
     def __init__(
         self,
         cfg: Config,
-        spool: SqliteSpool,
+        spool: Buffer,
         sink: Sink,
         clock: Clock,
         metrics: Metrics,
@@ -120,19 +115,10 @@ class Committer:
         """The store's next window (`NextWindows.visible_at`; read `keys.WINDOWS` instead)."""
         return self.windows.visible_at(store)
 
-    async def __aenter__(self) -> Committer:
-        """Restore the window state; the committer is then ready."""
-        await self.load_state()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        """Set the stop event, so running sink retries end promptly."""
-        self.stop.set()
-
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
         for store in self.cfg.stores:
-            state = await self.spool.get_state(store.id)
+            state = await self.spool.state.get(store.id)
             if state.get("paused"):
                 self.paused.add(store.id)
             if "last_window" in state:
@@ -144,7 +130,7 @@ class Committer:
     async def set_paused(self, store: StoreConfig, paused: bool) -> None:
         """Pause or resume a store's windows (pushes are still accepted)."""
         (self.paused.add if paused else self.paused.discard)(store.id)
-        await self.spool.put_state(store.id, {"paused": paused})
+        await self.spool.state.put(store.id, {"paused": paused})
 
     # ----------------------------------------------------------------- window commit
 
@@ -228,7 +214,7 @@ class Committer:
             )
             self.metrics.child(self.metrics.window_commits, store.id, "ok").inc()
             self.metrics.child(self.metrics.window_seconds, "ok").observe(result.duration_s)
-            await self.spool.put_state(
+            await self.spool.state.put(
                 store.id,
                 {"last_window": window_at.isoformat(), "last_result": msgspec.to_builtins(result)},
             )
@@ -598,3 +584,21 @@ def _batch(
         triggers=triggers,
         manifest=manifest,
     )
+
+
+@contextlib.asynccontextmanager
+async def open_committer(
+    cfg: Config,
+    spool: Buffer,
+    sink: Sink,
+    clock: Clock,
+    metrics: Metrics,
+    windows: NextWindows,
+) -> AsyncIterator[Committer]:
+    """The committer; its stop event is set on exit so retries end promptly."""
+    committer = Committer(cfg, spool, sink, clock, metrics, windows)
+    await committer.load_state()
+    try:
+        yield committer
+    finally:
+        committer.stop.set()

@@ -36,7 +36,7 @@ import msgspec
 
 from worker.adapters import adapter_for, get_adapter, store_context
 from worker.adapters.base import Parsed, Rejection, StoreContext
-from worker.buffers.sqlite import SqliteSpool
+from worker.buffers.base import Buffer
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
 from worker.errors import AuthError, NotFound, RecordInvalid
@@ -161,7 +161,7 @@ class Intake:
     def __init__(
         self,
         cfg: Config,
-        spool: SqliteSpool,
+        spool: Buffer,
         sink: Sink,
         committer: Committer,
         clock: Clock,

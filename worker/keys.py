@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from worker.buffers.sqlite import SqliteSpool
+    from worker.buffers.base import Buffer
     from worker.clock import Clock
     from worker.committer import Committer
     from worker.config import Config, Credentials
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey[Config] = web.AppKey("config")
 CREDENTIALS: web.AppKey[Credentials | None] = web.AppKey("credentials")
 CLOCK: web.AppKey[Clock] = web.AppKey("clock")
-SPOOL: web.AppKey[SqliteSpool] = web.AppKey("spool")
+SPOOL: web.AppKey[Buffer] = web.AppKey("spool")
 SINK: web.AppKey[ClientBook] = web.AppKey("sink")
 COMMITTER: web.AppKey[Committer] = web.AppKey("committer")
 INTAKE: web.AppKey[Intake] = web.AppKey("intake")

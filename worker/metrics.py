@@ -44,7 +44,7 @@ from worker.errors import SinkError
 from worker.records import Customer, Product, Record, Sale, Void
 
 if TYPE_CHECKING:
-    from worker.buffers.sqlite import SqliteSpool
+    from worker.buffers.base import Buffer
     from worker.intake import IngestOutcome
 
 RECORD_TYPES = ("customer", "product", "sale", "void")
@@ -300,7 +300,7 @@ class Metrics:
         """Register a scrape-time collector."""
         self.registry.register(_Callback(fn))
 
-    def watch_spool(self, spool: SqliteSpool, stores: Sequence[str]) -> None:
+    def watch_spool(self, spool: Buffer, stores: Sequence[str]) -> None:
         """Pending records and bytes per store (the spool's in-memory counts) and group commits."""
         spool.on_group = self.observe_group
         ids = tuple(stores)

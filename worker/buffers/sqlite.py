@@ -10,15 +10,22 @@ Schema (one file, WAL, `synchronous=FULL` by default)::
           held INTEGER,                            -- windows this row was held back
           size INTEGER, body BLOB)                 -- canonical JSON; NULL once retired
     quarantine(qid, store, kind, rid, version, received_at, quarantined_at, reasons, body)
-    audit(id, at, action, store, ref, detail)
-    deliveries(store, source, delivery_id, seen_at)   -- transport dedup (Shopify webhook id)
-    kv(store, key, value)                             -- scheduler state (last window, paused)
+    audit(id, at, action, store, ref, detail)         -- quarantine.py: admin moves
+    deliveries(store, source, delivery_id, seen_at)   -- state.py: transport dedup (webhook id)
+    kv(store, key, value)                             -- state.py: scheduler state
+
+The DDL is `sqlite_file.SCHEMA`. The rooms sharing this file: this module (the spool
+proper: append / lease / ack / hold / quarantine move, group commit), `quarantine.py`
+(quarantine admin and audit), `state.py` (delivery ids, scheduler state); `sqlite_file.py`
+owns the connection, `sqlite_lists.py` the paged admin lists, `salvage.py` and `wal.py`
+the recovery.
 
 Invariants
 
-* One writer. Every statement runs on the aiosqlite connection's single thread, and each
-  public operation is ONE function that runs there inside ONE transaction (`_run`). Appends
-  from concurrent requests are coalesced by the group-commit task into one transaction:
+* One writer. Every statement runs on the spool file's single thread (`SpoolFile`: a
+  one-thread executor owning the sqlite3 connection), and each public operation is ONE
+  function that runs there inside ONE transaction (`SpoolFile.run`). Appends from
+  concurrent requests are coalesced by the group-commit task into one transaction:
   everything staged when the task wakes is written, committed (fsync), and only then is each
   waiting request answered. A 202 therefore means "on disk".
 * Dedup by natural key and version: a record whose (store, kind, id) exists with a version
@@ -29,6 +36,9 @@ Invariants
   with `SpoolFull` (503 + Retry-After) before anything is written: backpressure, no drops.
 * Leases are in memory. A crash forgets them, so every leased-but-unacknowledged row is
   simply pending again at start-up. Ack happens only after the sink confirmed the commit.
+* The writer and the background integrity check are owned by the app's health registry
+  (`Health.owned_task`): a dead writer fails /readyz (`task:spool-writer`) and every
+  waiting append; at shutdown the writer drains its last group before it is cancelled.
 * Only appends pay an fsync of their own. Acks, holds and quarantine moves commit with
   synchronous=NORMAL (WAL: safe against a process crash; on power loss the last of them may
   roll back, which re-offers rows the sink already has: the next window finds them
@@ -58,47 +68,23 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import aiosqlite
 import orjson
 
 from worker.buffers import salvage
-from worker.buffers import sqlite_lists as lists
-from worker.buffers.base import AppendResult, Entry, Lease, Priority, QuarantineItem, StoreStats
+from worker.buffers.base import AppendResult, Entry, Lease, Priority, StoreStats
+from worker.buffers.quarantine import SqliteQuarantine
+from worker.buffers.sqlite_file import SPOOL_INSERT, SpoolFile, open_spool_file
+from worker.buffers.state import SqliteState
 from worker.clock import Clock
 from worker.config import SpoolConfig
 from worker.errors import SpoolFull, StorageFull, Unavailable
+from worker.health import Health
 from worker.records import Spooled, encode, type_of
-from worker.sqlite_files import flag_file, mark_opened, move_aside, quick_check
+from worker.sqlite_files import flag_file, quick_check
 
 log = logging.getLogger("possync.spool")
-T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spool(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
-    version INTEGER NOT NULL, origin TEXT NOT NULL,
-    received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0,
-    held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
-    UNIQUE(store, kind, rid));
-CREATE INDEX IF NOT EXISTS spool_pending ON spool(store, state, seq);
-CREATE TABLE IF NOT EXISTS quarantine(
-    qid INTEGER PRIMARY KEY AUTOINCREMENT,
-    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL, version INTEGER NOT NULL,
-    received_at REAL NOT NULL, quarantined_at REAL NOT NULL, reasons TEXT NOT NULL, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS quarantine_store ON quarantine(store, qid);
-CREATE TABLE IF NOT EXISTS audit(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
-    store TEXT, ref TEXT, detail TEXT);
-CREATE TABLE IF NOT EXISTS deliveries(
-    store TEXT NOT NULL, source TEXT NOT NULL, delivery_id TEXT NOT NULL, seen_at REAL NOT NULL,
-    PRIMARY KEY(store, source, delivery_id)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS kv(
-    store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-    PRIMARY KEY(store, key)) WITHOUT ROWID;
-"""
 
 
 class _Append:
@@ -130,19 +116,21 @@ def _storage_error(exc: sqlite3.Error) -> Exception:
 
 
 class SqliteSpool:
-    """The per-store spool. Open with `open_spool`; see the module docstring for invariants."""
+    """The per-store spool (`Buffer`). Open with `open_spool`; invariants: module docstring."""
 
     def __init__(
-        self, conn: aiosqlite.Connection, cfg: SpoolConfig, clock: Clock, path: Path
+        self, file: SpoolFile, cfg: SpoolConfig, clock: Clock, counts: dict[str, _Counts]
     ) -> None:
-        self._conn = conn
+        self.file = file  # the spool's file and thread, shared with its quarantine and state
         self._cfg = cfg
         self._clock = clock
-        self.path = path
+        self.path = file.path
+        self.quarantined = SqliteQuarantine(file, clock, self._credit)
+        self.state = SqliteState(file, clock)
         self._live: deque[_Append] = deque()
         self._bulk: deque[_Append] = deque()
         self._staged: dict[str, _Counts] = {}
-        self._counts: dict[str, _Counts] = {}
+        self._counts = counts
         self._wake = asyncio.Event()
         self._leases: dict[int, tuple[str, frozenset[int]]] = {}
         self._next_lease = 1
@@ -158,44 +146,10 @@ class SqliteSpool:
         self.integrity_task: asyncio.Task[None] | None = None
         self.writer_task: asyncio.Task[None] | None = None
 
-    # ------------------------------------------------------------------ plumbing
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        """Run `fn(conn)` on the connection thread inside one transaction.
-
-        `durable=False` is for bookkeeping whose loss on power failure is harmless (acks,
-        holds, quarantine moves, scheduler state: each is redone idempotently). Those commit
-        with synchronous=NORMAL: safe against a process crash, no fsync of their own; the
-        next durable group commit fsyncs them along with itself. Appends are always durable.
-        """
-        relax = not durable and self._cfg.synchronous != "NORMAL"
-
-        def tx() -> T:
-            db = self._conn._conn  # the sqlite3 connection owned by aiosqlite's thread
-            if relax:
-                db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-                db.execute("COMMIT")  # fsync (synchronous=FULL): durable from here on
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                if relax:
-                    db.execute(f"PRAGMA synchronous={self._cfg.synchronous}")
-            return result
-
-        # aiosqlite runs every call through `_execute` on its one thread; we hand it one
-        # function per transaction so a group commit is a single hop, not one per row.
-        result: T = await self._conn._execute(tx)  # type: ignore[no-untyped-call]
-        return result
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only `fn(conn)` on the connection thread."""
-        result: T = await self._conn._execute(lambda: fn(self._conn._conn))  # type: ignore[no-untyped-call]
-        return result
+    @property
+    def writer_alive(self) -> bool:
+        """Whether the group-commit writer is running."""
+        return self.writer_task is not None and not self.writer_task.done()
 
     # ------------------------------------------------------------------ append
 
@@ -271,6 +225,7 @@ class SqliteSpool:
 
     async def run_writer(self) -> None:
         """The group-commit loop. Owned by `open_spool`; its death fails every waiter."""
+        group: list[_Append] = []  # the group in flight: its waiters are failed too
         try:
             while True:
                 await self._wake.wait()
@@ -280,15 +235,16 @@ class SqliteSpool:
                 while self._live or self._bulk:
                     group = self._take_group()
                     await self._commit_group(group)
+                    group = []
                 if self._closing:
                     return
         except asyncio.CancelledError:
-            self._fail_all(Unavailable("spool is shutting down", field=None))
+            self._fail_all(Unavailable("spool is shutting down", field=None), group)
             raise
         except BaseException as exc:
             self.failed = exc
             log.exception("spool writer died")
-            self._fail_all(Unavailable(f"spool writer died: {exc}", field=None))
+            self._fail_all(Unavailable(f"spool writer died: {exc}", field=None), group)
             raise
 
     def _take_group(self) -> list[_Append]:
@@ -306,7 +262,7 @@ class SqliteSpool:
     async def _commit_group(self, group: list[_Append]) -> None:
         t0 = time.perf_counter()  # a latency measurement, not a schedule: real time
         try:
-            results = await self._run(lambda db: _write_group(db, group))
+            results = await self.file.run(lambda db: _write_group(db, group))
         except Exception as exc:
             err = (
                 _storage_error(exc)
@@ -331,7 +287,10 @@ class SqliteSpool:
             if not item.future.done():
                 item.future.set_result(result)
 
-    def _fail_all(self, exc: Exception) -> None:
+    def _fail_all(self, exc: Exception, inflight: list[_Append]) -> None:
+        for item in inflight:
+            if not item.future.done():
+                item.future.set_exception(exc)
         for queue in (self._live, self._bulk):
             while queue:
                 item = queue.popleft()
@@ -351,7 +310,7 @@ class SqliteSpool:
         cursor = after_seq
         while len(entries) < limit:
             n = min(_SLICE, limit - len(entries))
-            got = await self._read(functools.partial(_lease_slice, store, cursor, cutoff, n))
+            got = await self.file.read(functools.partial(_lease_slice, store, cursor, cutoff, n))
             entries.extend(e for e in got if e.seq not in leased)
             if len(got) < n:
                 break
@@ -373,7 +332,7 @@ class SqliteSpool:
         # window finds them unchanged there and retires them).
         for i in range(0, len(mine), _SLICE):
             part = mine[i : i + _SLICE]
-            freed = await self._run(functools.partial(_retire, seqs=part), durable=False)
+            freed = await self.file.run(functools.partial(_retire, seqs=part), durable=False)
             self._debit(store, freed)
         self._forget(lease_id, mine)
 
@@ -381,7 +340,7 @@ class SqliteSpool:
         """Count one more hold on these rows and leave them pending."""
         _, mine = self._lease_seqs(lease_id, seqs)
         if mine:
-            await self._run(
+            await self.file.run(
                 lambda db: db.executemany(
                     "UPDATE spool SET held=held+1 WHERE seq=?", [(s,) for s in mine]
                 ),
@@ -418,7 +377,7 @@ class SqliteSpool:
                 size += got[0]
             return rows, size
 
-        freed = await self._run(q, durable=False)
+        freed = await self.file.run(q, durable=False)
         self._debit(store, freed)
         self._forget(lease_id, mine)
 
@@ -438,9 +397,12 @@ class SqliteSpool:
             del self._leases[lease_id]
 
     def _debit(self, store: str, freed: tuple[int, int]) -> None:
+        self._credit(store, -freed[0], -freed[1])
+
+    def _credit(self, store: str, rows: int, nbytes: int) -> None:
         c = self._counts.setdefault(store, _Counts())
-        c.rows -= freed[0]
-        c.bytes -= freed[1]
+        c.rows += rows
+        c.bytes += nbytes
 
     # ------------------------------------------------------------------ queries
 
@@ -460,7 +422,7 @@ class SqliteSpool:
             ).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
-        return await self._read(q)
+        return await self.file.read(q)
 
     async def oldest_many(self, stores: Sequence[str]) -> dict[str, float]:
         """`oldest` of many stores in one hop to the reader thread (/status with many stores)."""
@@ -477,18 +439,7 @@ class SqliteSpool:
                     out[store] = float(row[0])
             return out
 
-        return await self._read(q) if stores else {}
-
-    async def quarantine_counts(self) -> dict[str, int]:
-        """Quarantine size of every store that has any, in one query."""
-        return await self._read(
-            lambda db: {
-                str(store): int(n)
-                for store, n in db.execute(
-                    "SELECT store, count(*) FROM quarantine GROUP BY store"
-                ).fetchall()
-            }
-        )
+        return await self.file.read(q) if stores else {}
 
     async def pending_ids(self, store: str, kind: str, ids: Sequence[str]) -> set[str]:
         """Which of `ids` are pending (not retired) in the store's spool."""
@@ -507,7 +458,7 @@ class SqliteSpool:
                 found.update(r[0] for r in cur)
             return found
 
-        return await self._read(q)
+        return await self.file.read(q)
 
     async def pending_entries(self, store: str, limit: int = 100_000) -> list[Entry]:
         """Every pending row of a store (for previews)."""
@@ -520,198 +471,14 @@ class SqliteSpool:
             )
             return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
 
-        return await self._read(q)
-
-    # ------------------------------------------------------------------ quarantine admin
-
-    async def list_quarantine(
-        self, store: str | None, limit: int = 1000, *, before: int | None = None
-    ) -> list[QuarantineItem]:
-        """Quarantined records, newest first (qid < `before` when given)."""
-        f = lists.QuarantineFilter(store=store)
-        return await self._read(lambda db: lists.quarantine_items(db, f, limit, before))
-
-    async def quarantine_page(
-        self, f: lists.QuarantineFilter, limit: int, before: int | None
-    ) -> tuple[list[QuarantineItem], int]:
-        """One page of the quarantine matching `f` (newest first) and the count of all."""
-        return await self._read(
-            lambda db: (lists.quarantine_items(db, f, limit, before), lists.quarantine_count(db, f))
-        )
-
-    async def quarantine_rules(self, store: str) -> dict[str, int]:
-        """Per rule id, how many of the store's quarantined records failed it."""
-        return await self._read(lambda db: lists.quarantine_rules(db, store))
-
-    async def quarantined_by_rule(
-        self, store: str, rule: str, limit: int = 100_000
-    ) -> list[QuarantineItem]:
-        """A store's quarantined records that failed `rule` (among others), oldest first."""
-
-        def q(db: sqlite3.Connection) -> list[QuarantineItem]:
-            cur = db.execute(
-                "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body "
-                "FROM quarantine WHERE store=? AND EXISTS (SELECT 1 FROM json_each(reasons) "
-                "WHERE json_extract(value, '$.rule')=?) ORDER BY qid LIMIT ?",
-                (store, rule, limit),
-            )
-            return [
-                QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
-                for r in cur
-            ]
-
-        return await self._read(q)
-
-    async def quarantine_count(self, store: str) -> int:
-        """Quarantine size of a store."""
-        return await self._read(
-            lambda db: int(
-                db.execute("SELECT count(*) FROM quarantine WHERE store=?", (store,)).fetchone()[0]
-            )
-        )
-
-    async def get_quarantined(self, qid: int) -> QuarantineItem | None:
-        """One quarantined record."""
-
-        def q(db: sqlite3.Connection) -> QuarantineItem | None:
-            r = db.execute(
-                "SELECT qid, store, kind, rid, version, received_at, quarantined_at, reasons, body "
-                "FROM quarantine WHERE qid=?",
-                (qid,),
-            ).fetchone()
-            if r is None:
-                return None
-            return QuarantineItem(
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8]
-            )
-
-        return await self._read(q)
-
-    async def release_quarantined(self, qid: int, record: Spooled, actor: str) -> bool:
-        """Move a quarantined record (possibly corrected) back to the spool, with an audit entry."""
-        body = encode(record)
-        now = self._clock.now().timestamp()
-        kind = type_of(record)
-
-        def q(db: sqlite3.Connection) -> tuple[str, int, int] | None:
-            r = db.execute("SELECT store FROM quarantine WHERE qid=?", (qid,)).fetchone()
-            if r is None:
-                return None
-            store = str(r[0])
-            db.execute("DELETE FROM quarantine WHERE qid=?", (qid,))
-            old = db.execute(
-                "SELECT seq, state, size FROM spool WHERE store=? AND kind=? AND rid=?",
-                (store, kind, record.id),
-            ).fetchone()
-            drows, dbytes = 1, len(body)
-            if old is not None:
-                if old[1] == 0:
-                    drows, dbytes = 0, len(body) - int(old[2])
-                db.execute("DELETE FROM spool WHERE seq=?", (old[0],))
-            db.execute(
-                "INSERT INTO spool(store, kind, rid, version, origin, received_at, state, held, size, body) "
-                "VALUES(?,?,?,?,?,?,0,0,?,?)",
-                (
-                    store,
-                    kind,
-                    record.id,
-                    record.effective_version,
-                    getattr(record, "origin", "pos"),
-                    now,
-                    len(body),
-                    body,
-                ),
-            )
-            _audit(db, now, "quarantine.release", store, str(qid), actor)
-            return store, drows, dbytes
-
-        got = await self._run(q)
-        if got is None:
-            return False
-        store, drows, dbytes = got
-        c = self._counts.setdefault(store, _Counts())
-        c.rows += drows
-        c.bytes += dbytes
-        return True
-
-    async def discard_quarantined(self, qid: int, actor: str, reason: str) -> bool:
-        """Delete a quarantined record, keeping an audit entry with its body."""
-        now = self._clock.now().timestamp()
-
-        def q(db: sqlite3.Connection) -> bool:
-            r = db.execute("SELECT store, rid, body FROM quarantine WHERE qid=?", (qid,)).fetchone()
-            if r is None:
-                return False
-            db.execute("DELETE FROM quarantine WHERE qid=?", (qid,))
-            detail = orjson.dumps(
-                {"by": actor, "reason": reason, "rid": r[1], "body": bytes(r[2]).decode()}
-            ).decode()
-            _audit(db, now, "quarantine.discard", r[0], str(qid), detail)
-            return True
-
-        return await self._run(q)
-
-    async def audit_log(
-        self, limit: int = 100, *, before: int | None = None
-    ) -> list[dict[str, Any]]:
-        """Audit entries newest first (id < `before` when given); `at` ISO-8601 UTC."""
-        return await self._read(lambda db: lists.audit_entries(db, limit, before))
-
-    # ------------------------------------------------------------------ small state
-
-    async def seen_delivery(self, store: str, source: str, delivery_id: str) -> bool:
-        """Whether this transport delivery id was already processed."""
-        return await self._read(
-            lambda db: (
-                db.execute(
-                    "SELECT 1 FROM deliveries WHERE store=? AND source=? AND delivery_id=?",
-                    (store, source, delivery_id),
-                ).fetchone()
-                is not None
-            )
-        )
-
-    async def remember_delivery(
-        self, store: str, source: str, delivery_id: str, keep_s: float = 7 * 86400
-    ) -> None:
-        """Record a processed delivery id (kept `keep_s`, well past Shopify's 4-hour retries)."""
-        now = self._clock.now().timestamp()
-
-        def q(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT OR IGNORE INTO deliveries VALUES(?,?,?,?)",
-                (store, source, delivery_id, now),
-            )
-            db.execute("DELETE FROM deliveries WHERE seen_at < ?", (now - keep_s,))
-
-        await self._run(q)
-
-    async def get_state(self, store: str) -> dict[str, Any]:
-        """Per-store key/value state (JSON values)."""
-
-        def q(db: sqlite3.Connection) -> dict[str, Any]:
-            cur = db.execute("SELECT key, value FROM kv WHERE store=?", (store,))
-            return {k: orjson.loads(v) for k, v in cur}
-
-        return await self._read(q)
-
-    async def put_state(self, store: str, values: dict[str, Any]) -> None:
-        """Upsert per-store state."""
-        rows = [(store, k, orjson.dumps(v).decode()) for k, v in values.items()]
-        await self._run(
-            lambda db: db.executemany(
-                "INSERT INTO kv(store, key, value) VALUES(?,?,?) "
-                "ON CONFLICT(store, key) DO UPDATE SET value=excluded.value",
-                rows,
-            )
-        )
+        return await self.file.read(q)
 
     async def check(self) -> None:
         """Readiness: the spool accepts a write transaction."""
         if self.failed is not None:
             raise Unavailable(f"spool writer died: {self.failed}", field="spool")
         try:
-            await self._run(lambda db: db.execute("SELECT 1").fetchone())
+            await self.file.run(lambda db: db.execute("SELECT 1").fetchone())
         except sqlite3.Error as exc:
             raise _storage_error(exc) from None
 
@@ -740,24 +507,12 @@ class SqliteSpool:
         return sum(c.rows for c in self._counts.values())
 
 
-def _audit(
-    db: sqlite3.Connection, now: float, action: str, store: str, ref: str, detail: str
-) -> None:
-    db.execute(
-        "INSERT INTO audit(at, action, store, ref, detail) VALUES(?,?,?,?,?)",
-        (now, action, store, ref, detail),
-    )
-
-
 def _write_group(
     db: sqlite3.Connection, group: list[_Append]
 ) -> list[tuple[AppendResult, dict[str, tuple[int, int]]]]:
     """The group-commit body (runs on the DB thread inside one transaction)."""
     out: list[tuple[AppendResult, dict[str, tuple[int, int]]]] = []
-    insert = (
-        "INSERT OR IGNORE INTO spool(store, kind, rid, version, origin, received_at, state, held, size, body) "
-        "VALUES(?,?,?,?,?,?,0,0,?,?)"
-    )
+    insert = SPOOL_INSERT
     for item in group:
         store = item.store
         n = len(item.rows)
@@ -859,92 +614,51 @@ def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
     return rows, size
 
 
-async def _connect(
-    path: Path, cfg: SpoolConfig, damaged: Path | None, pre: salvage.Preflight
-) -> tuple[aiosqlite.Connection, dict[str, _Counts], tuple[int, int]]:
-    """Open the spool file, create the schema, salvage from `damaged`, count pending rows.
-
-    Returns the connection, pending counts per store, and (rows, quarantined) salvaged.
-    """
-    salvaged = (0, 0)
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    try:
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute(f"PRAGMA synchronous={cfg.synchronous}")
-        await conn.execute("PRAGMA busy_timeout=5000")
-        await conn.executescript(_SCHEMA)
-        if damaged is not None:
-            got = await conn._execute(salvage.salvage_into, damaged, conn._conn)  # type: ignore[no-untyped-call]
-            salvaged = (len(got.pending), len(got.quarantined))
-        pre.note = await conn._execute(salvage.after_open, pre, path, conn._conn)  # type: ignore[no-untyped-call]
-        cur = await conn.execute(
-            "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
-        )
-        counts: dict[str, _Counts] = {}
-        for store, n, size in await cur.fetchall():
-            c = counts.setdefault(store, _Counts())
-            c.rows, c.bytes = int(n), int(size)
-    except BaseException:
-        await conn.close()
-        raise
-    return conn, counts, salvaged
+def _pending_counts(db: sqlite3.Connection) -> dict[str, _Counts]:
+    """Pending rows and bytes per store: the first read of the file at start-up."""
+    counts: dict[str, _Counts] = {}
+    for store, n, size in db.execute(
+        "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
+    ):
+        c = counts.setdefault(store, _Counts())
+        c.rows, c.bytes = int(n), int(size)
+    return counts
 
 
 @contextlib.asynccontextmanager
-async def open_spool(cfg: SpoolConfig, path: Path, clock: Clock) -> AsyncIterator[SqliteSpool]:
-    """Open (creating or recovering) the spool and run its group-commit task."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Before SQLite reads the WAL (it would silently stop at a bad frame): see salvage.py.
-    pre, damaged = await asyncio.to_thread(salvage.prepare_files, path)
-    try:
-        conn, counts, salvaged = await _connect(path, cfg, damaged, pre)
-    except sqlite3.DatabaseError as exc:
-        if damaged is not None:
-            raise
-        # Damage the start-up check could not see (a data page of the pending index):
-        # the same treatment, found one step later.
-        damaged = move_aside(path, str(exc) or "malformed", "spool")
-        conn, counts, salvaged = await _connect(path, cfg, damaged, pre)
-    await asyncio.to_thread(mark_opened, path)
-    try:
-        spool = SqliteSpool(conn, cfg, clock, path)
-        spool._counts = counts
-        spool.file_note = pre.missing
-        spool.recovered_from = salvage.recovered_note(damaged, salvaged, pre)
-        writer = asyncio.create_task(spool.run_writer(), name="spool-writer")
-        spool.writer_task = writer
+async def open_spool(
+    cfg: SpoolConfig, path: Path, clock: Clock, health: Health | None = None
+) -> AsyncIterator[SqliteSpool]:
+    """Open (creating or recovering) the spool and run its group-commit writer.
+
+    The writer and the integrity check are tasks of `health` (the app's registry; a
+    private one when none is given), so /readyz sees a dead writer.
+    """
+    owner = health if health is not None else Health()
+    async with open_spool_file(path, cfg, _pending_counts) as (file, counts, notes):
+        spool = SqliteSpool(file, cfg, clock, counts)
+        spool.file_note = notes.missing
+        spool.recovered_from = notes.recovered_from
         # The full page-by-page check reads the whole file: run it after start-up, off the
         # loop, so a large spool does not delay readiness. A verdict of damage is reported now
         # and acted on (move aside + salvage) at the next start.
-        checker = asyncio.create_task(spool.check_integrity(), name="spool-integrity")
-        spool.integrity_task = checker
-        try:
-            yield spool
-        finally:
-            # Final bounded group commit: staged requests are written and answered, then
-            # the writer returns. New appends are refused from here on.
-            spool._closing = True
-            spool._wake.set()
+        async with (
+            owner.owned_task("spool-writer", spool.run_writer()) as writer,
+            owner.owned_task("spool-integrity", spool.check_integrity(), once=True) as checker,
+        ):
+            spool.writer_task = writer
+            spool.integrity_task = checker
             try:
-                await asyncio.wait_for(asyncio.shield(writer), timeout=30)
-            except TimeoutError:
-                log.exception("spool writer did not drain in 30 s; cancelling")
-            except Exception:  # noqa: BLE001 - already logged and recorded in spool.failed
-                log.debug("spool writer ended with an error")
-            writer.cancel()
-            checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            with contextlib.suppress(asyncio.CancelledError):
-                await checker
-    finally:
-        with contextlib.suppress(sqlite3.Error):
-            await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        await conn.close()
-
-
-def decode_entry(entry: Entry) -> Spooled:
-    """The canonical record stored in a spool row."""
-    from worker.records import SPOOLED_DECODER
-
-    return SPOOLED_DECODER.decode(entry.body)
+                yield spool
+            finally:
+                # Final bounded group commit: staged requests are written and answered, then
+                # the writer returns. New appends are refused from here on. Leaving the
+                # contexts then cancels and awaits both tasks.
+                spool._closing = True
+                spool._wake.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(writer), timeout=30)
+                except TimeoutError:
+                    log.exception("spool writer did not drain in 30 s; cancelling")
+                except Exception:  # noqa: BLE001 - already logged and recorded in spool.failed
+                    log.debug("spool writer ended with an error")

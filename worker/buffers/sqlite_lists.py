@@ -1,7 +1,7 @@
 """The spool's paged admin lists: the quarantine (with its filters and count) and the audit.
 
-Run on the spool's connection thread (`SqliteSpool._read`): one call is one consistent
-view, so a quarantine page and its count agree. Both lists are newest first, a keyset
+Run on the spool file's thread (`SpoolFile.read`): one call is one consistent view, so a
+quarantine page and its count agree. Both lists are newest first, a keyset
 walk on their integer ids (`worker.pages`): quarantine by qid descending, audit by id
 descending; a row added while a client pages has a higher id, so it lands before the
 cursor and is never read twice.
@@ -16,24 +16,19 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import orjson
 
-from worker.buffers.base import QuarantineItem
+from worker.buffers.base import QuarantineFilter, QuarantineItem
 
-_ITEM_COLS = "qid, store, kind, rid, version, received_at, quarantined_at, reasons, body"
+ITEM_COLS = "qid, store, kind, rid, version, received_at, quarantined_at, reasons, body"
 _HAS_RULE = (
     "EXISTS (SELECT 1 FROM json_each(quarantine.reasons) WHERE json_extract(value, '$.rule') = ?)"
 )
 
 
-class QuarantineFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Which quarantined records a list or count covers (None: no bound)."""
-
-    store: str | None = None
-    rule: str | None = None
-    since: float | None = None  # quarantined_at >= since
-    until: float | None = None  # quarantined_at < until
+def as_item(r: Any) -> QuarantineItem:
+    """A quarantine row (`ITEM_COLS` in order) as the item the admin API shows."""
+    return QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
 
 
 def _where(f: QuarantineFilter) -> tuple[str, list[Any]]:
@@ -63,13 +58,10 @@ def quarantine_items(
         where += " AND qid < ?"
         args.append(before)
     cur = db.execute(
-        f"SELECT {_ITEM_COLS} FROM quarantine WHERE {where} ORDER BY qid DESC LIMIT ?",
+        f"SELECT {ITEM_COLS} FROM quarantine WHERE {where} ORDER BY qid DESC LIMIT ?",
         (*args, limit),
     )
-    return [
-        QuarantineItem(r[0], r[1], r[2], r[3], r[4], r[5], r[6], orjson.loads(r[7]), r[8])
-        for r in cur
-    ]
+    return [as_item(r) for r in cur]
 
 
 def quarantine_count(db: sqlite3.Connection, f: QuarantineFilter) -> int:

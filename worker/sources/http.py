@@ -16,8 +16,7 @@ import msgspec
 from aiohttp import web
 
 from worker import api_format, keys, pages
-from worker.buffers.base import QuarantineItem
-from worker.buffers.sqlite_lists import QuarantineFilter
+from worker.buffers.base import QuarantineFilter, QuarantineItem
 from worker.committer import WindowResult
 from worker.config import POLICY_RULES, StoreConfig
 from worker.errors import NotFound, RecordInvalid
@@ -155,7 +154,7 @@ async def status_body(app: web.Application) -> dict[str, Any]:
     # thousands of stores, per-store queries made /status slow and pushes wait behind it).
     with_pending = [s.id for s in cfg.stores if spool.stats(s.id).pending]
     oldest_of = await spool.oldest_many(with_pending)
-    quarantine_of = await spool.quarantine_counts()
+    quarantine_of = await spool.quarantined.counts()
     for s in cfg.stores:
         st = spool.stats(s.id)
         oldest = oldest_of.get(s.id)
@@ -185,7 +184,7 @@ async def status_body(app: web.Application) -> dict[str, Any]:
             "last_error": spool.last_error,
             "recovered_from": spool.recovered_from,
             "integrity": spool.integrity,
-            "writer_alive": spool.writer_task is not None and not spool.writer_task.done(),
+            "writer_alive": spool.writer_alive,
         },
         "sink": {
             "kind": app[keys.SINK].name,
@@ -464,7 +463,7 @@ async def quarantine_list(request: web.Request) -> web.Response:
     filters = {"store": store, "rule": rule, "from": since_text, "to": until_text}
     pager = _pager(request, "quarantine", filters, (int,))
     wanted = QuarantineFilter(store=store, rule=rule, since=since, until=until)
-    items, count = await request.app[keys.SPOOL].quarantine_page(
+    items, count = await request.app[keys.SPOOL].quarantined.page(
         wanted, pager.fetch, pager.int_key()
     )
 
@@ -500,7 +499,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
     require_admin(request)
     spool = request.app[keys.SPOOL]
     qid = _qid(request)
-    item = await spool.get_quarantined(qid)
+    item = await spool.quarantined.get(qid)
     if item is None:
         raise NotFound(f"no quarantined record {qid}", field="id")
     body = await read_body(request, request.app[keys.CONFIG].http.max_body_bytes)
@@ -525,7 +524,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
             },
             status=422,
         )
-    await spool.release_quarantined(qid, record, actor="admin")
+    await spool.quarantined.release(qid, record, actor="admin")
     return json_response(
         {
             "released": qid,
@@ -560,7 +559,7 @@ async def quarantine_release_rule(request: web.Request) -> web.Response:
     released: list[int] = []
     released_records: list[str] = []
     still_invalid: list[dict[str, Any]] = []
-    for item in await spool.quarantined_by_rule(store.id, rule):
+    for item in await spool.quarantined.by_rule(store.id, rule):
         try:
             record: Spooled = SPOOLED_DECODER.decode(item.body)
         except DECODE_ERRORS as exc:
@@ -571,7 +570,7 @@ async def quarantine_release_rule(request: web.Request) -> web.Response:
             reasons = [msgspec.structs.asdict(f) for f in failures]
         if reasons:
             still_invalid.append({"id": item.qid, "record_id": item.rid, "reasons": reasons})
-        elif await spool.release_quarantined(item.qid, record, actor="admin"):
+        elif await spool.quarantined.release(item.qid, record, actor="admin"):
             released.append(item.qid)
             released_records.append(item.rid)
     return json_response(
@@ -591,7 +590,7 @@ async def quarantine_delete(request: web.Request) -> web.Response:
     require_admin(request)
     qid = _qid(request)
     reason = request.query.get("reason", "")[:500]
-    if not await request.app[keys.SPOOL].discard_quarantined(qid, actor="admin", reason=reason):
+    if not await request.app[keys.SPOOL].quarantined.discard(qid, actor="admin", reason=reason):
         raise NotFound(f"no quarantined record {qid}", field="id")
     return json_response({"discarded": qid})
 
@@ -601,7 +600,7 @@ async def audit(request: web.Request) -> web.Response:
     id (`at` ISO-8601 UTC), and `next`."""
     require_admin(request)
     pager = _pager(request, "audit", {}, (int,))
-    entries = await request.app[keys.SPOOL].audit_log(pager.fetch, before=pager.int_key())
+    entries = await request.app[keys.SPOOL].quarantined.audit_log(pager.fetch, before=pager.int_key())
     body: dict[str, Any] = {}
     return json_response(pager.answer(body, "entries", entries, dict, lambda e: (e["id"],)))
 

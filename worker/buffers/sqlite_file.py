@@ -1,0 +1,215 @@
+"""The spool's file: its schema, its one sqlite3 connection on its one thread, its recovery.
+
+`SpoolFile` owns a `sqlite3.Connection` that lives on a private single-thread executor
+(`ThreadPoolExecutor(max_workers=1)`). Every statement of the spool, the quarantine and
+the state rooms runs there, so the file has exactly one writer and the event loop never
+blocks on SQLite or fsync. A call is one hop: `run(fn)` hands one function to the thread
+and that function is one transaction (`BEGIN IMMEDIATE` .. `COMMIT`), so a group commit
+of many requests costs one hop, not one per row.
+
+`open_spool_file` creates or recovers the file before anything reads it (the recovery
+rules are in `worker.buffers.sqlite`'s module head): WAL frame check and copies, move a
+damaged file aside, salvage what still reads into a fresh one. It yields the open file and
+closes it (WAL checkpoint, then the connection, then the thread) on exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from worker.buffers import salvage
+from worker.config import SpoolConfig
+from worker.sqlite_files import mark_opened, move_aside
+
+log = logging.getLogger("possync.spool")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
+    version INTEGER NOT NULL, origin TEXT NOT NULL,
+    received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0,
+    held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
+    UNIQUE(store, kind, rid));
+CREATE INDEX IF NOT EXISTS spool_pending ON spool(store, state, seq);
+CREATE TABLE IF NOT EXISTS quarantine(
+    qid INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL, version INTEGER NOT NULL,
+    received_at REAL NOT NULL, quarantined_at REAL NOT NULL, reasons TEXT NOT NULL, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS quarantine_store ON quarantine(store, qid);
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, action TEXT NOT NULL,
+    store TEXT, ref TEXT, detail TEXT);
+CREATE TABLE IF NOT EXISTS deliveries(
+    store TEXT NOT NULL, source TEXT NOT NULL, delivery_id TEXT NOT NULL, seen_at REAL NOT NULL,
+    PRIMARY KEY(store, source, delivery_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS kv(
+    store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY(store, key)) WITHOUT ROWID;
+"""
+
+# A row into the spool table (new key; the caller decides what happens to an old one).
+SPOOL_INSERT = (
+    "INSERT OR IGNORE INTO spool(store, kind, rid, version, origin, received_at, state, held, size, body) "
+    "VALUES(?,?,?,?,?,?,0,0,?,?)"
+)
+
+
+class SpoolFile:
+    """One sqlite3 connection on its own thread; one function per hop, one transaction each."""
+
+    def __init__(self, path: Path, synchronous: str) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="possync-spool")
+        self._db: sqlite3.Connection | None = None
+
+    async def _hop(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("the spool file is closed")
+        return self._db
+
+    async def connect(self) -> None:
+        """Open the connection on the file's thread (WAL, busy timeout, the schema)."""
+
+        def go() -> None:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self._synchronous}")
+                db.execute("PRAGMA busy_timeout=5000")
+                db.executescript(SCHEMA)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+
+        await self._hop(go)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `fn(conn)` on the file's thread inside one transaction.
+
+        `durable=False` is for bookkeeping whose loss on power failure is harmless (acks,
+        holds, quarantine moves, scheduler state: each is redone idempotently). Those commit
+        with synchronous=NORMAL: safe against a process crash, no fsync of their own; the
+        next durable group commit fsyncs them along with itself. Appends are always durable.
+        """
+        relax = not durable and self._synchronous != "NORMAL"
+
+        def tx() -> T:
+            db = self._conn()
+            if relax:
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")  # fsync (synchronous=FULL): durable from here on
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                if relax:
+                    db.execute(f"PRAGMA synchronous={self._synchronous}")
+            return result
+
+        return await self._hop(tx)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `fn(conn)` on the file's thread (one consistent view per call)."""
+        return await self.call(fn)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the file's thread outside any transaction of ours (salvage)."""
+        return await self._hop(lambda: fn(self._conn()))
+
+    async def close(self, *, checkpoint: bool) -> None:
+        """Checkpoint the WAL (when asked), close the connection, then end the thread."""
+
+        def go() -> None:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            try:
+                if checkpoint:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.close()
+
+        try:
+            await self._hop(go)
+        finally:
+            # The thread is idle now: joining it is immediate, but never on the loop.
+            await asyncio.to_thread(self._pool.shutdown, True)
+
+
+@dataclass(frozen=True, slots=True)
+class FileNotes:
+    """What opening found, for /readyz and /status."""
+
+    recovered_from: str | None  # where a damaged file went and what was salvaged
+    missing: str | None  # a spool opened before was missing or empty
+
+
+async def _open(
+    path: Path,
+    cfg: SpoolConfig,
+    damaged: Path | None,
+    pre: salvage.Preflight,
+    probe: Callable[[sqlite3.Connection], T],
+) -> tuple[SpoolFile, T, tuple[int, int]]:
+    """Open the file, salvage from `damaged`, put back lost WAL frames, run `probe`."""
+    file = SpoolFile(path, cfg.synchronous)
+    salvaged = (0, 0)
+    try:
+        await file.connect()
+        if damaged is not None:
+            got = await file.call(functools.partial(salvage.salvage_into, damaged))
+            salvaged = (len(got.pending), len(got.quarantined))
+        pre.note = await file.call(functools.partial(salvage.after_open, pre, path))
+        found = await file.read(probe)
+    except BaseException:
+        await file.close(checkpoint=False)
+        raise
+    return file, found, salvaged
+
+
+@contextlib.asynccontextmanager
+async def open_spool_file(
+    path: Path, cfg: SpoolConfig, probe: Callable[[sqlite3.Connection], T]
+) -> AsyncIterator[tuple[SpoolFile, T, FileNotes]]:
+    """Open (creating or recovering) the spool file; `probe` is the first read of it.
+
+    A `sqlite3.DatabaseError` from the probe is damage the start-up check could not see (a
+    data page of the pending index): the file gets the same treatment, found one step later.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Before SQLite reads the WAL (it would silently stop at a bad frame): see salvage.py.
+    pre, damaged = await asyncio.to_thread(salvage.prepare_files, path)
+    try:
+        file, found, salvaged = await _open(path, cfg, damaged, pre, probe)
+    except sqlite3.DatabaseError as exc:
+        if damaged is not None:
+            raise
+        damaged = move_aside(path, str(exc) or "malformed", "spool")
+        file, found, salvaged = await _open(path, cfg, damaged, pre, probe)
+    try:
+        await asyncio.to_thread(mark_opened, path)
+        notes = FileNotes(salvage.recovered_note(damaged, salvaged, pre), pre.missing)
+        yield file, found, notes
+    finally:
+        await file.close(checkpoint=True)

@@ -1,0 +1,75 @@
+"""Small durable state beside the SQLite spool: delivery dedup ids and per-store values.
+
+* `deliveries(store, source, delivery_id, seen_at)`: transport ids already processed (a
+  Shopify webhook's `X-Shopify-Webhook-Id`), kept a week, well past the sender's retries.
+  Intake asks before parsing and remembers after the push was stored.
+* `kv(store, key, value)`: the scheduler's state per store (last window, paused), JSON.
+
+Each write is one transaction on the spool file's thread (`SpoolFile.run`), durable on
+return like an append.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import orjson
+
+from worker.buffers.sqlite_file import SpoolFile
+from worker.clock import Clock
+
+
+class SqliteState:
+    """`BufferState` on the spool's file."""
+
+    def __init__(self, file: SpoolFile, clock: Clock) -> None:
+        self._file = file
+        self._clock = clock
+
+    async def seen_delivery(self, store: str, source: str, delivery_id: str) -> bool:
+        """Whether this transport delivery id was already processed."""
+        return await self._file.read(
+            lambda db: (
+                db.execute(
+                    "SELECT 1 FROM deliveries WHERE store=? AND source=? AND delivery_id=?",
+                    (store, source, delivery_id),
+                ).fetchone()
+                is not None
+            )
+        )
+
+    async def remember_delivery(
+        self, store: str, source: str, delivery_id: str, keep_s: float = 7 * 86400
+    ) -> None:
+        """Record a processed delivery id (kept `keep_s`, well past Shopify's 4-hour retries)."""
+        now = self._clock.now().timestamp()
+
+        def q(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries VALUES(?,?,?,?)",
+                (store, source, delivery_id, now),
+            )
+            db.execute("DELETE FROM deliveries WHERE seen_at < ?", (now - keep_s,))
+
+        await self._file.run(q)
+
+    async def get(self, store: str) -> dict[str, Any]:
+        """Per-store key/value state (JSON values)."""
+
+        def q(db: sqlite3.Connection) -> dict[str, Any]:
+            cur = db.execute("SELECT key, value FROM kv WHERE store=?", (store,))
+            return {k: orjson.loads(v) for k, v in cur}
+
+        return await self._file.read(q)
+
+    async def put(self, store: str, values: dict[str, Any]) -> None:
+        """Upsert per-store state."""
+        rows = [(store, k, orjson.dumps(v).decode()) for k, v in values.items()]
+        await self._file.run(
+            lambda db: db.executemany(
+                "INSERT INTO kv(store, key, value) VALUES(?,?,?) "
+                "ON CONFLICT(store, key) DO UPDATE SET value=excluded.value",
+                rows,
+            )
+        )
