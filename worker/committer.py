@@ -22,7 +22,7 @@ import hashlib
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -80,7 +80,11 @@ class WindowResult(msgspec.Struct, kw_only=True):
 
 
 class Committer:
-    """Commits spooled sales of one store at a time; also commits manual sales at once."""
+    """Commits spooled sales of one store at a time; also commits manual sales at once.
+
+    An async context (`async with Committer(...)`): entering restores paused flags and last
+    windows from the spool, leaving sets `stop`.
+    """
 
     def __init__(
         self,
@@ -114,6 +118,15 @@ class Committer:
     def visible_at(self, store: StoreConfig) -> datetime:
         """The store's next window (`NextWindows.visible_at`; read `keys.WINDOWS` instead)."""
         return self.windows.visible_at(store)
+
+    async def __aenter__(self) -> Committer:
+        """Restore the window state; the committer is then ready."""
+        await self.load_state()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Set the stop event, so running sink retries end promptly."""
+        self.stop.set()
 
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
@@ -584,21 +597,3 @@ def _batch(
         triggers=triggers,
         manifest=manifest,
     )
-
-
-@contextlib.asynccontextmanager
-async def open_committer(
-    cfg: Config,
-    spool: Buffer,
-    sink: Sink,
-    clock: Clock,
-    metrics: Metrics,
-    windows: NextWindows,
-) -> AsyncIterator[Committer]:
-    """The committer; its stop event is set on exit so retries end promptly."""
-    committer = Committer(cfg, spool, sink, clock, metrics, windows)
-    await committer.load_state()
-    try:
-        yield committer
-    finally:
-        committer.stop.set()

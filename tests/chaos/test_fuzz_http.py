@@ -28,7 +28,6 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -38,30 +37,19 @@ from hypothesis import strategies as st
 
 from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
-from worker.app import build_app, listen
+from tests.support.loop import PrivateLoop
+from worker.app import Listening, build_app, listen
 from worker.clock import FakeClock
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 
 
-class _App:
+class _App(PrivateLoop[Harness]):
     """The harness entered on a private loop, for sync hypothesis tests."""
 
     def __init__(self, tmp: Path) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._cm = running(make_config(tmp), NOW)
-        self.h: Harness = self.loop.run_until_complete(self._cm.__aenter__())
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        try:
-            self.run(self._cm.__aexit__(None, None, None))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        finally:
-            self.loop.close()
+        super().__init__(running(make_config(tmp), NOW))
+        self.h = self.entered
 
 
 @pytest.fixture
@@ -388,25 +376,13 @@ def test_invalid_utf8_in_a_string_is_a_400(
 # ----------------------------------------------- raw header bytes through `possync serve`'s path
 
 
-class _Served:
+class _Served(PrivateLoop[Listening]):
     """The app behind `worker.app.listen` (cap, header timeout, JSON protocol errors)."""
 
     def __init__(self, tmp: Path) -> None:
-        self.loop = asyncio.new_event_loop()
         cfg = make_config(tmp)
-        self._cm = listen(build_app(cfg, clock=FakeClock(NOW)), cfg, sock=_loopback_socket())
-        self.port = self.loop.run_until_complete(self._cm.__aenter__()).port
-
-    def run(self, coro: Any) -> Any:
-        return self.loop.run_until_complete(coro)
-
-    def close(self) -> None:
-        try:
-            self.run(self._cm.__aexit__(None, None, None))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.run_until_complete(self.loop.shutdown_default_executor())
-        finally:
-            self.loop.close()
+        super().__init__(listen(build_app(cfg, clock=FakeClock(NOW)), cfg, sock=_loopback_socket()))
+        self.port = self.entered.port
 
 
 def _loopback_socket() -> socket.socket:

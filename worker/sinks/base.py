@@ -54,45 +54,6 @@ class ReportRow(msgspec.Struct, frozen=True, kw_only=True):
     voided: int
 
 
-class ReportDay:
-    """Running Sales Report sums of one (business date, currency), in exact Decimals."""
-
-    __slots__ = ("count", "gross", "returns", "returns_count", "voided")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.gross = Decimal(0)
-        self.returns = Decimal(0)
-        self.returns_count = 0
-        self.voided = 0
-
-    def add(self, total: Decimal, kind: str, voided: bool) -> None:
-        """Count one committed sale."""
-        if voided:
-            self.voided += 1
-            return
-        self.count += 1
-        if total > 0:
-            self.gross += total
-        elif total < 0:
-            self.returns -= total
-        if kind == "return" or total < 0:
-            self.returns_count += 1
-
-    def row(self, day: date, currency: str) -> ReportRow:
-        """The finished row."""
-        return ReportRow(
-            date=day,
-            currency=currency,
-            count=self.count,
-            gross=self.gross,
-            returns=self.returns,
-            returns_count=self.returns_count,
-            net=self.gross - self.returns,
-            voided=self.voided,
-        )
-
-
 # The Sales Log's fields, in order, as both sinks return them (`warning` comes back as
 # the list `warnings`). Those in SALE_LOG_FROM_BODY live only in the canonical body (one
 # source of truth); the value is what a body written before the field existed means.
@@ -135,7 +96,7 @@ SALE_LOG_FROM_BODY: dict[str, str | bool | None] = {
 }
 
 
-# A list page's position (`worker.pages`): the last row's sort key, instants as `utc_text`.
+# A list page's position (`worker.api.pages`): the last row's sort key, instants as `utc_text`.
 # The Sales Log's is (occurred_at, id), the trigger events' (created_at, event_id).
 PageKey = tuple[str, str]
 

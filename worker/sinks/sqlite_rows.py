@@ -20,7 +20,6 @@ from worker.records import Customer, Product, Void, encode
 from worker.sinks.base import (
     SALE_LOG_COLUMNS,
     SALE_LOG_FROM_BODY,
-    ReportDay,
     ReportRow,
     utc_text,
 )
@@ -157,6 +156,45 @@ def void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
 def trigger_params(t: TriggerEvent, batch_id: str) -> tuple[Any, ...]:
     """`INSERT_TRIGGER`'s parameters."""
     return (*_text(trigger_values(t)), batch_id)
+
+
+class ReportDay:
+    """Running Sales Report sums of one (business date, currency), in exact Decimals."""
+
+    __slots__ = ("count", "gross", "returns", "returns_count", "voided")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.gross = Decimal(0)
+        self.returns = Decimal(0)
+        self.returns_count = 0
+        self.voided = 0
+
+    def add(self, total: Decimal, kind: str, voided: bool) -> None:
+        """Count one committed sale."""
+        if voided:
+            self.voided += 1
+            return
+        self.count += 1
+        if total > 0:
+            self.gross += total
+        elif total < 0:
+            self.returns -= total
+        if kind == "return" or total < 0:
+            self.returns_count += 1
+
+    def row(self, day: date, currency: str) -> ReportRow:
+        """The finished row."""
+        return ReportRow(
+            date=day,
+            currency=currency,
+            count=self.count,
+            gross=self.gross,
+            returns=self.returns,
+            returns_count=self.returns_count,
+            net=self.gross - self.returns,
+            voided=self.voided,
+        )
 
 
 class SqliteDialect:
