@@ -465,11 +465,11 @@ import asyncio, json, signal, sys
 from aiohttp import web
 from worker.app import build_app
 from worker.config import decode
-from worker.sources.backfill import add_backfill_routes
+from worker.sources.backfill import add_backfills
 
 async def main():
     app = build_app(decode(json.loads(sys.argv[1])))
-    add_backfill_routes(app)
+    add_backfills(app)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

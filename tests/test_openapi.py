@@ -22,8 +22,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
 from worker.adapters import ADAPTERS
+from worker.api.openapi import document
 from worker.app import build_app
-from worker.openapi import document
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -16,8 +16,8 @@ from rich.console import Console
 
 from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
+from worker.api.status import attention_order
 from worker.ops_cli import mask_secrets, parse, run_ops
-from worker.status_page import attention_order
 
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)  # the factories sell at 15:00 UTC that day
 

@@ -32,7 +32,7 @@ from tests.contracts.sinks import (  # the contract suite's backends and builder
     make_void,
     sink,
 )
-from worker import pages
+from worker.api import pages
 from worker.buffers.base import Buffer
 from worker.records import Sale
 from worker.sinks.base import ClientBook

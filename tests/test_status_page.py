@@ -20,7 +20,7 @@ import pytest
 
 from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
-from worker.status_page import PAGE_SIZE
+from worker.api.page_render import PAGE_SIZE
 
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 

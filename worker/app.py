@@ -42,6 +42,7 @@ from aiohttp.web_log import AccessLogger
 from aiohttp.web_protocol import RequestHandler
 
 from worker import keys
+from worker.api.routes import add_routes
 from worker.buffers.sqlite import open_spool
 from worker.clock import Clock, SystemClock
 from worker.committer import Committer
@@ -49,13 +50,10 @@ from worker.config import Config, Credentials
 from worker.health import Health
 from worker.intake import Intake
 from worker.metrics import Metrics
-from worker.openapi import add_openapi_route
 from worker.scheduler import Scheduler
 from worker.sinks import open_sink
-from worker.sources.backfill import add_backfill_routes
-from worker.sources.http import add_routes
-from worker.sources.inbox import add_file_routes, open_inbox
-from worker.status_page import add_page_routes
+from worker.sources.backfill import add_backfills
+from worker.sources.inbox import open_inbox
 from worker.web import errors_middleware
 from worker.windows import NextWindows
 
@@ -88,10 +86,7 @@ def build_app(
     for ctx in extra_contexts or []:
         app.cleanup_ctx.append(ctx)
     add_routes(app)
-    add_backfill_routes(app)
-    add_file_routes(app)
-    add_page_routes(app)
-    add_openapi_route(app)
+    add_backfills(app)
     return app
 
 

@@ -37,9 +37,9 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from worker.api.status import attention_order
 from worker.config import Config, load
 from worker.errors import ConfigError
-from worker.status_page import attention_order
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3

@@ -28,7 +28,7 @@ from tests.contracts.sinks import (
     make_void,
     subset,
 )
-from worker.api_format import sale_detail
+from worker.api.format import sale_detail
 from worker.batch import SaleRow
 from worker.records import Customer, Product, Sale, SaleLine
 from worker.sinks.base import SALE_LOG_COLUMNS, ClientBook, ReportRow

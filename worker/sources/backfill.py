@@ -240,12 +240,12 @@ def backfill_status(app: web.Application) -> dict[str, Any]:
     return state.snapshot() if state is not None else {"running": [], "recent": []}
 
 
-def add_backfill_routes(app: web.Application) -> None:
-    """Register the backfill route, its state and its /status section (idempotent)."""
+def add_backfills(app: web.Application) -> None:
+    """The backfills' state, their metrics and /status section (idempotent); the route is
+    in `worker.api.routes`."""
     if BACKFILLS in app:
         return
     app[BACKFILLS] = Backfills()
-    app.router.add_post("/v1/backfill/{source}/{store}", backfill)
     metrics = app.get(keys.METRICS)
     if metrics is not None:
         stores = [s.id for s in app[keys.CONFIG].stores]

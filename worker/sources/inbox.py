@@ -72,14 +72,13 @@ from worker.sources.inbox_stats import LIST_IDLE_UP_TO, StoreStats
 from worker.sources.inbox_upload import (
     INBOX,
     LIMIT_HINT,
-    add_file_routes,
     content_type_for,
     file_limit,
 )
 
 log = logging.getLogger("possync.inbox")
 
-__all__ = ["INBOX", "Inbox", "add_file_routes", "content_type_for", "open_inbox"]
+__all__ = ["INBOX", "Inbox", "content_type_for", "open_inbox"]
 
 BACKOFF_MAX_S = 300.0
 _DIGITS = re.compile(r"(\d+)")

@@ -39,7 +39,6 @@ FILE_BODIES = 16
 LIMIT_HINT = f"{FILE_BODIES} x http.max_body_bytes, at most http.max_backfill_bytes"
 
 INBOX: web.AppKey[Inbox] = web.AppKey("inbox")
-_FILE_ROUTES: web.AppKey[bool] = web.AppKey("inbox_file_routes")
 
 
 def file_limit(cfg: Config) -> int:
@@ -103,11 +102,3 @@ async def upload(request: web.Request) -> web.Response:
     if inbox is not None:
         inbox.stats[store.id].uploads += 1
     return json_response(outcome_json(out), status=202)
-
-
-def add_file_routes(app: web.Application) -> None:
-    """Register `POST /v1/files/{source}/{store}` (idempotent)."""
-    if _FILE_ROUTES in app:
-        return
-    app[_FILE_ROUTES] = True
-    app.router.add_post("/v1/files/{source}/{store}", upload)

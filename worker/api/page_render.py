@@ -1,15 +1,11 @@
-"""The operator's status page at `/`: server-rendered HTML, no JavaScript.
+"""The status page's HTML: server-rendered from a `/status` body, no JavaScript.
 
-What an operator on call wants on one screen: per store the pending sales, the age of the
-oldest, the next window in the store's time and in UTC, the last window's result, the
-quarantine by rule and the paused flag; the health of the sink, the spool and MQTT; running
-backfills; and a sale lookup by id. Stores are sorted by what needs attention
-(`attention_order`, shared with `possync status`) and paged.
-
-Auth: the admin token as a bearer header, or the login form (`POST /login`), which sets an
-HttpOnly, SameSite=Strict cookie holding the token; `POST /logout` clears it. The page is
-rendered from the same data as `/status` (`worker.sources.http.status_body`), so the two
-never disagree.
+Pure functions of their arguments (no request, no app): `render_page` draws per store the
+pending sales, the age of the oldest, the next window in the store's time and in UTC, the
+last window's result, the quarantine by rule and the paused flag; the health of the sink,
+the spool and MQTT; running backfills; and a looked-up sale. Stores are in
+`attention_order` (the order of `/status` and `possync status`), PAGE_SIZE a page. Every
+value is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -21,15 +17,9 @@ from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from aiohttp import web
+from worker.api.status import attention_order
 
-from worker import api_format, keys
-from worker.web import bearer, token_ok
-
-__all__ = ["COOKIE", "PAGE_SIZE", "add_page_routes", "attention_order", "login_page", "render_page"]
-
-COOKIE = "possync_admin"
-_HTML = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+__all__ = ["PAGE_SIZE", "login_page", "render_page"]
 
 PAGE_SIZE = 50
 
@@ -43,26 +33,6 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}table+table{margin-top
 .muted{color:#667085}header{display:flex;justify-content:space-between;align-items:baseline}
 form.inline{display:inline}nav a{margin-right:.6rem}
 """
-
-
-def attention_order(stores: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Store ids by what needs attention: failed windows, quarantine, paused, oldest pending,
-    most pending."""
-
-    def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, int, int, float, int, str]:
-        sid, st = item
-        last = st.get("last_window") or {}
-        failed = 1 if last.get("error") else 0
-        return (
-            -failed,
-            -int(st.get("quarantine") or 0),
-            -int(bool(st.get("paused"))),
-            -float(st.get("oldest_pending_age_s") or 0.0),
-            -int(st.get("pending") or 0),
-            sid,
-        )
-
-    return [sid for sid, _ in sorted(stores.items(), key=key)]
 
 
 def _doc(title: str, body: str) -> str:
@@ -253,78 +223,3 @@ def _backfills(value: Any) -> str:
         '<h2 id="backfills">Backfills</h2><table><tr><th>store</th><th>source</th>'
         f"<th>records</th><th>bytes</th><th>rate</th><th>state</th></tr>{rows}</table>"
     )
-
-
-# --------------------------------------------------------------------------- routes
-
-
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", headers=_HTML)
-
-
-def _authed(request: web.Request) -> bool:
-    expected = request.app[keys.CONFIG].http.admin_token
-    return token_ok(bearer(request) or request.cookies.get(COOKIE), expected)
-
-
-async def index(request: web.Request) -> web.Response:
-    """GET /: the status page (the login form when not authenticated)."""
-    if not _authed(request):
-        return _html(login_page(), status=401)
-    from worker.sources.http import status_body  # the /status handler's module
-
-    app = request.app
-    status = await status_body(app)
-    spool = app[keys.SPOOL]
-    by_rule: dict[str, dict[str, int]] = {}
-    for sid, st in status["stores"].items():
-        if st.get("quarantine"):
-            # Counted in SQL over the whole quarantine (a listing would stop at a page).
-            by_rule[sid] = await spool.quarantined.rules(sid)
-    try:
-        page = int(request.query.get("page", "1"))
-    except ValueError:
-        page = 1
-    lookup = None
-    store_id, sale_id = request.query.get("store"), request.query.get("sale", "").strip()
-    if store_id and sale_id:
-        store = next((s for s in app[keys.CONFIG].stores if s.id == store_id), None)
-        found = None
-        if store is not None:
-            got = await app[keys.SINK].get_sale(store.id, sale_id[:256])
-            found = api_format.sale_detail(got, store.source) if got is not None else None
-        lookup = (store_id, sale_id, found)
-    return _html(render_page(status, by_rule, page=page, lookup=lookup))
-
-
-async def login(request: web.Request) -> web.Response:
-    """POST /login (form: token): set the session cookie and go to the page."""
-    form = await request.post()
-    token = form.get("token")
-    expected = request.app[keys.CONFIG].http.admin_token
-    if not isinstance(token, str) or not token_ok(token, expected):
-        return _html(login_page("That token is not the admin token."), status=401)
-    resp = web.Response(status=303, headers={**_HTML, "Location": "/"})
-    resp.set_cookie(
-        COOKIE,
-        token,
-        httponly=True,
-        samesite="Strict",
-        secure=request.secure,
-        path="/",
-    )
-    return resp
-
-
-async def logout(request: web.Request) -> web.Response:
-    """POST /logout: clear the session cookie."""
-    resp = web.Response(status=303, headers={**_HTML, "Location": "/"})
-    resp.del_cookie(COOKIE, path="/")
-    return resp
-
-
-def add_page_routes(app: web.Application) -> None:
-    """Register `/`, `/login` and `/logout`."""
-    app.router.add_get("/", index)
-    app.router.add_post("/login", login)
-    app.router.add_post("/logout", logout)

@@ -5,7 +5,7 @@ Built from small pieces so it stays in step with the code it describes:
 * request bodies of canonical records are the JSON Schemas msgspec derives from the record
   Structs (`msgspec.json.schema_components`), never written by hand;
 * the push sources are the adapter registry's names (`worker.adapters.ADAPTERS`); paging
-  limits are `worker.pages`' own; rule ids are `worker.config.POLICY_RULES`;
+  limits are `worker.api.pages`' own; rule ids are `worker.config.POLICY_RULES`;
 * `tests/test_openapi.py` builds the app and checks that every registered route (method and
   path) is documented and every documented path is registered, that the document validates
   as OpenAPI 3.1, and that the statuses a real server answers are the documented ones;
@@ -24,7 +24,7 @@ import msgspec
 from aiohttp import web
 
 from worker import __version__
-from worker.openapi_schemas import (
+from worker.api.openapi_schemas import (
     BOOL,
     COMPONENT_SCHEMAS,
     DAY,
@@ -61,9 +61,9 @@ from worker.openapi_schemas import (
     ref,
     see_other,
 )
+from worker.api.page import COOKIE
+from worker.api.status import STATUS_STORES_DEFAULT, STATUS_STORES_MAX
 from worker.sinks.base import TRIGGER_STATES
-from worker.sources.http import STATUS_STORES_DEFAULT, STATUS_STORES_MAX
-from worker.status_page import COOKIE
 
 # ------------------------------------------------------------------------- operations
 
@@ -632,8 +632,3 @@ def document() -> Json:
 async def openapi_json(request: web.Request) -> web.Response:
     """GET /openapi.json: the document (no credential: it describes, it holds no data)."""
     return web.Response(body=_document_bytes(), content_type="application/json")
-
-
-def add_openapi_route(app: web.Application) -> None:
-    """Register `GET /openapi.json`."""
-    app.router.add_get("/openapi.json", openapi_json)

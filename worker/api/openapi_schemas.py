@@ -1,8 +1,8 @@
-"""Schema pieces of the OpenAPI document (`worker.openapi`): shapes, responses, parameters.
+"""Schema pieces of the OpenAPI document (`worker.api.openapi`): shapes, responses, parameters.
 
 Canonical record schemas are derived from the msgspec Structs (`record_schemas`); the
 answer shapes below are written here, next to the API formatting they describe
-(`worker.api_format`, `worker.pages`).
+(`worker.api.format`, `worker.api.pages`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from worker import pages
 from worker.adapters import ADAPTERS
+from worker.api import pages
 from worker.config import POLICY_RULES
 from worker.records import Record, Spooled
 
