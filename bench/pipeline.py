@@ -44,6 +44,7 @@ from bench.procs import (
     write_config,
 )
 from bench.report import Row, fmt_mb, fmt_rate
+from worker.buffers.sqlite_file import SPOOL_TABLE
 
 PIPELINE = ("backfill", "rss", "commit", "restart", "p99")
 _ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}
@@ -253,18 +254,6 @@ async def _backfill_pushes(
     return {"accepted": accepted, "duplicates": duplicates}
 
 
-_SPOOL_LIKE = """
-CREATE TABLE spool(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
-    version INTEGER NOT NULL, origin TEXT NOT NULL,
-    received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0,
-    held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
-    UNIQUE(store, kind, rid));
-CREATE INDEX spool_pending ON spool(store, state, seq);
-"""
-
-
 def _raw_backfill(st: _State) -> tuple[int, float]:
     """The same records, executemany'd in batches of 5,000 into a spool-shaped WAL table.
 
@@ -276,7 +265,7 @@ def _raw_backfill(st: _State) -> tuple[int, float]:
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_SPOOL_LIKE)
+        db.executescript(SPOOL_TABLE)  # the spool's own table and index
         n = 0
         sql = (
             "INSERT INTO spool(store, kind, rid, version, origin, received_at, size, body) "

@@ -16,7 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.factories import T0, make_sale
+from tests.factories import T0, make_sale, sale_dict
 from worker.buffers.salvage import read_damaged, wal_flag
 from worker.buffers.sqlite import open_spool
 from worker.buffers.wal import FRAME_HEADER, check_wal
@@ -143,7 +143,7 @@ async def test_zero_length_spool_is_reported_unless_first_start(
         assert "spool_file" not in (await r.json())["notes"]
         push = await h.client.post(
             "/v1/push/canonical/S1",
-            data=orjson.dumps({"type": "sale", **_sale_json()}),
+            data=orjson.dumps(sale_dict("Z1")),
             headers={**h.store(), "Content-Type": "application/json"},
         )
         assert push.status == 202
@@ -158,19 +158,6 @@ async def test_zero_length_spool_is_reported_unless_first_start(
         assert "zero bytes" in (await s.json())["notes"]["spool_file"]
     warned = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("zero bytes" in r.getMessage() for r in warned)
-
-
-def _sale_json() -> dict[str, object]:
-    return {
-        "id": "Z1",
-        "occurred_at": "2026-11-20T10:00:00-05:00",
-        "currency": "USD",
-        "lines": [{"sku": "RING-1", "quantity": "1", "unit_price": "100.00"}],
-        "subtotal": "100.00",
-        "tax": "8.00",
-        "total": "108.00",
-        "tenders": [{"method": "Cash", "amount": "108.00"}],
-    }
 
 
 async def test_wal_damage_after_a_crash_is_reported_and_salvaged(tmp_path: Path) -> None:

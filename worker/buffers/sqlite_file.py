@@ -33,7 +33,8 @@ from worker.sqlite_files import mark_opened, move_aside
 log = logging.getLogger("possync.spool")
 T = TypeVar("T")
 
-SCHEMA = """
+# The spool table alone (bench/pipeline.py's raw baseline writes into the same shape).
+SPOOL_TABLE = """
 CREATE TABLE IF NOT EXISTS spool(
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL,
@@ -42,6 +43,11 @@ CREATE TABLE IF NOT EXISTS spool(
     held INTEGER NOT NULL DEFAULT 0, size INTEGER NOT NULL, body BLOB,
     UNIQUE(store, kind, rid));
 CREATE INDEX IF NOT EXISTS spool_pending ON spool(store, state, seq);
+"""
+
+SCHEMA = (
+    SPOOL_TABLE
+    + """
 CREATE TABLE IF NOT EXISTS quarantine(
     qid INTEGER PRIMARY KEY AUTOINCREMENT,
     store TEXT NOT NULL, kind TEXT NOT NULL, rid TEXT NOT NULL, version INTEGER NOT NULL,
@@ -57,6 +63,7 @@ CREATE TABLE IF NOT EXISTS kv(
     store TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY(store, key)) WITHOUT ROWID;
 """
+)
 
 # A row into the spool table (new key; the caller decides what happens to an old one).
 SPOOL_INSERT = (
