@@ -153,23 +153,30 @@ class SqliteSpool:
 
     # ------------------------------------------------------------------ append
 
+    def _check_open(self) -> None:
+        if self.failed is not None:
+            raise Unavailable("spool writer is down", field=None)
+        if self._closing:
+            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
+
     def _check_room(self, store: str, rows: int, nbytes: int) -> None:
         have = self._counts.get(store) or _Counts()
         staged = self._staged.get(store) or _Counts()
-        if have.rows + staged.rows + rows > self._cfg.max_records_per_store:
-            raise SpoolFull(
-                f"spool for store {store!r} is full ({have.rows} pending records, cap "
-                f"{self._cfg.max_records_per_store}); retry after the next window",
-                field="store",
-                retry_after_s=self._cfg.retry_after_s,
+        cfg = self._cfg
+        if have.rows + staged.rows + rows > cfg.max_records_per_store:
+            why = (
+                f"{have.rows} pending records, cap {cfg.max_records_per_store}); "
+                "retry after the next window"
             )
-        if have.bytes + staged.bytes + nbytes > self._cfg.max_bytes_per_store:
-            raise SpoolFull(
-                f"spool for store {store!r} is full ({have.bytes} bytes pending, cap "
-                f"{self._cfg.max_bytes_per_store})",
-                field="store",
-                retry_after_s=self._cfg.retry_after_s,
-            )
+        elif have.bytes + staged.bytes + nbytes > cfg.max_bytes_per_store:
+            why = f"{have.bytes} bytes pending, cap {cfg.max_bytes_per_store})"
+        else:
+            return
+        raise SpoolFull(
+            f"spool for store {store!r} is full ({why}",
+            field="store",
+            retry_after_s=cfg.retry_after_s,
+        )
 
     def check_room(self, store: str, records: Sequence[Spooled]) -> None:
         """Raise now (SpoolFull, Unavailable) if `append(store, records)` would be refused.
@@ -177,10 +184,7 @@ class SqliteSpool:
         Nothing is staged: intake calls it to decide a mixed push whole before writing any
         of it (a later concurrent append can still take the room; the append then refuses).
         """
-        if self.failed is not None:
-            raise Unavailable("spool writer is down", field=None)
-        if self._closing:
-            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
+        self._check_open()
         self._check_room(store, len(records), sum(len(encode(r)) for r in records))
 
     async def append(
@@ -189,10 +193,7 @@ class SqliteSpool:
         """Stage records; return when the group holding them is committed to disk."""
         if not records:
             return AppendResult(0, 0)
-        if self.failed is not None:
-            raise Unavailable("spool writer is down", field=None)
-        if self._closing:
-            raise Unavailable("spool is shutting down", field=None, retry_after_s=2)
+        self._check_open()
         now = self._clock.now().timestamp()
         rows = [
             (
