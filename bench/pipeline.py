@@ -4,7 +4,7 @@
     start server, push the customers (real time, into the sink)
     backfill stores A, B, C through HTTP, sampling the server's RSS       -> P3, P6
         baseline: the whole raw loop over the same files (read, cut out the id,
-        executemany, COMMIT) into a spool-shaped WAL table
+        executemany, COMMIT) into the spool's own table
     window commit of store A (N sales) via POST /v1/admin/commit          -> P4
         baseline: raw executemany of the same sink rows into the same tables, one
         transaction per `[windows] batch_size` sales (read from the server's config)
@@ -255,7 +255,7 @@ async def _backfill_pushes(
 
 
 def _raw_backfill(st: _State) -> tuple[int, float]:
-    """The same records, executemany'd in batches of 5,000 into a spool-shaped WAL table.
+    """The same records, executemany'd in batches of 5,000 into the spool's own table (WAL).
 
     The whole loop is timed, as the server's figure is: reading the files, cutting the id
     out of each line, the inserts and every COMMIT (only opening the database is not).
