@@ -114,11 +114,13 @@ def _frame(text: str) -> str:
     return f"{path}:{func}" if path else func
 
 
-def _thread_kind(text: str) -> str:
-    """Classify one thread by every frame it was ever seen in."""
-    if "run_app (" in text:
+def _thread_kind(text: str, names: set[str]) -> str:
+    """Classify one thread by its names (py-spy's labels) and every frame it was seen in."""
+    # `possync serve` runs its event loop on the main thread (the first check, because the
+    # main thread also imports the spool modules); the spool's own thread is named.
+    if "MainThread" in names or "run_app (" in text:
         return "event loop"
-    if "sqlite_file.py" in text or "_write_group" in text:
+    if any(n.startswith("possync-spool") for n in names) or "_write_group" in text:
         return "spool connection thread"
     if "aiosqlite/core.py" in text:
         return "aiosqlite threads (sink)"
@@ -131,6 +133,7 @@ def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
     """Per-thread shares and top frames of a py-spy raw (collapsed) file, as markdown."""
     stacks: list[tuple[str, list[str], int]] = []
     seen: dict[str, list[str]] = defaultdict(list)
+    labels: dict[str, set[str]] = defaultdict(set)
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         m = _LINE.match(line)
         if not m:
@@ -138,11 +141,13 @@ def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
         parts = m.group("stack").split(";")
         label = next((p for p in parts if p.startswith("thread (")), "thread (?)")
         tid = label.split(")", 1)[0]  # "thread (123): MainThread" -> "thread (123"
+        if "): " in label:
+            labels[tid].add(label.split("): ", 1)[1])
         frames = [p for p in parts if not p.startswith(("thread (", "process "))]
         if frames:
             stacks.append((tid, frames, int(m.group("n"))))
             seen[tid].append(";".join(frames))
-    kinds = {tid: _thread_kind(";".join(texts)) for tid, texts in seen.items()}
+    kinds = {tid: _thread_kind(";".join(texts), labels[tid]) for tid, texts in seen.items()}
     per_kind: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     leaf: dict[str, Counter[str]] = defaultdict(Counter)
