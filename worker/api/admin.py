@@ -16,8 +16,7 @@ from aiohttp import web
 
 from worker import keys
 from worker.api.params import pager, store_of
-from worker.buffers.base import QuarantineItem
-from worker.buffers.sqlite_lists import QuarantineFilter
+from worker.buffers.base import QuarantineFilter, QuarantineItem
 from worker.config import POLICY_RULES
 from worker.errors import NotFound, RecordInvalid
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Spooled, invalid_from
@@ -131,7 +130,9 @@ async def quarantine_list(request: web.Request) -> web.Response:
     filters = {"store": store, "rule": rule, "from": since_text, "to": until_text}
     page = pager(request, "quarantine", filters, (int,))
     wanted = QuarantineFilter(store=store, rule=rule, since=since, until=until)
-    items, count = await request.app[keys.SPOOL].quarantine_page(wanted, page.fetch, page.int_key())
+    items, count = await request.app[keys.SPOOL].quarantined.page(
+        wanted, page.fetch, page.int_key()
+    )
     body: dict[str, Any] = {"count": count}
     return json_response(page.answer(body, "items", items, _quarantine_item, lambda i: (i.qid,)))
 
@@ -151,7 +152,7 @@ async def quarantine_release(request: web.Request) -> web.Response:
     require_admin(request)
     spool = request.app[keys.SPOOL]
     qid = _qid(request)
-    item = await spool.get_quarantined(qid)
+    item = await spool.quarantined.get(qid)
     if item is None:
         raise NotFound(f"no quarantined record {qid}", field="id")
     body = await read_body(request, request.app[keys.CONFIG].http.max_body_bytes)
@@ -176,12 +177,12 @@ async def quarantine_release(request: web.Request) -> web.Response:
             },
             status=422,
         )
-    await spool.release_quarantined(qid, record, actor="admin")
+    await spool.quarantined.release(qid, record, actor="admin")
     return json_response(
         {
             "released": qid,
             "store": item.store,
-            "visible_at": committer.visible_at(store).isoformat(),
+            "visible_at": request.app[keys.WINDOWS].visible_at(store).isoformat(),
         }
     )
 
@@ -211,7 +212,7 @@ async def quarantine_release_rule(request: web.Request) -> web.Response:
     released: list[int] = []
     released_records: list[str] = []
     still_invalid: list[dict[str, Any]] = []
-    for item in await spool.quarantined_by_rule(store.id, rule):
+    for item in await spool.quarantined.by_rule(store.id, rule):
         try:
             record: Spooled = SPOOLED_DECODER.decode(item.body)
         except DECODE_ERRORS as exc:
@@ -222,7 +223,7 @@ async def quarantine_release_rule(request: web.Request) -> web.Response:
             reasons = [msgspec.structs.asdict(f) for f in failures]
         if reasons:
             still_invalid.append({"id": item.qid, "record_id": item.rid, "reasons": reasons})
-        elif await spool.release_quarantined(item.qid, record, actor="admin"):
+        elif await spool.quarantined.release(item.qid, record, actor="admin"):
             released.append(item.qid)
             released_records.append(item.rid)
     return json_response(
@@ -232,7 +233,7 @@ async def quarantine_release_rule(request: web.Request) -> web.Response:
             "released": released,
             "released_records": released_records,
             "still_invalid": still_invalid,
-            "visible_at": committer.visible_at(store).isoformat(),
+            "visible_at": request.app[keys.WINDOWS].visible_at(store).isoformat(),
         }
     )
 
@@ -242,7 +243,7 @@ async def quarantine_delete(request: web.Request) -> web.Response:
     require_admin(request)
     qid = _qid(request)
     reason = request.query.get("reason", "")[:500]
-    if not await request.app[keys.SPOOL].discard_quarantined(qid, actor="admin", reason=reason):
+    if not await request.app[keys.SPOOL].quarantined.discard(qid, actor="admin", reason=reason):
         raise NotFound(f"no quarantined record {qid}", field="id")
     return json_response({"discarded": qid})
 
@@ -252,6 +253,6 @@ async def audit(request: web.Request) -> web.Response:
     id (`at` ISO-8601 UTC), and `next`."""
     require_admin(request)
     page = pager(request, "audit", {}, (int,))
-    entries = await request.app[keys.SPOOL].audit_log(page.fetch, before=page.int_key())
+    entries = await request.app[keys.SPOOL].quarantined.audit_log(page.fetch, before=page.int_key())
     body: dict[str, Any] = {}
     return json_response(page.answer(body, "entries", entries, dict, lambda e: (e["id"],)))

@@ -41,7 +41,7 @@ async def index(request: web.Request) -> web.Response:
     for sid, st in status["stores"].items():
         if st.get("quarantine"):
             # Counted in SQL over the whole quarantine (a listing would stop at a page).
-            by_rule[sid] = await spool.quarantine_rules(sid)
+            by_rule[sid] = await spool.quarantined.rules(sid)
     try:
         page = int(request.query.get("page", "1"))
     except ValueError:

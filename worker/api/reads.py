@@ -55,7 +55,7 @@ async def get_spool(request: web.Request) -> web.Response:
             "pending": st.pending,
             "bytes": st.bytes,
             "oldest_pending_age_s": round(now - oldest, 3) if oldest is not None else None,
-            "next_window": request.app[keys.COMMITTER].visible_at(store).isoformat(),
+            "next_window": request.app[keys.WINDOWS].visible_at(store).isoformat(),
         }
     )
 

@@ -114,7 +114,7 @@ async def status_body(app: web.Application) -> dict[str, Any]:
     # thousands of stores, per-store queries made /status slow and pushes wait behind it).
     with_pending = [s.id for s in cfg.stores if spool.stats(s.id).pending]
     oldest_of = await spool.oldest_many(with_pending)
-    quarantine_of = await spool.quarantine_counts()
+    quarantine_of = await spool.quarantined.counts()
     for s in cfg.stores:
         st = spool.stats(s.id)
         oldest = oldest_of.get(s.id)
@@ -127,7 +127,7 @@ async def status_body(app: web.Application) -> dict[str, Any]:
             "oldest_pending_age_s": round(now.timestamp() - oldest, 3)
             if oldest is not None
             else None,
-            "next_window": committer.visible_at(s).isoformat(),
+            "next_window": app[keys.WINDOWS].visible_at(s).isoformat(),
             "last_window": _last_json(last),
             "quarantine": quarantine_of.get(s.id, 0),
             "paused": s.id in committer.paused,
@@ -144,7 +144,7 @@ async def status_body(app: web.Application) -> dict[str, Any]:
             "last_error": spool.last_error,
             "recovered_from": spool.recovered_from,
             "integrity": spool.integrity,
-            "writer_alive": spool.writer_task is not None and not spool.writer_task.done(),
+            "writer_alive": spool.writer_alive,
         },
         "sink": {
             "kind": app[keys.SINK].name,
