@@ -1,7 +1,7 @@
 """Shared web plumbing: JSON answers, the error middleware, body reading, bearer tokens.
 
-Every route module (`sources/http.py`, `sources/inbox.py`, `sources/backfill.py`) answers
-errors through here, so one place decides what an error looks like:
+Every handler (the sources' in `worker.sources`, the API's in `worker.api`) answers errors
+through here, so one place decides what an error looks like:
 
 * a precise status and a JSON body `{"error", "field"}` naming the header or field and the
   rule it broke, never the value it carried (no PII, no token, in answers or logs);

@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.money import show, show_opt
-from worker.sinks.base import ReportRow
+from worker.sinks.base import SALE_LOG_COLUMNS, ReportRow
 
 __all__ = [
     "SALE_MONEY",
@@ -29,23 +29,12 @@ __all__ = [
 SALE_MONEY = ("subtotal", "discount", "tax", "shipping", "fees", "tip", "rounding", "total")
 _LINE_MONEY = ("unit_price", "discount", "tax")
 
-# Detail fields taken as they are from the stored sale (identity, links, flags, sink state).
+# Detail fields taken as they are from the stored sale: the Sales Log's identity and link
+# columns (those before its figures, without `version`, shown with the sink state below),
+# and two the log does not carry.
 _DETAIL_FIELDS = (
-    "id",
-    "kind",
-    "origin",
-    "channel",
-    "occurred_at",
-    "business_date",
-    "currency",
+    *(c for c in SALE_LOG_COLUMNS[: SALE_LOG_COLUMNS.index("subtotal")] if c != "version"),
     "presentment_currency",
-    "customer_id",
-    "customer_linked",
-    "employee_id",
-    "original_id",
-    "display_number",
-    "location_id",
-    "register_id",
     "tz_assumed",
 )
 _LINE_FIELDS = (
