@@ -2,7 +2,7 @@
 
 Run on the spool file's thread (`SpoolFile.read`): one call is one consistent view, so a
 quarantine page and its count agree. Both lists are newest first, a keyset
-walk on their integer ids (`worker.pages`): quarantine by qid descending, audit by id
+walk on their integer ids (`worker.api.pages`): quarantine by qid descending, audit by id
 descending; a row added while a client pages has a higher id, so it lands before the
 cursor and is never read twice.
 
