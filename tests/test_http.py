@@ -10,9 +10,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
+from worker.api.routes import add_routes
+from worker.app import build_app
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
 URL = "/v1/push/canonical/S1"
@@ -320,3 +323,31 @@ async def test_bad_query_params(h: Harness) -> None:
     assert resp.status == 404 and (await resp.json())["field"] == "id"
     resp = await h.client.get("/v1/stores/S9/spool", headers={"Authorization": f"Bearer {ADMIN}"})
     assert resp.status == 404
+
+
+def _table(app: web.Application) -> list[tuple[str, str]]:
+    return [
+        (r.method, r.resource.canonical if r.resource is not None else "")
+        for r in app.router.routes()
+    ]
+
+
+def test_the_app_serves_exactly_the_route_table(tmp_path: Path) -> None:
+    """Every route of the app is registered by `add_routes`, once, in its order: no other
+    module adds a route of its own."""
+    bare = web.Application()
+    add_routes(bare)
+    table = _table(bare)
+    assert _table(build_app(make_config(tmp_path))) == table
+    assert len(set(table)) == len(table)
+    for route in [
+        ("POST", "/v1/push/{source}/{store}"),
+        ("POST", "/v1/backfill/{source}/{store}"),
+        ("POST", "/v1/files/{source}/{store}"),
+        ("GET", "/"),
+        ("GET", "/status"),
+        ("GET", "/v1/stores/{store}/sales/{id}"),
+        ("DELETE", "/v1/admin/quarantine/{id}"),
+        ("GET", "/openapi.json"),
+    ]:
+        assert route in table
