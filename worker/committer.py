@@ -115,10 +115,6 @@ class Committer:
 
     # ----------------------------------------------------------------- state
 
-    def visible_at(self, store: StoreConfig) -> datetime:
-        """The store's next window (`NextWindows.visible_at`; read `keys.WINDOWS` instead)."""
-        return self.windows.visible_at(store)
-
     async def __aenter__(self) -> Committer:
         """Restore the window state; the committer is then ready."""
         await self.load_state()

@@ -40,7 +40,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.appserver import Harness, make_config, running
+from tests.appserver import Harness, make_config, running, until
 from tests.procserver import ServerProcess, free_port, headers, sale_body, write_config
 from tests.test_sink_identity import (
     EMAIL,
@@ -50,7 +50,6 @@ from tests.test_sink_identity import (
     readyz,
     retries,
     start_window,
-    until,
 )
 from worker.config import Config
 
