@@ -15,6 +15,7 @@ from worker import keys
 from worker.api.format import sale_detail
 from worker.api.page_render import login_page, render_page
 from worker.api.status import status_body
+from worker.sinks.base import SinkReader
 from worker.web import bearer, token_ok
 
 COOKIE = "possync_admin"
@@ -52,7 +53,8 @@ async def index(request: web.Request) -> web.Response:
         store = next((s for s in app[keys.CONFIG].stores if s.id == store_id), None)
         found = None
         if store is not None:
-            got = await app[keys.SINK].get_sale(store.id, sale_id[:256])
+            reader: SinkReader = app[keys.SINK]
+            got = await reader.get_sale(store.id, sale_id[:256])
             found = sale_detail(got, store.source) if got is not None else None
         lookup = (store_id, sale_id, found)
     return _html(render_page(status, by_rule, page=page, lookup=lookup))

@@ -15,15 +15,20 @@ from worker import keys
 from worker.api.format import product_json, report_rows, sale_detail, sale_log_item, trigger_item
 from worker.api.params import date_param, pager, store_of, text_param
 from worker.errors import NotFound, RecordInvalid
-from worker.sinks.base import TRIGGER_STATES
+from worker.sinks.base import TRIGGER_STATES, SinkReader
 from worker.web import json_response, require_admin
+
+
+def _reader(request: web.Request) -> SinkReader:
+    """The sink's read side: all these handlers ask of it."""
+    return request.app[keys.SINK]
 
 
 async def get_customer(request: web.Request) -> web.Response:
     """GET /v1/stores/{store}/customers/{id}."""
     require_admin(request)
     store = store_of(request)
-    got = await request.app[keys.SINK].get_customer(store.id, request.match_info["id"])
+    got = await _reader(request).get_customer(store.id, request.match_info["id"])
     if got is None:
         raise NotFound(
             f"no customer {request.match_info['id']!r} in store {store.id!r}", field="id"
@@ -35,7 +40,7 @@ async def get_product(request: web.Request) -> web.Response:
     """GET /v1/stores/{store}/products/{id}."""
     require_admin(request)
     store = store_of(request)
-    got = await request.app[keys.SINK].get_product(store.id, request.match_info["id"])
+    got = await _reader(request).get_product(store.id, request.match_info["id"])
     if got is None:
         raise NotFound(f"no product {request.match_info['id']!r} in store {store.id!r}", field="id")
     return json_response(product_json(got))
@@ -68,7 +73,7 @@ async def sales_log(request: web.Request) -> web.Response:
     day = date_param(request, "date")
     customer = text_param(request, "customer")
     page = pager(request, "sales", {"date": day.isoformat(), "customer": customer}, (str, str))
-    sink = request.app[keys.SINK]
+    sink = _reader(request)
     rows = await sink.sales_log(store.id, day, page.fetch, after=page.text_key(), customer=customer)
     count = await sink.count_sales(store.id, day, customer=customer)
     body: dict[str, Any] = {"store": store.id, "date": day.isoformat(), "count": count}
@@ -83,7 +88,7 @@ async def get_sale(request: web.Request) -> web.Response:
     """GET /v1/stores/{store}/sales/{id}: one committed sale, figures at the minor unit."""
     require_admin(request)
     store = store_of(request)
-    got = await request.app[keys.SINK].get_sale(store.id, request.match_info["id"])
+    got = await _reader(request).get_sale(store.id, request.match_info["id"])
     if got is None:
         # The id is the caller's own input: named as the field, never echoed back.
         raise NotFound("no committed sale with this id in the store", field="id")
@@ -99,7 +104,7 @@ async def sales_report(request: web.Request) -> web.Response:
         raise RecordInvalid("`to` is before `from`", field="to")
     if (end - start).days > 3660:
         raise RecordInvalid("range longer than ten years", field="to")
-    rows = await request.app[keys.SINK].sales_report(store.id, start, end)
+    rows = await _reader(request).sales_report(store.id, start, end)
     return json_response(
         {
             "store": store.id,
@@ -120,7 +125,7 @@ async def list_triggers(request: web.Request) -> web.Response:
         raise RecordInvalid(f"state must be one of {', '.join(TRIGGER_STATES)}", field="state")
     trigger = text_param(request, "trigger")
     page = pager(request, "triggers", {"state": state, "trigger": trigger}, (str, str))
-    events = await request.app[keys.SINK].list_triggers(
+    events = await _reader(request).list_triggers(
         store.id,
         page.fetch,
         before=page.text_key(),
