@@ -188,7 +188,13 @@ def _back_after(restarts: int) -> Callable[[dict[str, Any]], bool]:
 
 
 class _Publisher(threading.Thread):
-    """Publishes ids at QoS 1, re-publishing each one until the broker PUBACKs it."""
+    """Publishes ids at QoS 1, re-publishing each one until the broker PUBACKs it.
+
+    At `threshold` acks it sets `reached` and waits for `resume` (the test raises the
+    threshold, then resumes it as it restarts the broker): so every restart falls while ids
+    are still to be published, however fast the broker acks (without the pause, a fast run
+    published everything before the later restarts and the test waited for nothing).
+    """
 
     def __init__(self, port: int, ids: list[str], threshold: int) -> None:
         super().__init__(daemon=True, name="mqtt-publisher")
@@ -198,6 +204,7 @@ class _Publisher(threading.Thread):
         self.acked: list[str] = []
         self.republished = 0
         self.reached = threading.Event()
+        self.resume = threading.Event()
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
@@ -223,6 +230,8 @@ class _Publisher(threading.Thread):
                 self.acked.append(sid)
                 if len(self.acked) >= self.threshold:
                     self.reached.set()
+                    self.resume.wait()  # set by the test (or by its cleanup, with `stop`)
+                    self.resume.clear()
         except BaseException as exc:
             self.error = exc
         finally:
@@ -248,9 +257,12 @@ async def _broker_restart_under_load(
             publisher = _Publisher(mosquitto.port, ids, step)
             publisher.start()
             for k in range(restarts):
-                assert await asyncio.to_thread(publisher.reached.wait, 60)
+                reached = await asyncio.to_thread(publisher.reached.wait, 60)
+                assert reached, (k, len(publisher.acked), publisher.republished, publisher.error)
                 publisher.reached.clear()
-                publisher.threshold = step * (k + 2)
+                # The last step runs to the end: no pause after the last restart.
+                publisher.threshold = step * (k + 2) if k + 1 < restarts else total + 1
+                publisher.resume.set()
                 await asyncio.to_thread(mosquitto.restart)
                 # The worker must be back before the next restart, or restarts blur into one.
                 await _until(session, server.url, _back_after(k + 1))
@@ -280,6 +292,7 @@ async def _broker_restart_under_load(
     finally:
         if publisher is not None:
             publisher.stop.set()
+            publisher.resume.set()
             await asyncio.to_thread(publisher.join, 10)
         await server.stop()
 
