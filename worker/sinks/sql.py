@@ -10,7 +10,8 @@ What differs between databases is a `Dialect`: placeholders (`?` or `$n`), table
 how a list of ids is bound, how values are bound, the few statements whose syntax differs
 (upserts, bulk inserts, row locks, the report) and the driver calls. A subclass of
 `SqlSink` adds the connection handling: `_write(what)` and `_read(what)` each yield the
-driver's connection inside one transaction (the write one exclusive), and `health`. A third
+driver's connection inside one transaction (a write one all or nothing, a read one a
+snapshot of committed data), and `health`. A third
 SQL sink is a dialect, its DDL and those three.
 
 The tables, keys and invariants are described in `worker.sinks.sqlite`.
@@ -253,7 +254,7 @@ class SqlSink(Generic[Tx]):
         self._q = _Statements(dialect)
 
     def _write(self, what: str) -> AbstractAsyncContextManager[Tx]:
-        """One write transaction (exclusive, all or nothing)."""
+        """One write transaction (all or nothing)."""
         raise NotImplementedError
 
     def _read(self, what: str) -> AbstractAsyncContextManager[Tx]:
