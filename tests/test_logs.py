@@ -90,3 +90,38 @@ async def test_a_window_tells_its_story(tmp_path: Path, json_log: io.StringIO) -
     q = by_event["sale.quarantined"]
     assert (q["record_id"], q["rules"]) == ("B1", ["total.sum"])
     assert "12.00" not in json_log.getvalue()  # rule ids, never values
+
+
+async def test_refused_pushes_are_events_with_status_field_and_request_id(
+    tmp_path: Path, json_log: io.StringIO
+) -> None:
+    bad = {"type": "sale", "id": "X1", "occurred_at": "not a time", "currency": "USD"}
+    async with store_app(tmp_path, "canonical") as h:
+        resp = await h.client.post(
+            "/v1/push/canonical/S1",
+            data=json.dumps(bad),
+            headers={
+                "Authorization": "Bearer s1-native-token",
+                "Content-Type": "application/json",
+                "X-Request-Id": "req-abc.123",
+            },
+        )
+        assert resp.status == 400 and resp.headers["X-Request-Id"] == "req-abc.123"
+        nobody = await h.client.post("/v1/push/canonical/NOPE", data=b"{}")
+        assert nobody.status == 401
+        rid = nobody.headers["X-Request-Id"]
+        assert len(rid) == 16  # generated: the caller sent none
+        odd = await h.client.get("/healthz", headers={"X-Request-Id": "bad id\twith tab"})
+        assert odd.headers["X-Request-Id"] != "bad id\twith tab"
+    events = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+    refused = [e for e in events if e["event"] == "push.refused"]
+    first, second = refused
+    assert (first["status"], first["store"], first["source"], first["request_id"]) == (
+        400,
+        "S1",
+        "canonical",
+        "req-abc.123",
+    )
+    assert first["field"] and "not a time" not in json_log.getvalue()
+    # An unknown store is not echoed (ids could be probed); the request id still ties it up.
+    assert (second["status"], second["store"], second["request_id"]) == (401, None, rid)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +33,7 @@ from worker.errors import (
     PossyncError,
     RecordInvalid,
 )
+from worker.logs import REQUEST_ID
 
 log = logging.getLogger("possync.http")
 
@@ -74,10 +77,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         else "unmatched"
     )
     t0 = time.perf_counter()
+    rid = _request_id(request)
+    token = REQUEST_ID.set(rid)
+    field: str | None = None
     try:
         resp = await handler(request)
     except PossyncError as exc:
         resp = error_response(exc)
+        field = exc.field
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -111,9 +118,49 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             _where(exc),
         )
         resp = json_response({"error": "internal error", "field": None}, status=500)
+    finally:
+        REQUEST_ID.reset(token)
+    if resp.status >= 400 and route.startswith(_INTAKE_ROUTES):
+        _log_refusal(request, route, resp.status, field, rid)
+    resp.headers["X-Request-Id"] = rid
     metrics.child(metrics.requests, route, str(resp.status)).inc()
     metrics.child(metrics.request_seconds, route).observe(time.perf_counter() - t0)
     return resp
+
+
+_INTAKE_ROUTES = ("/v1/push/", "/v1/files/", "/v1/backfill/")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's `X-Request-Id` when it is a plain token, else a new one."""
+    given = request.headers.get("X-Request-Id")
+    if given is not None and _SAFE_ID.match(given):
+        return given
+    return secrets.token_hex(8)
+
+
+def _log_refusal(
+    request: web.Request, route: str, status: int, field: str | None, rid: str
+) -> None:
+    """One `push.refused` event: status and field, never a value (store only if configured)."""
+    store = request.match_info.get("store")
+    known = {s.id for s in request.app[keys.CONFIG].stores} if store is not None else set()
+    log.info(
+        "refused %s with %d (field %s)",
+        route,
+        status,
+        field,
+        extra={
+            "event": "push.refused",
+            "status": status,
+            "field": field,
+            "route": route,
+            "store": store if store in known else None,
+            "source": request.match_info.get("source") if store in known else None,
+            "request_id": rid,
+        },
+    )
 
 
 def _where(exc: BaseException) -> str:
