@@ -152,9 +152,7 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
             from worker.sources.mqtt import open_mqtt_source
 
             source: Any = await stack.enter_async_context(
-                open_mqtt_source(
-                    cfg, app[keys.INTAKE], app[keys.CLOCK], health=app[keys.HEALTH]
-                )
+                open_mqtt_source(cfg, app[keys.INTAKE], app[keys.CLOCK], health=app[keys.HEALTH])
             )
             app[keys.MQTT] = source
             app[keys.HEALTH].add_check("mqtt", source.check)
