@@ -15,7 +15,15 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
-__all__ = ["CASH_ROUNDING", "minor_unit", "quantum", "show", "show_opt"]
+__all__ = [
+    "CASH_ROUNDING",
+    "at_minor",
+    "minor_unit",
+    "minor_unit_sql",
+    "quantum",
+    "show",
+    "show_opt",
+]
 
 # ISO 4217 exponents other than 2 (List One, current and the withdrawn codes we accept).
 _EXPONENTS: dict[str, int] = {
@@ -77,13 +85,32 @@ def quantum(currency: str | None) -> Decimal:
     return Decimal(1).scaleb(-minor_unit(currency))
 
 
-def show(value: Decimal | str | int, currency: str | None) -> str:
-    """`value` at the currency's minor unit, half-up: "0.00", "73.00", "1200" (JPY)."""
+def at_minor(value: Decimal | str | int, currency: str | None) -> Decimal:
+    """`value` at the currency's minor unit, half-up (ties away from zero), as a Decimal."""
     amount = value if isinstance(value, Decimal) else Decimal(value)
     try:
-        shown = amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
-    except InvalidOperation:  # beyond the context's precision: show it exactly
-        shown = amount
+        return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+    except InvalidOperation:  # beyond the context's precision: keep it exactly
+        return amount
+
+
+def minor_unit_sql(column: str) -> str:
+    """A SQL expression of the minor unit's places of the currency in `column` (a CASE over
+    the ISO 4217 exponents other than 2), for a database to round as `at_minor` does."""
+    by_places: dict[int, list[str]] = {}
+    for code, places in sorted(_EXPONENTS.items()):
+        if places != 2:
+            by_places.setdefault(places, []).append(f"'{code}'")
+    whens = " ".join(
+        f"WHEN {column} IN ({', '.join(codes)}) THEN {places}"
+        for places, codes in sorted(by_places.items())
+    )
+    return f"(CASE {whens} ELSE 2 END)"
+
+
+def show(value: Decimal | str | int, currency: str | None) -> str:
+    """`value` at the currency's minor unit, half-up: "0.00", "73.00", "1200" (JPY)."""
+    shown = at_minor(value, currency)
     if shown.is_zero():
         shown = abs(shown)  # never "-0.00"
     return f"{shown:f}"

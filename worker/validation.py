@@ -41,7 +41,11 @@ Policy: each store maps rule ids to `quarantine` (the default), `warn` (commit, 
 failure as a warning on the sale) or `off` (not checked), over its source's defaults
 (`rule_policy`). Every failure message carries both figures it compared.
 
-Money comparisons are exact Decimal arithmetic, passing when |difference| <= 0.01.
+Money comparisons are exact Decimal arithmetic, passing when |difference| <= one minor unit
+of the sale's currency (`tolerance`: 0.01 USD, 1 JPY, 0.001 KWD). The tolerance exists
+because a POS rounds each figure it prints to that unit, so a sum of rounded figures may
+differ from the rounded sum by a unit; a fixed 0.01 would let a KWD sale disagree with itself
+by nine fils unseen and ask a JPY sale to agree to a hundredth of a yen.
 
 "Known to possync" means committed (`existing_sales`), anywhere in this batch (held and
 quarantined ones too, since a quarantined sale can be corrected and released), or pending in
@@ -66,7 +70,7 @@ import msgspec
 from worker.batch import SaleRow
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid
-from worker.money import CASH_ROUNDING
+from worker.money import CASH_ROUNDING, quantum
 from worker.records import (
     DECODE_ERRORS,
     SPOOLED_DECODER,
@@ -102,6 +106,7 @@ __all__ = [
     "ValidationContext",
     "decode_spooled",
     "rule_policy",
+    "tolerance",
     "validate_batch",
     "validate_sale",
 ]
@@ -119,6 +124,7 @@ RULE_RETURN_ORIGINAL = "return.original"
 RULE_VOID_TARGET = "void.target"
 RULE_CUSTOMER_HOLD = "customer.hold"
 
+# The tolerance of a two-place currency (most); `tolerance(currency)` is the rule.
 TOLERANCE = Decimal("0.01")
 MAX_FUTURE = timedelta(days=1)
 OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
@@ -202,8 +208,9 @@ def decode_spooled(data: bytes | str) -> Spooled | Failure:
         return Failure(RULE_SCHEMA, err.field or "$", err.message)
 
 
-def _off_by(actual: Decimal, expected: Decimal) -> bool:
-    return abs(actual - expected) > TOLERANCE
+def tolerance(currency: str) -> Decimal:
+    """How far two of a sale's figures may differ: one minor unit of its currency."""
+    return quantum(currency)
 
 
 def rule_policy(
@@ -217,6 +224,11 @@ def _money_failures(
     sale: Sale, cash_rounding: Decimal | None, warnings: list[Failure]
 ) -> list[Failure]:
     failures: list[Failure] = []
+    unit = tolerance(sale.currency)
+
+    def off_by(actual: Decimal, expected: Decimal) -> bool:
+        return abs(actual - expected) > unit
+
     with localcontext() as ctx:
         ctx.prec = _PRECISION
         lines_sum = _ZERO
@@ -229,7 +241,7 @@ def _money_failures(
             if adj.kind == "discount":
                 order_discounts += adj.amount
         expected_subtotal = lines_sum + order_discounts
-        if _off_by(sale.subtotal, expected_subtotal):
+        if off_by(sale.subtotal, expected_subtotal):
             detail = f" + order discounts ({order_discounts})" if sale.adjustments else ""
             failures.append(
                 Failure(
@@ -241,7 +253,7 @@ def _money_failures(
             )
         if sale.discount is not None:
             stated = line_discounts - order_discounts
-            if _off_by(sale.discount, stated):
+            if off_by(sale.discount, stated):
                 failures.append(
                     Failure(
                         RULE_DISCOUNT_SUM,
@@ -252,7 +264,7 @@ def _money_failures(
                 )
         tax = _ZERO if sale.tax_included else sale.tax
         expected_total = sale.subtotal + tax + sale.shipping + sale.fees + sale.tip + sale.rounding
-        if _off_by(sale.total, expected_total):
+        if off_by(sale.total, expected_total):
             parts = "subtotal + shipping + fees + tip + rounding (tax included)"
             if not sale.tax_included:
                 parts = "subtotal + tax + shipping + fees + tip + rounding"
@@ -266,7 +278,7 @@ def _money_failures(
             for tender in sale.tenders:
                 tendered += tender.amount
             diff = tendered - sale.total
-            if abs(diff) > TOLERANCE:
+            if abs(diff) > unit:
                 if cash_rounding is not None and abs(diff) * 2 <= cash_rounding:
                     warnings.append(
                         Failure(

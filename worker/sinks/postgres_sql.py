@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 import asyncpg
 
 from worker.batch import CommitBatch, SaleRow
+from worker.money import minor_unit_sql
 from worker.records import Customer, Product, encode
 from worker.sinks.base import SALE_LOG_COLUMNS, SALE_LOG_FROM_BODY, ReportRow
 from worker.sinks.postgres_schema import ddl
@@ -173,13 +174,17 @@ class Sql:
             f" SELECT u.*, $1::text FROM {_unnest(TRIGGER, 2)}"
             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
+        # Each total at its currency's minor unit first (round() on numeric ties away from
+        # zero, as `worker.money.at_minor`), then summed: the report is the Sales Log's sum.
         self.sales_report = (
             "SELECT business_date, currency, count(*) FILTER (WHERE NOT voided),"
             " coalesce(sum(total) FILTER (WHERE NOT voided AND total > 0), 0),"
             " coalesce(sum(-total) FILTER (WHERE NOT voided AND total < 0), 0),"
             " count(*) FILTER (WHERE voided),"
             " count(*) FILTER (WHERE NOT voided AND (kind = 'return' OR total < 0))"
-            f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3"
+            f" FROM (SELECT business_date, currency, kind, voided,"
+            f" round(total, {minor_unit_sql('currency')}) AS total"
+            f" FROM {s}.sales WHERE store = $1 AND business_date BETWEEN $2 AND $3) AS shown"
             " GROUP BY business_date, currency ORDER BY business_date, currency"
         )
         self.health = (

@@ -16,6 +16,7 @@ import aiosqlite
 import msgspec
 
 from worker.batch import CommitBatch, SaleRow, TriggerEvent
+from worker.money import at_minor
 from worker.records import Customer, Product, Void, encode
 from worker.sinks.base import (
     SALE_LOG_COLUMNS,
@@ -355,7 +356,8 @@ class SqliteDialect:
     async def sales_report(
         self, tx: aiosqlite.Connection, store: str, start: date, end: date
     ) -> list[ReportRow]:
-        """Summed in Python over exact decimal text (SQL sum() would go through float)."""
+        """Summed in Python over exact decimal text (SQL sum() would go through float), each
+        total at its currency's minor unit first, as the Sales Log shows it."""
         rows = await tx.execute_fetchall(
             "SELECT business_date, currency, kind, voided, total FROM sales"
             " WHERE store = ? AND business_date BETWEEN ? AND ?"
@@ -367,5 +369,5 @@ class SqliteDialect:
             acc = days.get((day, currency))
             if acc is None:
                 acc = days[day, currency] = ReportDay()
-            acc.add(Decimal(total), kind, bool(voided))
+            acc.add(at_minor(total, currency), kind, bool(voided))
         return [acc.row(date.fromisoformat(d), cur) for (d, cur), acc in days.items()]
