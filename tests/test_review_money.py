@@ -19,9 +19,11 @@ import msgspec
 import pytest
 
 from tests.contracts.sinks import backend, make_batch, make_sale, make_void, sink
+from worker.config import TriggerConfig
 from worker.money import at_minor, minor_unit_sql
 from worker.records import Sale, SaleLine, Tender
 from worker.sinks.base import ReportRow
+from worker.triggers import trigger_matches
 from worker.validation import (
     RULE_DISCOUNT_SUM,
     RULE_SUBTOTAL_SUM,
@@ -207,3 +209,21 @@ async def test_every_sink_reports_the_sum_of_the_log_figures(sink: ClientBook) -
             voided=1,
         ),
     ]
+
+
+@pytest.mark.parametrize(
+    ("total", "currency", "bounds", "fires"),
+    [
+        # The Sales Log and the trigger list show 99.995 as 100.00: a 100.00 minimum holds.
+        ("99.995", "USD", {"min_total": "100.00"}, True),
+        ("99.994", "USD", {"min_total": "100.00"}, False),
+        ("5000.004", "USD", {"max_total": "5000.00"}, True),
+        ("5000.005", "USD", {"max_total": "5000.00"}, False),
+        ("999.5", "JPY", {"min_total": "1000"}, True),
+    ],
+)
+def test_trigger_bounds_compare_the_total_as_shown(
+    total: str, currency: str, bounds: dict[str, str], fires: bool
+) -> None:
+    rule = TriggerConfig(name="thank-you", **bounds)
+    assert trigger_matches(rule, priced(currency, total)) is fires

@@ -5,7 +5,9 @@ events in the same sink transaction (the outbox); delivery happens elsewhere.
 
 Matching (all conditions of one rule must hold; each matching rule yields one event):
 
-* `min_total` / `max_total`: inclusive bounds on the sale's `total` (Decimal).
+* `min_total` / `max_total`: inclusive bounds on the sale's `total` at its currency's minor
+  unit, the figure the Sales Log shows (a 99.995 USD total is 100.00 and meets a 100.00
+  minimum); the event keeps the exact total.
 * `categories`: when non-empty, at least one line's `category` equals one of them, ignoring
   case and surrounding spaces. Lines without a category never match.
 
@@ -39,6 +41,7 @@ from zoneinfo import ZoneInfo
 
 from worker.batch import SaleRow, TriggerEvent
 from worker.config import TriggerConfig
+from worker.money import at_minor
 from worker.records import Sale, business_date
 from worker.windows import start_of_day
 
@@ -56,9 +59,10 @@ def _norm(category: str) -> str:
 
 def trigger_matches(trigger: TriggerConfig, sale: Sale) -> bool:
     """Whether one rule's total bounds and categories accept this sale."""
-    if trigger.min_total is not None and sale.total < _decimal(trigger.min_total):
+    total = at_minor(sale.total, sale.currency)
+    if trigger.min_total is not None and total < _decimal(trigger.min_total):
         return False
-    if trigger.max_total is not None and sale.total > _decimal(trigger.max_total):
+    if trigger.max_total is not None and total > _decimal(trigger.max_total):
         return False
     if trigger.categories:
         wanted = {_norm(c) for c in trigger.categories}
