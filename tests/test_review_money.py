@@ -18,7 +18,10 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
+from tests.adapter_helpers import sale as shopify_sale
 from tests.contracts.sinks import backend, make_batch, make_sale, make_void, sink
+from tests.shopify_helpers import ORDER_ID, order
+from tests.shopify_helpers import push as shopify_push
 from worker.config import TriggerConfig
 from worker.money import at_minor, minor_unit_sql
 from worker.records import Sale, SaleLine, Tender
@@ -229,3 +232,25 @@ def test_trigger_bounds_compare_the_total_as_shown(
         name="thank-you", min_total=bounds.get("min_total"), max_total=bounds.get("max_total")
     )
     assert trigger_matches(rule, priced(currency, total)) is fires
+
+
+@pytest.mark.parametrize(
+    ("named", "method"),
+    [
+        ({"gateway": "shopify_payments"}, "shopify_payments"),
+        # No gateway: Shopify's own other name for the payment, never a placeholder first.
+        (
+            {"payment_details": {"payment_method_name": "shop_pay_installments"}},
+            "shop_pay_installments",
+        ),
+        ({"gateway": "", "payment_details": {"credit_card_company": "Visa"}}, "Visa"),
+        ({}, "unknown"),  # Shopify names nothing: said so, the tender itself is Shopify's
+    ],
+)
+def test_shopify_tender_method_is_shopifys_own_name(named: dict[str, Any], method: str) -> None:
+    doc = order()
+    doc["transactions"] = [
+        {"id": 2, "kind": "sale", "status": "success", "amount": "1244.87", **named}
+    ]
+    s = shopify_sale(shopify_push(doc, "orders/paid"), ORDER_ID)
+    assert [(t.method, t.amount, t.reference) for t in s.tenders] == [(method, D("1244.87"), "2")]

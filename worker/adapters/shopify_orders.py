@@ -21,8 +21,9 @@
   sale's `tax` is `total_tax`).
 - **Tenders are never invented.** An order body has no payment amounts (they live in the
   Transaction resource): with a `transactions` array (REST exports, relays that embed them),
-  successful `sale`/`capture` are payments and `refund` negative, `gateway` the method and the
-  transaction id the reference; without one, `tenders_known` is False and the gateway names
+  successful `sale`/`capture` are payments and `refund` negative, `gateway` the method (else
+  `payment_details.payment_method_name` or `credit_card_company`; "unknown" only where
+  Shopify names none) and the transaction id the reference; without one, `tenders_known` is False and the gateway names
   stay in `attributes.payment_gateway_names`.
 - **Refunds** become a return sale `refund:<refund id>` (`original_id` the order) built from the
   refund alone, so `refunds/create` and the copy embedded in `orders/updated` share one natural
@@ -417,6 +418,19 @@ def _tax_adjustments(o: Obj, lines: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
+def _method(t: Obj) -> str:
+    """Shopify's own name for a transaction's payment: its `gateway`, else the
+    `payment_details` names (`payment_method_name`, `credit_card_company`); "unknown" only
+    when Shopify names none (the payment itself, amount and id, is still Shopify's)."""
+    details = t.obj("payment_details")
+    return (
+        t.text("gateway", limit=256)
+        or (details.text("payment_method_name", limit=256) if details else None)
+        or (details.text("credit_card_company", limit=256) if details else None)
+        or "unknown"
+    )
+
+
 def _order_tenders(o: Obj, refunds: list[Obj]) -> list[dict[str, Any]] | None:
     """Tenders from `transactions` when the body has them; None (unknown) otherwise.
 
@@ -439,7 +453,7 @@ def _order_tenders(o: Obj, refunds: list[Obj]) -> list[dict[str, Any]] | None:
         amount = _req_money(t, "amount")
         tenders.append(
             {
-                "method": t.text("gateway", limit=256) or "unknown",
+                "method": _method(t),
                 "amount": -amount if kind == "refund" else amount,
                 "reference": t.ident("id"),
             }
@@ -509,7 +523,7 @@ def refund_sale(
         found_currency = found_currency or t.text("currency", limit=8)
         tenders.append(
             {
-                "method": t.text("gateway", limit=256) or "unknown",
+                "method": _method(t),
                 "amount": -amount,
                 "reference": t.ident("id"),
             }
