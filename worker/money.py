@@ -2,7 +2,10 @@
 
 The stored record keeps the POS's exact figure ("63.47826", "73.00000"); everything the read
 API shows goes through `show`, so a report never prints `"0"` beside `"0.00"`. Rounding is
-half-up, the way POS end-of-day reports round.
+half-up (ties away from zero), the way POS end-of-day reports round. A figure the API shows
+as a sum (the Sales Report) adds each figure at the minor unit first (`at_minor`; the
+PostgreSQL sink rounds in SQL with `minor_unit_sql`), so it equals the sum of the figures
+the Sales Log shows, to the unit. Sales triggers compare their bounds with that figure too.
 
 `CASH_ROUNDING` is the smallest cash step of currencies whose cash payments are rounded
 (so a cash tender may differ from the total by up to half a step); a store can set its own
