@@ -181,3 +181,35 @@ async def test_report_equals_the_sum_of_the_sales_log_for_every_mix(tmp_path: Pa
         assert (kwd["gross"], kwd["net"]) == ("2.470", "2.470")
         eur = next(r for r in rows if r["currency"] == "EUR")
         assert (eur["gross"], eur["count"]) == ("119.00", 1)
+
+
+async def test_tolerance_is_one_minor_unit_of_the_sale_currency(tmp_path: Path) -> None:
+    def off(sid: str, currency: str, subtotal: str, total: str) -> dict[str, Any]:
+        body = sale(sid, subtotal, currency)
+        body.update(total=total, tenders=[{"method": "Cash", "amount": total}])
+        return body
+
+    records = [
+        off("K-FIVE-FILS", "KWD", "10.000", "10.005"),  # passed under a fixed 0.01
+        off("K-ONE-FIL", "KWD", "10.000", "10.001"),
+        off("J-ONE-YEN", "JPY", "1200", "1201"),
+        off("J-TWO-YEN", "JPY", "1200", "1202"),
+        off("U-ONE-CENT", "USD", "10.00", "10.01"),
+    ]
+    async with store_app(tmp_path, "canonical") as h:
+        await push(h, json.dumps(records).encode())
+        result = await run_window(h)
+        assert (result.committed, result.quarantined) == (3, 2)
+        assert sorted(s["id"] for s in await sales_log(h, DAY)) == [
+            "J-ONE-YEN",
+            "K-ONE-FIL",
+            "U-ONE-CENT",
+        ]
+        held = {q["record_id"]: q["reasons"] for q in await quarantine(h)}
+        assert sorted(held) == ["J-TWO-YEN", "K-FIVE-FILS"]
+        (reason,) = held["K-FIVE-FILS"]
+        assert (reason["rule"], reason["field"]) == ("total.sum", "$.total")
+        # Both figures, as the POS stated them.
+        assert "10.005" in reason["message"] and "10.000" in reason["message"]
+        (reason,) = held["J-TWO-YEN"]
+        assert reason["rule"] == "total.sum" and "1202" in reason["message"]
