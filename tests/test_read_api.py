@@ -14,18 +14,8 @@ from typing import Any
 
 import orjson
 
-from tests.e2e.harness import (
-    STORE,
-    customer,
-    push,
-    quarantine,
-    release_rule,
-    report,
-    run_window,
-    sale_detail,
-    sales_log,
-    store_app,
-)
+from tests.e2e import harness as e2e
+from tests.e2e.harness import STORE
 
 DAY = date(2026, 3, 14)
 AT = "2026-03-14T17:00:00Z"  # 12:00 in Chicago, before the 14:00 window
@@ -113,13 +103,13 @@ async def admin_get(h: Any, path: str, expect: int = 200) -> dict[str, Any]:
 async def test_sale_detail_shows_every_figure_at_the_minor_unit_and_keeps_the_record(
     tmp_path: Path,
 ) -> None:
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, body({"type": "customer", "id": "C1", "first_name": "Ada"}))
-        await push(h, body(faithful_sale()))
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, body({"type": "customer", "id": "C1", "first_name": "Ada"}))
+        await e2e.push(h, body(faithful_sale()))
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (1, 0)
 
-        sale = await sale_detail(h, "R-1")
+        sale = await e2e.sale_detail(h, "R-1")
         figures = {k: sale[k] for k in ("subtotal", "discount", "tax", "shipping", "fees")}
         assert figures == {
             "subtotal": "245.00",
@@ -206,7 +196,7 @@ async def test_sale_detail_shows_every_figure_at_the_minor_unit_and_keeps_the_re
         assert record["adjustments"][0]["amount"] == "-5.00"
 
         # The Sales Log shows the same figures, one format.
-        (item,) = await sales_log(h, DAY)
+        (item,) = await e2e.sales_log(h, DAY)
         assert {k: item[k] for k in ("subtotal", "discount", "rounding", "total")} == {
             "subtotal": "245.00",
             "discount": "30.00",
@@ -225,11 +215,11 @@ async def test_sale_detail_shows_every_figure_at_the_minor_unit_and_keeps_the_re
         trig = await admin_get(h, f"/v1/stores/{STORE}/triggers")
         assert trig["events"]
         assert {(e["total"], e["currency"]) for e in trig["events"]} == {("273.00", "USD")}
-        assert await customer(h, "C1")
+        assert await e2e.customer(h, "C1")
 
 
 async def test_unknown_sale_is_a_404_naming_id_without_echoing_it(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "canonical") as h:
+    async with e2e.store_app(tmp_path, "canonical") as h:
         secret = "ada.lovelace@example.com"
         out = await admin_get(h, f"/v1/stores/{STORE}/sales/{secret}", expect=404)
         assert out["field"] == "id"
@@ -242,8 +232,8 @@ async def test_unknown_sale_is_a_404_naming_id_without_echoing_it(tmp_path: Path
 
 
 async def test_report_rows_per_date_and_currency_with_returns(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "canonical") as h:
-        await push(
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(
             h,
             body(
                 simple_sale("U-1", "100.00"),
@@ -257,12 +247,12 @@ async def test_report_rows_per_date_and_currency_with_returns(tmp_path: Path) ->
         )
         committed = 0
         for _ in range(5):
-            committed += (await run_window(h)).committed
+            committed += (await e2e.run_window(h)).committed
             if committed == 5:
                 break
         assert committed == 5
-        assert await quarantine(h) == []
-        rows = await report(h, DAY)
+        assert await e2e.quarantine(h) == []
+        rows = await e2e.report(h, DAY)
         assert rows == [
             {
                 "date": "2026-03-14",
@@ -285,14 +275,14 @@ async def test_report_rows_per_date_and_currency_with_returns(tmp_path: Path) ->
                 "voided": 1,
             },
         ]
-        unlinked = await sale_detail(h, "RET-1")
+        unlinked = await e2e.sale_detail(h, "RET-1")
         assert (unlinked["kind"], unlinked["original_id"], unlinked["total"]) == (
             "return",
             "GHOST",
             "-40.00",
         )
         assert [w.split(":", 1)[0] for w in unlinked["warnings"]] == ["return.original"]
-        log = {s["id"]: s for s in await sales_log(h, DAY)}
+        log = {s["id"]: s for s in await e2e.sales_log(h, DAY)}
         assert log["RET-1"]["warnings"] == unlinked["warnings"]
         assert (log["J-1"]["total"], log["J-1"]["subtotal"], log["J-1"]["tax"]) == (
             "1200",
@@ -300,12 +290,12 @@ async def test_report_rows_per_date_and_currency_with_returns(tmp_path: Path) ->
             "0",
         )
         assert log["U-2"]["voided"] is True
-        assert await report(h, DAY + timedelta(days=1)) == []
+        assert await e2e.report(h, DAY + timedelta(days=1)) == []
 
 
 async def test_product_price_at_its_currency_with_the_exact_record(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "canonical") as h:
-        await push(
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(
             h,
             body(
                 {"type": "product", "id": "P1", "price": "19.5", "currency": "USD"},
@@ -336,8 +326,8 @@ def short_tendered(sid: str) -> dict[str, Any]:
 
 async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> None:
     """Quarantined for tenders.sum; the operator sets the rule to warn, restarts, releases."""
-    async with store_app(tmp_path, "canonical") as h:
-        await push(
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(
             h,
             body(
                 short_tendered("T-1"),
@@ -346,10 +336,10 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
                 simple_sale("OK-1", "10.00"),
             ),
         )
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (1, 3)
         failed = {
-            q["record_id"]: sorted(r["rule"] for r in q["reasons"]) for q in await quarantine(h)
+            q["record_id"]: sorted(r["rule"] for r in q["reasons"]) for q in await e2e.quarantine(h)
         }
         assert failed == {
             "T-1": ["tenders.sum"],
@@ -357,15 +347,15 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
             "T-3": ["subtotal.sum"],
         }
         # Under the old policy nothing is valid yet: it re-validates, never releases blindly.
-        out = await release_rule(h, "tenders.sum")
+        out = await e2e.release_rule(h, "tenders.sum")
         assert out["released"] == []
         assert sorted(i["record_id"] for i in out["still_invalid"]) == ["T-1", "T-2"]
-        assert len(await quarantine(h)) == 3
+        assert len(await e2e.quarantine(h)) == 3
 
     later = datetime(2026, 3, 14, 20, 0, tzinfo=UTC)
-    async with store_app(tmp_path, "canonical", now=later, rules={"tenders.sum": "warn"}) as h:
-        qids = {q["record_id"]: q["id"] for q in await quarantine(h)}
-        out = await release_rule(h, "tenders.sum")
+    async with e2e.store_app(tmp_path, "canonical", now=later, rules={"tenders.sum": "warn"}) as h:
+        qids = {q["record_id"]: q["id"] for q in await e2e.quarantine(h)}
+        out = await e2e.release_rule(h, "tenders.sum")
         assert (out["store"], out["rule"]) == (STORE, "tenders.sum")
         assert (out["released"], out["released_records"]) == ([qids["T-1"]], ["T-1"])
         (still,) = out["still_invalid"]
@@ -373,15 +363,15 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
         assert [r["rule"] for r in still["reasons"]] == ["subtotal.sum"]
         assert "9.00" in still["reasons"][0]["message"]  # both figures named
         assert out["visible_at"]
-        assert sorted(q["record_id"] for q in await quarantine(h)) == ["T-2", "T-3"]
+        assert sorted(q["record_id"] for q in await e2e.quarantine(h)) == ["T-2", "T-3"]
 
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (1, 0)
-        sale = await sale_detail(h, "T-1")
+        sale = await e2e.sale_detail(h, "T-1")
         (warning,) = sale["warnings"]
         assert warning.startswith("tenders.sum: ") and "5.00" in warning and "10.00" in warning
         assert [t["amount"] for t in sale["tenders"]] == ["5.00"]  # the POS's figure, kept
-        (logged,) = [s for s in await sales_log(h, DAY) if s["id"] == "T-1"]
+        (logged,) = [s for s in await e2e.sales_log(h, DAY) if s["id"] == "T-1"]
         assert logged["warnings"] == [warning]
         audit = await admin_get(h, "/v1/admin/audit")
         released = [e for e in audit["entries"] if e.get("action") == "quarantine.release"]
@@ -389,7 +379,7 @@ async def test_release_a_rule_after_the_store_warns_on_it(tmp_path: Path) -> Non
 
 
 async def test_release_by_rule_errors_name_the_field(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "canonical") as h:
+    async with e2e.store_app(tmp_path, "canonical") as h:
         base = "/v1/admin/quarantine/release"
         out = await admin_post(h, f"{base}?store={STORE}&rule=bogus.rule", expect=400)
         assert out["field"] == "rule" and "bogus" not in out["error"]
@@ -421,10 +411,10 @@ async def test_tax_included_cash_rounded_sale_without_payment_records(tmp_path: 
         "tenders_known": False,
         "adjustments": [{"kind": "rounding", "amount": "0.01"}],
     }
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, body(sale))
-        assert (await run_window(h)).committed == 1
-        detail = await sale_detail(h, "CH-1")
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, body(sale))
+        assert (await e2e.run_window(h)).committed == 1
+        detail = await e2e.sale_detail(h, "CH-1")
         assert (detail["tax_included"], detail["tenders_known"], detail["tenders"]) == (
             True,
             False,
@@ -438,5 +428,5 @@ async def test_tax_included_cash_rounded_sale_without_payment_records(tmp_path: 
         )
         assert detail["adjustments"][0]["amount"] == "0.01"
         assert detail["warnings"] == []
-        (item,) = await sales_log(h, DAY)
+        (item,) = await e2e.sales_log(h, DAY)
         assert (item["tax_included"], item["rounding"], item["discount"]) == (True, "0.01", None)

@@ -9,15 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import (
-    push,
-    quarantine,
-    report,
-    run_window,
-    sale_detail,
-    sales_log,
-    store_app,
-)
+from tests.e2e import harness as e2e
 from worker import keys
 
 DAY = date(2026, 3, 14)
@@ -54,13 +46,13 @@ CUSTOMER = {"type": "customer", "id": "C1", "first_name": "Ada", "marketing_emai
 
 
 async def test_order_figures_come_back_exactly(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, json.dumps([CUSTOMER, order()]).encode())
-        assert await sales_log(h, DAY) == []  # nothing visible before the window
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, json.dumps([CUSTOMER, order()]).encode())
+        assert await e2e.sales_log(h, DAY) == []  # nothing visible before the window
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined, result.held) == (1, 0, 0)
         assert result.triggers == 2  # thank-you and follow-up
-        ((logged,),) = [await sales_log(h, DAY)]
+        ((logged,),) = [await e2e.sales_log(h, DAY)]
         assert {k: logged[k] for k in ("subtotal", "discount", "shipping", "tax", "total")} == {
             "subtotal": "394.95",
             "discount": "20.00",
@@ -68,7 +60,7 @@ async def test_order_figures_come_back_exactly(tmp_path: Path) -> None:
             "tax": "0.00",
             "total": "404.95",
         }
-        sale = await sale_detail(h, "1001")
+        sale = await e2e.sale_detail(h, "1001")
         assert sale["total"] == "404.95" and sale["source"] == "canonical"
         assert [(ln["sku"], ln["quantity"], ln["unit_price"]) for ln in sale["lines"]] == [
             ("RING-1", "1", "199.95"),
@@ -93,14 +85,14 @@ async def test_order_figures_come_back_exactly(tmp_path: Path) -> None:
         assert sale["attributes"] == {"financial_status": "paid", "note": "gift wrap"}
         assert sale["warnings"] == [] and sale["customer_linked"] is True
         assert sale["record"]["total"] == "404.95"
-        (row,) = await report(h, DAY)
+        (row,) = await e2e.report(h, DAY)
         assert (row["count"], row["gross"], row["returns"], row["net"]) == (
             1,
             "404.95",
             "0.00",
             "404.95",
         )
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
 
 
 async def test_return_of_a_sale_never_seen_is_held_then_committed_unlinked(
@@ -119,33 +111,33 @@ async def test_return_of_a_sale_never_seen_is_held_then_committed_unlinked(
         total="-199.95",
         tenders=[{"method": "Visa", "amount": "-199.95"}],
     )
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, json.dumps([CUSTOMER, ret]).encode())
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, json.dumps([CUSTOMER, ret]).encode())
         for _ in range(2):  # hold_windows = 2
-            result = await run_window(h)
+            result = await e2e.run_window(h)
             assert (result.committed, result.held, result.quarantined) == (0, 1, 0)
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.held, result.quarantined) == (1, 0, 0)
         assert result.triggers == 0  # nobody is thanked for a return
-        sale = await sale_detail(h, "R-77")
+        sale = await e2e.sale_detail(h, "R-77")
         assert sale["kind"] == "return" and sale["original_id"] == "SOLD-IN-2019"
         (warning,) = sale["warnings"]
         assert warning.startswith("return.original: original sale 'SOLD-IN-2019' unknown")
-        (row,) = await report(h, DAY)
+        (row,) = await e2e.report(h, DAY)
         assert (row["returns"], row["returns_count"], row["gross"], row["net"]) == (
             "199.95",
             1,
             "0.00",
             "-199.95",
         )
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
 
 
 async def test_walk_in_sale_commits_without_trigger_events_and_says_so(tmp_path: Path) -> None:
     walk_in = order("W-1", customer_id=None)
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, json.dumps(walk_in).encode())
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, json.dumps(walk_in).encode())
+        result = await e2e.run_window(h)
         assert result.committed == 1 and result.triggers == 0
         assert result.triggers_skipped == {"no_customer": 2}
         resp = await h.client.get("/v1/stores/S1/triggers", headers=h.admin())
@@ -162,11 +154,11 @@ async def test_store_policy_warn_commits_a_tender_mismatch_with_its_warning(
     tmp_path: Path,
 ) -> None:
     short = order("P-1", tenders=[{"method": "Visa", "amount": "400.00"}])
-    async with store_app(tmp_path, "canonical", rules={"tenders.sum": "warn"}) as h:
-        await push(h, json.dumps([CUSTOMER, short]).encode())
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical", rules={"tenders.sum": "warn"}) as h:
+        await e2e.push(h, json.dumps([CUSTOMER, short]).encode())
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined, result.warnings) == (1, 0, 1)
-        sale = await sale_detail(h, "P-1")
+        sale = await e2e.sale_detail(h, "P-1")
         assert sale["warnings"] == ["tenders.sum: tenders sum to 400.00, total is 404.95"]
         assert sale["total"] == "404.95"  # the POS's figure, not the tenders'
 
@@ -175,11 +167,11 @@ async def test_without_the_policy_the_same_sale_is_quarantined_with_both_figures
     tmp_path: Path,
 ) -> None:
     short = order("P-1", tenders=[{"method": "Visa", "amount": "400.00"}])
-    async with store_app(tmp_path, "canonical") as h:
-        await push(h, json.dumps([CUSTOMER, short]).encode())
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical") as h:
+        await e2e.push(h, json.dumps([CUSTOMER, short]).encode())
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (0, 1)
-        (item,) = await quarantine(h)
+        (item,) = await e2e.quarantine(h)
         assert item["reasons"] == [
             {
                 "rule": "tenders.sum",
@@ -202,11 +194,11 @@ async def test_cash_rounding_in_chf_commits_with_a_rounding_warning(tmp_path: Pa
         total="10.02",
         tenders=[{"method": "Bargeld", "amount": "10.00"}],
     )
-    async with store_app(tmp_path, "canonical", timezone="Europe/Zurich") as h:
-        await push(h, json.dumps([CUSTOMER, cash]).encode())
-        result = await run_window(h)
+    async with e2e.store_app(tmp_path, "canonical", timezone="Europe/Zurich") as h:
+        await e2e.push(h, json.dumps([CUSTOMER, cash]).encode())
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (1, 0)
-        sale = await sale_detail(h, "Z-1")
+        sale = await e2e.sale_detail(h, "Z-1")
         (warning,) = sale["warnings"]
         assert "within cash rounding to 0.05 CHF" in warning
         assert sale["total"] == "10.02" and sale["tenders"][0]["amount"] == "10.00"

@@ -19,16 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.appserver import Harness
-from tests.e2e.harness import (
-    customer,
-    push,
-    quarantine,
-    report,
-    run_window,
-    sale_detail,
-    sales_log,
-    store_app,
-)
+from tests.e2e import harness as e2e
 from worker.money import show
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "lightspeed"
@@ -101,7 +92,7 @@ async def check_x_sale(h: Harness, doc: dict[str, Any], logged: dict[str, Any]) 
     ), doc["id"]
     assert (logged["discount"], logged["warnings"], logged["voided"]) == (None, [], False)
     assert logged["line_count"] == len(x_lines(doc))
-    detail = await sale_detail(h, doc["id"])
+    detail = await e2e.sale_detail(h, doc["id"])
     assert (detail["source"], detail["tax_included"], detail["tenders_known"]) == (
         "lightspeed",
         False,
@@ -133,53 +124,55 @@ async def test_x_webhook_json_vend_list_return_and_customer(tmp_path: Path) -> N
     returned = load("x_return.json")["data"]
     vend = load("vend_register_sales.json")["register_sales"]
     contact = load("x_customer_webhook.json")
-    async with store_app(tmp_path, "lightspeed", now=X_NOW) as h:
+    async with e2e.store_app(tmp_path, "lightspeed", now=X_NOW) as h:
         # An X customer.update webhook: real time, every address the POS holds.
-        out = await push(h, form("x_customer_webhook.json", "customer.update"), content_type=FORM)
+        out = await e2e.push(
+            h, form("x_customer_webhook.json", "customer.update"), content_type=FORM
+        )
         assert (out["accepted"], out["rejected"]) == (1, [])
         await check_contact_customer(h, contact)
         # The sale.update webhook: the embedded (older) customer does not overwrite it.
         body = (FIXTURES / "x_sale_webhook.form").read_bytes()
-        out = await push(h, body, content_type=FORM)
+        out = await e2e.push(h, body, content_type=FORM)
         assert out["rejected"] == [] and out["accepted"] >= 1
         await check_contact_customer(h, contact)
         # API 2.0 JSON: the customer, then the sale that is returned later.
-        await push(h, (FIXTURES / "x_customer.json").read_bytes())
-        out = await push(h, (FIXTURES / "x_sale.json").read_bytes())
+        await e2e.push(h, (FIXTURES / "x_customer.json").read_bytes())
+        out = await e2e.push(h, (FIXTURES / "x_sale.json").read_bytes())
         assert (out["accepted"], out["rejected"]) == (1, [])
         # A Vend 0.9 list response: each element one sale (both walk-ins).
-        out = await push(h, (FIXTURES / "vend_register_sales.json").read_bytes())
+        out = await e2e.push(h, (FIXTURES / "vend_register_sales.json").read_bytes())
         assert (out["accepted"], out["rejected"]) == (len(vend), [])
-        assert await sales_log(h, X_DAY) == []  # sales wait for the window
+        assert await e2e.sales_log(h, X_DAY) == []  # sales wait for the window
 
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         expected = [hook, api, *vend]
         assert (result.committed, result.quarantined, result.held) == (len(expected), 0, 0)
-        assert await quarantine(h) == []
-        log = {s["id"]: s for s in await sales_log(h, X_DAY)}
+        assert await e2e.quarantine(h) == []
+        log = {s["id"]: s for s in await e2e.sales_log(h, X_DAY)}
         assert set(log) == {doc["id"] for doc in expected}
         for doc in expected:
             await check_x_sale(h, doc, log[doc["id"]])
         assert log[hook["id"]]["customer_id"] == contact["id"]
         assert log[hook["id"]]["customer_linked"] is True
         assert [log[doc["id"]]["customer_id"] for doc in vend] == [None, None]  # WALKIN, none
-        detail = await sale_detail(h, hook["id"])
+        detail = await e2e.sale_detail(h, hook["id"])
         assert [t["method"] for t in detail["tenders"]] == ["Cash", "EFTPOS"]
         assert detail["attributes"]["totals.total_payment"] == hook["totals"]["total_payment"]
         assert detail["record"]["tz_assumed"] is False
 
         # The return of the sale committed above: a new sale with return_for, negative lines.
-        out = await push(h, (FIXTURES / "x_return.json").read_bytes())
+        out = await e2e.push(h, (FIXTURES / "x_return.json").read_bytes())
         assert (out["accepted"], out["rejected"]) == (1, [])
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined, result.held) == (1, 0, 0)
-        (logged,) = await sales_log(h, RETURN_DAY)
+        (logged,) = await e2e.sales_log(h, RETURN_DAY)
         await check_x_sale(h, returned, logged)
         assert (logged["kind"], logged["original_id"]) == ("return", api["id"])
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
 
         totals = [x_figures(doc)[2] for doc in expected]
-        ((day,),) = [await report(h, X_DAY)]
+        ((day,),) = [await e2e.report(h, X_DAY)]
         assert day == {
             "date": X_DAY.isoformat(),
             "currency": "USD",
@@ -191,7 +184,7 @@ async def test_x_webhook_json_vend_list_return_and_customer(tmp_path: Path) -> N
             "voided": 0,
         }
         refund = -x_figures(returned)[2]
-        ((day,),) = [await report(h, RETURN_DAY)]
+        ((day,),) = [await e2e.report(h, RETURN_DAY)]
         assert (day["count"], day["gross"], day["returns"], day["returns_count"], day["net"]) == (
             1,
             usd(ZERO),
@@ -203,7 +196,7 @@ async def test_x_webhook_json_vend_list_return_and_customer(tmp_path: Path) -> N
 
 async def check_contact_customer(h: Harness, doc: dict[str, Any]) -> None:
     """The X customer with both contact addresses, unknown consent and kept attributes."""
-    got = await customer(h, doc["id"])
+    got = await e2e.customer(h, doc["id"])
     c = doc["contact"]
 
     def address(kind: str) -> tuple[Any, ...]:
@@ -230,26 +223,26 @@ async def check_contact_customer(h: Harness, doc: dict[str, Any]) -> None:
 
 async def test_r_sale_10_and_a_sale_without_relations(tmp_path: Path) -> None:
     doc = load("r_sale_10.json")["Sale"]
-    async with store_app(
+    async with e2e.store_app(
         tmp_path, "lightspeed", now=R_NOW, timezone="America/New_York", currency="CAD"
     ) as h:
         # Fetched without load_relations: refused at once, naming what is missing and how.
         body = (FIXTURES / "r_sale_no_relations.json").read_bytes()
-        err = await push(h, body, expect=400)
+        err = await e2e.push(h, body, expect=400)
         assert err["field"] == "$.Sale.SaleLines"
         assert "load_relations" in err["error"] and "SalePayments" in err["error"]
 
-        out = await push(h, (FIXTURES / "r_sale_10.json").read_bytes())
+        out = await e2e.push(h, (FIXTURES / "r_sale_10.json").read_bytes())
         assert (out["accepted"], out["rejected"]) == (2, [])  # its Customer, then the Sale
-        buyer = await customer(h, doc["customerID"])
+        buyer = await e2e.customer(h, doc["customerID"])
         (where,) = buyer["addresses"]
         assert (where["city"], where["country_code"]) == ("Pergamino", "AR")
         assert buyer["marketing_email"] == "unknown"  # noEmail "false": not blocked
 
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined, result.held) == (1, 0, 0)
-        assert await quarantine(h) == []
-        (logged,) = await sales_log(h, R_DAY)
+        assert await e2e.quarantine(h) == []
+        (logged,) = await e2e.sales_log(h, R_DAY)
         subtotal = Decimal(doc["calcSubtotal"]) - Decimal(doc["calcDiscount"])
         tax, total = Decimal(doc["taxTotal"]), Decimal(doc["total"])
         # the sample's own figures: calcTax1 1.15 + calcTax2 2.29 = taxTotal 3.44
@@ -268,7 +261,7 @@ async def test_r_sale_10_and_a_sale_without_relations(tmp_path: Path) -> None:
         )
         assert logged["warnings"] == [] and logged["line_count"] == 1
 
-        detail = await sale_detail(h, doc["saleID"])
+        detail = await e2e.sale_detail(h, doc["saleID"])
         payment = doc["SalePayments"]["SalePayment"]  # one payment: an object, not a list
         assert detail["tenders"] == [
             {
@@ -299,7 +292,7 @@ async def test_r_sale_10_and_a_sale_without_relations(tmp_path: Path) -> None:
         assert detail["attributes"]["calcTax2"] == doc["calcTax2"]
         assert detail["attributes"]["TaxClassTotals.Tax.taxname2"] == "PST"
 
-        ((day,),) = [await report(h, R_DAY)]
+        ((day,),) = [await e2e.report(h, R_DAY)]
         assert (day["count"], day["currency"], day["gross"], day["returns"], day["net"]) == (
             1,
             "CAD",

@@ -17,17 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from tests.adapter_helpers import fixture
 from tests.appserver import Harness
-from tests.e2e.harness import (
-    STORE,
-    customer,
-    quarantine,
-    report,
-    run_window,
-    sale_detail,
-    sales_log,
-    store_app,
-    store_auth,
-)
+from tests.e2e import harness as e2e
+from tests.e2e.harness import STORE
 from worker import keys
 from worker.sources.inbox import INBOX
 
@@ -68,7 +59,7 @@ async def post_csv(h: Harness, source: str, name: str, body: bytes | None = None
         f"/v1/push/{source}/{STORE}",
         params={"filename": name},
         data=fixture(source, name) if body is None else body,
-        headers={"Content-Type": "text/csv", **store_auth()},
+        headers={"Content-Type": "text/csv", **e2e.store_auth()},
     )
     out = await resp.json()
     assert resp.status == 202, (resp.status, out)
@@ -94,11 +85,11 @@ def tenders(sale: dict[str, Any]) -> list[tuple[Any, ...]]:
 
 
 async def logged(h: Harness, day: date) -> dict[str, dict[str, Any]]:
-    return {s["id"]: s for s in await sales_log(h, day)}
+    return {s["id"]: s for s in await e2e.sales_log(h, day)}
 
 
 async def report_row(h: Harness, day: date) -> dict[str, Any]:
-    (row,) = await report(h, day)
+    (row,) = await e2e.report(h, day)
     return row
 
 
@@ -106,9 +97,9 @@ async def report_row(h: Harness, day: date) -> dict[str, Any]:
 
 
 async def test_rain_drop_folder(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "rain", now=AFTER, config=INBOX_CONFIG) as h:
+    async with e2e.store_app(tmp_path, "rain", now=AFTER, config=INBOX_CONFIG) as h:
         await drop(h, tmp_path, "rain", "customers.csv", "products.csv", "transactions.csv")
-        grace = await customer(h, "C-77")
+        grace = await e2e.customer(h, "C-77")
         assert (grace["marketing_email"], grace["marketing_sms"]) == ("opted_in", "unknown")
         assert grace["attributes"] == {"Loyalty Points": "1250"}
         assert [(a["kind"], a["line1"], a["city"]) for a in grace["addresses"]] == [
@@ -117,8 +108,8 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
         resp = await h.client.get(f"/v1/stores/{STORE}/products/P-12", headers=h.admin())
         machine = await resp.json()
         assert (machine["price"], machine["attributes"]) == ("1250.00", {"Reorder Point": "2"})
-        result = await run_window(h)
-        assert await quarantine(h) == []
+        result = await e2e.run_window(h)
+        assert await e2e.quarantine(h) == []
         assert result.quarantined == 0
 
         first = await logged(h, MARCH_14)
@@ -129,7 +120,7 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
             "shipping": "0.00",
             "total": "1287.10",  # = the file's Payment Amount
         }
-        t1001 = await sale_detail(h, "T1001")
+        t1001 = await e2e.sale_detail(h, "T1001")
         assert lines(t1001) == [
             ("QLT-FQ-BLU", "4", "3.50", "0.00", "1.16"),
             ("SEW-BRO-9", "1", "1250.00", "75.00", "96.94"),
@@ -145,11 +136,11 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
 
         later = await logged(h, MARCH_21)
         assert (later["T1002"]["kind"], later["T1002"]["total"]) == ("return", "-3.79")
-        t1002 = await sale_detail(h, "T1002")
+        t1002 = await e2e.sale_detail(h, "T1002")
         assert t1002["original_id"] == "T1001" and t1002["lines"][0]["quantity"] == "-1"
         assert tenders(t1002) == [("Visa", "-3.79", "AUTH-9")]
         # T1003 exchanges thread bought before possync (T0950) for other thread: one sale
-        t1003 = await sale_detail(h, "T1003")
+        t1003 = await e2e.sale_detail(h, "T1003")
         assert (t1003["kind"], t1003["total"], t1003["original_id"], tenders(t1003)) == (
             "exchange",
             "3.25",
@@ -163,7 +154,7 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
         assert [ln["restock"] for ln in t1003["lines"]] == [False, None]
         # the voided transaction never shows as a sale; the suspended one is not a sale yet
         assert "T1004" not in later and "T1005" not in later
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
         row = await report_row(h, MARCH_14)
         assert (row["currency"], row["count"], row["gross"]) == ("USD", 1, "1287.10")
 
@@ -172,14 +163,14 @@ async def test_rain_drop_folder(tmp_path: Path) -> None:
 
 
 async def test_like_sew_csv_push(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "like_sew", now=AFTER) as h:
+    async with e2e.store_app(tmp_path, "like_sew", now=AFTER) as h:
         await post_csv(h, "like_sew", "customers.csv")
-        kim = await customer(h, "LS-C1")
+        kim = await e2e.customer(h, "LS-C1")
         assert (kim["marketing_email"], kim["marketing_sms"]) == ("unknown", "opted_in")
         assert kim["attributes"] == {"Quilt Guild": "Hill Country Quilters"}
         await post_csv(h, "like_sew", "transactions.csv")
-        assert (await run_window(h)).committed == 1
-        (sale,) = await sales_log(h, MARCH_14)
+        assert (await e2e.run_window(h)).committed == 1
+        (sale,) = await e2e.sales_log(h, MARCH_14)
         assert figures(sale) == {
             "subtotal": "699.00",
             "discount": None,  # the export has no discount column: none stated, none made up
@@ -187,30 +178,30 @@ async def test_like_sew_csv_push(tmp_path: Path) -> None:
             "shipping": "0.00",
             "total": "751.43",  # = Payment Amount
         }
-        detail = await sale_detail(h, "LS-501")
+        detail = await e2e.sale_detail(h, "LS-501")
         assert lines(detail) == [("VAC-MIELE-C3", "1", "699.00", "0.00", "52.43")]
         assert tenders(detail) == [("Visa", "751.43", None)]
         assert detail["record"]["total"] == "751.43" and detail["source"] == "like_sew"
         assert detail["record"].get("discount") is None  # not made up
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
         row = await report_row(h, MARCH_14)
         assert (row["count"], row["gross"], row["net"]) == (1, "751.43", "751.43")
 
 
 async def test_jewel360_sale_and_return_csv_push(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "jewel360", now=AFTER) as h:
+    async with e2e.store_app(tmp_path, "jewel360", now=AFTER) as h:
         await post_csv(h, "jewel360", "customers.csv")
-        rosa = await customer(h, "J-C1")
+        rosa = await e2e.customer(h, "J-C1")
         assert (rosa["birth_date"], rosa["anniversary_date"]) == ("1985-07-04", "2010-06-21")
         assert (rosa["marketing_email"], rosa["attributes"]) == ("opted_in", {"Ring Size": "6.5"})
         await post_csv(h, "jewel360", "transactions.csv")
-        await run_window(h)
-        assert await quarantine(h) == []
-        (sale,) = await sales_log(h, MARCH_14)
+        await e2e.run_window(h)
+        assert await e2e.quarantine(h) == []
+        (sale,) = await e2e.sales_log(h, MARCH_14)
         assert (sale["id"], sale["total"], sale["tax"]) == ("J-9001", "5160.00", "360.00")
         returns = await logged(h, MARCH_20)
         assert "J-9002" in returns  # a return naming no original: committed as a return
-        ret = await sale_detail(h, "J-9002")
+        ret = await e2e.sale_detail(h, "J-9002")
         assert (ret["kind"], ret["subtotal"], ret["tax"], ret["total"]) == (
             "return",
             "-4800.00",
@@ -218,7 +209,7 @@ async def test_jewel360_sale_and_return_csv_push(tmp_path: Path) -> None:
             "-5160.00",  # the file's "($5,160.00)"
         )
         assert tenders(ret) == [("Visa", "-5160.00", None)]
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
         assert (await report_row(h, MARCH_14))["gross"] == "5160.00"
 
 
@@ -227,7 +218,7 @@ async def test_jewel360_sale_and_return_csv_push(tmp_path: Path) -> None:
 
 async def test_music_shop_360_over_mqtt(tmp_path: Path, mosquitto: MosquittoServer) -> None:
     mqtt = {"enabled": True, "port": mosquitto.port, "client_id": "possync-ms360"}
-    async with store_app(tmp_path, "music_shop_360", now=AFTER, config={"mqtt": mqtt}) as h:
+    async with e2e.store_app(tmp_path, "music_shop_360", now=AFTER, config={"mqtt": mqtt}) as h:
         source = h.app[keys.MQTT]
         await asyncio.wait_for(source.wait_for(lambda s: s.subscribed), 15)
         topic = f"pos/music_shop_360/{STORE}"
@@ -239,11 +230,11 @@ async def test_music_shop_360_over_mqtt(tmp_path: Path, mosquitto: MosquittoServ
         await asyncio.wait_for(source.wait_for(lambda s: s.acked >= 2), 15)
         assert source.state.rejected == 0
         assert h.spool.stats(STORE).pending == 1
-        dave = await customer(h, "M-C1")
+        dave = await e2e.customer(h, "M-C1")
         assert (dave["marketing_email"], dave["marketing_sms"]) == ("unknown", "opted_in")
         assert dave["attributes"] == {"Instrument": "Bass guitar"}
-        assert (await run_window(h)).committed == 1
-        (sale,) = await sales_log(h, MARCH_14)
+        assert (await e2e.run_window(h)).committed == 1
+        (sale,) = await e2e.sales_log(h, MARCH_14)
         assert figures(sale) == {
             "subtotal": "15.98",  # 2 x 7.99
             "discount": None,  # no discount column in this export
@@ -251,12 +242,12 @@ async def test_music_shop_360_over_mqtt(tmp_path: Path, mosquitto: MosquittoServ
             "shipping": "0.00",
             "total": "17.30",  # = the file's Payment Amount
         }
-        detail = await sale_detail(h, "M-300")
+        detail = await e2e.sale_detail(h, "M-300")
         assert lines(detail) == [("STR-EB-10", "2", "7.99", "0.00", "1.32")]
         assert tenders(detail) == [("Cash", "17.30", None)]
         assert detail["customer_id"] == "M-C1" and detail["source"] == "music_shop_360"
         assert detail["record"].get("discount") is None
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
         row = await report_row(h, MARCH_14)
         assert (row["count"], row["gross"]) == (1, "17.30")
 
@@ -266,11 +257,11 @@ async def test_music_shop_360_over_mqtt(tmp_path: Path, mosquitto: MosquittoServ
 
 async def test_kwi_drop_folder(tmp_path: Path) -> None:
     config = INBOX_CONFIG
-    async with store_app(
+    async with e2e.store_app(
         tmp_path, "kwi", timezone="America/New_York", now=AFTER, config=config
     ) as h:
         await drop(h, tmp_path, "kwi", "customers.csv", "orders.csv")
-        ava = await customer(h, "100234")
+        ava = await e2e.customer(h, "100234")
         assert ava["attributes"] == {
             "Home Store": "012",
             "Store Purchased": "012",
@@ -280,11 +271,11 @@ async def test_kwi_drop_folder(tmp_path: Path) -> None:
             "Mail Opt-In": "N",
         }
         assert ava["marketing_email"] == "opted_in"  # "Email Opt-In" Y
-        ben = await customer(h, "100235")
+        ben = await e2e.customer(h, "100235")
         assert ben["marketing_email"] == "unknown"  # "N" is not having opted in, not an opt-out
         assert ben["attributes"]["Total Net Sales"] == "$0.00"
-        assert (await run_window(h)).committed == 1  # 500772 is a training transaction
-        (sale,) = await sales_log(h, MARCH_14)
+        assert (await e2e.run_window(h)).committed == 1  # 500772 is a training transaction
+        (sale,) = await e2e.sales_log(h, MARCH_14)
         assert figures(sale) == {
             "subtotal": "313.20",  # 348.00 - 34.80
             "discount": "34.80",
@@ -292,11 +283,11 @@ async def test_kwi_drop_folder(tmp_path: Path) -> None:
             "shipping": "0.00",
             "total": "339.04",  # = Tender Amount
         }
-        detail = await sale_detail(h, "500771")
+        detail = await e2e.sale_detail(h, "500771")
         assert tenders(detail) == [("AMEX", "339.04", None)]
         assert detail["attributes"] == {"Customer Email": "ava.lee@example.com"}
         assert (detail["customer_id"], detail["customer_linked"]) == ("100234", True)
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
         assert (await report_row(h, MARCH_14))["gross"] == "339.04"
 
 
@@ -304,18 +295,18 @@ async def test_kwi_drop_folder(tmp_path: Path) -> None:
 
 
 async def test_logicmate_csv_push_with_order_level_figures(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "logicmate", now=AFTER) as h:
+    async with e2e.store_app(tmp_path, "logicmate", now=AFTER) as h:
         await post_csv(h, "logicmate", "customers.csv")
         await post_csv(h, "logicmate", "sales.csv")
-        iris = await customer(h, "LC-1")
+        iris = await e2e.customer(h, "LC-1")
         assert [(a["kind"], a["line1"]) for a in iris["addresses"]] == [
             ("primary", "12 Elm St"),
             ("shipping", "400 Congress Ave"),
         ]
         assert (iris["marketing_email"], iris["marketing_sms"]) == ("opted_in", "unknown")
         assert iris["attributes"] == {"loyalty_tier": "Gold"}
-        await run_window(h)
-        assert await quarantine(h) == []
+        await e2e.run_window(h)
+        assert await e2e.quarantine(h) == []
         day = await logged(h, MARCH_14)
         assert figures(day["LM-3"]) == {  # the file's own columns, not our sums
             "subtotal": "90.00",
@@ -324,7 +315,7 @@ async def test_logicmate_csv_push_with_order_level_figures(tmp_path: Path) -> No
             "shipping": "12.00",
             "total": "109.20",
         }
-        detail = await sale_detail(h, "LM-3")
+        detail = await e2e.sale_detail(h, "LM-3")
         assert [(t["method"], t["method_id"], t["amount"]) for t in detail["tenders"]] == [
             ("Visa", "VI", "60.00"),
             ("Gift Card", "GC", "49.20"),
@@ -334,7 +325,7 @@ async def test_logicmate_csv_push_with_order_level_figures(tmp_path: Path) -> No
             ("BRC-SLV-7", "2", "50.00", "20.00", "6.40"),
             ("CLOTH-1", "1", "10.00", "0.00", "0.80"),
         ]
-        ret = await sale_detail(h, "LM-2")
+        ret = await e2e.sale_detail(h, "LM-2")
         assert (ret["kind"], ret["original_id"], ret["total"]) == ("return", "LM-1", "-642.60")
         row = await report_row(h, MARCH_14)
         assert (row["count"], row["gross"]) == (2, "751.80")  # 642.60 + 109.20
@@ -346,11 +337,11 @@ async def test_logicmate_total_that_disagrees_with_its_lines_is_quarantined(
     header = fixture("logicmate", "sales.csv").decode().splitlines()[0]
     row = "LM-9,2026-03-14 15:00:00,,,,,completed,USD,100.00,,8.00,,110.00,"
     row += "1,A,A,A,,1,100.00,0,8.00,Cash,,110.00,,,"
-    async with store_app(tmp_path, "logicmate", now=AFTER) as h:
+    async with e2e.store_app(tmp_path, "logicmate", now=AFTER) as h:
         await post_csv(h, "logicmate", "sales.csv", f"{header}\n{row}\n".encode())
-        assert (await run_window(h)).quarantined == 1
-        (item,) = await quarantine(h)
+        assert (await e2e.run_window(h)).quarantined == 1
+        (item,) = await e2e.quarantine(h)
         (reason,) = [r for r in item["reasons"] if r["rule"] == "total.sum"]
         assert "110.00" in reason["message"] and "108.00" in reason["message"]
         assert item["record"]["total"] == "110.00"  # what the file said, not corrected
-        assert await sales_log(h, MARCH_14) == []
+        assert await e2e.sales_log(h, MARCH_14) == []

@@ -14,16 +14,7 @@ from typing import Any
 
 from tests.adapter_helpers import fixture, sign
 from tests.appserver import Harness
-from tests.e2e.harness import (
-    customer,
-    push,
-    quarantine,
-    report,
-    run_window,
-    sale_detail,
-    sales_log,
-    store_app,
-)
+from tests.e2e import harness as e2e
 
 SECRET = "shpss_e2e_secret"
 DAY = date(2026, 3, 14)
@@ -76,7 +67,7 @@ async def push_signed(
         "X-Shopify-Webhook-Id": f"e2e-{next(_DELIVERY)}",
         "X-Shopify-Shop-Domain": "lumen-jewelers.myshopify.com",
     }
-    return await push(h, body, headers=headers, expect=expect)
+    return await e2e.push(h, body, headers=headers, expect=expect)
 
 
 def order_refund_sale_id(doc: dict[str, Any]) -> str:
@@ -85,19 +76,19 @@ def order_refund_sale_id(doc: dict[str, Any]) -> str:
 
 
 async def test_every_figure_is_shopifys_own(tmp_path: Path) -> None:
-    async with store_app(tmp_path, "shopify", secret=SECRET) as h:
+    async with e2e.store_app(tmp_path, "shopify", secret=SECRET) as h:
         for name, topic in VALID:
             await deliver(h, name, topic)
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined, result.held) == (len(VALID), 0, 0)
-        assert await quarantine(h) == []
+        assert await e2e.quarantine(h) == []
 
-        log = {s["id"]: s for s in await sales_log(h, DAY)}
+        log = {s["id"]: s for s in await e2e.sales_log(h, DAY)}
         assert set(log) == {order_refund_sale_id(doc_of(n)) for n, _ in VALID}
 
         for name, _ in VALID[:4]:  # the orders
             doc = doc_of(name)
-            sale = await sale_detail(h, str(doc["id"]))
+            sale = await e2e.sale_detail(h, str(doc["id"]))
             listed = log[str(doc["id"])]
             for field, key in (
                 ("total", "total_price"),
@@ -131,7 +122,7 @@ async def test_every_figure_is_shopifys_own(tmp_path: Path) -> None:
 
         # the 404.95 case: the order-level discount is its own adjustment, named by its code
         doc = doc_of("orders_create_order_discount.json")
-        sale = await sale_detail(h, str(doc["id"]))
+        sale = await e2e.sale_detail(h, str(doc["id"]))
         (code,) = [c["code"] for c in doc["discount_codes"]]
         assert sale["adjustments"] == [
             {
@@ -147,7 +138,7 @@ async def test_every_figure_is_shopifys_own(tmp_path: Path) -> None:
         )
         # the 11.94 case: tax stated only on the order
         doc = doc_of("orders_create_order_tax.json")
-        sale = await sale_detail(h, str(doc["id"]))
+        sale = await e2e.sale_detail(h, str(doc["id"]))
         assert [(a["kind"], a["amount"]) for a in sale["adjustments"]] == [
             ("tax", t["price"]) for t in doc["tax_lines"]
         ]
@@ -155,7 +146,7 @@ async def test_every_figure_is_shopifys_own(tmp_path: Path) -> None:
 
         # the older refund shape: figures from its line item, tender from its transaction
         doc = doc_of("refunds_create_legacy.json")
-        refund = await sale_detail(h, f"refund:{doc['id']}")
+        refund = await e2e.sale_detail(h, f"refund:{doc['id']}")
         (txn,) = doc["transactions"]
         assert refund["total"] == f"-{txn['amount']}"
         assert [(t["method"], t["amount"]) for t in refund["tenders"]] == [
@@ -170,7 +161,7 @@ async def test_every_figure_is_shopifys_own(tmp_path: Path) -> None:
         # the report: each currency's sales and the refund, from the fixtures' own totals
         usd = [doc_of(n) for n, _ in VALID[:3]]
         gross = sum((Decimal(shop(d, "total_price")) for d in usd), start=Decimal(0))
-        rows = {r["currency"]: r for r in await report(h, DAY)}
+        rows = {r["currency"]: r for r in await e2e.report(h, DAY)}
         returned = Decimal(txn["amount"])
         assert rows["USD"] == {
             "date": DAY.isoformat(),
@@ -196,18 +187,18 @@ async def test_a_sample_that_disagrees_with_itself_is_quarantined_with_both_figu
     doc = doc_of("orders_create_inconsistent.json")
     lines_sum = sum((Decimal(li["price"]) * li["quantity"] for li in doc["line_items"]), Decimal(0))
     assert lines_sum != Decimal(doc["subtotal_price"])  # the sample really disagrees
-    async with store_app(tmp_path, "shopify", secret=SECRET) as h:
+    async with e2e.store_app(tmp_path, "shopify", secret=SECRET) as h:
         await deliver(h, "orders_create_inconsistent.json", "orders/create")
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.quarantined) == (0, 1)
-        (item,) = await quarantine(h)
+        (item,) = await e2e.quarantine(h)
         assert item["record_id"] == str(doc["id"])
         (reason,) = item["reasons"]
         assert (reason["rule"], reason["field"]) == ("subtotal.sum", "$.subtotal")
         assert doc["subtotal_price"] in reason["message"]
         assert cents(lines_sum) in reason["message"]
         assert item["record"]["subtotal"] == doc["subtotal_price"]  # kept as Shopify sent it
-        assert await sales_log(h, DAY) == []
+        assert await e2e.sales_log(h, DAY) == []
 
 
 async def test_refund_of_an_unknown_order_is_held_then_committed_unlinked(tmp_path: Path) -> None:
@@ -215,18 +206,18 @@ async def test_refund_of_an_unknown_order_is_held_then_committed_unlinked(tmp_pa
     sale_id = f"refund:{doc['id']}"
     (txn,) = doc["transactions"]
     hold = 2
-    async with store_app(
+    async with e2e.store_app(
         tmp_path, "shopify", secret=SECRET, config={"windows": {"hold_windows": hold}}
     ) as h:
         await deliver(h, "refunds_create_unknown_order.json", "refunds/create")
         for _ in range(hold):
-            result = await run_window(h)
+            result = await e2e.run_window(h)
             assert (result.held, result.committed, result.quarantined) == (1, 0, 0)
-            assert await sales_log(h, DAY) == []
-        result = await run_window(h)
+            assert await e2e.sales_log(h, DAY) == []
+        result = await e2e.run_window(h)
         assert (result.held, result.committed, result.quarantined) == (0, 1, 0)
-        assert await quarantine(h) == []
-        sale = await sale_detail(h, sale_id)
+        assert await e2e.quarantine(h) == []
+        sale = await e2e.sale_detail(h, sale_id)
         assert (sale["kind"], sale["original_id"]) == ("return", str(doc["order_id"]))
         assert sale["total"] == f"-{txn['amount']}"
         assert [(t["method"], t["amount"]) for t in sale["tenders"]] == [
@@ -234,7 +225,7 @@ async def test_refund_of_an_unknown_order_is_held_then_committed_unlinked(tmp_pa
         ]
         (warning,) = sale["warnings"]
         assert warning.startswith("return.original:")
-        (row,) = await report(h, DAY)
+        (row,) = await e2e.report(h, DAY)
         assert (row["returns"], row["returns_count"], row["gross"], row["count"]) == (
             txn["amount"],
             1,
@@ -245,9 +236,9 @@ async def test_refund_of_an_unknown_order_is_held_then_committed_unlinked(tmp_pa
 
 async def test_customer_with_addresses_and_consent(tmp_path: Path) -> None:
     doc = doc_of("customers_update_addresses.json")
-    async with store_app(tmp_path, "shopify", secret=SECRET) as h:
+    async with e2e.store_app(tmp_path, "shopify", secret=SECRET) as h:
         await deliver(h, "customers_update_addresses.json", "customers/update")
-        got = await customer(h, str(doc["id"]))
+        got = await e2e.customer(h, str(doc["id"]))
         assert (got["marketing_email"], got["marketing_sms"]) == ("opted_out", "opted_in")
         assert [a["line1"] for a in got["addresses"]] == [a["address1"] for a in doc["addresses"]]
         assert got["address"]["line1"] == doc["default_address"]["address1"]
@@ -260,7 +251,7 @@ async def test_a_captured_order_body_under_another_topic_is_refused(tmp_path: Pa
     body = fixture("shopify", "orders_create.json")
     signature = sign(body, SECRET)
     order_id = str(json.loads(body)["id"])
-    async with store_app(tmp_path, "shopify", secret=SECRET) as h:
+    async with e2e.store_app(tmp_path, "shopify", secret=SECRET) as h:
         await push_signed(h, body, "orders/create", signature)
         for topic in ("orders/delete", "customers/update", "customers/create", "refunds/create"):
             err = await push_signed(h, body, topic, signature, expect=400)
@@ -268,7 +259,7 @@ async def test_a_captured_order_body_under_another_topic_is_refused(tmp_path: Pa
             assert set(err) >= {"error", "field"}
         resp = await h.client.get(f"/v1/stores/S1/customers/{order_id}", headers=h.admin())
         assert resp.status == 404  # no customer was made of the order
-        result = await run_window(h)
+        result = await e2e.run_window(h)
         assert (result.committed, result.voids) == (1, 0)
-        sale = await sale_detail(h, order_id)
+        sale = await e2e.sale_detail(h, order_id)
         assert sale["voided"] is False  # the swapped delete voided nothing
