@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from tests.peek import spooled_sales
 from tests.procserver import ADMIN, ServerProcess, free_port, headers, sale_body, write_config
 
 KILLS = (
@@ -45,14 +45,6 @@ async def _pusher(
             return  # the server died under us: this request got no 202
 
 
-def _spooled_ids(db: Path) -> set[str]:
-    con = sqlite3.connect(db)
-    try:
-        return {r[0] for r in con.execute("SELECT rid FROM spool WHERE kind='sale'")}
-    finally:
-        con.close()
-
-
 async def test_kill9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) -> None:
     port = free_port()
     server = ServerProcess(write_config(tmp_path, port), port, tmp_path / "server.log")
@@ -80,7 +72,7 @@ async def test_kill9_during_ingest_loses_nothing_acknowledged(tmp_path: Path) ->
                 stop.set()
                 await asyncio.gather(*tasks)
             all_acked.extend(acked)
-            have = _spooled_ids(tmp_path / "data" / "spool.db")
+            have = spooled_sales(tmp_path / "data" / "spool.db")
             lost = set(all_acked) - have
             print(
                 f"round {round_no}: kill after {len(acked)} acks; spool holds {len(have)}; lost {len(lost)}"
@@ -126,7 +118,7 @@ async def test_sigterm_under_load_finishes_inflight_and_exits(
             stop.set()
             await asyncio.gather(*tasks)
         assert code == 0, (tmp_path / "server.log").read_text()[-3000:]
-        have = _spooled_ids(tmp_path / "data" / "spool.db")
+        have = spooled_sales(tmp_path / "data" / "spool.db")
         assert set(acked) <= have
         log = (tmp_path / "server.log").read_text()
         assert "closing spool" in log and "Traceback" not in log

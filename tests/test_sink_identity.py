@@ -27,6 +27,7 @@ import pytest
 
 from tests.appserver import Harness, make_config, running, until
 from tests.factories import sale_dict
+from tests.peek import sink_sales
 from worker import keys
 from worker.committer import WindowResult
 from worker.config import Config
@@ -81,15 +82,6 @@ async def readyz(h: Harness) -> tuple[int, dict[str, Any]]:
     return resp.status, await resp.json()
 
 
-def sink_sales(path: Path) -> list[str]:
-    """Every committed sale id of S1, read by the test's own connection (duplicates kept)."""
-    con = sqlite3.connect(path)
-    try:
-        return [r[0] for r in con.execute("SELECT id FROM sales WHERE store = 'S1'")]
-    finally:
-        con.close()
-
-
 def backup(path: Path, to: Path) -> None:
     """The operator's copy of the live database (SQLite's online backup)."""
     src, dst = sqlite3.connect(path), sqlite3.connect(to)
@@ -120,6 +112,27 @@ async def start_window(h: Harness) -> asyncio.Task[WindowResult]:
     h.clock.set(scheduler.next_due["S1"])
     await until(lambda: scheduler.running.get("S1") not in (None, before))
     return scheduler.running["S1"]
+
+
+async def held_through_retries(
+    h: Harness,
+    cfg: Config,
+    caplog: pytest.LogCaptureFixture,
+    window: asyncio.Task[WindowResult],
+    limit_s: float = 20.0,
+) -> int:
+    """The sink refuses the window's write: from its first logged retry on, over two more retry
+    intervals, the window keeps running and the spool retires nothing. The rows still pending."""
+    await until(lambda: retries(caplog) >= 1, limit_s)
+    pending: int = h.spool.stats("S1").pending
+    assert pending > 0, "the window ended before the sink failed: not mid-window"
+    for _ in range(2):
+        seen = retries(caplog)
+        h.clock.advance(cfg.windows.commit_retry_max_s)
+        await until(more_retries(caplog, seen), limit_s)
+    assert not window.done()
+    assert h.spool.stats("S1").pending == pending
+    return pending
 
 
 def config(tmp_path: Path) -> Config:
@@ -168,13 +181,7 @@ async def test_deleted_sink_refuses_keeps_rows_and_a_restored_file_commits_once(
 
         # The window: the write is refused, nothing retired, the window retries.
         window = await start_window(h)
-        await until(lambda: retries(caplog) >= 1)
-        for _ in range(2):
-            seen = retries(caplog)
-            h.clock.advance(cfg.windows.commit_retry_max_s)
-            await until(more_retries(caplog, seen))
-        assert not window.done()
-        assert h.spool.stats("S1").pending == len(second)
+        assert await held_through_retries(h, cfg, caplog, window) == len(second)
         assert committer.sink_error is not None and "deleted" in committer.sink_error
         assert not path.exists(), "the sink made a new empty file instead of refusing"
 

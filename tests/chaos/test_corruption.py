@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.peek import spooled_sales
 from tests.procserver import ADMIN, ServerProcess, free_port, headers, sale_body, write_config
 from worker.buffers.wal import FRAME_HEADER, WalReport, check_wal
 
@@ -135,14 +136,6 @@ def _damage_wal_middle(wal: Path, rng: random.Random) -> WalReport:
     return check_wal(wal)
 
 
-def _spooled(db: Path) -> set[str]:
-    con = sqlite3.connect(db)
-    try:
-        return {r[0] for r in con.execute("SELECT rid FROM spool WHERE kind='sale'")}
-    finally:
-        con.close()
-
-
 async def _wal_damage_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
     port = free_port()
     server = ServerProcess(write_config(tmp_path, port), port, tmp_path / "server.log")
@@ -162,7 +155,7 @@ async def _wal_damage_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
             plain.mkdir()
             shutil.copyfile(data / "spool.db", plain / "spool.db")
             shutil.copyfile(wal, plain / "spool.db-wal")
-            dropped = set(acked) - _spooled(plain / "spool.db")
+            dropped = set(acked) - spooled_sales(plain / "spool.db")
 
             await server.start()
             async with aiohttp.ClientSession() as s:
@@ -176,7 +169,7 @@ async def _wal_damage_rounds(tmp_path: Path, rounds: int, seed: int) -> None:
                 assert status["health"]["spool_wal"] != "ok"
             server.term()
             assert await server.wait(limit_s=15) == 0
-            lost = set(acked) - _spooled(data / "spool.db")
+            lost = set(acked) - spooled_sales(data / "spool.db")
             kept = [p for p in data.iterdir() if ".wal-damaged-" in p.name]
             print(
                 f"round {round_no}: acked {len(acked)}; {report.summary()}; SQLite alone drops "

@@ -44,6 +44,7 @@ from tests.appserver import Harness, make_config, running, until
 from tests.procserver import ServerProcess, free_port, headers, sale_body, write_config
 from tests.test_sink_identity import (
     EMAIL,
+    held_through_retries,
     more_retries,
     push_customer,
     push_sales,
@@ -288,15 +289,7 @@ async def _disk_full_mid_window(
         window = await start_window(h)
         await until(lambda: h.spool.stats("S1").pending <= n - 1000, 300)
         filler = _fill(sink_fs)
-        await until(lambda: retries(caplog) >= 1, 300)
-        pending = h.spool.stats("S1").pending
-        assert pending > 0, "the window ended before the disk filled: not mid-window"
-        for _ in range(2):
-            seen = retries(caplog)
-            h.clock.advance(cfg.windows.commit_retry_max_s)
-            await until(more_retries(caplog, seen), 300)
-        assert not window.done()
-        assert h.spool.stats("S1").pending == pending
+        pending = await held_through_retries(h, cfg, caplog, window, 300)
         status, ready = await readyz(h)
         assert status == 503 and ready["field"] == "sink", ready
         retired = set(sales) - await h.spool.pending_ids("S1", "sale", sales)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -30,6 +29,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.peek import column
 from tests.procserver import ADMIN, ServerProcess, free_port, sale_body, write_config
 
 if TYPE_CHECKING:
@@ -93,18 +93,10 @@ async def _commit(session: aiohttp.ClientSession, url: str) -> int:
         return int(body["stores"]["S1"]["committed"])
 
 
-def _rows(db: Path, sql: str) -> list[str]:
-    con = sqlite3.connect(db)
-    try:
-        return [r[0] for r in con.execute(sql)]
-    finally:
-        con.close()
-
-
 def _tally(tmp: Path, ids: list[str]) -> tuple[Counter[str], Counter[str], set[str], int]:
     """Spool rows and sink rows by id, the ids the sink lacks, and the extra sink copies."""
-    spooled = Counter(_rows(tmp / "data" / "spool.db", "SELECT rid FROM spool"))
-    sink = Counter(_rows(tmp / "data" / "clientbook.db", "SELECT id FROM sales WHERE store='S1'"))
+    spooled = Counter(column(tmp / "data" / "spool.db", "SELECT rid FROM spool"))
+    sink = Counter(column(tmp / "data" / "clientbook.db", "SELECT id FROM sales WHERE store='S1'"))
     return spooled, sink, set(ids) - set(sink), sum(c - 1 for c in sink.values() if c > 1)
 
 
@@ -151,7 +143,7 @@ async def test_kill9_between_receipt_and_durable_write(
             held = st["mqtt"]["received"] - st["mqtt"]["acked"]
             server.kill9()
             await server.wait()
-        spooled_at_kill = _rows(tmp_path / "data" / "spool.db", "SELECT rid FROM spool")
+        spooled_at_kill = column(tmp_path / "data" / "spool.db", "SELECT rid FROM spool")
         assert len(spooled_at_kill) == cap
 
         # Restart with room in the spool: the broker re-sends what was never acked.

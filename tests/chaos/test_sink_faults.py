@@ -18,17 +18,24 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 from tests.appserver import Harness, make_config, running, until
-from tests.factories import sale_dict
-from tests.test_sink_identity import delete_sink_files, push_customer, readyz, start_window
+from tests.peek import sink_sales
+from tests.test_sink_identity import (
+    delete_sink_files,
+    held_through_retries,
+    more_retries,
+    push_customer,
+    push_sales,
+    readyz,
+    retries,
+    start_window,
+)
 from worker import keys
 from worker.sinks.sqlite import sink_path
 
@@ -36,41 +43,10 @@ NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 New York: no window due
 URL = "/v1/push/canonical/S1"
 
 
-async def _push(h: Harness, ids: list[str]) -> None:
-    body = b"\n".join(orjson.dumps(sale_dict(sid, at=NOW)) for sid in ids)
-    resp = await h.client.post(
-        URL, data=body, headers={**h.store(), "Content-Type": "application/x-ndjson"}
-    )
-    got = await resp.json()
-    assert resp.status == 202, got
-    assert got["accepted"] == len(ids), got
-
-
-async def _readyz(h: Harness) -> tuple[int, dict[str, Any]]:
-    resp = await h.client.get("/readyz", headers=h.admin())
-    return resp.status, await resp.json()
-
-
-def _sink_ids(path: Path) -> list[str]:
-    con = sqlite3.connect(path)
-    try:
-        return [r[0] for r in con.execute("SELECT id FROM sales WHERE store = 'S1'")]
-    finally:
-        con.close()
-
-
-def _retries(caplog: pytest.LogCaptureFixture) -> int:
-    return sum("retrying in" in r.getMessage() for r in caplog.records)
-
-
 def _sink_error(h: Harness) -> str | None:
     """The committer's current sink error (read fresh: it changes under the test)."""
     error: str | None = h.app[keys.COMMITTER].sink_error
     return error
-
-
-def _more_retries(caplog: pytest.LogCaptureFixture, seen: int) -> Callable[[], bool]:
-    return lambda: _retries(caplog) > seen
 
 
 async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -85,8 +61,8 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
     async with running(cfg, NOW) as h:
         committer = h.app[keys.COMMITTER]
         before = [f"B-{n}" for n in range(300)]
-        await _push(h, before)
-        assert (await _readyz(h))[0] == 200
+        await push_sales(h, before)
+        assert (await readyz(h))[0] == 200
 
         # The fault: another process-like connection holds the database's write lock.
         locker = sqlite3.connect(sink_path(cfg), isolation_level=None)
@@ -98,7 +74,7 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             await until(lambda: committer.sink_error is not None)
             assert committer.sink_error is not None and "locked" in committer.sink_error
 
-            status, ready = await _readyz(h)
+            status, ready = await readyz(h)
             assert status == 503, ready
             assert ready["field"] == "sink" and ready["checks"]["sink"] != "ok", ready
             assert str(ready["error"]).startswith("sink:")
@@ -112,16 +88,16 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             # Intake keeps accepting sales into the spool while the sink is down.
             during = [f"D-{n}" for n in range(200)]
             for i in range(0, len(during), 50):
-                await _push(h, during[i : i + 50])
+                await push_sales(h, during[i : i + 50])
             assert h.spool.stats("S1").pending == len(before) + len(during)
 
             # Drive two retries through the fake clock; each fails again while locked.
             for _ in range(2):
-                seen = _retries(caplog)
+                seen = retries(caplog)
                 h.clock.advance(cfg.windows.commit_retry_max_s)
-                await until(_more_retries(caplog, seen))
+                await until(more_retries(caplog, seen))
             assert not commit.done()
-            assert _sink_ids(sink_path(cfg)) == []
+            assert sink_sales(sink_path(cfg)) == []
         finally:
             locker.execute("ROLLBACK")
             locker.close()
@@ -132,14 +108,14 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
         first = await resp.json()
         assert resp.status == 200, first
         assert _sink_error(h) is None
-        assert (await _readyz(h))[0] == 200
+        assert (await readyz(h))[0] == 200
 
         # A second window takes whatever arrived after the first one's instant.
         resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
         second = await resp.json()
         assert resp.status == 200, second
         committed = first["stores"]["S1"]["committed"] + second["stores"]["S1"]["committed"]
-        ids = _sink_ids(sink_path(cfg))
+        ids = sink_sales(sink_path(cfg))
         assert len(ids) == len(set(ids)), "a sale committed twice"
         assert set(ids) == set(before) | set(during)
         assert committed == len(ids)
@@ -147,16 +123,8 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         print(
             f"sink-locked: records={len(before) + len(during)} lost=0 duplicated=0"
-            f" retries={_retries(caplog)}"
+            f" retries={retries(caplog)}"
         )
-
-
-def _committed_ids(path: Path) -> set[str]:
-    con = sqlite3.connect(path)
-    try:
-        return {r[0] for r in con.execute("SELECT id FROM sales WHERE store = 'S1'")}
-    finally:
-        con.close()
 
 
 def _inserted(path: Path) -> int:
@@ -176,7 +144,7 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
     async with running(cfg, NOW) as h:
         sink = h.sink
         for i in range(0, sales, 1000):
-            await _push(h, ids[i : i + 1000])
+            await push_sales(h, ids[i : i + 1000])
         window = await start_window(h)
         # The first page is retired: the window is under way. Now the file leaves the path
         # (kept under another name by a hard link, as a `mv` away would) with its -wal/-shm.
@@ -188,20 +156,12 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
         status, ready = await readyz(h)
         assert status == 503 and ready["field"] == "sink", ready
         assert sink.lost is not None
-        await until(lambda: _retries(caplog) >= 1, 120)
-        pending = h.spool.stats("S1").pending
-        assert pending > 0, "the window ended before the file left: not mid-window"
         # Nothing is retired while the file is away (two more failed attempts).
-        for _ in range(2):
-            seen = _retries(caplog)
-            h.clock.advance(cfg.windows.commit_retry_max_s)
-            await until(_more_retries(caplog, seen), 120)
-        assert not window.done()
-        assert h.spool.stats("S1").pending == pending
+        pending = await held_through_retries(h, cfg, caplog, window, 120)
         # Every row the spool retired is in the file that is coming back.
         retired = set(ids) - await h.spool.pending_ids("S1", "sale", ids)
         assert len(retired) == sales - pending
-        kept = _committed_ids(keep)
+        kept = set(sink_sales(keep))
         assert retired <= kept, sorted(retired - kept)[:5]
 
         os.replace(keep, path)  # the file returns
@@ -210,11 +170,11 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
         assert result.error is None, result.error
         assert h.spool.stats("S1").pending == 0
         assert (await readyz(h))[0] == 200
-    assert sorted(_sink_ids(path)) == sorted(ids), "a sale lost or committed twice"
+    assert sorted(sink_sales(path)) == sorted(ids), "a sale lost or committed twice"
     assert _inserted(path) == sales
     print(
         f"sink-deleted-mid-window: sales={sales} retired_before={sales - pending}"
-        f" held_back={pending} lost=0 duplicated=0 retries={_retries(caplog)}"
+        f" held_back={pending} lost=0 duplicated=0 retries={retries(caplog)}"
     )
 
 
