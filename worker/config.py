@@ -177,6 +177,9 @@ class InboxConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     # still scanned every rescan_s as the safety net. Without notifications: scan_interval_s.
     notify: bool = True
     rescan_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    # A split export (The Edge's numbered Transaction parts) with a part missing waits this
+    # long after its last part appeared, then goes to failed/ naming the missing part.
+    gap_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
 
 
 class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -32,11 +32,12 @@ Invariants:
 - **Consent.** The EDT dictionary documents no marketing-consent field: consent is `unknown`
   unless a store names its flag in the mapping (`email_opt_in`, `email_opt_out`, `sms_opt_in`,
   `sms_opt_out`); only a true opt-in is `opted_in`, only a true opt-out `opted_out`.
-- **Split files.** Parts are independent payloads (EDT splits "depending on the amount of
-  sales": a part is expected to hold whole sales). A sale whose lines start after line 1 in a
-  part numbered 2 or more continues a previous part: those lines are rejected, naming
-  `SalelineLineNo`. The earlier part's lines of that sale were read alone as a sale, which is
-  therefore incomplete; feed `combine_parts()` output (all parts merged) to ingest it whole.
+- **Split files.** The drop folder reads the numbered parts of one export together
+  (`worker.sources.inbox_groups`: `split_part` names them, `combine_counted` merges them into
+  one document read under the export's own name, `<stamp>-Transaction.json`), so a sale whose
+  lines span parts is one sale. A part read alone (an upload, a push) is parsed as before: a
+  sale whose lines start after line 1 in a part numbered 2 or more continues a previous part,
+  and those lines are rejected, naming `SalelineLineNo`.
 - **FULL snapshots** are upserts like any incremental file and never delete anything: absence
   from a FULL file does not deactivate a customer or item (only `CustomerInactive` does), and
   never removes a sale.
@@ -49,7 +50,7 @@ and a store can name the real field in its mapping table, e.g.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -620,14 +621,46 @@ def _edge_line(r: Obj, f: Fields, number: Decimal | None) -> tuple[dict[str, Any
     return line, used
 
 
-def combine_parts(parts: Iterable[bytes]) -> bytes:
+def combine_parts(parts: Iterable[bytes], names: Sequence[str] | None = None) -> bytes:
     """Merge the split parts (`1-...`, `2-...`) of one Transaction export into one document."""
+    return combine_counted(parts, names)[0]
+
+
+def combine_counted(
+    parts: Iterable[bytes], names: Sequence[str] | None = None
+) -> tuple[bytes, list[int]]:
+    """`combine_parts`, and the number of rows each part held (in part order).
+
+    A part that is not an EDT Transaction document raises RecordInvalid naming the part
+    (its file name when `names` are given, else `part[n]`) and the field within it.
+    """
     merged: list[Any] = []
+    counts: list[int] = []
     for n, body in enumerate(parts):
-        doc = decode_json(body.removeprefix(b"\xef\xbb\xbf"), field=f"part[{n}]")
-        _, rows, _ = _rows(doc, "sale")
+        label = names[n] if names is not None else f"part[{n}]"
+        doc = decode_json(body.removeprefix(b"\xef\xbb\xbf"), field=label)
+        try:
+            _, rows, _ = _rows(doc, "sale")
+        except RecordInvalid as err:
+            raise RecordInvalid(f"{label}: {err.message}", field=f"{label}{err.field}") from None
         merged.extend(rows)
-    return msgspec.json.encode({"SaleLines": merged})
+        counts.append(len(rows))
+    return msgspec.json.encode({"SaleLines": merged}), counts
+
+
+_PART = re.compile(r"^(?P<n>[1-9]\d{0,2})-(?P<export>\d{4}-\d{2}-\d{2}-\d{2}-\d{2}(?:-\d{2})?-.+)$")
+
+
+def split_part(filename: str) -> tuple[str, int] | None:
+    """(export name, part number) for a numbered part of a split Transaction export.
+
+    `2-2026-03-14-12-00-Transaction.json` -> (`2026-03-14-12-00-Transaction.json`, 2); any
+    other name (unnumbered, another kind, a zero-padded number) -> None: a file of its own.
+    """
+    m = _PART.match(filename)
+    if m is None or "transaction" not in m.group("export").lower():
+        return None
+    return m.group("export"), int(m.group("n"))
 
 
 def is_full_snapshot(filename: str | None) -> bool:

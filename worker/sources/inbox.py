@@ -26,9 +26,11 @@ Invariants
   time); the opened fd must still be the file that was listed. Dotfiles, `*.tmp`, `*.part`
   and `*.done` are never taken themselves.
 * Order. Per folder, files are taken in natural name order (digit runs compare as
-  numbers, so The Edge's `1-...`, `2-...`, `10-...` parts and timestamped names come in
-  the order they were written). The first file that is not ready (still being written, or
-  backing off after a transient error) holds back the files after it in that folder.
+  numbers, so timestamped names come in the order they were written). The first file that
+  is not ready (still being written, or backing off after a transient error) holds back the
+  files after it in that folder.
+* Split exports (The Edge's `1-<stamp>-Transaction.json`, `2-...`) are one unit: taken
+  together once complete, sorted by the export's own name (`inbox_groups`).
 * Finalize after durability. A file is moved only after `Intake.ingest` returned, i.e. its
   records are in the sink or fsynced in the spool. A crash (or a failed rename) between the
   ingest and the move leaves the file where it was; the next scan ingests it again, which
@@ -64,7 +66,7 @@ from worker.clock import Clock
 from worker.config import Config
 from worker.errors import ConfigError, PossyncError
 from worker.intake import Envelope, IngestOutcome, Intake, NothingAcceptable
-from worker.sources import inbox_fs
+from worker.sources import inbox_fs, inbox_groups
 from worker.sources.http import outcome_json
 from worker.sources.inbox_fs import FAILED, PROCESSED, Entry, Listing, RefusedEntry
 from worker.sources.inbox_notify import Notifier
@@ -160,6 +162,7 @@ class Inbox:
         self._retry: dict[Path, _Retry] = {}
         self._refused: dict[Path, set[RefusedEntry]] = {}
         self._scan_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.groups = inbox_groups.Groups(self)  # split exports (numbered parts)
 
     def prepare(self) -> None:
         """Create every watched folder with its `processed/` and `failed/` (blocking)."""
@@ -327,26 +330,35 @@ class Inbox:
         if self.mode == "notify" and self._watched.get(folder.path) != (listing.dev, listing.ino):
             # Recreated or replaced since the watch was set: the watch is on the old folder.
             self._rewatch = True
+        # Files, and split exports (numbered parts of one export) as one unit each.
+        units = inbox_groups.plan(folder.source, listing.entries, natural_key, listing.refused)
         present = {folder.path / e.name for e in listing.entries}
+        present |= self.groups.keys(folder, units)
         for path in [p for p in self._seen if p.parent == folder.path and p not in present]:
             del self._seen[path]
         for path in [p for p in self._retry if p.parent == folder.path and p not in present]:
             del self._retry[path]
             stats.waiting.discard(path)
         handle: inbox_fs.Handle | None = None
-        # Once a file cannot be taken (still being written, or backing off), the files
-        # after it wait, so the folder keeps its order; their stability is still tracked.
+        # Once a unit cannot be taken (still being written, backing off, an export not yet
+        # complete), the units after it wait, so the folder keeps its order; their
+        # stability is still tracked.
         blocked = False
         try:
-            for entry in sorted(listing.entries, key=lambda e: natural_key(e.name)):
+            for unit in units:
                 if self.stop.is_set():
                     return
+                entry = unit.entries[0]
                 path = folder.path / entry.name
-                ready = self._stable(folder, path, entry, now) or entry.marked
-                retry = self._retry.get(path)
-                if retry is not None and now < retry.next_at:
-                    ready = False
-                    self._due_at(folder, retry.next_at)
+                if unit.split:
+                    verdict = self.groups.judge(folder, unit, now)
+                    ready = verdict != "wait"
+                else:
+                    ready = self._stable(folder, path, entry, now) or entry.marked
+                    retry = self._retry.get(path)
+                    if retry is not None and now < retry.next_at:
+                        ready = False
+                        self._due_at(folder, retry.next_at)
                 if blocked or not ready:
                     blocked = True
                     continue
@@ -354,7 +366,11 @@ class Inbox:
                     handle = await self._open(folder, listing)
                     if handle is None:
                         return
-                blocked = not await self._take(folder, handle, path, entry)
+                if unit.split:
+                    took = await self.groups.take(folder, handle, unit, verdict)
+                else:
+                    took = await self._take(folder, handle, path, entry)
+                blocked = not took
         finally:
             if handle is not None:
                 handle.close()
@@ -542,7 +558,7 @@ class Inbox:
         stats.failed += 1
         stats.last_file = f"{FAILED}/{final}"
         stats.last_at = self.clock.now().isoformat()
-        stats.last_error = f"{path.name}: {_describe(exc)}"
+        stats.last_error = f"{path.name}: {describe(exc)}"
         log.warning(
             "inbox: %s/%s/%s -> %s/%s: %s",
             folder.source,
@@ -550,7 +566,7 @@ class Inbox:
             path.name,
             FAILED,
             final,
-            _describe(exc),
+            describe(exc),
         )
         return True
 
@@ -561,11 +577,11 @@ class Inbox:
         delay = min(self.cfg.inbox.scan_interval_s * 2 ** (attempts - 1), BACKOFF_MAX_S)
         delay = max(delay, float(getattr(exc, "retry_after_s", None) or 0))
         at = self.clock.now() + timedelta(seconds=delay)
-        self._retry[path] = _Retry(attempts, at, _describe(exc))
+        self._retry[path] = _Retry(attempts, at, describe(exc))
         self._due_at(folder, at)
         stats.waiting.add(path)
         stats.retries += 1
-        stats.last_error = f"{path.name}: {_describe(exc)} (retry {attempts} in {delay:g} s)"
+        stats.last_error = f"{path.name}: {describe(exc)} (retry {attempts} in {delay:g} s)"
         log.warning("inbox: %s", stats.last_error)
         return False
 
@@ -610,7 +626,8 @@ class Inbox:
         }
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """`Type: message` of an error, for /status and the log (a PossyncError's own message)."""
     msg = exc.message if isinstance(exc, PossyncError) else str(exc)
     return f"{type(exc).__name__}: {msg}"
 

@@ -412,6 +412,13 @@ def _free_name(fd: int, name: str, stamp: str) -> str:
 
 def finalize(h: Handle, entry: Entry, sub: str, stamp: str, suffix: str, report: bytes) -> str:
     """Move the marker, then the file, into `sub/` of the real folder; then the report."""
+    final = move(h, entry, sub, stamp)
+    write_report(h, sub, final + suffix, report)
+    return final
+
+
+def move(h: Handle, entry: Entry, sub: str, stamp: str) -> str:
+    """Move the marker, then the file, into `sub/` (a free name there); the name it got."""
     with _fd(open_dir(h.fd, sub, f"{h.where}/{sub}", create=True)) as dfd:
         try:
             st = os.stat(entry.name, dir_fd=h.fd, follow_symlinks=False)
@@ -425,7 +432,25 @@ def finalize(h: Handle, entry: Entry, sub: str, stamp: str, suffix: str, report:
         with contextlib.suppress(FileNotFoundError):
             os.rename(entry.name + MARKER, final + MARKER, src_dir_fd=h.fd, dst_dir_fd=dfd)
         os.rename(entry.name, final, src_dir_fd=h.fd, dst_dir_fd=dfd)
-        tmp = f".{final}{suffix}.tmp"
+    return final
+
+
+def free_name(h: Handle, sub: str, name: str, stamp: str) -> str:
+    """`name`, or a stamped one when it (or its marker or a report) is already in `sub/`."""
+    with _fd(open_dir(h.fd, sub, f"{h.where}/{sub}", create=True)) as dfd:
+        return _free_name(dfd, name, stamp)
+
+
+def present_in(h: Handle, sub: str, names: Sequence[str]) -> list[str]:
+    """Which of `names` are entries of `sub/` (lstat only; a symlinked `sub/` is refused)."""
+    with _fd(open_dir(h.fd, sub, f"{h.where}/{sub}", create=True)) as dfd:
+        return [n for n in names if _exists(dfd, n)]
+
+
+def write_report(h: Handle, sub: str, name: str, report: bytes) -> None:
+    """Write `sub/name` atomically: an `O_EXCL|O_NOFOLLOW` temporary renamed into place."""
+    with _fd(open_dir(h.fd, sub, f"{h.where}/{sub}", create=True)) as dfd:
+        tmp = f".{name}.tmp"
         try:
             wfd = os.open(tmp, _O_REPORT, 0o640, dir_fd=dfd)
         except FileExistsError:
@@ -435,5 +460,4 @@ def finalize(h: Handle, entry: Entry, sub: str, stamp: str, suffix: str, report:
             view = memoryview(report)
             while view:
                 view = view[os.write(wfd, view) :]
-        os.rename(tmp, final + suffix, src_dir_fd=dfd, dst_dir_fd=dfd)
-    return final
+        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
