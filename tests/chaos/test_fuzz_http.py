@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
 from tests.support.loop import PrivateLoop
+from tests.support.raw import exchange
 from worker.app import Listening, build_app, listen
 from worker.clock import FakeClock
 
@@ -54,11 +55,8 @@ class _App(PrivateLoop[Harness]):
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[_App]:
-    a = _App(tmp_path)
-    try:
+    with contextlib.closing(_App(tmp_path)) as a:
         yield a
-    finally:
-        a.close()
 
 
 # ----------------------------------------------------------------------------- strategies
@@ -313,6 +311,14 @@ _OBJECTS = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
 _UNTERMINATED = b"[" * 100_000
 
 
+def _push_is_a_400(app: _App, caplog: pytest.LogCaptureFixture, body: bytes, ctype: str) -> None:
+    """The push of `body` to S1 is a 400 (the oracle's checks included) and logs no error."""
+    caplog.set_level(logging.ERROR, logger="possync")
+    status = app.run(_check(app.h, "POST", "/v1/push/canonical/S1", body, ctype, S1_TOKEN))
+    assert status == 400
+    _no_errors(caplog)
+
+
 @pytest.mark.parametrize(
     ("body", "ctype"),
     [
@@ -328,10 +334,7 @@ def test_deeply_nested_body_is_a_400(
     app: _App, caplog: pytest.LogCaptureFixture, body: bytes, ctype: str
 ) -> None:
     """100k nested arrays or objects: a 400 naming the body, not a RecursionError 500."""
-    caplog.set_level(logging.ERROR, logger="possync")
-    status = app.run(_check(app.h, "POST", "/v1/push/canonical/S1", body, ctype, S1_TOKEN))
-    assert status == 400
-    _no_errors(caplog)
+    _push_is_a_400(app, caplog, body, ctype)
 
 
 @pytest.mark.parametrize("version", [2**63, 2**70, -(2**63) - 1])
@@ -367,10 +370,7 @@ def test_invalid_utf8_in_a_string_is_a_400(
     app: _App, caplog: pytest.LogCaptureFixture, body: bytes, ctype: str
 ) -> None:
     """Invalid UTF-8 inside a JSON string: a 400 on the body, not a UnicodeDecodeError 500."""
-    caplog.set_level(logging.ERROR, logger="possync")
-    status = app.run(_check(app.h, "POST", "/v1/push/canonical/S1", body, ctype, S1_TOKEN))
-    assert status == 400
-    _no_errors(caplog)
+    _push_is_a_400(app, caplog, body, ctype)
 
 
 # ----------------------------------------------- raw header bytes through `possync serve`'s path
@@ -395,11 +395,8 @@ def _loopback_socket() -> socket.socket:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[_Served]:
-    s = _Served(tmp_path)
-    try:
+    with contextlib.closing(_Served(tmp_path)) as s:
         yield s
-    finally:
-        s.close()
 
 
 # Header values as bytes: anything but CR and LF (which would end the header line).
@@ -433,18 +430,6 @@ _raw_auth = st.one_of(
 )
 
 
-async def _raw_request(port: int, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 def test_fuzz_raw_headers(served: _Served, caplog: pytest.LogCaptureFixture) -> None:
     """Header bytes aiohttp's client would refuse to send: never a 5xx, always JSON, no log
     line at ERROR, no traceback, and no Authorization value in the log."""
@@ -475,7 +460,7 @@ def test_fuzz_raw_headers(served: _Served, caplog: pytest.LogCaptureFixture) -> 
         if extra is not None:
             lines.append(b"X-Shopify-Webhook-Id: " + extra)
         lines += [b"Content-Type: application/json", b"Content-Length: " + str(len(body)).encode()]
-        raw = served.run(_raw_request(served.port, b"\r\n".join(lines) + b"\r\n\r\n" + body))
+        raw = served.run(exchange(served.port, b"\r\n".join(lines) + b"\r\n\r\n" + body, 30))
         head, _, payload = raw.partition(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         assert status < 500, raw[:500]

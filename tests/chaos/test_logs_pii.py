@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from tests.factories import sale_dict
 from tests.procserver import ADMIN, TOKEN, ServerProcess, free_port, headers, write_config
 from tests.support.config import store
+from tests.support.raw import exchange
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -215,18 +215,6 @@ async def _until_subscribed(s: aiohttp.ClientSession, url: str) -> None:
     await asyncio.wait_for(poll(), 30)
 
 
-async def _raw(port: int, data: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        return await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        with suppress(ConnectionError):
-            await writer.wait_closed()
-
-
 async def test_bad_values_reach_neither_log_nor_answers_nor_rejected_topic(
     tmp_path: Path, mosquitto: MosquittoServer
 ) -> None:
@@ -294,7 +282,7 @@ async def test_bad_values_reach_neither_log_nor_answers_nor_rejected_topic(
             notice = orjson.loads(watcher.payloads[0])
             assert notice["field"] == "$.marketing_email", notice
             # A NUL byte in Authorization: aiohttp refuses the header line (400, JSON).
-            raw = await _raw(
+            raw = await exchange(
                 port,
                 b"POST /v1/push/canonical/S1 HTTP/1.1\r\nHost: x\r\n"
                 b"Authorization: Bearer "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import socket
@@ -133,11 +134,8 @@ class _Server:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[_Server]:
-    s = _Server(tmp_path)
-    try:
+    with contextlib.closing(_Server(tmp_path)) as s:
         yield s
-    finally:
-        s.close()
 
 
 @dataclass
