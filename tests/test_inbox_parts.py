@@ -224,3 +224,23 @@ async def test_a_part_arriving_after_its_export_was_taken_is_reported_as_late(
         assert (report["field"], report["missing"]) == (PART1, [PART1])
         assert f"{PART1} already in processed/" in report["error"]
         assert "raise inbox.stable_s" in report["error"]
+
+
+async def test_a_part_arriving_after_its_export_failed_says_where_the_rest_went(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path, stores=[EDGE_STORE], inbox={"gap_wait_s": 2 * 5.0})
+    async with started(cfg) as h:
+        where = folder(tmp_path, "E1", "the_edge")
+        copy_in(where, PART1)
+        copy_in(where, PART2, f"3-{EXPORT}")
+        for _ in range(3):
+            await tick(h)
+        assert doc(where / "failed" / f"{EXPORT}.error.json")["missing"] == [PART2]
+        copy_in(where, PART2)  # the missing part, late
+        for _ in range(3):
+            await tick(h)
+        again = sorted((where / "failed").glob(f"{EXPORT.removesuffix('.json')}.*.json.error.json"))
+        report = doc(again[0])
+        assert report["missing"] == [PART1]
+        assert f"{PART1} already in failed/: put the export's parts back" in report["error"]

@@ -215,19 +215,7 @@ class Groups:
         stamp = inbox.clock.now().strftime("%Y%m%dT%H%M%SZ")
         if verdict == "gap":
             missing = unit.missing()
-            try:
-                taken = await asyncio.to_thread(
-                    inbox_fs.present_in, handle, PROCESSED, [unit.part_name(n) for n in missing]
-                )
-            except (OSError, inbox_fs.Refused, inbox_fs.Vanished):
-                taken = []
-            # A part already in processed/: this one came after its export was taken.
-            late = (
-                f"; {', '.join(taken)} already in {PROCESSED}/: the parts present arrived after "
-                "their export was taken (raise inbox.stable_s)"
-                if taken
-                else ""
-            )
+            late = await asyncio.to_thread(_where_missing, handle, unit, missing)
             exc = IncompleteExport(
                 f"split export {unit.name}: {_missing_text(unit, missing)} "
                 f"(waited {inbox.cfg.inbox.gap_wait_s:g} s after the last part arrived); "
@@ -402,6 +390,26 @@ def _move_all(handle: inbox_fs.Handle, entries: list[Entry], sub: str, stamp: st
     """Move the parts into `sub/`, the last part first (a crash leaves parts 1..k); the
     names they got, in part order (blocking)."""
     return [inbox_fs.move(handle, e, sub, stamp) for e in reversed(entries)][::-1]
+
+
+def _where_missing(handle: inbox_fs.Handle, unit: Unit, missing: list[int]) -> str:
+    """Where the missing parts went, if to processed/ or failed/ earlier (blocking)."""
+    names = [unit.part_name(n) for n in missing]
+    said = ""
+    for sub, why in (
+        (
+            PROCESSED,
+            "the parts present arrived after their export was taken (raise inbox.stable_s)",
+        ),
+        (FAILED, "put the export's parts back in the folder together to retry it"),
+    ):
+        try:
+            found = inbox_fs.present_in(handle, sub, names)
+        except (OSError, inbox_fs.Refused, inbox_fs.Vanished):
+            continue
+        if found:
+            said += f"; {', '.join(found)} already in {sub}/: {why}"
+    return said
 
 
 def _missing_text(unit: Unit, missing: list[int]) -> str:
