@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -86,6 +87,16 @@ async def running(cfg: Config, now: datetime) -> AsyncIterator[Harness]:
         yield Harness(app, client, clock)
     finally:
         await client.close()
+
+
+async def push_records(h: Harness, *records: dict[str, Any]) -> None:
+    """POST canonical records to S1 as one JSON array with S1's token; it must be a 202."""
+    resp = await h.client.post(
+        "/v1/push/canonical/S1",
+        data=json.dumps(list(records)),
+        headers={**h.store(), "Content-Type": "application/json"},
+    )
+    assert resp.status == 202, await resp.text()
 
 
 async def until(cond: Callable[[], bool], limit_s: float = 20.0) -> None:

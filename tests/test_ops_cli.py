@@ -4,7 +4,6 @@ and one-line errors with exit codes (issue 13's CLI)."""
 from __future__ import annotations
 
 import io
-import json
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
+from tests.appserver import ADMIN, Harness, make_config, push_records, running
 from tests.factories import sale_dict
 from worker.api.status import attention_order
 from worker.ops_cli import mask_secrets, parse, run_ops
@@ -40,17 +39,8 @@ async def cli(h: Harness | None, *argv: str, url: str | None = None) -> tuple[in
     return code, out.getvalue()
 
 
-async def _push(h: Harness, *records: dict[str, object]) -> None:
-    resp = await h.client.post(
-        "/v1/push/canonical/S1",
-        data=json.dumps(list(records)),
-        headers={"Authorization": f"Bearer {S1_TOKEN}", "Content-Type": "application/json"},
-    )
-    assert resp.status == 202, await resp.text()
-
-
 async def test_status_lists_every_store_with_its_next_window(h: Harness) -> None:
-    await _push(h, sale_dict("T1"))
+    await push_records(h, sale_dict("T1"))
     code, out = await cli(h, "status")
     assert code == 0
     assert "S1" in out and "S2" in out
@@ -59,7 +49,7 @@ async def test_status_lists_every_store_with_its_next_window(h: Harness) -> None
 
 
 async def test_commit_dry_run_writes_nothing_then_commit_does(h: Harness) -> None:
-    await _push(h, sale_dict("T1"), sale_dict("T2"))
+    await push_records(h, sale_dict("T1"), sale_dict("T2"))
     code, out = await cli(h, "commit", "--store", "S1", "--dry-run")
     assert code == 0 and "S1: 2 pending; would commit 2" in out
     assert await h.sink.counts() == {**await h.sink.counts(), "sales": 0}
@@ -71,7 +61,7 @@ async def test_commit_dry_run_writes_nothing_then_commit_does(h: Harness) -> Non
 async def test_quarantine_list_show_discard(h: Harness) -> None:
     bad = sale_dict("BAD1")
     bad["total"] = "999.00"
-    await _push(h, bad)
+    await push_records(h, bad)
     assert (await cli(h, "commit", "--store", "S1"))[0] == 0
     code, out = await cli(h, "quarantine", "list", "--store", "S1")
     assert code == 0 and "BAD1" in out and "total.sum" in out
@@ -84,7 +74,7 @@ async def test_quarantine_list_show_discard(h: Harness) -> None:
 
 
 async def test_sales_and_sale(h: Harness) -> None:
-    await _push(h, sale_dict("T1"))
+    await push_records(h, sale_dict("T1"))
     await cli(h, "commit", "--store", "S1")
     day = (await h.sink.get_sale("S1", "T1"))["business_date"]
     code, out = await cli(h, "sales", "S1", "--date", str(day))

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.appserver import ADMIN, S1_TOKEN, Harness, make_config, running
+from tests.appserver import ADMIN, Harness, make_config, push_records, running
 from tests.factories import sale_dict
 from worker.api.page_render import PAGE_SIZE
 
@@ -29,15 +29,6 @@ NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
     async with running(make_config(tmp_path), NOW) as harness:
         yield harness
-
-
-async def _push(h: Harness, *records: dict[str, Any]) -> None:
-    resp = await h.client.post(
-        "/v1/push/canonical/S1",
-        data=json.dumps(list(records)),
-        headers={"Authorization": f"Bearer {S1_TOKEN}", "Content-Type": "application/json"},
-    )
-    assert resp.status == 202, await resp.text()
 
 
 async def test_unauthenticated_gets_the_login_form(h: Harness) -> None:
@@ -65,9 +56,9 @@ async def test_login_sets_an_httponly_cookie_and_logout_clears_it(h: Harness) ->
 async def test_page_shows_what_needs_attention_first(h: Harness) -> None:
     bad = sale_dict("BAD1")
     bad["total"] = "999.00"
-    await _push(h, sale_dict("T1"), bad)
+    await push_records(h, sale_dict("T1"), bad)
     await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
-    await _push(h, sale_dict("T2"))
+    await push_records(h, sale_dict("T2"))
     resp = await h.client.get("/", headers=h.admin())
     assert resp.status == 200
     text = await resp.text()
@@ -81,7 +72,7 @@ async def test_page_shows_what_needs_attention_first(h: Harness) -> None:
 
 
 async def test_sale_lookup(h: Harness) -> None:
-    await _push(h, sale_dict("T1"))
+    await push_records(h, sale_dict("T1"))
     await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
     text = await (await h.client.get("/?store=S1&sale=T1", headers=h.admin())).text()
     expected = sale_dict("T1")["total"]
@@ -200,7 +191,7 @@ async def chromium(tmp_path: Path) -> AsyncIterator[_Chromium]:
 async def test_chromium_renders_the_page_after_logging_in(h: Harness, tmp_path: Path) -> None:
     bad = sale_dict("BAD1")
     bad["total"] = "999.00"
-    await _push(h, sale_dict("T1"), bad)
+    await push_records(h, sale_dict("T1"), bad)
     await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
     base = str(h.client.make_url("/"))
     async with chromium(tmp_path) as browser:
