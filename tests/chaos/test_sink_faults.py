@@ -24,18 +24,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests import test_sink_identity as identity
 from tests.appserver import Harness, make_config, running, until
 from tests.peek import sink_sales
-from tests.test_sink_identity import (
-    delete_sink_files,
-    held_through_retries,
-    more_retries,
-    push_customer,
-    push_sales,
-    readyz,
-    retries,
-    start_window,
-)
 from worker import keys
 from worker.sinks.sqlite import sink_path
 
@@ -61,8 +52,8 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
     async with running(cfg, NOW) as h:
         committer = h.app[keys.COMMITTER]
         before = [f"B-{n}" for n in range(300)]
-        await push_sales(h, before)
-        assert (await readyz(h))[0] == 200
+        await identity.push_sales(h, before)
+        assert (await identity.readyz(h))[0] == 200
 
         # The fault: another process-like connection holds the database's write lock.
         locker = sqlite3.connect(sink_path(cfg), isolation_level=None)
@@ -74,13 +65,13 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             await until(lambda: committer.sink_error is not None)
             assert committer.sink_error is not None and "locked" in committer.sink_error
 
-            status, ready = await readyz(h)
+            status, ready = await identity.readyz(h)
             assert status == 503, ready
             assert ready["field"] == "sink" and ready["checks"]["sink"] != "ok", ready
             assert str(ready["error"]).startswith("sink:")
 
             # A customer goes to the sink in real time: refused, retry later, naming the sink.
-            status, body, headers = await push_customer(h, "C-locked")
+            status, body, headers = await identity.push_customer(h, "C-locked")
             assert status == 503, body
             assert body["field"] == "sink" and "locked" in body["error"], body
             assert int(headers["Retry-After"]) > 0, headers
@@ -88,14 +79,14 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
             # Intake keeps accepting sales into the spool while the sink is down.
             during = [f"D-{n}" for n in range(200)]
             for i in range(0, len(during), 50):
-                await push_sales(h, during[i : i + 50])
+                await identity.push_sales(h, during[i : i + 50])
             assert h.spool.stats("S1").pending == len(before) + len(during)
 
             # Drive two retries through the fake clock; each fails again while locked.
             for _ in range(2):
-                seen = retries(caplog)
+                seen = identity.retries(caplog)
                 h.clock.advance(cfg.windows.commit_retry_max_s)
-                await until(more_retries(caplog, seen))
+                await until(identity.more_retries(caplog, seen))
             assert not commit.done()
             assert sink_sales(sink_path(cfg)) == []
         finally:
@@ -108,7 +99,7 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
         first = await resp.json()
         assert resp.status == 200, first
         assert _sink_error(h) is None
-        assert (await readyz(h))[0] == 200
+        assert (await identity.readyz(h))[0] == 200
 
         # A second window takes whatever arrived after the first one's instant.
         resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
@@ -123,7 +114,7 @@ async def test_sink_locked_during_commit(tmp_path: Path, caplog: pytest.LogCaptu
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
         print(
             f"sink-locked: records={len(before) + len(during)} lost=0 duplicated=0"
-            f" retries={retries(caplog)}"
+            f" retries={identity.retries(caplog)}"
         )
 
 
@@ -144,20 +135,20 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
     async with running(cfg, NOW) as h:
         sink = h.sink
         for i in range(0, sales, 1000):
-            await push_sales(h, ids[i : i + 1000])
-        window = await start_window(h)
+            await identity.push_sales(h, ids[i : i + 1000])
+        window = await identity.start_window(h)
         # The first page is retired: the window is under way. Now the file leaves the path
         # (kept under another name by a hard link, as a `mv` away would) with its -wal/-shm.
         await until(lambda: h.spool.stats("S1").pending <= sales - 1000, 120)
         keep = tmp_path / "moved-away.db"
         os.link(path, keep)
-        delete_sink_files(path)
+        identity.delete_sink_files(path)
         # /readyz runs the sink's check: it notices, folds the WAL in and closes the file.
-        status, ready = await readyz(h)
+        status, ready = await identity.readyz(h)
         assert status == 503 and ready["field"] == "sink", ready
         assert sink.lost is not None
         # Nothing is retired while the file is away (two more failed attempts).
-        pending = await held_through_retries(h, cfg, caplog, window, 120)
+        pending = await identity.held_through_retries(h, cfg, caplog, window, 120)
         # Every row the spool retired is in the file that is coming back.
         retired = set(ids) - await h.spool.pending_ids("S1", "sale", ids)
         assert len(retired) == sales - pending
@@ -169,12 +160,12 @@ async def _deleted_mid_window(tmp_path: Path, caplog: pytest.LogCaptureFixture, 
         result = await asyncio.wait_for(window, 300)
         assert result.error is None, result.error
         assert h.spool.stats("S1").pending == 0
-        assert (await readyz(h))[0] == 200
+        assert (await identity.readyz(h))[0] == 200
     assert sorted(sink_sales(path)) == sorted(ids), "a sale lost or committed twice"
     assert _inserted(path) == sales
     print(
         f"sink-deleted-mid-window: sales={sales} retired_before={sales - pending}"
-        f" held_back={pending} lost=0 duplicated=0 retries={retries(caplog)}"
+        f" held_back={pending} lost=0 duplicated=0 retries={identity.retries(caplog)}"
     )
 
 
