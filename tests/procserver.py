@@ -99,9 +99,15 @@ class ServerProcess:
 
     async def stop(self) -> None:
         """Make sure the process is gone."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
+        if self.proc is not None:
+            await reap(self.proc)
+
+
+async def reap(proc: asyncio.subprocess.Process) -> None:
+    """Make sure a child process is gone: SIGKILL if it still runs, then wait for it."""
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()
 
 
 def sale_body(sid: str, customer_id: str | None = None) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.procserver import free_port
+from tests.procserver import free_port, reap
 from tests.support.config import write_toml
 from worker.config import load
 from worker.errors import ConfigError
@@ -116,6 +116,4 @@ async def test_exec_start_serves_with_the_example_config(tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.procserver import ADMIN, TOKEN, write_config
+from tests.procserver import ADMIN, TOKEN, reap, write_config
 from tests.support.config import store
 
 
@@ -61,9 +61,7 @@ async def test_port_zero_prints_the_bound_port_and_serves(tmp_path: Path) -> Non
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await reap(proc)
 
 
 async def test_unknown_source_fails_naming_the_key(tmp_path: Path) -> None:

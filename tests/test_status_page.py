@@ -20,6 +20,7 @@ import pytest
 
 from tests.appserver import ADMIN, Harness, make_config, push_records, running
 from tests.factories import sale_dict
+from tests.procserver import reap
 from worker.api.page_render import PAGE_SIZE
 
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
@@ -183,9 +184,7 @@ async def chromium(tmp_path: Path) -> AsyncIterator[_Chromium]:
                 await browser.call("Network.enable")
                 yield browser
     finally:
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await reap(proc)
 
 
 async def test_chromium_renders_the_page_after_logging_in(h: Harness, tmp_path: Path) -> None:
