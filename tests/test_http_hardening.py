@@ -13,8 +13,10 @@ import base64
 import gzip
 import hashlib
 import hmac
+import io
 import logging
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -26,8 +28,11 @@ import aiohttp
 import orjson
 import pytest
 
+from tests.adapter_helpers import make_ctx
 from tests.appserver import ADMIN, S1_TOKEN, S2_TOKEN, make_config
 from tests.factories import sale_dict
+from worker.adapters import get_adapter
+from worker.adapters.base import MAX_REJECTIONS
 from worker.app import ConnectionCap, build_app, listen
 from worker.clock import FakeClock
 from worker.config import decode
@@ -438,8 +443,32 @@ async def test_a_push_over_the_spool_cap_writes_nothing(tmp_path: Path) -> None:
 # ------------------------------------------------------------- item 10: capped answers
 
 
+def _rss_kib(key: str) -> int:
+    """This process's VmRSS / VmHWM (the server under test runs in it)."""
+    for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+def _reset_peak_rss() -> None:
+    """VmHWM back to the current RSS (proc(5): clear_refs "5", Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+
+
+# The peak RSS rise one 1M-line bad push may cost the server. Measured with
+# `python -m bench.bad_push_rss` (1M lines of `{}`, a `possync serve` process each, same run):
+# +308.5 MiB before the cap lived in `Parsed` (6be686f: a Rejection per bad line and a list of
+# every line), +5.7 MiB after. This test measures +8 MiB (server and client in one process),
+# and +258 MiB with `Parsed.reject`'s cap lifted (the old behaviour simulated). 64 MiB is 8x
+# the measured figure (allocator and thread-stack noise cannot reach it) and a quarter of the
+# old one, so a parse that keeps anything per bad line fails it.
+BAD_PUSH_RSS_BOUND_KIB = 64 * 1024
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 async def test_a_huge_bad_push_gets_a_capped_answer_and_healthz_stays_up(tmp_path: Path) -> None:
-    n = 300_000
+    n = 1_000_000
     body = b"{}\n" * n
     async with (
         served(tmp_path, http={"max_body_bytes": 4 * 1024 * 1024}) as s,
@@ -447,11 +476,17 @@ async def test_a_huge_bad_push_gets_a_capped_answer_and_healthz_stays_up(tmp_pat
     ):
         headers = {"Authorization": f"Bearer {S1_TOKEN}", "Content-Type": "application/x-ndjson"}
 
-        async def bad_push() -> tuple[int, bytes]:
-            async with http.post(f"{s.url}{PUSH}", data=body, headers=headers) as r:
+        async def bad_push(payload: bytes) -> tuple[int, bytes]:
+            # A file-like body is sent in chunks (aiohttp warns on large raw bytes).
+            data = io.BytesIO(payload)  # shares the bytes' buffer until written to
+            async with http.post(f"{s.url}{PUSH}", data=data, headers=headers) as r:
                 return r.status, await r.read()
 
-        task = asyncio.create_task(bad_push())
+        # Warm up the same path (imports, the thread pool, first decode errors).
+        assert (await bad_push(b"{}\n" * 2_000))[0] == 400
+        baseline = _rss_kib("VmRSS")
+        _reset_peak_rss()
+        task = asyncio.create_task(bad_push(body))
         # While the big body is parsed (in a thread), the loop answers /healthz.
         answered_during = 0
         while not task.done():
@@ -460,11 +495,76 @@ async def test_a_huge_bad_push_gets_a_capped_answer_and_healthz_stays_up(tmp_pat
             if not task.done():
                 answered_during += 1
         status, raw_body = await task
+        rise = _rss_kib("VmHWM") - baseline
         assert status == 400
         out = orjson.loads(raw_body)
-        assert len(out["rejected"]) == 1_000 and out["rejected_count"] == n
+        assert len(out["rejected"]) == MAX_REJECTIONS and out["rejected_count"] == n
+        assert [r["index"] for r in out["rejected"]] == list(range(MAX_REJECTIONS))
         assert len(raw_body) < 200_000, len(raw_body)
         assert answered_during >= 1
+        assert rise < BAD_PUSH_RSS_BOUND_KIB, f"peak RSS rose {rise // 1024} MiB"
+
+
+def _ndjson_bad(n: int) -> bytes:
+    return b"{}\n" * n + orjson.dumps(sale_dict("GOOD-1", at=NOW)) + b"\n"
+
+
+def _array_bad(n: int) -> bytes:
+    return b"[" + b"{}," * n + orjson.dumps(sale_dict("GOOD-1", at=NOW)) + b"]"
+
+
+def _lightspeed_bad(n: int) -> bytes:
+    # Vend's customer list: a number where a customer object belongs is one bad item.
+    return orjson.dumps({"pagination": {"page": 1, "pages": 1}, "customers": [7] * n})
+
+
+def _rain_bad(n: int) -> bytes:
+    # Odd rows lack the sale id (rejected as the row is read); even rows are sales with a
+    # bad date (rejected when the sales are built, after the last row): out of index order.
+    rows = [",03/14/2026 10:00:00 AM,1,5" if i % 2 else f"T{i},someday,1,5" for i in range(n)]
+    return ("Transaction ID,Date,Qty,Price\n" + "\n".join(rows) + "\n").encode()
+
+
+BAD_PAYLOADS: dict[str, tuple[str, str, str | None, Callable[[int], bytes]]] = {
+    "canonical-ndjson": ("canonical", "application/x-ndjson", None, _ndjson_bad),
+    "canonical-array": ("canonical", "application/json", None, _array_bad),
+    "lightspeed-x": ("lightspeed", "application/json", None, _lightspeed_bad),
+    "rain-csv": ("rain", "text/csv", "transactions.csv", _rain_bad),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PAYLOADS))
+def test_an_adapter_fed_10_000_bad_items_keeps_n_and_counts_them_all(case: str) -> None:
+    source, content_type, filename, make = BAD_PAYLOADS[case]
+    adapter = get_adapter(source)
+    assert adapter is not None
+    n = 10_000
+    ctx = make_ctx(source, content_type=content_type, filename=filename)
+    parsed = adapter.parse(make(n), ctx)
+    assert parsed.rejected_count == n
+    assert len(parsed.rejected) == MAX_REJECTIONS
+    # The first N by index, in order, whatever order the adapter found them in.
+    assert [r.index for r in parsed.rejected] == list(range(MAX_REJECTIONS))
+    assert all(r.error and r.field for r in parsed.rejected)
+    if source == "rain":
+        assert {r.field for r in parsed.rejected[1::2]} == {"Transaction ID"}
+        assert {r.field for r in parsed.rejected[0::2]} == {"Date"}
+
+
+async def test_a_buffered_backfill_counts_the_rejections_its_adapter_only_counted(
+    tmp_path: Path,
+) -> None:
+    # A JSON array is read whole by the adapter (no streaming parser): its Parsed kept the
+    # first N, and the backfill's answer still counts every bad item and every record.
+    n = 1_500
+    async with served(tmp_path) as s, aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"}
+        url = f"{s.url}/v1/backfill/canonical/S1"
+        async with http.post(url, data=_array_bad(n), headers=headers) as r:
+            out = await r.json()
+            assert r.status == 200, out
+    assert (out["accepted"], out["rejected_count"], out["records"]) == (1, n, n + 1)
+    assert [x["index"] for x in out["rejected"]] == list(range(MAX_REJECTIONS))
 
 
 # ------------------------------------------------ item 6: connection cap, header timeout

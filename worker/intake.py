@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 
 from worker.adapters import adapter_for, get_adapter, store_context
-from worker.adapters.base import Parsed, Rejection, StoreContext
+from worker.adapters.base import MAX_REJECTIONS, Parsed, Rejection, StoreContext
 from worker.buffers.base import Buffer
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
@@ -53,9 +53,9 @@ log = logging.getLogger("possync.intake")
 
 # Bodies above this are parsed off the event loop so one big push cannot stall the rest.
 _THREAD_PARSE_BYTES = 256 * 1024
-# A push's answer itemizes at most this many rejections (as backfill does) and counts them
-# all in `rejected_count`: a million bad lines must not make an 80 MB answer.
-MAX_REJECTIONS = 1_000
+# A push's answer itemizes at most `MAX_REJECTIONS` rejections (the adapter kept no more:
+# `Parsed.reject`) and counts them all in `rejected_count`: a million bad lines must make
+# neither an 80 MB answer nor a million objects while parsing.
 
 DENIED = "missing or invalid bearer token for this store"
 # Signed sources: the headers that carry the signature (any one of them), the first named in
@@ -92,18 +92,19 @@ def check_headers(headers: Mapping[str, str]) -> None:
 
 
 class NothingAcceptable(RecordInvalid):
-    """400: every item of the payload was rejected."""
+    """400: every item of the payload was rejected (`count` of them; the first ones listed)."""
 
-    def __init__(self, rejected: list[Rejection]) -> None:
+    def __init__(self, rejected: list[Rejection], count: int | None = None) -> None:
         first = rejected[0]
         super().__init__(f"no acceptable record: {first.error}", field=first.field)
         self.rejected = rejected
+        self.rejected_count = max(count or 0, len(rejected))
 
     def to_json(self) -> dict[str, object]:
         """Error body plus the first MAX_REJECTIONS rejections and the count of all."""
         body = super().to_json()
         body["rejected"] = rejections_json(self.rejected)
-        body["rejected_count"] = len(self.rejected)
+        body["rejected_count"] = self.rejected_count
         return body
 
 
@@ -112,15 +113,19 @@ class IngestOutcome(msgspec.Struct, kw_only=True):
 
     accepted: int
     duplicates: int
-    rejected: list[Rejection]
+    rejected: list[Rejection]  # the first MAX_REJECTIONS of them
     dropped: dict[str, int]
     visible_at: datetime | None
+    rejected_count: int = 0  # all of them (at least len(rejected))
     realtime: int = 0
     spooled: int = 0
     manual: int = 0
     # Of `duplicates`, those of the real-time upsert and of the spool append (for metrics).
     realtime_duplicates: int = 0
     spooled_duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.rejected_count = max(self.rejected_count, len(self.rejected))
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -280,23 +285,25 @@ class Intake:
                 accepted=0,
                 duplicates=len(parsed.records),
                 rejected=parsed.rejected,
+                rejected_count=parsed.rejected_count,
                 dropped=parsed.dropped,
                 visible_at=self.windows.visible_at(store),
             )
         if not parsed.records and parsed.rejected:
-            self.metrics.child(self.metrics.rejected, source, store.id).inc(len(parsed.rejected))
-            raise NothingAcceptable(parsed.rejected)
+            self.metrics.child(self.metrics.rejected, source, store.id).inc(parsed.rejected_count)
+            raise NothingAcceptable(parsed.rejected, parsed.rejected_count)
         outcome = await self.route(
             store, parsed.records, priority=envelope.priority, origin=envelope.origin
         )
         if parsed.delivery_id:
             await self.spool.state.remember_delivery(store.id, source, parsed.delivery_id)
         outcome.rejected = parsed.rejected
+        outcome.rejected_count = parsed.rejected_count
         outcome.dropped = parsed.dropped
         m = self.metrics
         m.count_push(source, store.id, parsed.records, outcome)
-        if parsed.rejected:
-            m.child(m.rejected, source, store.id).inc(len(parsed.rejected))
+        if parsed.rejected_count:
+            m.child(m.rejected, source, store.id).inc(parsed.rejected_count)
         for reason, n in parsed.dropped.items():
             m.child(m.dropped, source, store.id, reason).inc(n)
         return outcome

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 import msgspec
 
-from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.adapters.base import AdapterContext, Parsed
 from worker.adapters.streaming import iter_ndjson
 from worker.config import RulePolicy
 from worker.errors import RecordInvalid, UnsupportedMediaType
@@ -23,7 +23,7 @@ def _decode_one(index: int, raw: bytes | msgspec.Raw, out: Parsed) -> None:
         record: Record = RECORD_DECODER.decode(raw)
     except DECODE_ERRORS as exc:
         err = invalid_from(exc)
-        out.rejected.append(Rejection(index, err.message, err.field))
+        out.reject(index, err.message, err.field)
         return
     out.records.append(record)
 
@@ -41,7 +41,7 @@ class CanonicalAdapter:
         if ctx.content_type in NDJSON_TYPES:
             for index, line in iter_ndjson(body):
                 _decode_one(index, line, out)
-            if not out.records and not out.rejected:
+            if not out.records and not out.rejected_count:
                 raise RecordInvalid("empty body: expected NDJSON records", field="$")
             return out
         if ctx.content_type not in JSON_TYPES:
@@ -70,7 +70,7 @@ class CanonicalAdapter:
         except DECODE_ERRORS as exc:
             err = invalid_from(exc)
             if isinstance(exc, msgspec.ValidationError):
-                out.rejected.append(Rejection(0, err.message, err.field))
+                out.reject(0, err.message, err.field)
             else:
                 raise err from None
         return out

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from worker.adapters.base import AdapterContext, Parsed, Rejection
+from worker.adapters.base import AdapterContext, Parsed
 from worker.errors import RecordInvalid
 from worker.records import Customer, Product, Record, Sale, Void, invalid_from, type_of
 
@@ -417,7 +417,7 @@ def run_items(out: Parsed, units: Iterable[tuple[int, Unit]], *, single: bool) -
         except RecordInvalid as err:
             if single:
                 raise
-            out.rejected.append(Rejection(index, err.message, err.field))
+            out.reject(index, err.message, err.field)
             continue
         if isinstance(result, Dropped):
             out.dropped[result.reason] = out.dropped.get(result.reason, 0) + 1

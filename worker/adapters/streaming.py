@@ -31,10 +31,18 @@ T = TypeVar("T")
 
 
 def iter_ndjson(body: bytes) -> Iterator[tuple[int, bytes]]:
-    """(index, line) for each non-blank line of a whole NDJSON body."""
-    index = 0
-    for raw in body.split(b"\n"):
-        line = raw.strip()
+    """(index, line) for each non-blank line of a whole NDJSON body.
+
+    One line at a time (no `split`): a million-line body never has a million line objects.
+    """
+    index = start = 0
+    end = len(body)
+    while start <= end:
+        nl = body.find(b"\n", start)
+        if nl < 0:
+            nl = end
+        line = body[start:nl].strip()
+        start = nl + 1
         if line:
             yield index, line
             index += 1

@@ -52,7 +52,7 @@ from aiohttp.http_exceptions import PayloadEncodingError
 
 from worker import keys
 from worker.adapters import get_adapter
-from worker.adapters.base import AdapterContext, Rejection
+from worker.adapters.base import MAX_REJECTIONS, AdapterContext, Parsed, Rejection
 from worker.adapters.canonical import NDJSON_TYPES
 from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
@@ -81,7 +81,6 @@ log = logging.getLogger("possync.backfill")
 
 BATCH_RECORDS = 5_000
 READ_BYTES = 256 * 1024
-MAX_REJECTIONS = 1_000
 # How many extra event-loop turns the parser gives away while live appends are staged.
 _LIVE_YIELDS = 64
 _RECENT = 20
@@ -132,11 +131,19 @@ class BackfillRun:
         self.commit_error: str | None = None
         self.visible_at: str | None = None
 
-    def reject(self, rejection: BackfillRejection) -> None:
-        """Count a rejection; keep the first `MAX_REJECTIONS` of them itemized."""
+    def reject(
+        self, index: int, line: int | None, offset: int | None, error: str, field: str | None
+    ) -> None:
+        """Count a rejection; keep the first `MAX_REJECTIONS` of them itemized (built only then)."""
         self.rejected_count += 1
         if len(self.rejected) < MAX_REJECTIONS:
-            self.rejected.append(rejection)
+            self.rejected.append(BackfillRejection(index, line, offset, error, field))
+
+    def take_rejections(self, parsed: Parsed) -> None:
+        """An adapter's rejections: its itemized ones, then the ones it only counted."""
+        for r in parsed.rejected:
+            self.reject(r.index, None, None, r.error, r.field)
+        self.rejected_count += parsed.rejected_count - len(parsed.rejected)
 
     def elapsed(self) -> float:
         """Seconds since the request started (frozen once it ended)."""
@@ -538,11 +545,7 @@ async def _stream_ndjson(
         nonlocal index
         for line_no, pos, line in lines:
             if line is None:
-                run.reject(
-                    BackfillRejection(
-                        index, line_no, base + pos, f"line longer than {max_line} bytes", "$"
-                    )
-                )
+                run.reject(index, line_no, base + pos, f"line longer than {max_line} bytes", "$")
             elif not line:
                 continue  # blank lines are not records
             else:
@@ -550,9 +553,7 @@ async def _stream_ndjson(
                     batch.append(RECORD_DECODER.decode(line))
                 except DECODE_ERRORS as exc:
                     err = invalid_from(exc)
-                    run.reject(
-                        BackfillRejection(index, line_no, base + pos, err.message, err.field)
-                    )
+                    run.reject(index, line_no, base + pos, err.message, err.field)
             index += 1
             run.records += 1
 
@@ -600,10 +601,9 @@ async def _buffered(
     parsed = await asyncio.to_thread(intake.parse, envelope, store)
     del envelope
     del body
-    for r in parsed.rejected:
-        run.reject(BackfillRejection(r.index, None, None, r.error, r.field))
+    run.take_rejections(parsed)
     run.dropped = dict(parsed.dropped)
-    run.records = len(parsed.records) + len(parsed.rejected)
+    run.records = len(parsed.records) + parsed.rejected_count
     records = parsed.records
     for i in range(0, len(records), BATCH_RECORDS):
         await writer.submit(records[i : i + BATCH_RECORDS])
@@ -658,7 +658,7 @@ async def _stream_csv(
         records: list[Record] = []
         for item in items:
             if isinstance(item, Rejection):
-                run.reject(BackfillRejection(item.index, None, None, item.error, item.field))
+                run.reject(item.index, None, None, item.error, item.field)
                 run.records += 1
             elif isinstance(item, Dropped):
                 run.dropped[item.reason] = run.dropped.get(item.reason, 0) + 1

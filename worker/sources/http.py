@@ -25,7 +25,7 @@ def outcome_json(out: IngestOutcome) -> dict[str, Any]:
         "accepted": out.accepted,
         "duplicates": out.duplicates,
         "rejected": rejections_json(out.rejected),
-        "rejected_count": len(out.rejected),
+        "rejected_count": out.rejected_count,
         "dropped": out.dropped,
         "visible_at": out.visible_at.isoformat() if out.visible_at else None,
     }

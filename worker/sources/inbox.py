@@ -65,7 +65,7 @@ from worker import keys
 from worker.clock import Clock
 from worker.config import Config
 from worker.errors import ConfigError, PossyncError
-from worker.intake import Envelope, IngestOutcome, Intake, NothingAcceptable
+from worker.intake import Envelope, IngestOutcome, Intake, NothingAcceptable, rejections_json
 from worker.sources import inbox_fs, inbox_groups
 from worker.sources.http import outcome_json
 from worker.sources.inbox_fs import FAILED, PROCESSED, Entry, Listing, RefusedEntry
@@ -494,7 +494,7 @@ class Inbox:
             final,
             outcome.accepted,
             outcome.duplicates,
-            len(outcome.rejected),
+            outcome.rejected_count,
         )
         return True
 
@@ -633,7 +633,10 @@ def describe(exc: BaseException) -> str:
 
 
 def error_report(exc: BaseException, at: datetime) -> bytes:
-    """`NAME.error.json`: {"error", "field", "status", "rejected": [...], "at"}."""
+    """`NAME.error.json`: {"error", "field", "status", "rejected": [...], "rejected_count", "at"}.
+
+    `rejected` itemizes the first MAX_REJECTIONS (all the adapter kept), `rejected_count` all.
+    """
     if isinstance(exc, PossyncError):
         body: dict[str, Any] = {
             "error": exc.message,
@@ -644,11 +647,11 @@ def error_report(exc: BaseException, at: datetime) -> bytes:
     else:
         body = {"error": f"internal error: {exc!r}", "field": None, "status": 500}
         body["type"] = type(exc).__name__
-    body["rejected"] = (
-        [msgspec.structs.asdict(r) for r in exc.rejected]
-        if isinstance(exc, NothingAcceptable)
-        else []
-    )
+    if isinstance(exc, NothingAcceptable):
+        body["rejected"] = rejections_json(exc.rejected)
+        body["rejected_count"] = exc.rejected_count
+    else:
+        body["rejected"], body["rejected_count"] = [], 0
     body["at"] = at.isoformat()
     return msgspec.json.format(_ENCODE.encode(body)) + b"\n"
 

@@ -75,12 +75,12 @@ from urllib.parse import unquote
 import msgspec
 from paho.mqtt.properties import Properties
 
-from worker.adapters.base import Rejection
+from worker.adapters.base import MAX_REJECTIONS, Rejection
 from worker.clock import Clock
 from worker.config import Config, MqttConfig
 from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.health import Health
-from worker.intake import MAX_REJECTIONS, Envelope, Ingest
+from worker.intake import Envelope, Ingest
 from worker.sources.mqtt_client import ConnectFlags, Connection, Message, Refused
 
 log = logging.getLogger("possync.mqtt")
@@ -522,7 +522,9 @@ class MqttSource:
                 log.error("unexpected ingest failure on %s (held): %s", msg.topic, name)  # noqa: TRY400
             else:
                 if outcome.rejected:
-                    await self._notice_items(conn, msg.topic, outcome.rejected)
+                    await self._notice_items(
+                        conn, msg.topic, outcome.rejected, outcome.rejected_count
+                    )
                 conn.complete(msg)
                 return
             self.state.retries += 1
@@ -555,19 +557,22 @@ class MqttSource:
         conn.abort("rejection notice was not acknowledged")
 
     async def _notice_items(
-        self, conn: Connection, topic: str, rejected: Sequence[Rejection]
+        self, conn: Connection, topic: str, rejected: Sequence[Rejection], count: int
     ) -> None:
-        """Accepted payload with refused items: publish them (best effort, the ack does not wait on it)."""
-        self.state.items_rejected += len(rejected)
+        """Accepted payload with refused items: publish them (best effort, the ack does not wait on it).
+
+        `rejected` is the first MAX_REJECTIONS of them (the adapter kept no more), `count` all.
+        """
+        self.state.items_rejected += count
         self._changed()
         first = rejected[0]
         # Capped like a push's answer; errors name field and rule only (RecordInvalid scrubs).
         notice = {
-            "error": f"{len(rejected)} item(s) rejected: {first.error}",
+            "error": f"{count} item(s) rejected: {first.error}",
             "field": first.field,
             "topic": topic,
             "rejected": [msgspec.to_builtins(r) for r in rejected[:MAX_REJECTIONS]],
-            "rejected_count": len(rejected),
+            "rejected_count": count,
         }
         if not await conn.publish(self._rejected_topic(topic), _NOTICE.encode(notice)):
             log.warning("could not publish item rejections for %s", topic)

@@ -80,10 +80,10 @@ class MappingAdapter:
                 field="Content-Type",
             )
         out = Parsed()
-        items: list[Item]
+        items: Iterator[Item]
         if spec.format == "json":
             rows = list(iter_json_rows(decode_json(body), spec))
-            items = list(iter_items(rows, spec, ctx, contiguous=False))
+            items = iter_items(rows, spec, ctx, contiguous=False)
         else:
             try:
                 text = body.decode(spec.encoding)
@@ -93,20 +93,19 @@ class MappingAdapter:
                     field="$",
                 ) from None
             check_header(spec, csv_header(text, spec), ctx.filename or ctx.topic)
-            items = list(
-                iter_items(
-                    iter_csv_rows(io.StringIO(text, newline=""), spec), spec, ctx, contiguous=False
-                )
+            items = iter_items(
+                iter_csv_rows(io.StringIO(text, newline=""), spec), spec, ctx, contiguous=False
             )
+        # Straight into `out`, not via a list of every item: past the cap a rejection is
+        # only counted (sales rejected at the end, when grouped, are sorted in by `reject`).
         for item in items:
             if isinstance(item, Rejection):
-                out.rejected.append(item)
+                out.reject(item.index, item.error, item.field)
             elif isinstance(item, Dropped):
                 out.dropped[item.reason] = out.dropped.get(item.reason, 0) + 1
             else:
                 out.records.append(item)
-        out.rejected.sort(key=lambda r: r.index)
-        if len(out.rejected) == 1 and not out.records and not out.dropped:
+        if out.rejected_count == 1 and not out.records and not out.dropped:
             only = out.rejected[0]
             raise RecordInvalid(only.error, field=only.field)
         out.records = keep_last(out.records)
