@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.factories import one_line_sale
 from worker.app import build_app
 from worker.clock import FakeClock
 from worker.config import decode
@@ -45,17 +46,7 @@ def _config(tmp: Path, n: int) -> Any:
 
 
 def _sale(sid: str) -> dict[str, Any]:
-    return {
-        "type": "sale",
-        "id": sid,
-        "occurred_at": "2026-11-20T15:00:00+00:00",
-        "currency": "USD",
-        "lines": [{"sku": "A", "quantity": "1", "unit_price": "10.00"}],
-        "subtotal": "10.00",
-        "tax": "0",
-        "total": "10.00",
-        "tenders": [{"method": "Cash", "amount": "10.00"}],
-    }
+    return one_line_sale(sid, "2026-11-20T15:00:00+00:00")
 
 
 async def _measure(n: int) -> dict[str, float]:

@@ -48,6 +48,33 @@ def sale_dict(
     return d
 
 
+def one_line_sale(
+    sid: str,
+    at: str,
+    *,
+    sku: str = "A",
+    price: str = "10.00",
+    tax: str = "0",
+    method: str = "Cash",
+    **extra: Any,
+) -> dict[str, Any]:
+    """A sale of one item at `price` plus `tax`, paid in full by one tender, as a POS's JSON
+    states it (`at` its occurred_at text): the smallest sale whose figures agree."""
+    total = str(Decimal(price) + Decimal(tax))
+    return {
+        "type": "sale",
+        "id": sid,
+        "occurred_at": at,
+        "currency": "USD",
+        "lines": [{"sku": sku, "quantity": "1", "unit_price": price}],
+        "subtotal": price,
+        "tax": tax,
+        "total": total,
+        "tenders": [{"method": method, "amount": total}],
+        **extra,
+    }
+
+
 def make_sale(
     sid: str, *, version: int | None = None, at: datetime = T0, origin: str = "pos", **extra: Any
 ) -> Sale:

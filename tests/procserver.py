@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from tests.factories import one_line_sale
 from tests.support.config import config_dict, merged, store, write_toml
 
 ADMIN = "admin-token-proc"
@@ -112,20 +113,16 @@ async def reap(proc: asyncio.subprocess.Process) -> None:
 
 def sale_body(sid: str, customer_id: str | None = None) -> bytes:
     """A consistent single-sale canonical body."""
-    return orjson.dumps(
-        {
-            "type": "sale",
-            "id": sid,
-            "occurred_at": "2026-11-20T10:00:00-05:00",
-            "currency": "USD",
-            "lines": [{"sku": "RING-14K-001", "quantity": "1", "unit_price": "100.00"}],
-            "subtotal": "100.00",
-            "tax": "8.00",
-            "total": "108.00",
-            "tenders": [{"method": "card", "amount": "108.00"}],
-            **({"customer_id": customer_id} if customer_id else {}),
-        }
+    sale = one_line_sale(
+        sid,
+        "2026-11-20T10:00:00-05:00",
+        sku="RING-14K-001",
+        price="100.00",
+        tax="8.00",
+        method="card",
+        **({"customer_id": customer_id} if customer_id else {}),
     )
+    return orjson.dumps(sale)
 
 
 def headers(token: str = TOKEN) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import push, run_window, store_app
+from tests.factories import one_line_sale
 from worker.logs import REQUEST_ID, HumanFormatter, JsonFormatter
 
 
@@ -66,17 +67,7 @@ def json_log() -> Iterator[io.StringIO]:
 
 
 async def test_a_window_tells_its_story(tmp_path: Path, json_log: io.StringIO) -> None:
-    good = {
-        "type": "sale",
-        "id": "G1",
-        "occurred_at": "2026-03-14T12:00:00-05:00",
-        "currency": "USD",
-        "lines": [{"sku": "A", "quantity": "1", "unit_price": "10.00"}],
-        "subtotal": "10.00",
-        "tax": "0",
-        "total": "10.00",
-        "tenders": [{"method": "Cash", "amount": "10.00"}],
-    }
+    good = one_line_sale("G1", "2026-03-14T12:00:00-05:00")
     bad = {**good, "id": "B1", "total": "12.00", "tenders": [{"method": "Cash", "amount": "12"}]}
     async with store_app(tmp_path, "canonical") as h:
         await push(h, json.dumps([good, bad]).encode())
