@@ -116,3 +116,42 @@ async def test_refused_pushes_are_events_with_status_field_and_request_id(
     assert first["field"] and "not a time" not in json_log.getvalue()
     # An unknown store is not echoed (ids could be probed); the request id still ties it up.
     assert (second["status"], second["store"], second["request_id"]) == (401, None, rid)
+
+
+async def test_backfill_progress_and_end_are_events(tmp_path: Path, json_log: io.StringIO) -> None:
+    from worker.sources import backfill
+
+    lines = b"".join(
+        json.dumps(
+            {
+                "type": "sale",
+                "id": f"B{i}",
+                "occurred_at": "2026-03-01T12:00:00-05:00",
+                "currency": "USD",
+                "lines": [{"sku": "A", "quantity": "1", "unit_price": "10.00"}],
+                "subtotal": "10.00",
+                "tax": "0",
+                "total": "10.00",
+                "tenders": [{"method": "Cash", "amount": "10.00"}],
+            }
+        ).encode()
+        + b"\n"
+        for i in range(12_000)
+    )
+    old = backfill.PROGRESS_EVERY
+    backfill.PROGRESS_EVERY = 5_000
+    try:
+        async with store_app(tmp_path, "canonical") as h:
+            resp = await h.client.post(
+                "/v1/backfill/canonical/S1",
+                data=io.BytesIO(lines),
+                headers={**h.admin(), "Content-Type": "application/x-ndjson"},
+            )
+            assert resp.status == 200, await resp.text()
+    finally:
+        backfill.PROGRESS_EVERY = old
+    events = [json.loads(x) for x in json_log.getvalue().splitlines() if x.strip()]
+    progress = [e for e in events if e["event"] == "backfill.progress"]
+    assert progress and all(e["store"] == "S1" for e in progress)
+    (end,) = [e for e in events if e["event"] == "backfill.end"]
+    assert (end["records"], end["accepted"], end["failed"]) == (12_000, 12_000, False)

@@ -103,6 +103,9 @@ class BackfillRejection(msgspec.Struct, frozen=True):
     field: str | None
 
 
+PROGRESS_EVERY = 100_000  # records between two backfill.progress log events
+
+
 class BackfillRun:
     """One running (or finished) backfill request: counters for /status and the response."""
 
@@ -144,6 +147,20 @@ class BackfillRun:
         for r in parsed.rejected:
             self.reject(r.index, None, None, r.error, r.field)
         self.rejected_count += parsed.rejected_count - len(parsed.rejected)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The figures of a backfill.progress / backfill.end log event."""
+        return {
+            "store": self.store,
+            "source": self.source,
+            "backfill": self.id,
+            "records": self.records,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected_count,
+            "bytes": self.bytes,
+            "rate_records_s": self.rate(),
+        }
 
     def elapsed(self) -> float:
         """Seconds since the request started (frozen once it ended)."""
@@ -296,9 +313,15 @@ class _Writer:
         self._route: asyncio.Task[IngestOutcome] | None = None
         self._commit: asyncio.Task[WindowResult] | None = None
         self._uncommitted = False
+        self._next_progress = PROGRESS_EVERY
 
     async def submit(self, records: list[Record]) -> None:
         """Wait for the batch in flight, then start writing this one."""
+        run = self.run
+        if run.records >= self._next_progress:
+            self._next_progress = run.records + PROGRESS_EVERY
+            fields = run.log_fields()
+            log.info("backfill progress", extra={"event": "backfill.progress", **fields})
         _mark_history(records, self.zone)
         await self._drain_route()
         await yield_to_live(self.spool)
@@ -529,6 +552,7 @@ async def backfill(request: web.Request) -> web.Response:
             run.bytes,
             run.elapsed(),
             f" (failed: {run.error})" if run.error else "",
+            extra={"event": "backfill.end", "failed": bool(run.error), **run.log_fields()},
         )
     return json_response(run.result())
 

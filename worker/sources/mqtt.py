@@ -326,7 +326,11 @@ class MqttSource:
                     break
                 delay = self._backoff(failures)
                 failures += 1
-                log.info("MQTT reconnecting in %.2f s", delay)
+                log.info(
+                    "MQTT reconnecting in %.2f s",
+                    delay,
+                    extra={"event": "mqtt.reconnecting", "delay_s": delay},
+                )
                 await self._clock.wait_until(
                     self._clock.now() + timedelta(seconds=delay), self._stop
                 )
@@ -360,7 +364,13 @@ class MqttSource:
                 await self._drain(conn)
         except (OSError, TimeoutError, Refused) as exc:  # ConnectionError is an OSError
             self._error(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            log.warning("MQTT connection to %s:%d failed: %s", self.cfg.host, self.cfg.port, exc)
+            log.warning(
+                "MQTT connection to %s:%d failed: %s",
+                self.cfg.host,
+                self.cfg.port,
+                exc,
+                extra={"event": "mqtt.connect_failed"},
+            )
         finally:
             conn.abort("session ended")
             self.state.connected = False
@@ -397,7 +407,12 @@ class MqttSource:
                 self.cfg.client_id,
             )
         self._had_session = True
-        log.info("MQTT connected to %s:%d", self.cfg.host, self.cfg.port)
+        log.info(
+            "MQTT connected to %s:%d",
+            self.cfg.host,
+            self.cfg.port,
+            extra={"event": "mqtt.connected"},
+        )
         self._changed()
 
     def closed(self, conn: Connection, reason: str) -> None:
@@ -407,7 +422,7 @@ class MqttSource:
         self.state.connected = False
         self.state.subscribed = False
         if self._stop.is_set():
-            log.info("MQTT disconnected: %s", reason)
+            log.info("MQTT disconnected: %s", reason, extra={"event": "mqtt.disconnected"})
             self._changed()
             return
         if "taken over" in reason:
@@ -415,7 +430,7 @@ class MqttSource:
                 "MQTT session taken over: another client uses client_id %r", self.cfg.client_id
             )
         else:
-            log.warning("MQTT connection lost: %s", reason)
+            log.warning("MQTT connection lost: %s", reason, extra={"event": "mqtt.lost"})
         self._error(f"disconnected: {reason}")
 
     # -- dispatch ----------------------------------------------------------------------
