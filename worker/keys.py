@@ -34,3 +34,5 @@ SCHEDULER: web.AppKey[Scheduler] = web.AppKey("scheduler")
 # Each store's next window against the clock (visible_at of pushes, status, preview).
 WINDOWS: web.AppKey[NextWindows] = web.AppKey("windows")
 MQTT: web.AppKey[Any] = web.AppKey("mqtt")  # worker.sources.mqtt.MqttSource when enabled
+# Per request: an `Expect: 100-continue` whose "100 Continue" waits for `web.read_body`.
+CONTINUE_PENDING: web.RequestKey[bool] = web.RequestKey("continue_pending", bool)

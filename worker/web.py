@@ -120,12 +120,30 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         resp = json_response({"error": "internal error", "field": None}, status=500)
     finally:
         REQUEST_ID.reset(token)
+    _no_lingering_through_a_decoder(request)
     if resp.status >= 400 and route.startswith(_INTAKE_ROUTES):
         _log_refusal(request, route, resp.status, field, rid)
     resp.headers["X-Request-Id"] = rid
     metrics.child(metrics.requests, route, str(resp.status)).inc()
     metrics.child(metrics.request_seconds, route).observe(time.perf_counter() - t0)
     return resp
+
+
+def _no_lingering_through_a_decoder(request: web.Request) -> None:
+    """Answered with a compressed body still unread (a refused caller, a 413): close after
+    the answer instead of aiohttp's lingering close.
+
+    Lingering (aiohttp reads and drops what is left of the body for up to 10 s, so the
+    client sees the answer rather than a reset) reads through the decompressor: eleven
+    0.5 MiB gzip bombs (512 MiB inflated) sent with a wrong token cost ~14 s of event-loop
+    CPU and held /healthz ~12 s (tests/chaos/test_probe.py). An unread plain body still lingers: dropping bytes is cheap.
+    `_lingering_time` is aiohttp's per-connection setting (RequestHandler internals, as
+    worker.app's `_idle`); with it 0 the connection closes once the answer is written.
+    """
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity") or request.content.is_eof():
+        return
+    request.protocol._lingering_time = 0.0
 
 
 _INTAKE_ROUTES = ("/v1/push/", "/v1/files/", "/v1/backfill/")
@@ -223,15 +241,77 @@ def body_error(request: web.Request) -> RecordInvalid:
     return RecordInvalid("body is truncated or badly framed", field="body")
 
 
+# `Expect: 100-continue` (RFC 9110 10.1.1). aiohttp's default expect handler sends
+# "100 Continue" before the handler runs, so a client with a wrong token is invited to send
+# its body; and it answers any other expectation with a text/plain 417 that echoes the
+# header. The route table gives every route one of the two handlers below instead.
+_CONTINUE_LINE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+def _expects_continue(request: web.Request) -> bool | None:
+    """True for `100-continue`, False for no expectation, None for one we do not meet."""
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return False
+    return True if expect.strip().lower() == "100-continue" else None
+
+
+def _expectation_failed() -> web.Response:
+    return json_response(
+        {"error": "unsupported expectation: only 100-continue is met", "field": "Expect"},
+        status=417,
+    )
+
+
+async def expect_now(request: web.Request) -> web.StreamResponse | None:
+    """Routes with no body or no credentials: "100 Continue" at once (aiohttp's way)."""
+    wants = _expects_continue(request)
+    if wants is None:
+        return _expectation_failed()
+    if wants and request.version >= (1, 1):
+        await request.writer.write(_CONTINUE_LINE)
+    return None
+
+
+async def expect_after_credentials(request: web.Request) -> web.StreamResponse | None:
+    """Routes whose handler authenticates, then reads the body through `read_body`.
+
+    "100 Continue" waits for `read_body`, which only runs once the caller is authenticated:
+    a refused caller gets its final 401 instead, and is never asked for the body.
+    """
+    wants = _expects_continue(request)
+    if wants is None:
+        return _expectation_failed()
+    if wants and request.version >= (1, 1):
+        request[keys.CONTINUE_PENDING] = True
+    return None
+
+
+async def expect_admin(request: web.Request) -> web.StreamResponse | None:
+    """Admin routes that stream their body themselves (backfill): "100 Continue" only for
+    the admin token; any other caller gets no invitation, and the handler's own 401."""
+    wants = _expects_continue(request)
+    if wants is None:
+        return _expectation_failed()
+    admin = request.app[keys.CONFIG].http.admin_token
+    if wants and request.version >= (1, 1) and token_ok(bearer(request), admin):
+        await request.writer.write(_CONTINUE_LINE)
+    return None
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
     """Read the body, refusing (413) from Content-Length or as soon as `limit` is passed.
 
     With `Content-Encoding: gzip|deflate`, aiohttp decompresses while reading: `limit` is
     applied to the decompressed size, and bytes that are not that encoding are a 400
-    naming `Content-Encoding`.
+    naming `Content-Encoding`. A deferred "100 Continue" is sent here (after the size check:
+    a body over the limit is refused without being asked for).
     """
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body larger than {limit} bytes", field="body")
+    if request.get(keys.CONTINUE_PENDING):
+        request[keys.CONTINUE_PENDING] = False
+        await request.writer.write(_CONTINUE_LINE)
     chunks: list[bytes] = []
     size = 0
     try:
