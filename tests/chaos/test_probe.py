@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
+import re
 import resource
 import sqlite3
 import sys
@@ -184,7 +185,8 @@ def _tree(where: Path) -> dict[str, str]:
     return out
 
 
-async def test_item1_drop_folders_never_follow_symlinks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("notify", [False, True], ids=["poll", "notify"])
+async def test_item1_drop_folders_never_follow_symlinks(tmp_path: Path, notify: bool) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     secret = outside / "secret.ndjson"
@@ -192,7 +194,7 @@ async def test_item1_drop_folders_never_follow_symlinks(tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     staging.mkdir()
     stores = _stores(*(store(f"S{n}", f"store-token-proc-s{n}") for n in (3, 4, 5)))
-    inbox = {"scan_interval_s": 0.05, "stable_s": 0, "notify": False}
+    inbox = {"scan_interval_s": 0.05, "stable_s": 0, "notify": notify, "rescan_s": 0.2}
     # S5: its folder is a symlink out of the data dir before the service ever starts.
     (tmp_path / "data" / "inbox" / "canonical").mkdir(parents=True)
     (tmp_path / "data" / "inbox" / "canonical" / "S5").symlink_to(outside, True)
@@ -234,6 +236,7 @@ async def test_item1_drop_folders_never_follow_symlinks(tmp_path: Path) -> None:
         status = await p.status()
         st = status["inbox"]["stores"]
         kinds = {s: {(r["name"], r["kind"]) for r in st[s]["refused_latest"]} for s in st}
+        assert status["inbox"]["mode"] == ("notify" if notify else "poll"), status["inbox"]
         assert ("a-link.ndjson", "symlink") in kinds["S1"], kinds
         assert ("processed", "symlink") in kinds["S2"], kinds
         assert {k for _, k in kinds["S3"]} == {"symlink"}, kinds
@@ -384,7 +387,15 @@ async def test_item3_hostile_bytes_are_4xx_json_naming_the_field(tmp_path: Path)
             assert set(ans.json()) == {"error", "field"} and CANARY not in ans.body.decode()
         # After all that the process serves as before.
         assert (await p.raw(request("GET", "/healthz"))).status == 200
-    # Only the exception type of a protocol error is logged (checked by `serving`: no canary).
+    # Of a protocol error only its type is logged (and `serving` found no canary at all).
+    protocol = [
+        line["msg"]
+        for line in map(orjson.loads, (tmp_path / "server.log").read_text().splitlines())
+        if line["logger"].startswith("possync.http.protocol")
+    ]
+    assert len(protocol) >= 5, protocol
+    shape = re.compile(r"^(Error handling request from [0-9.]+|Unhandled exception): \w+$")
+    assert all(shape.match(msg) for msg in protocol), protocol
 
 
 # --------------------------------------------------------- item 4: no values anywhere
