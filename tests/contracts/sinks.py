@@ -28,7 +28,7 @@ from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
 from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
 from worker.records import Adjustment, Sale, SaleLine, Tender, Void, sum_decimals
 from worker.sinks import open_sink
-from worker.sinks.base import ClientBook
+from worker.sinks.base import ClientBook, ReportRow
 
 if TYPE_CHECKING:
     # Imported by pytest as a plugin (each suite's pytest_plugins); importing it at run
@@ -227,6 +227,29 @@ def make_trigger(
         due_date=due_at.date(),
         due_at=due_at,
         created_at=T0,
+    )
+
+
+def report_row(
+    day: date,
+    currency: str,
+    count: int,
+    gross: str,
+    returns: str,
+    returns_count: int,
+    net: str,
+    voided: int,
+) -> ReportRow:
+    """An expected Sales Report row in the report's column order, its money as decimal text."""
+    return ReportRow(
+        date=day,
+        currency=currency,
+        count=count,
+        gross=Decimal(gross),
+        returns=Decimal(returns),
+        returns_count=returns_count,
+        net=Decimal(net),
+        voided=voided,
     )
 
 

@@ -26,12 +26,13 @@ from tests.contracts.sinks import (
     make_sale,
     make_trigger,
     make_void,
+    report_row,
     subset,
 )
 from worker.api.format import sale_detail
 from worker.batch import SaleRow
 from worker.records import Customer, Product, Sale, SaleLine
-from worker.sinks.base import SALE_LOG_COLUMNS, ClientBook, ReportRow
+from worker.sinks.base import SALE_LOG_COLUMNS, ClientBook
 
 if TYPE_CHECKING:
     # Imported by pytest as a plugin (each suite's pytest_plugins); importing it at run
@@ -133,26 +134,9 @@ async def test_sales_report_per_business_date(sink: ClientBook) -> None:
     )
     await sink.commit_sales(make_batch("other-b1", [make_sale("a", "500.00")], store="other"))
     assert await sink.sales_report(STORE, DAY, day2) == [
-        ReportRow(
-            date=DAY,
-            currency="USD",
-            count=3,
-            gross=Decimal("10.00"),
-            returns=Decimal("3.50"),
-            returns_count=1,
-            net=Decimal("6.50"),
-            voided=1,
-        ),
-        ReportRow(
-            date=day2,
-            currency="USD",
-            count=1,
-            gross=Decimal("20.00"),
-            returns=Decimal(0),
-            returns_count=0,
-            net=Decimal("20.00"),
-            voided=0,
-        ),
+        # date, currency, count, gross, returns, returns_count, net, voided
+        report_row(DAY, "USD", 3, "10.00", "3.50", 1, "6.50", 1),
+        report_row(day2, "USD", 1, "20.00", "0", 0, "20.00", 0),
     ]
     assert await sink.sales_report(STORE, day3 + timedelta(days=1), day3 + timedelta(days=9)) == []
     assert [r.gross for r in await sink.sales_report("other", DAY, DAY)] == [Decimal("500.00")]
@@ -233,26 +217,8 @@ async def test_report_per_date_and_currency_counts_returns(sink: ClientBook) -> 
         )
     )
     assert await sink.sales_report(STORE, DAY, DAY) == [
-        ReportRow(
-            date=DAY,
-            currency="JPY",
-            count=2,
-            gross=Decimal("1200"),
-            returns=Decimal("300"),
-            returns_count=1,
-            net=Decimal("900"),
-            voided=0,
-        ),
-        ReportRow(
-            date=DAY,
-            currency="USD",
-            count=3,
-            gross=Decimal("100.00"),
-            returns=Decimal("55.00"),
-            returns_count=2,
-            net=Decimal("45.00"),
-            voided=1,
-        ),
+        report_row(DAY, "JPY", 2, "1200", "300", 1, "900", 0),
+        report_row(DAY, "USD", 3, "100.00", "55.00", 2, "45.00", 1),
     ]
 
 
