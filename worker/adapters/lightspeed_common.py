@@ -1,4 +1,5 @@
-"""What both Lightspeed flavours share: keeping unmapped fields, versions, calendar dates.
+"""What both Lightspeed flavours share: keeping unmapped fields, versions, calendar dates, the
+tender rule (the payment type's name, else its id; a payment naming neither is refused).
 
 `keep_attributes` is how "keep what the POS sends" is done for Lightspeed: every scalar of the
 native object that no canonical field took, as text, under its own field name, dotted for
@@ -65,6 +66,29 @@ def int_version(o: Obj) -> int | None:
     if not 0 <= number < 2**63:
         raise RecordInvalid("`version` out of range", field=o.at("version"))
     return number
+
+
+def tender(
+    p: Obj,
+    name: str | None,
+    method_id: str | None,
+    *,
+    reference: str,
+    nulls: frozenset[str] = frozenset(),
+    names: str,
+    field: str,
+) -> dict[str, Any]:
+    """A payment `p` as a tender: `method` is the payment type's own name (else its id),
+    `method_id` that id, `reference` the payment's own id (`p[reference]`). Neither a name nor
+    an id: refused at `field`, the message naming where they are looked for (`names`)."""
+    if name is None and method_id is None:
+        raise RecordInvalid(f"payment names no payment type ({names})", field=field)
+    return {
+        "method": name or method_id,
+        "method_id": method_id,
+        "amount": p.req_dec("amount"),
+        "reference": p.ident(reference, nulls=nulls),
+    }
 
 
 def calendar_date(text: str | None, path: str) -> date | None:

@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 from worker.adapters.base import AdapterContext, Parsed
-from worker.adapters.lightspeed_common import calendar_date, keep_attributes
+from worker.adapters.lightspeed_common import calendar_date, keep_attributes, tender
 from worker.adapters.native import (
     ZERO,
     Dropped,
@@ -277,17 +277,15 @@ def _tender(p: Obj) -> dict[str, Any]:
         _fk(payment_type, "paymentTypeID") if payment_type else None
     )
     name = payment_type.text("name", limit=256) if payment_type else None
-    if name is None and method_id is None:
-        raise RecordInvalid(
-            "payment names no payment type (`PaymentType.name` or `paymentTypeID`)",
-            field=p.at("paymentTypeID"),
-        )
-    return {
-        "method": name or method_id,
-        "method_id": method_id,
-        "amount": p.req_dec("amount"),
-        "reference": _fk(p, "salePaymentID"),
-    }
+    return tender(
+        p,
+        name,
+        method_id,
+        reference="salePaymentID",
+        nulls=_NULL,
+        names="`PaymentType.name` or `paymentTypeID`",
+        field=p.at("paymentTypeID"),
+    )
 
 
 _ADDRESS_MAPPED = ("address1", "address2", "city", "stateCode", "zip", "countryCode")

@@ -37,7 +37,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from worker.adapters.base import AdapterContext
-from worker.adapters.lightspeed_common import calendar_date, int_version, keep_attributes
+from worker.adapters.lightspeed_common import calendar_date, int_version, keep_attributes, tender
 from worker.adapters.native import (
     ZERO,
     Dropped,
@@ -335,17 +335,14 @@ def _tender(p: Obj) -> dict[str, Any]:
         or p.text("name", limit=256)
         or p.text("label", limit=256)
     )
-    if name is None and method_id is None:
-        raise RecordInvalid(
-            "payment names no payment type (`retailer_payment_type.name` or an id)",
-            field=p.at("retailer_payment_type"),
-        )
-    return {
-        "method": name or method_id,
-        "method_id": method_id,
-        "amount": p.req_dec("amount"),
-        "reference": p.ident("id"),
-    }
+    return tender(
+        p,
+        name,
+        method_id,
+        reference="id",
+        names="`retailer_payment_type.name` or an id",
+        field=p.at("retailer_payment_type"),
+    )
 
 
 def _address(c: Obj, contact: Obj | None, kind: str) -> dict[str, Any] | None:
