@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientResponse
 
 from tests.adapter_helpers import fixture, sign
 from tests.appserver import Harness, make_config, running
@@ -132,6 +133,15 @@ async def test_shopify_topic_swap_of_a_captured_signed_body_is_400(h: Harness) -
     assert h.spool.stats("SH").pending == pending + 1
 
 
+async def _push_lightspeed_json(h: Harness, name: str) -> ClientResponse:
+    """POST the Lightspeed fixture `name` as JSON to store LX with its token."""
+    return await h.client.post(
+        "/v1/push/lightspeed/LX",
+        data=fixture("lightspeed", name),
+        headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
+    )
+
+
 async def test_lightspeed_x_webhook_form_body(h: Harness) -> None:
     body = fixture("lightspeed", "x_sale_webhook.form")
     resp = await h.client.post(
@@ -157,11 +167,7 @@ async def test_lightspeed_x_webhook_form_body(h: Harness) -> None:
 
 
 async def test_lightspeed_r_sale_without_relations_is_400_and_nothing_spooled(h: Harness) -> None:
-    resp = await h.client.post(
-        "/v1/push/lightspeed/LX",
-        data=fixture("lightspeed", "r_sale_no_relations.json"),
-        headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
-    )
+    resp = await _push_lightspeed_json(h, "r_sale_no_relations.json")
     err = await resp.json()
     assert resp.status == 400 and err["field"] == "$.Sale.SaleLines", err
     assert "load_relations" in err["error"]
@@ -169,11 +175,7 @@ async def test_lightspeed_r_sale_without_relations_is_400_and_nothing_spooled(h:
 
 
 async def test_lightspeed_vend_09_list_is_accepted(h: Harness) -> None:
-    resp = await h.client.post(
-        "/v1/push/lightspeed/LX",
-        data=fixture("lightspeed", "vend_register_sales.json"),
-        headers={"Authorization": "Bearer lx-token", "Content-Type": "application/json"},
-    )
+    resp = await _push_lightspeed_json(h, "vend_register_sales.json")
     got = await resp.json()
     assert resp.status == 202 and (got["accepted"], got["rejected"]) == (2, []), got
     assert h.spool.stats("LX").pending == 2
