@@ -53,21 +53,24 @@ def one_line_sale(
     at: str,
     *,
     sku: str = "A",
+    quantity: str = "1",
     price: str = "10.00",
     tax: str = "0",
+    currency: str = "USD",
     method: str = "Cash",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A sale of one item at `price` plus `tax`, paid in full by one tender, as a POS's JSON
-    states it (`at` its occurred_at text): the smallest sale whose figures agree."""
-    total = str(Decimal(price) + Decimal(tax))
+    """A sale of one line (`quantity` at `price`) plus `tax`, paid in full by one tender, as a
+    POS's JSON states it (`at` its occurred_at text): the smallest sale whose figures agree."""
+    subtotal = Decimal(quantity) * Decimal(price)
+    total = str(subtotal + Decimal(tax))
     return {
         "type": "sale",
         "id": sid,
         "occurred_at": at,
-        "currency": "USD",
-        "lines": [{"sku": sku, "quantity": "1", "unit_price": price}],
-        "subtotal": price,
+        "currency": currency,
+        "lines": [{"sku": sku, "quantity": quantity, "unit_price": price}],
+        "subtotal": str(subtotal),
         "tax": tax,
         "total": total,
         "tenders": [{"method": method, "amount": total}],

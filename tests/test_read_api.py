@@ -16,6 +16,7 @@ import orjson
 
 from tests.e2e import harness as e2e
 from tests.e2e.harness import STORE
+from tests.factories import one_line_sale
 
 DAY = date(2026, 3, 14)
 AT = "2026-03-14T17:00:00Z"  # 12:00 in Chicago, before the 14:00 window
@@ -67,23 +68,18 @@ def faithful_sale(sid: str = "R-1") -> dict[str, Any]:
 
 def simple_sale(sid: str, total: str, currency: str = "USD", **extra: Any) -> dict[str, Any]:
     """A one-line sale whose figures agree (a negative total is a return of one item)."""
-    qty = "-1" if total.startswith("-") else "1"
-    price = total.lstrip("-")
-    sale: dict[str, Any] = {
-        "type": "sale",
-        "id": sid,
-        "occurred_at": AT,
-        "currency": currency,
-        "lines": [{"sku": f"SKU-{sid}", "quantity": qty, "unit_price": price}],
-        "subtotal": total,
-        "tax": "0",
-        "total": total,
-        "tenders": [{"method": "Cash", "amount": total}],
-    }
-    if qty == "-1":
-        sale["kind"] = "return"
-    sale.update(extra)
-    return sale
+    back = total.startswith("-")
+    keys = {**({"kind": "return"} if back else {}), **extra}
+    quantity = "-1" if back else "1"
+    return one_line_sale(
+        sid,
+        AT,
+        sku=f"SKU-{sid}",
+        quantity=quantity,
+        price=total.lstrip("-"),
+        currency=currency,
+        **keys,
+    )
 
 
 async def admin_post(h: Any, path: str, expect: int = 200) -> dict[str, Any]:
