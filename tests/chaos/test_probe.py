@@ -464,7 +464,9 @@ async def test_item5_signed_order_replayed_under_another_topic_is_400(tmp_path: 
         )
         assert ans.status == 202, ans.json()
         before = await p.status()
-        for n, topic in enumerate(("orders/delete", "customers/update")):
+        # orders/cancelled was found by this probe: the captured order voided its own sale
+        # (fixed in worker.adapters.shopify.check_shape: that topic needs `cancelled_at`).
+        for n, topic in enumerate(("orders/delete", "customers/update", "orders/cancelled")):
             headers = _shopify_headers(body, topic, f"wh-swap-{n}".encode())
             ans = await p.raw(request("POST", SHOPIFY, body, headers))
             assert ans.status == 400, (topic, ans.json())
@@ -473,6 +475,15 @@ async def test_item5_signed_order_replayed_under_another_topic_is_400(tmp_path: 
         assert after["stores"]["SH"]["pending"] == before["stores"]["SH"]["pending"]
         code, _ = await p.get("/v1/stores/SH/customers/" + str(orjson.loads(body)["id"]))
         assert code == 404  # no customer made of the order
+        # Shopify's own cancellation (the order with cancelled_at) is still a void.
+        cancelled = orjson.dumps(
+            {**orjson.loads(body), "cancelled_at": "2026-03-15T10:00:00-05:00"}
+        )
+        headers = _shopify_headers(cancelled, "orders/cancelled", b"wh-cancel")
+        ans = await p.raw(request("POST", SHOPIFY, cancelled, headers))
+        assert ans.status == 202 and ans.json()["accepted"] >= 1, ans.json()
+        pending = (await p.status())["stores"]["SH"]["pending"]
+        assert pending == before["stores"]["SH"]["pending"] + 1, pending  # the void
 
 
 # ------------------------------------------ item 6 (quick part), "Also": credentials first

@@ -11,7 +11,8 @@ check that the body's shape fits its topic, then map. Invariants:
   captured signed `orders/create` body re-sent as `orders/delete` would void the sale, and as
   `customers/update` would make a customer of an order. Every topic therefore names the shape
   its body must have, and a body of another shape is a 400 naming `X-Shopify-Topic`:
-  an order has `line_items` and is not a refund; a refund has `order_id` and
+  an order has `line_items` and is not a refund (under `orders/cancelled` it also has
+  `cancelled_at`, or a replayed `orders/create` would void the sale); a refund has `order_id` and
   `refund_line_items`; a customer and a product carry nothing order- or refund-like (a
   product also needs `variants` or `title`); `orders/delete` and `products/delete` must be a
   bare delete notice (`{"id": ...}` and nothing else).
@@ -138,6 +139,10 @@ def check_shape(topic: str, doc: Obj) -> None:
             raise _misfit(topic, "not an order (no line_items)")
         if refund_like:
             raise _misfit(topic, "refund-shaped (order_id / refund_line_items)")
+        if topic == "orders/cancelled" and "cancelled_at" not in keys:
+            # Shopify's orders/cancelled body is the order as cancelled: a captured order
+            # without `cancelled_at` re-sent under this topic would void the sale.
+            raise _misfit(topic, "not a cancelled order (no cancelled_at)")
         return
     if topic == "refunds/create":
         if not {"order_id", "refund_line_items"} <= set(doc.data):
