@@ -4,7 +4,8 @@ Produced by the window (`worker.committer`, with `worker.validation` building `S
 `worker.triggers` the `TriggerEvent`s) and consumed by every `Sink.commit_sales`:
 
 * `CommitBatch`: one sink transaction's worth (sales, voids, trigger outbox rows, manifest),
-  identified by `batch_id`, which makes the commit idempotent.
+  identified by `batch_id`, which makes the commit idempotent; `CommitBatch.build` makes one
+  with its manifest.
 * `SaleRow`: a validated sale with the version it is stored under, whether its customer is
   linked, and the warnings validation let through.
 * `CommitOutcome`: what the commit did (inserted / updated / unchanged / voided / triggers),
@@ -14,6 +15,7 @@ Produced by the window (`worker.committer`, with `worker.validation` building `S
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -88,6 +90,44 @@ class CommitBatch(msgspec.Struct, frozen=True, kw_only=True):
     voids: Sequence[Void]
     triggers: Sequence[TriggerEvent]
     manifest: Manifest
+
+    @classmethod
+    def build(
+        cls,
+        batch_id: str,
+        store: str,
+        window_at: datetime,
+        rows: Sequence[SaleRow],
+        voids: Sequence[Void],
+        triggers: Sequence[TriggerEvent],
+    ) -> CommitBatch:
+        """One sink transaction's worth, with the manifest that lets it be checked afterwards:
+        the ids hashed are `sale@version` and `void:id`, each group sorted."""
+        ids = sorted(f"{r.sale.id}@{r.version}" for r in rows) + sorted(
+            f"void:{v.id}" for v in voids
+        )
+        total = Decimal(0)
+        for r in rows:
+            total += r.sale.total
+        manifest = Manifest(
+            batch_id=batch_id,
+            store=store,
+            window_at=window_at,
+            sales=len(rows),
+            voids=len(voids),
+            triggers=len(triggers),
+            total_sum=total,
+            ids_sha256=hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+        )
+        return cls(
+            batch_id=batch_id,
+            store=store,
+            window_at=window_at,
+            sales=rows,
+            voids=voids,
+            triggers=triggers,
+            manifest=manifest,
+        )
 
 
 class CommitOutcome(msgspec.Struct, frozen=True, kw_only=True):

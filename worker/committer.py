@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from worker.adapters import get_adapter
-from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
+from worker.batch import CommitBatch, SaleRow, TriggerEvent
 from worker.buffers.base import Buffer, Entry, Lease
 from worker.clock import Clock
 from worker.config import Config, RulePolicy, StoreConfig
@@ -356,7 +356,7 @@ class Committer:
         rows = [row for _, row in verdict.sales]
         voids = [v for _, v in verdict.voids]
         batch_id = f"{store.id}:{window_at.isoformat()}:{entries[0].seq}-{entries[-1].seq}"
-        return verdict, _batch(batch_id, store.id, window_at, rows, voids, triggers)
+        return verdict, CommitBatch.build(batch_id, store.id, window_at, rows, voids, triggers)
 
     def _triggers_for(
         self,
@@ -488,7 +488,7 @@ class Committer:
         digest = hashlib.sha256(
             "|".join(f"{r.sale.id}@{r.version}" for r in rows).encode()
         ).hexdigest()[:16]
-        batch = _batch(f"manual:{store.id}:{digest}", store.id, now, rows, [], triggers)
+        batch = CommitBatch.build(f"manual:{store.id}:{digest}", store.id, now, rows, [], triggers)
         with self.metrics.sink_call("commit"):
             outcome = await self.sink.commit_sales(batch)
         written = 0 if outcome.already_committed else outcome.inserted + outcome.updated
@@ -559,37 +559,3 @@ def _store_policy(store: StoreConfig) -> dict[str, RulePolicy]:
 def _invalid(failures: Sequence[Failure]) -> RecordInvalid:
     first = failures[0]
     return RecordInvalid(f"{first.rule}: {first.message}", field=first.field)
-
-
-def _batch(
-    batch_id: str,
-    store: str,
-    window_at: datetime,
-    rows: list[SaleRow],
-    voids: list[Void],
-    triggers: list[TriggerEvent],
-) -> CommitBatch:
-    """One sink transaction's worth, with the manifest that lets it be checked afterwards."""
-    ids = sorted(f"{r.sale.id}@{r.version}" for r in rows) + sorted(f"void:{v.id}" for v in voids)
-    total = Decimal(0)
-    for r in rows:
-        total += r.sale.total
-    manifest = Manifest(
-        batch_id=batch_id,
-        store=store,
-        window_at=window_at,
-        sales=len(rows),
-        voids=len(voids),
-        triggers=len(triggers),
-        total_sum=total,
-        ids_sha256=hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-    )
-    return CommitBatch(
-        batch_id=batch_id,
-        store=store,
-        window_at=window_at,
-        sales=rows,
-        voids=voids,
-        triggers=triggers,
-        manifest=manifest,
-    )

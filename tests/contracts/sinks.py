@@ -11,7 +11,6 @@ tests/contracts/test_sink_*.py; other suites (tests/test_pagination.py) reuse th
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -24,9 +23,9 @@ import asyncpg
 import msgspec
 import pytest
 
-from worker.batch import CommitBatch, Manifest, SaleRow, TriggerEvent
+from worker.batch import CommitBatch, SaleRow, TriggerEvent
 from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
-from worker.records import Adjustment, Sale, SaleLine, Tender, Void, sum_decimals
+from worker.records import Adjustment, Sale, SaleLine, Tender, Void
 from worker.sinks import open_sink
 from worker.sinks.base import ClientBook, ReportRow
 
@@ -264,25 +263,8 @@ def make_batch(
     triggers: Sequence[TriggerEvent] = (),
     store: str = STORE,
 ) -> CommitBatch:
-    ids = sorted([s.id for s in sales] + [f"void:{v.id}" for v in voids])
-    return CommitBatch(
-        batch_id=batch_id,
-        store=store,
-        window_at=T0,
-        sales=[SaleRow(sale=s, version=s.effective_version) for s in sales],
-        voids=list(voids),
-        triggers=list(triggers),
-        manifest=Manifest(
-            batch_id=batch_id,
-            store=store,
-            window_at=T0,
-            sales=len(sales),
-            voids=len(voids),
-            triggers=len(triggers),
-            total_sum=sum_decimals(s.total for s in sales),
-            ids_sha256=hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-        ),
-    )
+    rows = [SaleRow(sale=s, version=s.effective_version) for s in sales]
+    return CommitBatch.build(batch_id, store, T0, rows, list(voids), list(triggers))
 
 
 def canonical(sale: Sale) -> dict[str, Any]:
