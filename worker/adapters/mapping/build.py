@@ -163,13 +163,21 @@ def _entity(
     return _product(reader, row, spec, source_ref(ref, ctx.filename, f"row{index}"), ctx)
 
 
+def _record_id(
+    reader: Reader, row: Mapping[str, Any], fields: Mapping[str, Field], what: str
+) -> str:
+    """The row's `what` id; a row without one is refused, naming the id's column."""
+    record_id = reader.ident(row, fields.get("id"))
+    if record_id is None:
+        raise RecordInvalid(f"missing {what} id", field=fields["id"].column or f"{what}.id")
+    return record_id
+
+
 def _customer(
     reader: Reader, row: Mapping[str, Any], spec: MappingSpec, ref: str | None, ctx: AdapterContext
 ) -> Customer:
     c = spec.customer
-    customer_id = reader.ident(row, c.get("id"))
-    if customer_id is None:
-        raise RecordInvalid("missing customer id", field=c["id"].column or "customer.id")
+    customer_id = _record_id(reader, row, c, "customer")
     tags: list[str] = []
     tag_field = c.get("tags")
     if tag_field is not None:
@@ -221,9 +229,7 @@ def _product(
     reader: Reader, row: Mapping[str, Any], spec: MappingSpec, ref: str | None, ctx: AdapterContext
 ) -> Product:
     p = spec.product
-    product_id = reader.ident(row, p.get("id"))
-    if product_id is None:
-        raise RecordInvalid("missing product id", field=p["id"].column or "product.id")
+    product_id = _record_id(reader, row, p, "product")
     attributes = leftovers(row, mapped_columns(spec, "product"), reader.json)
     for name, f in spec.product_attributes.items():
         value = reader.text(row, f)
