@@ -42,6 +42,24 @@ def order(sale_id: str = "1001", **over: Any) -> dict[str, Any]:
     return body
 
 
+def one_line_order(
+    sale_id: str, line: dict[str, Any], total: str, tenders: list[dict[str, Any]], **over: Any
+) -> dict[str, Any]:
+    """An order of one line and no order-level figure (no discount, adjustment or shipping):
+    its subtotal is its total."""
+    return order(
+        sale_id,
+        lines=[line],
+        adjustments=[],
+        discount=None,
+        subtotal=total,
+        shipping="0",
+        total=total,
+        tenders=tenders,
+        **over,
+    )
+
+
 CUSTOMER = {"type": "customer", "id": "C1", "first_name": "Ada", "marketing_email": "unknown"}
 
 
@@ -99,17 +117,13 @@ async def test_return_of_a_sale_never_seen_is_held_then_committed_unlinked(
     tmp_path: Path,
 ) -> None:
     # Sold before the integration started: the original never reaches possync (issue 9.5).
-    ret = order(
+    ret = one_line_order(
         "R-77",
+        {"sku": "RING-1", "quantity": "-1", "unit_price": "199.95"},
+        "-199.95",
+        [{"method": "Visa", "amount": "-199.95"}],
         kind="return",
         original_id="SOLD-IN-2019",
-        lines=[{"sku": "RING-1", "quantity": "-1", "unit_price": "199.95"}],
-        adjustments=[],
-        discount=None,
-        subtotal="-199.95",
-        shipping="0",
-        total="-199.95",
-        tenders=[{"method": "Visa", "amount": "-199.95"}],
     )
     async with e2e.store_app(tmp_path, "canonical") as h:
         await e2e.push(h, json.dumps([CUSTOMER, ret]).encode())
@@ -182,17 +196,13 @@ async def test_without_the_policy_the_same_sale_is_quarantined_with_both_figures
 
 
 async def test_cash_rounding_in_chf_commits_with_a_rounding_warning(tmp_path: Path) -> None:
-    cash = order(
+    cash = one_line_order(
         "Z-1",
+        {"sku": "UHR", "quantity": "1", "unit_price": "10.02"},
+        "10.02",
+        [{"method": "Bargeld", "amount": "10.00"}],
         occurred_at="2026-03-14T13:00:00+01:00",
         currency="CHF",
-        lines=[{"sku": "UHR", "quantity": "1", "unit_price": "10.02"}],
-        adjustments=[],
-        discount=None,
-        subtotal="10.02",
-        shipping="0",
-        total="10.02",
-        tenders=[{"method": "Bargeld", "amount": "10.00"}],
     )
     async with e2e.store_app(tmp_path, "canonical", timezone="Europe/Zurich") as h:
         await e2e.push(h, json.dumps([CUSTOMER, cash]).encode())
