@@ -1,7 +1,8 @@
 """The probe's long variant (`-m long`, `make test-long`): the heavy items against `possync serve`.
 
 Item 6: 30 concurrent 10 MiB bodies with a wrong token, three times, the server's RSS and CPU
-measured from /proc; 1,100 slow-header connections against the default cap of 512. Item 9:
+measured from /proc; 1,100 slow-header connections and 700 wrong-token slow bodies
+against the default cap of 512. Item 9:
 64 damaged bytes mid-WAL after kill -9 (tests/chaos/test_corruption's rounds, 3 of them).
 Item 10: 1M lines of `{}` to the push and the upload route, /healthz asked throughout.
 The quick variant and the served process: tests/chaos/test_probe.py, tests/chaos/probe.py.
@@ -133,3 +134,34 @@ async def test_item10_long_a_million_empty_objects(tmp_path: Path) -> None:
             assert ans.status == 400 and out["rejected_count"] == n, path
             assert len(out["rejected"]) <= 1_000 and len(ans.body) < 200_000
             assert during >= 1
+
+
+async def test_item6_long_700_slow_bodies_with_a_wrong_token(tmp_path: Path) -> None:
+    """Refused, then drained by aiohttp's lingering close: such a connection has no request
+    in progress, so the cap evicts it like a slow head; /healthz and pushes still answer."""
+    slow_n = 700
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < slow_n + 512:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(slow_n + 512, hard), hard))
+    slow: list[asyncio.StreamWriter] = []
+    head = request("POST", PUSH, b"", [bearer(CANARY), JSON]).replace(
+        b"Content-Length: 0", b"Content-Length: 1000000"
+    )
+    try:
+        async with serving(tmp_path) as p:
+            for _ in range(slow_n):
+                _, writer = await asyncio.open_connection("127.0.0.1", p.port)
+                writer.write(head + b"{")
+                await writer.drain()
+                slow.append(writer)
+            for _ in range(5):
+                assert (await p.raw(request("GET", "/healthz"))).status == 200
+            ans = await p.raw(request("POST", PUSH, sale_body("SB-1"), [bearer(TOKEN), JSON]))
+            assert ans.status == 202, ans.json()
+            conns = (await p.status())["connections"]
+            print(f"probe item 6: {slow_n} wrong-token slow bodies: {conns}")
+            assert conns["open"] <= 512 and conns["refused_busy"] == 0, conns
+    finally:
+        for writer in slow:
+            writer.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
