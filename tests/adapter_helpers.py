@@ -20,6 +20,16 @@ from worker.validation import ValidationContext
 FIXTURES = Path(__file__).parent / "fixtures"
 RECEIVED_AT = datetime(2026, 3, 22, 12, 0, 0, tzinfo=UTC)
 ALLOWED_ERRORS = ("RecordInvalid", "AuthError", "UnsupportedMediaType")
+# The first customer of tests/fixtures/kwi/customers.csv (100234): each documented column with
+# no canonical field, under its own header, its cell's text as the file writes it.
+KWI_AVA_ATTRIBUTES = {
+    "Home Store": "012",
+    "Store Purchased": "012",
+    "Sales Associate Name": "Jo Park",
+    "Last Purchase Date": "03/20/26",
+    "Total Net Sales": "$1,234.50",
+    "Mail Opt-In": "N",
+}
 
 
 def fixture(source: str, name: str) -> bytes:

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from tests.adapter_helpers import (
+    KWI_AVA_ATTRIBUTES,
     RECEIVED_AT,
     assert_consistent,
     by_type,
@@ -222,14 +223,7 @@ def test_kwi_documented_customer_columns() -> None:
     assert ava.created_at == datetime(2026, 3, 14, 4, 0, tzinfo=UTC)  # "03/14/26", local midnight
     assert (ava.assigned_employee_id, ava.marketing_email) == ("88", "opted_in")
     # every documented column with no canonical field, under its own header, text as is
-    assert ava.attributes == {
-        "Home Store": "012",
-        "Store Purchased": "012",
-        "Sales Associate Name": "Jo Park",
-        "Last Purchase Date": "03/20/26",
-        "Total Net Sales": "$1,234.50",
-        "Mail Opt-In": "N",
-    }
+    assert ava.attributes == KWI_AVA_ATTRIBUTES
     assert ava.tags == []
     assert ben.attributes == {
         "Home Store": "012",

@@ -25,12 +25,7 @@ from worker.config import Config
 from worker.errors import Unavailable
 from worker.intake import IngestOutcome
 from worker.sources import inbox_fs
-from worker.sources.inbox import (
-    INBOX,
-    Inbox,
-    content_type_for,
-    natural_key,
-)
+from worker.sources.inbox import INBOX, Inbox, content_type_for, natural_key
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)
 INTERVAL = 5.0

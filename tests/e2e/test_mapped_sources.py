@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tests.adapter_helpers import fixture
+from tests.adapter_helpers import KWI_AVA_ATTRIBUTES, fixture
 from tests.appserver import Harness
 from tests.e2e import harness as e2e
 from tests.e2e.harness import STORE
@@ -262,14 +262,7 @@ async def test_kwi_drop_folder(tmp_path: Path) -> None:
     ) as h:
         await drop(h, tmp_path, "kwi", "customers.csv", "orders.csv")
         ava = await e2e.customer(h, "100234")
-        assert ava["attributes"] == {
-            "Home Store": "012",
-            "Store Purchased": "012",
-            "Sales Associate Name": "Jo Park",
-            "Last Purchase Date": "03/20/26",
-            "Total Net Sales": "$1,234.50",
-            "Mail Opt-In": "N",
-        }
+        assert ava["attributes"] == KWI_AVA_ATTRIBUTES
         assert ava["marketing_email"] == "opted_in"  # "Email Opt-In" Y
         ben = await e2e.customer(h, "100235")
         assert ben["marketing_email"] == "unknown"  # "N" is not having opted in, not an opt-out
