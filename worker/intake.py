@@ -192,7 +192,7 @@ class Intake:
         """The store's config or 404."""
         store = self._stores.get(store_id)
         if store is None:
-            raise NotFound(f"unknown store {store_id!r}", field="store")
+            raise NotFound("unknown store", field="store")
         return store
 
     def context(self, store_id: str) -> StoreContext:
