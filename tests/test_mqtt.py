@@ -209,8 +209,9 @@ def doc(doc_id: str, **extra: Any) -> bytes:
     return msgspec.json.encode({"id": doc_id, **extra})
 
 
-async def consumed_after_restart(broker: MosquittoServer, cfg: Config, marker: str) -> FakeIntake:
-    """Start a fresh source, publish a marker, return the intake once the marker is in.
+async def assert_nothing_unacked(broker: MosquittoServer, cfg: Config) -> None:
+    """Start a fresh source on the same session, publish a marker: the fresh intake sees
+    only the marker.
 
     The broker re-sends un-acked messages of a resumed session before anything newer, so
     whatever the fresh intake saw besides the marker was not acknowledged before.
@@ -218,10 +219,10 @@ async def consumed_after_restart(broker: MosquittoServer, cfg: Config, marker: s
     intake = FakeIntake()
     async with source(cfg, intake) as src:
         await until(src, lambda s: s.subscribed)
-        await publish(broker, ("pos/canonical/s1/sale", doc(marker)))
-        await intake.until(lambda: any(c.doc_id == marker for c in intake.calls))
+        await publish(broker, ("pos/canonical/s1/sale", doc("marker")))
+        await intake.until(lambda: any(c.doc_id == "marker" for c in intake.calls))
         await until(src, lambda s: s.acked >= 1)
-    return intake
+    assert [c.doc_id for c in intake.calls] == ["marker"]
 
 
 # -- pure pieces ---------------------------------------------------------------------
@@ -290,8 +291,7 @@ async def test_publish_is_ingested_then_acked(mosquitto: MosquittoServer) -> Non
         assert intake.stored == {("s1", "sale", "a1"): doc("a1")}
         snap = src.snapshot()
         assert snap["received"] == 1 and snap["acked"] == 1 and snap["connected"] is True
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_ack_waits_for_ingest_restart_redelivers(mosquitto: MosquittoServer) -> None:
@@ -311,8 +311,7 @@ async def test_ack_waits_for_ingest_restart_redelivers(mosquitto: MosquittoServe
         assert src2.state.redelivered == 1
         assert src2.state.session_present is True
     assert [c.doc_id for c in intake2.calls] == ["slow"]
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_connection_drop_during_ingest_acks_only_the_new_copy(
@@ -333,8 +332,7 @@ async def test_connection_drop_during_ingest_acks_only_the_new_copy(
         await intake.until(lambda: intake.completed == 2)
         await until(src, lambda s: s.acked == 1)
         assert intake.stored == {("s1", "sale", "g"): doc("g")}  # deduplicated, not doubled
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_shutdown_lets_running_ingest_finish_and_ack(mosquitto: MosquittoServer) -> None:
@@ -357,8 +355,7 @@ async def test_shutdown_lets_running_ingest_finish_and_ack(mosquitto: MosquittoS
         if closing is None:
             await ctx.__aexit__(None, None, None)
     assert src.state.acked == 1 and not src.state.connected
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_transient_failure_held_then_retried(mosquitto: MosquittoServer) -> None:
@@ -377,8 +374,7 @@ async def test_transient_failure_held_then_retried(mosquitto: MosquittoServer) -
         await until(src, lambda s: s.acked == 1)
     assert len(intake.calls_for("t1")) == 2
     assert intake.stored == {("s1", "sale", "t1"): doc("t1")}
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_transient_failure_is_not_acked_and_redelivered(mosquitto: MosquittoServer) -> None:
@@ -447,8 +443,7 @@ async def test_permanent_failures_go_to_rejected_topic(mosquitto: MosquittoServe
     # The rule, not the value: RecordInvalid scrubs quoted input from its message (issue 12).
     assert notices["pos/rejected/canonical/s1/widget"]["error"].startswith("unknown kind <value>")
     assert [c.doc_id for c in intake.calls if c.doc_id] == ["c1"]  # the bad topic never ingested
-    after = await consumed_after_restart(mosquitto, cfg, "marker")
-    assert [c.doc_id for c in after.calls] == ["marker"]
+    await assert_nothing_unacked(mosquitto, cfg)
 
 
 async def test_item_rejections_are_published_and_payload_acked(
