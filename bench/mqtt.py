@@ -52,7 +52,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench import data
-from bench.procs import ADMIN, free_port, possync_proc, wait_ready, write_config
+from bench.procs import ADMIN, free_port, possync_proc, spool_pending, wait_ready, write_config
 from bench.report import Row, fmt_rate
 from worker.config import MqttConfig, load
 
@@ -236,14 +236,6 @@ async def _mqtt_state(session: aiohttp.ClientSession, base: str) -> dict[str, An
         return state
 
 
-async def _pending(session: aiohttp.ClientSession, base: str) -> int:
-    async with session.get(f"{base}/v1/stores/LIVE/spool", headers=_ADMIN_H) as resp:
-        body = await resp.json()
-        if resp.status != 200:
-            raise RuntimeError(f"spool: {resp.status} {body}")
-        return int(body["pending"])
-
-
 async def _acked(
     session: aiohttp.ClientSession, base: str, count: int, s: MqttSettings, timeout_s: float
 ) -> tuple[float, dict[str, Any]]:
@@ -254,7 +246,7 @@ async def _acked(
     """
     deadline = time.monotonic() + timeout_s
     seen, moved = -1, time.monotonic()
-    while (pending := await _pending(session, base)) < count:
+    while (pending := await spool_pending(session, base)) < count:
         now = time.monotonic()
         if pending != seen:
             seen, moved = pending, now
@@ -356,7 +348,7 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
                             f"possync (PUBACK after fsync) {n / o:,.0f} msg/s",
                             flush=True,
                         )
-                    pending = await _pending(session, base_url)
+                    pending = await spool_pending(session, base_url)
             received = await sub.finish(total)
         finally:
             await sub.stop()

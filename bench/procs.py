@@ -244,6 +244,16 @@ async def wait_ready(
     raise RuntimeError(f"{proc.name} not ready after {timeout_s}s:\n{proc.tail()}")
 
 
+async def spool_pending(session: aiohttp.ClientSession, base: str) -> int:
+    """How many sales the LIVE store's spool holds (GET /v1/stores/LIVE/spool as the admin)."""
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    async with session.get(f"{base}/v1/stores/LIVE/spool", headers=headers) as resp:
+        body = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"spool: {resp.status} {body}")
+        return int(body["pending"])
+
+
 class RssSampler:
     """Samples a process's VmRSS every `interval_s` in a task: (monotonic time, bytes)."""
 

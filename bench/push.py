@@ -25,6 +25,7 @@ from bench.procs import (
     baseline_proc,
     free_port,
     possync_proc,
+    spool_pending,
     wait_ready,
     write_config,
 )
@@ -67,17 +68,12 @@ async def _measure(
         res = await closed_loop(url, run=f"{kind}-run", duration_s=s.duration_s, **common)
         if kind == "durable":
             base = url.split("/v1/")[0]
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(
-                    f"{base}/v1/stores/LIVE/spool", headers={"Authorization": f"Bearer {ADMIN}"}
-                ) as resp,
-            ):
-                spool = await resp.json()
+            async with aiohttp.ClientSession() as session:
+                pending = await spool_pending(session, base)
             res.errors = dict(res.errors)
             acked = warm.ok + res.ok
-            if spool["pending"] < acked:
-                raise RuntimeError(f"spool holds {spool['pending']} sales but {acked} got a 202")
+            if pending < acked:
+                raise RuntimeError(f"spool holds {pending} sales but {acked} got a 202")
         print(f"  push {kind:8} {_text(res)}  ({res.tool}, errors {res.errors})", flush=True)
         return res
 
