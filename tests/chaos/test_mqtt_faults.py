@@ -100,6 +100,17 @@ def _tally(tmp: Path, ids: list[str]) -> tuple[Counter[str], Counter[str], set[s
     return spooled, sink, set(ids) - set(sink), sum(c - 1 for c in sink.values() if c > 1)
 
 
+def _exactly_once(tmp: Path, ids: list[str], committed: int, figures: str) -> None:
+    """Every id in the spool once and in the sink once, none lost, none doubled, all committed.
+    The run's `figures` are printed first, with the commit's, so a failure shows them."""
+    spooled, sink, lost, duplicated = _tally(tmp, ids)
+    print(f"{figures} committed={committed} lost={len(lost)} duplicated={duplicated}")
+    assert set(spooled) == set(ids) and max(spooled.values()) == 1, spooled
+    assert not lost, sorted(lost)[:10]
+    assert not duplicated, sink.most_common(3)
+    assert committed == len(ids)
+
+
 def _publish_all(port: int, ids: list[str]) -> None:
     """Publish each id at QoS 1 and wait for the broker's PUBACK."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pos-gateway-a")
@@ -159,16 +170,13 @@ async def test_kill9_between_receipt_and_durable_write(
             )
             redelivered = st["mqtt"]["redelivered"]
             committed = await _commit(session, server.url)
-        spooled, sink, lost, duplicated = _tally(tmp_path, ids)
-        print(
+        _exactly_once(
+            tmp_path,
+            ids,
+            committed,
             f"mqtt-kill9: published={total} spooled_before_kill={cap} held_unacked={held}"
-            f" redelivered={redelivered} committed={committed} lost={len(lost)}"
-            f" duplicated={duplicated}"
+            f" redelivered={redelivered}",
         )
-        assert set(spooled) == set(ids) and max(spooled.values()) == 1, spooled
-        assert not lost, sorted(lost)
-        assert not duplicated, sink.most_common(3)
-        assert committed == total
         assert redelivered >= 1
     finally:
         await server.stop()
@@ -269,17 +277,14 @@ async def _broker_restart_under_load(
                 limit_s=60,
             )
             committed = await _commit(session, server.url)
-        spooled, sink, lost, duplicated = _tally(tmp_path, ids)
-        print(
+        _exactly_once(
+            tmp_path,
+            ids,
+            committed,
             f"mqtt-broker-restart: published={total} broker_restarts={restarts}"
             f" republished={publisher.republished} reconnects={st['mqtt']['reconnects']}"
-            f" redelivered={st['mqtt']['redelivered']} committed={committed}"
-            f" lost={len(lost)} duplicated={duplicated}"
+            f" redelivered={st['mqtt']['redelivered']}",
         )
-        assert set(spooled) == set(ids) and max(spooled.values()) == 1
-        assert not lost, sorted(lost)[:10]
-        assert not duplicated, sink.most_common(3)
-        assert committed == total
         assert st["mqtt"]["reconnects"] >= restarts
     finally:
         if publisher is not None:
