@@ -42,6 +42,23 @@ def write_config(tmp: Path, port: int, **overrides: Any) -> Path:
     return write_toml(tmp / "possync.toml", config(tmp, port, **overrides))
 
 
+async def spawn_serve(
+    config: Path, stderr: Any = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """`python -m worker serve --config CONFIG`, stdout piped, output unbuffered."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "serve",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 class ServerProcess:
     """Start, kill -9, SIGTERM and restart `possync serve` on a fixed port."""
 
@@ -54,19 +71,8 @@ class ServerProcess:
 
     async def start(self, limit_s: float = 30.0) -> None:
         """Start and wait for the 'listening' line on stdout (no polling)."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         logf = self.log.open("ab")
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "serve",
-            "--config",
-            str(self.config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=logf,
-            env=env,
-        )
+        self.proc = await spawn_serve(self.config, stderr=logf)
         logf.close()
         assert self.proc.stdout is not None
 

@@ -42,6 +42,19 @@ NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 SECRET = "shpss_hardening_secret"
 PUSH = "/v1/push/canonical/S1"
 SHOPIFY = "/v1/push/shopify/SH"
+# One route of each kind that needs a credential (store token, Shopify HMAC, admin token).
+AUTHENTICATED = (
+    ("POST", PUSH),
+    ("POST", SHOPIFY),
+    ("POST", "/v1/files/canonical/S1?filename=a.ndjson"),
+    ("POST", "/v1/backfill/canonical/S1"),
+    ("GET", "/status"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/stores/S1/sales?date=2026-11-25"),
+    ("GET", "/v1/admin/quarantine"),
+    ("DELETE", "/v1/admin/quarantine/1"),
+)
 
 
 @dataclass
@@ -193,18 +206,7 @@ async def test_non_utf8_authorization_is_401_on_every_authenticated_route(
 ) -> None:
     auth = bearer(b"\xff\xfe\xc3(token")
     async with served(tmp_path) as s:
-        for method, path in (
-            ("POST", PUSH),
-            ("POST", SHOPIFY),
-            ("POST", "/v1/files/canonical/S1?filename=a.ndjson"),
-            ("POST", "/v1/backfill/canonical/S1"),
-            ("GET", "/status"),
-            ("GET", "/readyz"),
-            ("GET", "/metrics"),
-            ("GET", "/v1/stores/S1/sales?date=2026-11-25"),
-            ("GET", "/v1/admin/quarantine"),
-            ("DELETE", "/v1/admin/quarantine/1"),
-        ):
+        for method, path in AUTHENTICATED:
             ans = await raw(s.port, request(method, path, sale_bytes(), [auth, JSON]))
             assert ans.status == 401, (path, ans)
             assert ans.json()["field"] in ("Authorization", "X-Shopify-Hmac-Sha256"), path

@@ -4,30 +4,18 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.procserver import ADMIN, TOKEN, reap, write_config
+from tests.procserver import ADMIN, TOKEN, reap, spawn_serve, write_config
 from tests.support.config import store
 
 
 async def _serve(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return await spawn_serve(config)
 
 
 async def test_busy_port_is_one_line_and_exit_2(tmp_path: Path) -> None:

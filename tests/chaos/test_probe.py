@@ -22,7 +22,6 @@ import gzip
 import os
 import re
 import sqlite3
-import sys
 import zlib
 from contextlib import suppress
 from pathlib import Path
@@ -53,9 +52,16 @@ from tests.chaos.test_logs_pii import (
     _Rejections,
     _until_subscribed,
 )
-from tests.procserver import ADMIN, TOKEN, free_port, sale_body, write_config
+from tests.procserver import ADMIN, TOKEN, free_port, sale_body, spawn_serve, write_config
 from tests.support.config import store
-from tests.test_http_hardening import Answer, _parse, _read_answer, bearer, request
+from tests.test_http_hardening import (
+    AUTHENTICATED,
+    Answer,
+    _parse,
+    _read_answer,
+    bearer,
+    request,
+)
 from tests.test_sink_identity import delete_sink_files
 
 if TYPE_CHECKING:
@@ -234,18 +240,7 @@ async def test_item3_hostile_bytes_are_4xx_json_naming_the_field(tmp_path: Path)
             assert ans.json()["field"] == "Content-Encoding"
 
         bad_auth = bearer(b"\xff\xfe\xc3(" + canary)
-        for method, path in (
-            ("POST", PUSH),
-            ("POST", SHOPIFY),
-            ("POST", "/v1/files/canonical/S1?filename=a.ndjson"),
-            ("POST", "/v1/backfill/canonical/S1"),
-            ("GET", "/status"),
-            ("GET", "/readyz"),
-            ("GET", "/metrics"),
-            ("GET", f"/v1/stores/S1/sales?date={DAY}"),
-            ("GET", "/v1/admin/quarantine"),
-            ("DELETE", "/v1/admin/quarantine/1"),
-        ):
+        for method, path in AUTHENTICATED:
             ans = await p.raw(request(method, path, body, [bad_auth, JSON]))
             assert ans.status == 401, (method, path, ans)
             assert ans.json()["field"] in ("Authorization", "X-Shopify-Hmac-Sha256"), path
@@ -564,16 +559,7 @@ async def test_also_config_refuses_admin_or_shared_store_token(
     port = free_port()
     stores = [store(f"A{n}", t) for n, t in enumerate(tokens)]
     config = write_config(tmp_path, port, stores=stores)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        "serve",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_serve(config)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2, (out, err)
     text = (out + err).decode()
