@@ -188,6 +188,10 @@ class Intake:
         # costs (no timing difference between "no such store" and "wrong token").
         self._decoy = secrets.token_urlsafe(24)
 
+    def knows(self, store_id: str | None) -> bool:
+        """Whether `store_id` is a configured store (for logs that may name it)."""
+        return store_id in self._stores
+
     def store(self, store_id: str) -> StoreConfig:
         """The store's config or 404."""
         store = self._stores.get(store_id)

@@ -163,7 +163,7 @@ def _log_refusal(
 ) -> None:
     """One `push.refused` event: status and field, never a value (store only if configured)."""
     store = request.match_info.get("store")
-    known = {s.id for s in request.app[keys.CONFIG].stores} if store is not None else set()
+    known = request.app[keys.INTAKE].knows(store)
     log.info(
         "refused %s with %d (field %s)",
         route,
@@ -174,8 +174,8 @@ def _log_refusal(
             "status": status,
             "field": field,
             "route": route,
-            "store": store if store in known else None,
-            "source": request.match_info.get("source") if store in known else None,
+            "store": store if known else None,
+            "source": request.match_info.get("source") if known else None,
             "request_id": rid,
         },
     )
