@@ -165,6 +165,9 @@ class MqttConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_inflight: Pos = 256
     keepalive_s: Pos = 30
     reconnect_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    # MQTT 5 shared subscription group: when set, topics are subscribed as
+    # `$share/<shared_group>/{prefix}/...` so several instances split the messages.
+    shared_group: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,64}$")] = ""
 
 
 class InboxConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -182,6 +185,59 @@ class InboxConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     gap_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 900.0
 
 
+class InstanceConfig(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """[instance]: this sidecar among many on one central sink (issue 14)."""
+
+    # Shown on /status and in logs; default: the host name and the process id.
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{0,128}$")] = ""
+    # The stores whose windows this instance commits; empty: every configured store.
+    # A store configured but not owned still takes pushes (spooled here, committed by
+    # whichever instance holds its window lock at the window).
+    owns: list[str] = []
+    # How long a window waits for another instance's lock on the same store before it
+    # reports `skipped = "locked"` (the other instance is committing that store).
+    lock_wait_s: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+RecordKind = Literal["customer", "product", "sale", "void", "trigger", "manifest"]
+
+
+class HttpOutputConfig(
+    _Base, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="http", tag_field="kind"
+):
+    """[[outputs]] kind = "http": POST batches of committed events to the app's API."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    records: list[RecordKind]
+    url: str
+    token: str = ""  # sent as `Authorization: Bearer <token>` when set
+    page_size: Annotated[int, msgspec.Meta(gt=0, le=10_000)] = 500
+    concurrency: Annotated[int, msgspec.Meta(gt=0, le=64)] = 4
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+
+
+class MqttOutputConfig(
+    _Base, frozen=True, forbid_unknown_fields=True, kw_only=True, tag="mqtt", tag_field="kind"
+):
+    """[[outputs]] kind = "mqtt": publish committed events QoS 1 to `{topic_prefix}/...`."""
+
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    records: list[RecordKind]
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 1883
+    username: str | None = None
+    password: str | None = None
+    client_id: str = ""  # default: possync-out-<name>-<instance id>
+    topic_prefix: str = "possync/out"
+    max_inflight: Pos = 256
+    keepalive_s: Pos = 30
+    retry_max_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+OutputConfig = HttpOutputConfig | MqttOutputConfig
+
+
 class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration."""
 
@@ -196,6 +252,9 @@ class Config(_Base, frozen=True, forbid_unknown_fields=True, kw_only=True):
     mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
     inbox: InboxConfig = msgspec.field(default_factory=InboxConfig)
     mappings: dict[str, dict[str, Any]] = {}
+    instance: InstanceConfig = msgspec.field(default_factory=InstanceConfig)
+    # Extra destinations per record type, fed from a durable outbox after the sink commits.
+    outputs: list[OutputConfig] = []
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # JSON lines for a log pipeline, a human line for a terminal; "auto": human on a tty.
     log_format: Literal["auto", "json", "human"] = "auto"
