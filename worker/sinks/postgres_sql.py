@@ -1,9 +1,14 @@
 """The PostgreSQL dialect of the SQL sink core (`worker.sinks.sql`): placeholders `$n`, id
 lists bound as one `text[]`, native types (NUMERIC, TIMESTAMPTZ, DATE, JSONB), and how
 records map to the PostgreSQL sink's rows. The tables are described in
-`worker.sinks.sqlite`, their DDL is in `worker.sinks.postgres_schema`. Bulk writes send one
-array per column and `INSERT ... SELECT FROM unnest(...)`: one round-trip per table whatever
-the batch size; the sales upsert is guarded in SQL and `RETURNING` tells which rows landed.
+`worker.sinks.sqlite`, their DDL is in `worker.sinks.postgres_schema`.
+
+A window page is bulk-loaded: its sales and outbox rows are COPYed (binary) into temporary
+staging tables of the session (`ON COMMIT DELETE ROWS`, created once per connection), then
+`INSERT ... SELECT ... ON CONFLICT` moves them into the real tables, the sales upsert guarded
+by version and `RETURNING` which rows landed; lines and tenders of the sales written are
+COPYed straight into their tables (their old rows were deleted first, nothing can conflict).
+Entities and voids send one array per column and `INSERT ... SELECT FROM unnest(...)`.
 """
 
 from __future__ import annotations
@@ -80,6 +85,15 @@ TRIGGER = _cols(
     "total:numeric business_date:date due_date:date due_at:timestamptz created_at:timestamptz"
 )
 _TRIGGER_NAMES = ", ".join(n for n, _ in TRIGGER)
+# Session-local staging tables (pg_temp: never seen by another connection; emptied at commit).
+STAGE_SALES = "possync_stage_sales"
+STAGE_OUTBOX = "possync_stage_outbox"
+
+
+def _stage(table: str, cols: Cols) -> str:
+    """The staging table, created on a connection's first page and kept for the session."""
+    spec = ", ".join(f"{n} {t}" for n, t in cols)
+    return f"CREATE TEMP TABLE IF NOT EXISTS {table} ({spec}) ON COMMIT DELETE ROWS"
 
 
 def _log_column(column: str) -> str:
@@ -116,6 +130,9 @@ class Sql:
     def __init__(self, schema: str) -> None:
         s = '"' + schema.replace('"', '""') + '"'
         self.schema = s  # quoted, for the statements `worker.sinks.sql` writes
+        self.schema_name = schema  # as it is, for COPY (asyncpg quotes it)
+        self.stage_sales = _stage(STAGE_SALES, SALE)
+        self.stage_outbox = _stage(STAGE_OUTBOX, TRIGGER)
         self.ddl = ddl(schema)
         self.upsert_customers = _upsert_entity(s, "customers", CUSTOMER)
         self.upsert_products = _upsert_entity(s, "products", PRODUCT)
@@ -145,7 +162,7 @@ class Sql:
             f"INSERT INTO {s}.sales AS t (store, {', '.join(sale_cols)})"
             f" SELECT $1::text, {', '.join(f'u.{n}' for n in names[:-2])},"
             " v.sale_id IS NOT NULL, v.occurred_at, u.warning, now(), $2::text, u.body::jsonb"
-            f" FROM {_unnest(SALE, 3)}"
+            f" FROM {STAGE_SALES} u"
             f" LEFT JOIN {s}.voids v ON v.store = $1::text AND v.sale_id = u.id"
             f" ON CONFLICT (store, id) DO UPDATE SET {_set_excluded(sale_cols, ['id'])}"
             " WHERE excluded.version > t.version RETURNING t.id, t.voided"
@@ -156,14 +173,8 @@ class Sql:
         self.delete_tenders = (
             f"DELETE FROM {s}.tenders WHERE store = $1 AND sale_id = ANY($2::text[])"
         )
-        self.insert_lines = (
-            f"INSERT INTO {s}.sale_lines (store, {', '.join(n for n, _ in LINE)})"
-            f" SELECT $1::text, u.* FROM {_unnest(LINE, 2)}"
-        )
-        self.insert_tenders = (
-            f"INSERT INTO {s}.tenders (store, {', '.join(n for n, _ in TENDER)})"
-            f" SELECT $1::text, u.* FROM {_unnest(TENDER, 2)}"
-        )
+        self.line_columns = ("store", *(n for n, _ in LINE))
+        self.tender_columns = ("store", *(n for n, _ in TENDER))
         self.void_existing = (
             f"UPDATE {s}.sales t SET voided = true, voided_at = v.occurred_at FROM {s}.voids v"
             " WHERE t.store = $1 AND t.id = ANY($2::text[]) AND NOT t.voided"
@@ -171,7 +182,7 @@ class Sql:
         )
         self.insert_outbox = (
             f"INSERT INTO {s}.trigger_outbox ({_TRIGGER_NAMES}, batch_id)"
-            f" SELECT u.*, $1::text FROM {_unnest(TRIGGER, 2)}"
+            f" SELECT {_TRIGGER_NAMES}, $1::text FROM {STAGE_OUTBOX}"
             " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
         )
         # Each total at its currency's minor unit first (round() on numeric ties away from
@@ -307,12 +318,21 @@ class PostgresDialect:
             self.sql.insert_voids, batch.store, batch.batch_id, *columns(voids, len(VOID))
         )
 
+    async def _copy_stage(
+        self, tx: Conn, create: str, table: str, cols: Cols, records: Iterable[Sequence[Any]]
+    ) -> None:
+        """COPY rows into a (fresh, empty) staging table of this session."""
+        await tx.execute(create)
+        await tx.copy_records_to_table(table, records=records, columns=[n for n, _ in cols])
+
     async def upsert_sales(
         self, tx: Conn, batch: CommitBatch, rows: Sequence[SaleRow], committed_at: datetime
     ) -> dict[str, bool]:
-        """The guarded upsert joined to `voids`; RETURNING says which rows landed."""
-        cols = columns([sale_row(row) for row in rows], len(SALE))
-        returned = await tx.fetch(self.sql.upsert_sales, batch.store, batch.batch_id, *cols)
+        """COPY into the staging table, then the guarded upsert joined to `voids`;
+        RETURNING says which rows landed."""
+        sql = self.sql
+        await self._copy_stage(tx, sql.stage_sales, STAGE_SALES, SALE, map(sale_row, rows))
+        returned = await tx.fetch(sql.upsert_sales, batch.store, batch.batch_id)
         return {r[0]: r[1] for r in returned}
 
     async def delete_children(self, tx: Conn, store: str, sale_ids: Sequence[str]) -> None:
@@ -321,12 +341,18 @@ class PostgresDialect:
         await tx.execute(self.sql.delete_tenders, store, list(sale_ids))
 
     async def insert_children(self, tx: Conn, store: str, rows: Sequence[SaleRow]) -> None:
-        """Insert the lines and tenders of these sales, one array per column."""
-        lines, tenders = list(line_values(rows)), list(tender_values(rows))
+        """COPY the lines and tenders of these sales straight into their tables."""
+        sql = self.sql
+        lines = [(store, *v) for v in line_values(rows)]
         if lines:
-            await tx.execute(self.sql.insert_lines, store, *columns(lines, len(LINE)))
+            await tx.copy_records_to_table(
+                "sale_lines", records=lines, columns=sql.line_columns, schema_name=sql.schema_name
+            )
+        tenders = [(store, *v) for v in tender_values(rows)]
         if tenders:
-            await tx.execute(self.sql.insert_tenders, store, *columns(tenders, len(TENDER)))
+            await tx.copy_records_to_table(
+                "tenders", records=tenders, columns=sql.tender_columns, schema_name=sql.schema_name
+            )
 
     async def void_existing(self, tx: Conn, store: str, sale_ids: Sequence[str]) -> int:
         """Mark stored sales voided at their void's instant; how many changed."""
@@ -334,9 +360,10 @@ class PostgresDialect:
 
     async def insert_triggers(self, tx: Conn, batch: CommitBatch) -> int:
         """The batch's outbox rows; an existing event id is kept."""
-        rows = [trigger_values(t) for t in batch.triggers]
-        cols = columns(rows, len(TRIGGER))
-        return len(await tx.fetch(self.sql.insert_outbox, batch.batch_id, *cols))
+        sql = self.sql
+        rows = map(trigger_values, batch.triggers)
+        await self._copy_stage(tx, sql.stage_outbox, STAGE_OUTBOX, TRIGGER, rows)
+        return len(await tx.fetch(sql.insert_outbox, batch.batch_id))
 
     async def sales_report(self, tx: Conn, store: str, start: date, end: date) -> list[ReportRow]:
         """Summed by the server in NUMERIC (exact)."""
