@@ -1,6 +1,6 @@
 """`python -m bench [--quick] [--only NAME] [--json PATH]`: one table, every figure vs its baseline.
 
-Names for --only (repeatable): push, backfill, rss, commit, p99, restart, mqtt.
+Names for --only (repeatable): push, backfill, rss, commit, p99, restart, mqtt, postgres.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import mqtt, pipeline, push
+from bench import mqtt, pipeline, postgres, push
 from bench.load import have_wrk
 from bench.report import (
     Row,
@@ -26,7 +26,7 @@ from bench.report import (
     write_json,
 )
 
-NAMES = ("push", *pipeline.PIPELINE, "mqtt")
+NAMES = ("push", *pipeline.PIPELINE, "mqtt", "postgres")
 DEFAULT_JSON = Path(__file__).parent / "results" / "latest.json"
 
 
@@ -84,6 +84,12 @@ async def _main(args: argparse.Namespace, workdir: Path) -> list[Row]:
         d = workdir / "mqtt"
         d.mkdir()
         rows += await mqtt.run(d, mqtt_s)
+    if "postgres" in want:
+        print("[P9] window commits into PostgreSQL (one committer, two)", flush=True)
+        d = workdir / "postgres"
+        d.mkdir()
+        per_store = 10_000 if args.quick else 100_000
+        rows += await postgres.run(d, postgres.PostgresSettings(per_store=per_store))
     # In P-number order (P6 and P7 are measured between P4 and P5); stable within a number.
     rows.sort(key=lambda r: int(r.measure.split()[0].removeprefix("P")))
     return rows
