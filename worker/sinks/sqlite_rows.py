@@ -96,36 +96,6 @@ INSERT_BATCH = _insert("commit_batches", _BATCH_COLS)
 # A JSON array bound as one parameter: one round-trip for any number of ids.
 IN_IDS = "(SELECT value FROM json_each(?))"
 
-# Lines and tenders shredded by SQLite from the body just written with the sale, so the
-# per-row work runs in sqlite3_step (the GIL released) instead of building Python tuples.
-# Exact: the canonical body holds money and quantities as decimal strings (never JSON
-# numbers: json_extract would make them REALs), every field present (no omitted defaults),
-# and `str(Decimal)` is the stored text except in exponent form ("1E+2", stored "100"). A
-# sale whose body holds "E+" or "E-" anywhere (an exponent, or merely text such as
-# "E-gift") takes the Python path instead (`_HAS_EXPONENT`).
-_NO_EXPONENT = "instr(s.body, 'E+') = 0 AND instr(s.body, 'E-') = 0"
-_HAS_EXPONENT = "(instr(body, 'E+') > 0 OR instr(body, 'E-') > 0)"
-_LINE_FIELDS = _cols(
-    "line_id sku product_id description category quantity unit_price discount tax line_kind "
-    "employee_id original_line_id restock"
-)
-_TENDER_FIELDS = ("method", "amount", "reference", "method_id")
-
-
-def _shred(table: str, columns: Sequence[str], array: str, fields: Sequence[str]) -> str:
-    picks = ", ".join(f"json_extract(j.value, '$.{f}')" for f in fields)
-    return (
-        f"INSERT INTO {table} ({', '.join(columns)})"
-        f" SELECT s.store, s.id, j.key + 1, {picks}"
-        f" FROM sales s, json_each(s.body, '$.{array}') j"
-        f" WHERE s.store = ? AND s.id IN {IN_IDS} AND {_NO_EXPONENT}"
-    )
-
-
-SHRED_LINES = _shred("sale_lines", _LINE_COLS, "lines", _LINE_FIELDS)
-SHRED_TENDERS = _shred("tenders", _TENDER_COLS, "tenders", _TENDER_FIELDS)
-WITH_EXPONENT = f"SELECT id FROM sales WHERE store = ? AND id IN {IN_IDS} AND {_HAS_EXPONENT}"
-
 
 # The log's figures that only the canonical body holds (one source of truth): a body
 # committed before they existed has none, which is what the record said then.
@@ -360,18 +330,9 @@ class SqliteDialect:
     async def insert_children(
         self, tx: aiosqlite.Connection, store: str, rows: Sequence[SaleRow]
     ) -> None:
-        """Insert the lines and tenders of these sales: shredded in SQL from the bodies just
-        written, and in Python for the few whose body may hold an exponent form."""
-        ids = json_list(row.sale.id for row in rows)
-        await tx.execute(SHRED_LINES, (store, ids))
-        await tx.execute(SHRED_TENDERS, (store, ids))
-        found = await tx.execute_fetchall(WITH_EXPONENT, (store, ids))
-        if not found:
-            return
-        slow_ids = {r[0] for r in found}
-        slow = [row for row in rows if row.sale.id in slow_ids]
-        await tx.executemany(INSERT_LINE, ((store, *_text(v)) for v in line_values(slow)))
-        await tx.executemany(INSERT_TENDER, ((store, *_text(v)) for v in tender_values(slow)))
+        """Insert the lines and tenders of these sales (streamed, like the sales)."""
+        await tx.executemany(INSERT_LINE, ((store, *_text(v)) for v in line_values(rows)))
+        await tx.executemany(INSERT_TENDER, ((store, *_text(v)) for v in tender_values(rows)))
 
     async def void_existing(
         self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]
