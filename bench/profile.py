@@ -129,8 +129,14 @@ def _thread_kind(text: str, names: set[str]) -> str:
     return "other threads"
 
 
-def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
-    """Per-thread shares and top frames of a py-spy raw (collapsed) file, as markdown."""
+def summarize(
+    path: Path, top: int = 14, gil: bool = False, requests: int = 0, rate: int = 250
+) -> str:
+    """Per-thread shares and top frames of a py-spy raw (collapsed) file, as markdown.
+
+    With `requests` (the answered requests of the phase), each share is also given as
+    microseconds per request: samples / `rate` (Hz) / requests. Start-up imports are left out.
+    """
     stacks: list[tuple[str, list[str], int]] = []
     seen: dict[str, list[str]] = defaultdict(list)
     labels: dict[str, set[str]] = defaultdict(set)
@@ -144,6 +150,8 @@ def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
         if "): " in label:
             labels[tid].add(label.split("): ", 1)[1])
         frames = [p for p in parts if not p.startswith(("thread (", "process "))]
+        if any(f.startswith("_find_and_load ") for f in frames):
+            continue  # start-up imports: not the phase's cost
         if frames:
             stacks.append((tid, frames, int(m.group("n"))))
             seen[tid].append(";".join(frames))
@@ -178,8 +186,22 @@ def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
         "`worker/` functions, inclusive (share of the loop thread's samples):",
         "",
     ]
-    out += ["| function | share |", "|---|---|"]
-    out += [f"| `{f}` | {v / loop:.0%} |" for f, v in inclusive.most_common(top)]
+
+    def us(n: int) -> str:
+        return f" {n / rate / requests * 1e6:,.1f} |" if requests else ""
+
+    col = (" us/request |", "---|") if requests else ("", "")
+    out += [f"| function | share |{col[0]}", f"|---|---|{col[1]}"]
+    out += [f"| `{f}` | {v / loop:.0%} |{us(v)}" for f, v in inclusive.most_common(top)]
+    if requests:
+        out += [
+            f"| (event loop, all) | 100% |{us(loop)}",
+            f"| (event loop outside `worker/`) | {1 - in_worker / loop:.0%} |"
+            f"{us(loop - in_worker)}",
+            f"| (spool connection thread) | - |{us(per_kind['spool connection thread'])}",
+            "",
+            f"{requests:,} requests answered while profiled, sampled at {rate} Hz.",
+        ]
     for kind, counter in sorted(leaf.items(), key=lambda kv: -per_kind[kv[0]]):
         n = per_kind[kind]
         out += ["", f"{kind}, self (leaf) frames (share of that thread's samples):", ""]
@@ -188,7 +210,9 @@ def summarize(path: Path, top: int = 14, gil: bool = False) -> str:
     return "\n".join(out)
 
 
-async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bool) -> Path:
+async def _phase(
+    name: str, workdir: Path, seconds: float, records: int, gil: bool
+) -> tuple[Path, int]:
     out = OUT / f"{name}{'-gil' if gil else ''}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -200,6 +224,7 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bo
     )
     st = pipeline._State(workdir, settings, port=port, config=cfg)
     st.stores.append(pipeline._Store("A", "A-", records, workdir / "backfill-A.ndjson"))
+    answered = 0
     if name != "push":
         pipeline._generate(st)
     headers = {"Authorization": f"Bearer {ADMIN}"}
@@ -213,7 +238,7 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bo
         with profiled_server(cfg, out, workdir / f"{name}.log", gil=gil) as proc:
             await wait_ready(proc, ready, headers=headers, timeout_s=300)
             if name == "push":
-                await closed_loop(
+                res = await closed_loop(
                     f"{base}/v1/push/canonical/LIVE",
                     workdir=workdir,
                     templates=data.push_templates(),
@@ -222,6 +247,7 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bo
                     connections=64,
                     duration_s=seconds,
                 )
+                answered = res.ok
             elif name == "restart":
                 print(f"  ready after {time.monotonic() - proc.started_at:.2f} s", flush=True)
             elif name == "backfill":
@@ -248,7 +274,7 @@ async def _phase(name: str, workdir: Path, seconds: float, records: int, gil: bo
             else:
                 elapsed, res = await pipeline._commit(session, st, "A")
                 print(f"  committed {res['committed']:,} in {elapsed:.1f} s", flush=True)
-    return out
+    return out, answered
 
 
 def main() -> int:
@@ -265,10 +291,10 @@ def main() -> int:
         workdir = Path(tempfile.mkdtemp(prefix=f"possync-profile-{name}-"))
         try:
             print(f"[{name}] profiling the server with py-spy", flush=True)
-            out = asyncio.run(_phase(name, workdir, args.seconds, args.records, args.gil))
+            out, answered = asyncio.run(_phase(name, workdir, args.seconds, args.records, args.gil))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-        text = summarize(out, gil=args.gil)
+        text = summarize(out, gil=args.gil, requests=answered)
         print(f"\n### {name}\n\n{text}\n\nraw stacks: {out}\n", flush=True)
     return 0
 

@@ -82,6 +82,8 @@ def check_headers(headers: Mapping[str, str]) -> None:
     `Authorization` is left to the credential check (a token that is not UTF-8 is a 401).
     """
     for name, value in headers.items():
+        if value.isascii():  # nearly every header: nothing to encode
+            continue
         if name.lower() == "authorization":
             continue
         try:
@@ -339,17 +341,29 @@ class Intake:
         accepted = 0
         duplicates = 0
         realtime_dups = spooled_dups = 0
-        if spooled and (entities or manual):
+        parts = bool(entities) + bool(spooled) + bool(manual)
+        if spooled and parts > 1:
             # Decide the whole push first: if the spool cannot take its sales, nothing of it
             # is written (the real-time upserts would otherwise land before the 503).
             self.spool.check_room(store.id, spooled)
         jobs: list[asyncio.Future[tuple[int, int]]] = []
-        if entities:
-            jobs.append(asyncio.ensure_future(self._upsert(store.id, entities)))
-        if spooled:
-            jobs.append(asyncio.ensure_future(self._spool(store.id, spooled, priority)))
-        if manual:
-            jobs.append(asyncio.ensure_future(self.committer.commit_manual(store, manual)))
+        if parts == 1:
+            # The common push (one kind of record): one write awaited in place, no Task.
+            if spooled:
+                accepted, duplicates = await self._spool(store.id, spooled, priority)
+                spooled_dups = duplicates
+            elif entities:
+                accepted, duplicates = await self._upsert(store.id, entities)
+                realtime_dups = duplicates
+            else:
+                accepted, duplicates = await self.committer.commit_manual(store, manual)
+        elif parts:
+            if entities:
+                jobs.append(asyncio.ensure_future(self._upsert(store.id, entities)))
+            if spooled:
+                jobs.append(asyncio.ensure_future(self._spool(store.id, spooled, priority)))
+            if manual:
+                jobs.append(asyncio.ensure_future(self.committer.commit_manual(store, manual)))
         if jobs:
             # Wait for every part even if one fails, so nothing is left running unobserved;
             # then surface the first failure (the client retries; writes are idempotent).
