@@ -265,6 +265,26 @@ async def _acked(
         await asyncio.sleep(0.002)
 
 
+async def spool_groups(session: aiohttp.ClientSession, base: str) -> tuple[float, float]:
+    """(records, groups) the spool has group-committed so far, from possync's /metrics."""
+    async with session.get(f"{base}/metrics", headers=_ADMIN_H) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            raise RuntimeError(f"/metrics: {resp.status}")
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in (
+            "possync_spool_group_size_records_sum",
+            "possync_spool_group_size_records_count",
+        ):
+            found[name] = float(value)
+    return (
+        found.get("possync_spool_group_size_records_sum", 0.0),
+        found.get("possync_spool_group_size_records_count", 0.0),
+    )
+
+
 class _Possync:
     """possync as a consumer: its pid, and its own PUBACK count as the stop time."""
 
@@ -336,6 +356,7 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
                     await asyncio.to_thread(publish_all, broker.port, POSSYNC_TOPIC, warm)
                     await ours.drained(s.warmup)
                     before = dict(ours.state)
+                    groups_before = await spool_groups(session, base_url)
                     for i, bodies in enumerate(rounds):
                         count = marks[i + 1]
                         b, pb = await _drain(sub, broker.port, BASELINE_TOPIC, bodies, count)
@@ -349,6 +370,7 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
                             flush=True,
                         )
                     pending = await spool_pending(session, base_url)
+                    groups_after = await spool_groups(session, base_url)
             received = await sub.finish(total)
         finally:
             await sub.stop()
@@ -360,6 +382,10 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
     if pending < total or state["acked"] < total or state["rejected"] or state["retries"]:
         raise RuntimeError(f"spool holds {pending} sales, {total} were sent: {state}")
     rate, base_rate = n / _median(ours_s), n / _median(base_s)
+    grouped = groups_after[0] - groups_before[0]
+    groups = groups_after[1] - groups_before[1]
+    per_group = grouped / groups if groups else 0.0
+    print(f"  possync: {groups:,.0f} spool groups, {per_group:,.1f} messages each", flush=True)
     ratio = rate / base_rate
     how = f", median of {s.rounds} rounds" if s.rounds > 1 else ""
     return [
@@ -385,6 +411,8 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
                 "spool_pending": pending,
                 "possync_mqtt": state,
                 "bytes_per_message": size,
+                "spool_groups": groups,
+                "messages_per_group": per_group,
             },
         )
     ]

@@ -1,6 +1,6 @@
 """Profile the server during one benchmark phase with py-spy, and summarize the top frames.
 
-    python -m bench.profile [push|backfill|commit|p99|restart ...] [--seconds S] [--records N]
+    python -m bench.profile [push|backfill|commit|p99|restart|mqtt ...] [--seconds S] [--records N]
         [--gil]   (sample only the thread holding the GIL: who keeps the event loop waiting)
 
 py-spy is not a project dependency: `.venv/bin/pip install py-spy`. It runs the server as
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench import data, pipeline
+from bench import data, mqtt, pipeline
 from bench.load import OpenLoop, closed_loop
 from bench.procs import (
     ADMIN,
@@ -46,7 +46,7 @@ from bench.procs import (
 )
 
 OUT = Path(__file__).parent / "results" / "profiles"
-PHASES = ("push", "backfill", "commit", "p99", "restart")
+PHASES = ("push", "backfill", "commit", "p99", "restart", "mqtt")
 _LINE = re.compile(r"^(?P<stack>.*) (?P<n>\d+)$")
 _LOC = re.compile(r" \((?P<file>[^:()]*)(?::\d+)?\)$")
 # Frames that are on every event-loop stack and say nothing about the cost.
@@ -210,11 +210,45 @@ def summarize(
     return "\n".join(out)
 
 
+async def _mqtt_phase(out: Path, workdir: Path, records: int, gil: bool) -> None:
+    """P8's possync side under py-spy: `records` sales queued on the broker, drained once."""
+    from tests.plugins.mosquitto import MosquittoServer
+
+    broker = MosquittoServer(workdir / "mosquitto", extra_conf=[f"max_queued_messages {records}"])
+    port = free_port()
+    cfg = write_config(
+        workdir / "possync.toml", workdir / "data", port, ["LIVE"], mqtt_port=broker.port
+    )
+    base = f"http://127.0.0.1:{port}"
+    bodies = mqtt.payloads(records)
+    settings = mqtt.MqttSettings(messages=records, warmup=0)
+    broker.start()
+    try:
+        with profiled_server(cfg, out, workdir / "mqtt.log", gil=gil) as spy:
+            headers = {"Authorization": f"Bearer {ADMIN}"}
+            await wait_ready(spy, f"{base}/readyz", headers=headers, timeout_s=300)
+            server = spy.server_pid() if isinstance(spy, ProfiledServer) else None
+            if server is None:
+                raise RuntimeError("py-spy has no server child")
+            async with aiohttp.ClientSession() as session:
+                # Paused and resumed is the server itself, not py-spy.
+                consumer = mqtt._Possync(server, session, base, settings)
+                took, _ = await mqtt._drain(
+                    consumer, broker.port, mqtt.POSSYNC_TOPIC, bodies, records
+                )
+                print(f"  drained {records:,} messages in {took:.2f} s", flush=True)
+    finally:
+        broker.stop()
+
+
 async def _phase(
     name: str, workdir: Path, seconds: float, records: int, gil: bool
 ) -> tuple[Path, int]:
     out = OUT / f"{name}{'-gil' if gil else ''}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if name == "mqtt":
+        await _mqtt_phase(out, workdir, records, gil)
+        return out, records
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     stores = ["LIVE", "A"]

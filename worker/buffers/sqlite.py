@@ -511,15 +511,22 @@ class SqliteSpool:
 def _write_group(
     db: sqlite3.Connection, group: list[_Append]
 ) -> list[tuple[AppendResult, dict[str, tuple[int, int]]]]:
-    """The group-commit body (runs on the DB thread inside one transaction)."""
-    out: list[tuple[AppendResult, dict[str, tuple[int, int]]]] = []
+    """The group-commit body (runs on the DB thread inside one transaction).
+
+    The whole group is first one executemany (every request of the group: many MQTT
+    messages or HTTP pushes of one record each cost one C loop, not a statement each);
+    only when some key exists does it fall back to each request, row by row.
+    """
     insert = SPOOL_INSERT
+    if _insert_all_new(db, insert, group):
+        return [(AppendResult(len(item.rows), 0), _new_rows(item)) for item in group]
+    out: list[tuple[AppendResult, dict[str, tuple[int, int]]]] = []
     for item in group:
         store = item.store
         n = len(item.rows)
-        if n >= _BULK_FAST_PATH and _insert_all_new(db, insert, store, item.rows):
-            nbytes = sum(len(r[5]) for r in item.rows)
-            out.append((AppendResult(n, 0), {store: (n, nbytes)}))
+        # A group of one request has just failed this very attempt: skip it.
+        if len(group) > 1 and n >= _BULK_FAST_PATH and _insert_all_new(db, insert, (item,)):
+            out.append((AppendResult(n, 0), _new_rows(item)))
             continue
         accepted = 0
         drows = 0
@@ -560,24 +567,28 @@ _SLICE = 500
 _BULK_FAST_PATH = 16
 
 
-def _insert_all_new(
-    db: sqlite3.Connection,
-    insert: str,
-    store: str,
-    rows: list[tuple[str, str, int, str, float, bytes]],
-) -> bool:
-    """Insert every row in one executemany if all keys are new; else undo and return False.
+def _new_rows(item: _Append) -> dict[str, tuple[int, int]]:
+    """The pending-count delta of a request whose rows were all new keys."""
+    return {item.store: (len(item.rows), sum(len(r[5]) for r in item.rows))}
 
-    A fresh history load is all new keys, so this is SQLite's C loop instead of a Python
-    statement per row. Any existing key (a duplicate or a newer version) rolls the attempt
-    back and the caller takes the row-by-row path, which classifies each row exactly.
+
+def _insert_all_new(db: sqlite3.Connection, insert: str, items: Sequence[_Append]) -> bool:
+    """Insert every row of `items` in one executemany if all keys are new; else undo, False.
+
+    A fresh history load, or a burst of new sales, is all new keys, so this is SQLite's C
+    loop instead of a Python statement per row. Any existing key (a duplicate or a newer
+    version, also one repeated inside the group) rolls the attempt back and the caller takes
+    the row-by-row path, which classifies each row exactly.
     """
     db.execute("SAVEPOINT bulk")
     before = db.total_changes
-    db.executemany(
-        insert, [(store, k, rid, v, o, at, len(body), body) for k, rid, v, o, at, body in rows]
-    )
-    if db.total_changes - before == len(rows):
+    params = [
+        (item.store, k, rid, v, o, at, len(body), body)
+        for item in items
+        for k, rid, v, o, at, body in item.rows
+    ]
+    db.executemany(insert, params)
+    if db.total_changes - before == len(params):
         db.execute("RELEASE bulk")
         return True
     db.execute("ROLLBACK TO bulk")

@@ -37,6 +37,7 @@ log = logging.getLogger("possync.mqtt")
 
 SESSION_EXPIRY_S: Final = 0xFFFFFFFF  # MQTT 5: "never expires", like a v3.1.1 persistent session
 _TICK_S: Final = 1.0  # paho's keepalive bookkeeping runs on real time (time.monotonic)
+_READ_BURST: Final = 256  # packets read per readable event at most (others' turn after)
 
 _PENDING, _DONE, _ABANDONED = 0, 1, 2
 
@@ -117,6 +118,7 @@ class Connection:
         self._reading = False
         self._want_read = True
         self._timer: asyncio.TimerHandle | None = None
+        self._publishes = 0  # PUBLISH packets read on this connection
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -272,8 +274,16 @@ class Connection:
             self._reading = True
 
     def _on_readable(self) -> None:
+        # paho's loop_read takes one packet. A burst is read whole in this one callback
+        # (bounded), so its messages start together and their appends meet in one spool
+        # group; it stops at the first read that brought no PUBLISH (the socket is empty,
+        # or it was a PUBACK / PINGRESP) and as soon as the source pauses reading.
         try:
-            self.client.loop_read()
+            for _ in range(_READ_BURST):
+                before = self._publishes
+                self.client.loop_read()
+                if self._publishes == before or not self._reading:
+                    break
         except Exception as exc:  # a broken packet or socket ends this connection only
             log.exception("MQTT read failed")
             self.abort(f"read failed: {exc!r}")
@@ -412,4 +422,5 @@ class Connection:
             fut.set_result(reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        self._publishes += 1
         self.events.message(self, msg)
