@@ -31,6 +31,7 @@ from worker import keys
 from worker.config import decode
 from worker.errors import ConfigError
 from worker.locks import LocalLock, PostgresLock, WindowLocked
+from worker.sources.mqtt import subscription_filter
 
 pytest_plugins = ["tests.plugins.postgres"]
 
@@ -224,3 +225,8 @@ async def test_two_committers_one_database_one_commits_the_other_reports_locked(
     counts = {r["id"]: r["n"] for r in rows}
     assert set(counts) == {f"A-{n}" for n in range(20)} | {f"B-{n}" for n in range(20)} | {"BOTH-1"}
     assert set(counts.values()) == {1}
+
+
+def test_shared_group_subscribes_through_share() -> None:
+    assert subscription_filter("pos") == "pos/+/+/+"
+    assert subscription_filter("pos", "possync") == "$share/possync/pos/+/+/+"

@@ -190,6 +190,7 @@ async def _run(tmp_path: Path, dsn: str, mosquitto: MosquittoServer, kills: int)
     accepted: set[str] = set()
     published = 0
     mid_window = 0
+    got_here = dict.fromkeys(servers, 0)
     timeout = aiohttp.ClientTimeout(total=300)
     try:
         await asyncio.gather(*(s.start() for s in both))
@@ -211,12 +212,15 @@ async def _run(tmp_path: Path, dsn: str, mosquitto: MosquittoServer, kills: int)
                 mqtt_ids = [(sid, f"R{rnd}-mqtt-{n}") for sid in STORES for n in range(100)]
                 messages = [(f"pos/canonical/{sid}/sale", _sale(i)) for sid, i in mqtt_ids]
                 before = await _mqtt(session, both, "acked")
+                each = {n: await _mqtt(session, [s], "acked") for n, s in servers.items()}
                 await asyncio.to_thread(_publish_all, mosquitto.port, messages)
                 accepted |= {f"{sid}/{i}" for sid, i in mqtt_ids}
                 published += len(messages)
                 await asyncio.wait_for(
                     _mqtt_reaches(session, both, "acked", before + len(messages)), 60
                 )
+                for n, s in servers.items():  # the broker split the group's messages
+                    got_here[n] += await _mqtt(session, [s], "acked") - each[n]
 
                 # The window on both at once; kill -9 whichever holds a store's lock.
                 commits = {
@@ -253,11 +257,13 @@ async def _run(tmp_path: Path, dsn: str, mosquitto: MosquittoServer, kills: int)
     doubled = {k: c for k, c in sales.items() if c > 1}
     print(
         f"instances: kills={mid_window} accepted={len(accepted)} published_mqtt={published}"
-        f" in_sink={len(sales)} lost={len(lost)} duplicated={len(doubled)}"
+        f" mqtt_split={got_here} in_sink={len(sales)} lost={len(lost)} duplicated={len(doubled)}"
         f" trigger_outbox={sum(outbox.values())} trigger_events={sum(events.values())}"
     )
     assert mid_window >= 1  # a kill that came after the answer is counted, not hidden
     assert not lost, sorted(lost)[:10]
+    assert all(n > 0 for n in got_here.values()), got_here  # a shared, not a doubled, feed
+    assert sum(got_here.values()) == published
     assert not doubled
     assert set(sales) == accepted
     assert outbox == Counter(dict.fromkeys(accepted, 1))
