@@ -4,7 +4,8 @@ Start-up order (teardown is the exact reverse; a failed start unwinds only what 
 
     1. spool      open/recover the SQLite spool, start its group-commit writer
     2. sink       open the configured sink (sqlite | postgres)
-    3. committer  restore window state; validation + commit machinery
+    3. committer  the window lock (`worker.locks`, per `[sink] kind`), then restore window
+                  state; validation + commit machinery
     4. intake     adapters -> router (no resource of its own)
     5. scheduler  the window timer task
     6. sources    MQTT subscriber (when enabled), drop-folder watcher
@@ -49,6 +50,7 @@ from worker.committer import Committer
 from worker.config import Config, Credentials
 from worker.health import Health
 from worker.intake import Intake
+from worker.locks import open_window_lock
 from worker.metrics import Metrics
 from worker.scheduler import Scheduler
 from worker.sinks import open_sink
@@ -131,7 +133,10 @@ async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _committer_ctx(app: web.Application) -> AsyncIterator[None]:
     cfg, spool, sink = app[keys.CONFIG], app[keys.SPOOL], app[keys.SINK]
     clock, metrics, windows = app[keys.CLOCK], app[keys.METRICS], app[keys.WINDOWS]
-    async with Committer(cfg, spool, sink, clock, metrics, windows) as committer:
+    async with (
+        open_window_lock(cfg, clock) as window_lock,
+        Committer(cfg, spool, sink, clock, metrics, windows, window_lock) as committer,
+    ):
         app[keys.COMMITTER] = committer
         app[keys.INTAKE] = Intake(cfg, spool, sink, committer, clock, metrics, windows)
         yield

@@ -21,6 +21,7 @@ import contextvars
 import hashlib
 import logging
 import random
+import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from worker.buffers.base import Buffer, Entry, Lease
 from worker.clock import Clock
 from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
+from worker.locks import LocalLock, WindowLock, WindowLocked
 from worker.metrics import Metrics
 from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
 from worker.sinks.base import Sink
@@ -51,6 +53,8 @@ from worker.validation import (
 from worker.windows import NextWindows
 
 log = logging.getLogger("possync.committer")
+# The spool's own entry in its state table (a store id cannot hold ":").
+_SPOOL_KEY = ":spool"
 T = TypeVar("T")
 # When the sink retries of the running commit give up (an admin commit's deadline); None:
 # retry until the sink is back or the service stops.
@@ -75,7 +79,8 @@ class WindowResult(msgspec.Struct, kw_only=True):
     triggers_skipped: dict[str, int] = msgspec.field(default_factory=dict)
     warnings: int = 0
     duration_s: float = 0.0
-    skipped: str | None = None  # "paused" | "busy"
+    skipped: str | None = None  # "paused" | "busy" | "locked" (another instance holds it)
+    locked_by: str | None = None  # with "locked": the holding instance's id, when known
     error: str | None = None
 
 
@@ -94,8 +99,11 @@ class Committer:
         clock: Clock,
         metrics: Metrics,
         windows: NextWindows,
+        window_lock: WindowLock | None = None,
     ) -> None:
         self.cfg = cfg
+        # Across instances on one sink; in-process when not given (one process, one sink).
+        self.window_lock: WindowLock = window_lock or LocalLock()
         self.spool = spool
         self.sink = sink
         self.clock = clock
@@ -112,13 +120,27 @@ class Committer:
         self.last: dict[str, WindowResult] = {}
         self.last_window: dict[str, datetime] = {}
         self.sink_error: str | None = None
+        # Spool seqs are per spool: on a shared sink the batch ids of two instances' spools
+        # must not meet (the second would be taken for a rerun of the first and dropped).
+        self.batch_prefix = ""
 
     # ----------------------------------------------------------------- state
 
     async def __aenter__(self) -> Committer:
         """Restore the window state; the committer is then ready."""
         await self.load_state()
+        if type(self.cfg.sink).__struct_config__.tag != "sqlite":
+            self.batch_prefix = await self._spool_id() + "/"
         return self
+
+    async def _spool_id(self) -> str:
+        """A random id kept in the spool for its life (stable across restarts)."""
+        state = await self.spool.state.get(_SPOOL_KEY)
+        sid = state.get("id")
+        if not isinstance(sid, str) or not sid:
+            sid = secrets.token_hex(8)
+            await self.spool.state.put(_SPOOL_KEY, {"id": sid})
+        return sid
 
     async def __aexit__(self, *exc: object) -> None:
         """Set the stop event, so running sink retries end promptly."""
@@ -168,14 +190,21 @@ class Committer:
             self.metrics.child(self.metrics.window_commits, store.id, "skipped_busy").inc()
             return result
         t0 = self.clock.monotonic()
-        async with lock:
-            log.info(
-                "store %s: window %s starts",
-                store.id,
-                window_at.isoformat(),
-                extra={"event": "window.start", "store": store.id, "source": store.source},
-            )
+        async with lock, contextlib.AsyncExitStack() as held:
             try:
+                try:
+                    # Across instances: exactly one commits this store-window (worker.locks).
+                    await held.enter_async_context(
+                        self.window_lock.hold(store.id, self.cfg.instance.lock_wait_s)
+                    )
+                except WindowLocked as exc:
+                    return self._locked(store, window_at, result, exc)
+                log.info(
+                    "store %s: window %s starts",
+                    store.id,
+                    window_at.isoformat(),
+                    extra={"event": "window.start", "store": store.id, "source": store.source},
+                )
                 token = _DEADLINE.set(deadline)  # copied into the page tasks it creates
                 try:
                     await self._commit_pages(store, window_at, result)
@@ -229,6 +258,28 @@ class Committer:
             )
             self.last_window[store.id] = window_at
         await self.deliver_triggers()
+        return result
+
+    def _locked(
+        self, store: StoreConfig, window_at: datetime, result: WindowResult, exc: WindowLocked
+    ) -> WindowResult:
+        """Another instance is committing this store: skip, visibly (result, metric, log)."""
+        result.skipped = "locked"
+        result.locked_by = exc.holder
+        self.metrics.child(self.metrics.window_commits, store.id, "skipped_locked").inc()
+        self.metrics.child(self.metrics.window_locked, store.id).inc()
+        log.info(
+            "store %s: window %s skipped: lock held by %s",
+            store.id,
+            window_at.isoformat(),
+            exc.holder or "another instance",
+            extra={
+                "event": "window.locked",
+                "store": store.id,
+                "window_at": window_at.isoformat(),
+                "holder": exc.holder,
+            },
+        )
         return result
 
     async def _commit_pages(
@@ -355,7 +406,10 @@ class Committer:
             )
         rows = [row for _, row in verdict.sales]
         voids = [v for _, v in verdict.voids]
-        batch_id = f"{store.id}:{window_at.isoformat()}:{entries[0].seq}-{entries[-1].seq}"
+        batch_id = (
+            f"{self.batch_prefix}{store.id}:{window_at.isoformat()}"
+            f":{entries[0].seq}-{entries[-1].seq}"
+        )
         return verdict, CommitBatch.build(batch_id, store.id, window_at, rows, voids, triggers)
 
     def _triggers_for(

@@ -378,8 +378,22 @@ def validate(cfg: Config, origin: str = "config") -> None:
                 field=empty[0],
             )
     _check_tokens(cfg, origin)
+    _check_instance(cfg, origin)
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError(f"{origin}: tls_cert and tls_key go together", field="$.http.tls_key")
+
+
+def _check_instance(cfg: Config, origin: str) -> None:
+    """`[instance] owns`: configured store ids, each once (a window needs the store's config)."""
+    configured = {s.id for s in cfg.stores}
+    seen: set[str] = set()
+    for i, sid in enumerate(cfg.instance.owns):
+        field = f"$.instance.owns[{i}]"
+        if sid in seen:
+            raise ConfigError(f"{origin}: store {sid!r} listed twice in owns", field=field)
+        if sid not in configured:
+            raise ConfigError(f"{origin}: owns store {sid!r}, which has no [[stores]]", field=field)
+        seen.add(sid)
 
 
 def _check_source(store: StoreConfig, index: int, origin: str) -> None:

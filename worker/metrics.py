@@ -150,8 +150,14 @@ class Metrics:
         # -- windows
         self.window_commits = Counter(
             "possync_window_commits",
-            "Store-window commits by store and result (ok, error, skipped_paused, skipped_busy)",
+            "Store-window commits by store and result (ok, error, skipped_paused, skipped_busy, skipped_locked)",
             ["store", "result"],
+            registry=r,
+        )
+        self.window_locked = Counter(
+            "possync_window_locked",
+            "Store-windows skipped because another instance held the store's window lock",
+            ["store"],
             registry=r,
         )
         self.window_seconds = Histogram(

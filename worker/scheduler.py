@@ -10,6 +10,12 @@ Contract:
 * Waits are on the clock (`Clock.wait_until`) against the committer's stop event, so a fake
   clock drives it in tests and a stop ends it at once. Between windows it polls the trigger
   outbox every `trigger_poll_s`.
+* Many instances (`[instance] owns`, `worker.locks`): a store this instance owns (empty
+  `owns`: every store) has its windows run here on schedule; a configured store it does not
+  own has its windows run only while this spool still holds rows of it (a store moved away,
+  or MQTT messages a shared subscription brought here), so nothing spooled here is stranded.
+  Either way the commit takes the store's window lock: exactly one instance commits a
+  store at a time, the others wait up to `lock_wait_s`, then report `skipped = "locked"`.
 * `run` is one task owned by the app (`Health.owned_task`: its death fails /readyz). On exit
   it cancels the running commits and awaits them: a cancelled commit has acked nothing, its
   rows stay in the spool for the next window.
@@ -31,7 +37,12 @@ from worker.windows import NextWindows
 # The scheduler's lines have always been the committer's: the logger name is kept for them.
 log = logging.getLogger("possync.committer")
 
-__all__ = ["Scheduler"]
+__all__ = ["Scheduler", "owned_stores"]
+
+
+def owned_stores(cfg: Config) -> frozenset[str]:
+    """`[instance] owns`, or every configured store when it is empty."""
+    return frozenset(cfg.instance.owns or [s.id for s in cfg.stores])
 
 
 class Scheduler:
@@ -52,6 +63,11 @@ class Scheduler:
         self.trigger_poll_s = trigger_poll_s
         self.running: dict[str, asyncio.Task[WindowResult]] = {}
         self.next_due: dict[str, datetime] = {}
+        self.owned = owned_stores(cfg)
+
+    def runs_window(self, store: StoreConfig) -> bool:
+        """Whether this instance runs the store's window now (owned, or rows to drain)."""
+        return store.id in self.owned or self.committer.spool.stats(store.id).pending > 0
 
     async def run(self) -> None:
         """The scheduling loop; owned by the app's cleanup context."""
@@ -59,7 +75,7 @@ class Scheduler:
         now = self.clock.now()
         for store in self.cfg.stores:
             due = self.windows.catch_up(store, self.committer.last_window.get(store.id), now)
-            if due is not None:
+            if due is not None and self.runs_window(store):
                 log.info(
                     "store %s missed its window at %s: catching up once", store.id, due.isoformat()
                 )
@@ -79,7 +95,8 @@ class Scheduler:
                 for store in self.cfg.stores:
                     due_at = self.next_due[store.id]
                     if due_at <= now:
-                        self._start(store, due_at)
+                        if self.runs_window(store):
+                            self._start(store, due_at)
                         self.next_due[store.id] = self.windows.after(store, now)
                 try:
                     await self.committer.deliver_triggers()
@@ -94,6 +111,7 @@ class Scheduler:
                     await t
 
     def _start(self, store: StoreConfig, window_at: datetime) -> None:
+        """Start the store's commit task unless its previous one still runs."""
         running = self.running.get(store.id)
         if running is not None and not running.done():
             log.warning(

@@ -19,6 +19,8 @@ import worker
 from worker import keys
 from worker.api.params import int_param
 from worker.committer import WindowResult
+from worker.locks import instance_id
+from worker.scheduler import owned_stores
 from worker.web import json_response, require_admin
 
 STATUS_STORES_DEFAULT = 200
@@ -115,6 +117,8 @@ async def status_body(app: web.Application) -> dict[str, Any]:
     with_pending = [s.id for s in cfg.stores if spool.stats(s.id).pending]
     oldest_of = await spool.oldest_many(with_pending)
     quarantine_of = await spool.quarantined.counts()
+    lock = committer.window_lock
+    owned = owned_stores(cfg)
     for s in cfg.stores:
         st = spool.stats(s.id)
         oldest = oldest_of.get(s.id)
@@ -131,11 +135,22 @@ async def status_body(app: web.Application) -> dict[str, Any]:
             "last_window": _last_json(last),
             "quarantine": quarantine_of.get(s.id, 0),
             "paused": s.id in committer.paused,
+            "owned": s.id in owned,
+            "lock": "held" if s.id in lock.held else "waiting" if s.id in lock.waiting else None,
         }
     extra = app.get(keys.STATUS_EXTRA)
     body: dict[str, Any] = {
         "version": worker.__version__,
         "now": now.isoformat(),
+        "instance": {
+            "id": instance_id(cfg),
+            "owns": sorted(owned),
+            "lock": lock.kind,
+            # Stores whose window lock this instance holds right now, and those waiting for
+            # another instance's (a wait is visible, never silent).
+            "locks_held": sorted(lock.held),
+            "locks_waiting": sorted(lock.waiting),
+        },
         "stores": stores,
         "spool": {
             "path": str(spool.path),

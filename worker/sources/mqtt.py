@@ -126,6 +126,14 @@ class _Route(msgspec.Struct, frozen=True):
     topic: str  # `kind` percent-decoded: passed to ingest as `topic=`
 
 
+def subscription_filter(prefix: str, shared_group: str = "") -> str:
+    """`{prefix}/+/+/+`, or `$share/{group}/{prefix}/+/+/+`: the broker then hands each
+    message to one member of the group (MQTT 5 shared subscription; messages keep their
+    own topic, so `parse_topic` is unchanged)."""
+    plain = f"{prefix}/+/+/+"
+    return f"$share/{shared_group}/{plain}" if shared_group else plain
+
+
 def parse_topic(prefix: str, topic: str) -> _Route:
     """`{prefix}/{source}/{store}/{kind}` -> route; RecordInvalid(field="topic") otherwise."""
     head = prefix + "/"
@@ -221,8 +229,8 @@ class MqttSource:
 
     @property
     def subscription(self) -> str:
-        """The topic filter we subscribe to."""
-        return f"{self.cfg.prefix}/+/+/+"
+        """The topic filter we subscribe to (MQTT 5 shared when `shared_group` is set)."""
+        return subscription_filter(self.cfg.prefix, self.cfg.shared_group)
 
     @property
     def ready(self) -> bool:
