@@ -319,3 +319,17 @@ async def test_a_dead_delivery_task_is_visible_on_readyz(tmp_path: Path) -> None
             st = (await r.outbox.status())["app"]
     assert checks["task:output:app"].startswith("dead:")
     assert st["pending"] == 1  # nothing was marked delivered
+
+
+async def test_pending_rows_follow_a_changed_concurrency(tmp_path: Path) -> None:
+    """Appended with four lanes, delivered after a restart with one: nothing is stranded in
+    a lane that no longer exists."""
+    async with fake_clienteling(API_TOKEN) as api:
+        stores = ["S1", "S2", "S3", "S4", "S5", "S6"]
+        wide = cfg_for(tmp_path, api.url, concurrency=4)
+        async with open_outbox(wide, FakeClock(NOW), Metrics()) as outbox:
+            await outbox.append([staged(f"{s}:0", store=s) for s in stores])
+        narrow = cfg_for(tmp_path, api.url, concurrency=1)
+        async with running(narrow, api) as r:
+            await wait_status(r, lambda s: s["delivered"] == len(stores))
+    assert sorted(api.order) == sorted(f"{s}:0" for s in stores)

@@ -179,13 +179,20 @@ class OutboxFile:
 
         await self._hop(go)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """`fn(conn)` in one write transaction, committed (fsync) when this returns."""
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """`fn(conn)` in one write transaction, committed (fsync) when this returns.
+
+        `durable=False` is for delivery bookkeeping (delivered / parked marks, due triggers
+        made ready): committed with synchronous=NORMAL, safe against a process crash, lost
+        only on power loss, which re-delivers those pages (at least once, never lost). The
+        next durable append fsyncs them along with itself. Appends are always durable."""
 
         def tx() -> T:
             db = self._db
             if db is None:
                 raise sqlite3.ProgrammingError("the outbox file is closed")
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = fn(db)
@@ -194,6 +201,9 @@ class OutboxFile:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
             return result
 
         return await self._hop(tx)
@@ -371,7 +381,7 @@ class Outbox:
                 (output, lane, size),
             ).fetchall()
 
-        rows = await self.file.run(go)
+        rows = await self.file.run(go, durable=False)
         return [
             (
                 r[0],
@@ -470,7 +480,7 @@ class Outbox:
                 [(state, reason, now, s) for s in seqs],
             )
 
-        await self.file.run(go)
+        await self.file.run(go, durable=False)
 
     async def prune_forever(self) -> None:
         """Delete delivered and cancelled rows older than KEEP_DONE_S, every PRUNE_EVERY_S."""
