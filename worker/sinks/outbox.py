@@ -45,6 +45,7 @@ import logging
 import random
 import sqlite3
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -242,6 +243,7 @@ class Outbox:
         self._lanes: dict[str, list[_Lane]] = {
             o.name: [_Lane() for _ in range(lanes_of(o))] for o in outputs
         }
+        self._width = {o.name: lanes_of(o) for o in outputs}
         self._routes: dict[str, list[OutputConfig]] = {}
         for o in outputs:
             for kind in o.records:
@@ -297,7 +299,7 @@ class Outbox:
             state = WAITING if due is not None and due > now else READY
             at, body = utc_text(ev.at), bytes(ev.body)
             for o in targets:
-                lane = lane_of(ev.store, lanes_of(o))
+                lane = lane_of(ev.store, self._width[o.name])
                 rows.append(
                     (o.name, ev.event_id, ev.kind, ev.store, it.sale_id, lane, at, due, state, body)
                 )
@@ -332,8 +334,8 @@ class Outbox:
             return db.total_changes - before
 
         written = await self.file.run(go)
-        for r in rows:
-            self.metrics.outbox_appended.labels(r[0], r[2]).inc()
+        for (name, kind), n in Counter((r[0], r[2]) for r in rows).items():
+            self.metrics.outbox_appended.labels(name, kind).inc(n)
         touched = {(r[0], r[5]) for r in rows}
         for name, lane in touched:
             self._lanes[name][lane].wake.set()
