@@ -117,7 +117,9 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with open_sink(app[keys.CONFIG]) as sink:
+    async with open_sink(
+        app[keys.CONFIG], clock=app[keys.CLOCK], health=app[keys.HEALTH], metrics=app[keys.METRICS]
+    ) as sink:
         app[keys.SINK] = sink
         app[keys.HEALTH].add_check("sink", sink.health)
         damaged = getattr(sink, "recovered_from", None)

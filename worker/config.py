@@ -379,6 +379,7 @@ def validate(cfg: Config, origin: str = "config") -> None:
             )
     _check_tokens(cfg, origin)
     _check_instance(cfg, origin)
+    _check_outputs(cfg, origin)
     if bool(cfg.http.tls_cert) != bool(cfg.http.tls_key):
         raise ConfigError(f"{origin}: tls_cert and tls_key go together", field="$.http.tls_key")
 
@@ -412,6 +413,47 @@ def _check_source(store: StoreConfig, index: int, origin: str) -> None:
             f"{origin}: source {store.source!r} signs its pushes: set the store's secret",
             field=f"$.stores[{index}].secret",
         )
+
+
+def _check_outputs(cfg: Config, origin: str) -> None:
+    """`[[outputs]]`: names unique, `records` non-empty and each once, a known kind, an
+    http(s) URL with a host."""
+    # Imported here: the outputs module imports this one for its config types.
+    from urllib.parse import urlsplit
+
+    from worker.sinks.outputs import OUTPUTS, output_kind
+
+    names: set[str] = set()
+    for i, out in enumerate(cfg.outputs):
+        at = f"$.outputs[{i}]"
+        if out.name in names:
+            raise ConfigError(f"{origin}: duplicate output name {out.name!r}", field=f"{at}.name")
+        names.add(out.name)
+        kind = output_kind(out)
+        if kind not in OUTPUTS:
+            raise ConfigError(
+                f"{origin}: output kind {kind!r} is not available in this build "
+                f"(kinds: {', '.join(sorted(OUTPUTS))})",
+                field=f"{at}.kind",
+            )
+        if not out.records:
+            raise ConfigError(
+                f"{origin}: an output needs at least one record kind in records",
+                field=f"{at}.records",
+            )
+        if len(set(out.records)) != len(out.records):
+            raise ConfigError(f"{origin}: a record kind is listed twice", field=f"{at}.records")
+        if isinstance(out, HttpOutputConfig):
+            try:
+                url = urlsplit(out.url)
+                ok = url.scheme in ("http", "https") and bool(url.hostname)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(
+                    f"{origin}: url must be an http:// or https:// URL with a host",
+                    field=f"{at}.url",
+                )
 
 
 def _check_tokens(cfg: Config, origin: str) -> None:

@@ -222,6 +222,31 @@ class Metrics:
             ["kind", "operation"],
             registry=r,
         )
+        # -- outputs (the outbox, worker.sinks.outbox); `output` is a configured name
+        self.outbox_appended = Counter(
+            "possync_outbox_appended_events",
+            "Events offered to an output's outbox queue (re-appends included), by output, type",
+            ["output", "type"],
+            registry=r,
+        )
+        self.outbox_delivered = Counter(
+            "possync_outbox_delivered_events",
+            "Events an output confirmed, by output",
+            ["output"],
+            registry=r,
+        )
+        self.outbox_parked = Counter(
+            "possync_outbox_parked_events",
+            "Events parked after a fatal output error, by output",
+            ["output"],
+            registry=r,
+        )
+        self.outbox_retries = Counter(
+            "possync_outbox_retries",
+            "Page deliveries retried after a retriable output error, by output",
+            ["output"],
+            registry=r,
+        )
 
     # ------------------------------------------------------------------ hot path helpers
 

@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from worker.batch import CommitBatch, SaleRow, TriggerEvent
-from worker.config import Config, PostgresSinkConfig, SqliteSinkConfig
+from worker.config import Config, HttpOutputConfig, PostgresSinkConfig, SqliteSinkConfig
 from worker.records import Adjustment, Sale, SaleLine, Tender, Void
 from worker.sinks import open_sink
 from worker.sinks.base import ClientBook, ReportRow
@@ -118,6 +118,23 @@ class SqliteBackend(Backend):
             self._locker = None
 
 
+class FanoutBackend(SqliteBackend):
+    """The SQLite sink behind the fanout (`[[outputs]]` configured): the same contract.
+
+    Its HTTP output points at a closed port, so its events wait in the outbox (retried);
+    the contract is about the ClientBook the registry yields, not the delivery."""
+
+    kind = "sqlite+outputs"
+
+    def config(self) -> Config:
+        out = HttpOutputConfig(
+            name="contract",
+            records=["customer", "product", "sale", "void", "trigger", "manifest"],
+            url="http://127.0.0.1:9/events",
+        )
+        return msgspec.structs.replace(super().config(), outputs=[out])
+
+
 class PostgresBackend(Backend):
     kind = "postgres"
 
@@ -159,10 +176,12 @@ class PostgresBackend(Backend):
         await asyncio.to_thread(self.server.start)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "sqlite+outputs", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return SqliteBackend(tmp_path)
+    if request.param == "sqlite+outputs":
+        return FanoutBackend(tmp_path)
     server: PostgresServer = request.getfixturevalue("postgres_server")
     dsn: str = request.getfixturevalue("postgres_dsn")
     return PostgresBackend(tmp_path, server, dsn)

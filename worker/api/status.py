@@ -169,6 +169,9 @@ async def status_body(app: web.Application) -> dict[str, Any]:
         "health": await app[keys.HEALTH].run(),
         "notes": app[keys.HEALTH].current_notes(),
     }
+    outputs = getattr(app[keys.SINK], "outputs_status", None)  # with [[outputs]] only
+    if outputs is not None:
+        body["outputs"] = await outputs()
     if extra:
         for name, fn in extra.items():
             body[name] = fn()

@@ -55,3 +55,23 @@ class Output(Protocol):
 
 
 OutputFactory = Callable[[Config, OutputConfig], AbstractAsyncContextManager[Output]]
+
+
+def _http(cfg: Config, out: OutputConfig) -> AbstractAsyncContextManager[Output]:
+    from worker.sinks.http import open_http_output
+
+    return open_http_output(cfg, out)
+
+
+# Config `kind` -> factory. The MQTT output registers "mqtt" here (worker.sinks.mqtt).
+OUTPUTS: dict[str, OutputFactory] = {"http": _http}
+
+
+def output_kind(out: OutputConfig) -> str:
+    """The `kind` tag of an `[[outputs]]` table."""
+    return str(type(out).__struct_config__.tag)
+
+
+def open_output(cfg: Config, out: OutputConfig) -> AbstractAsyncContextManager[Output]:
+    """Open one configured output as an async context (its kind's factory)."""
+    return OUTPUTS[output_kind(out)](cfg, out)
