@@ -192,21 +192,27 @@ class Committer:
         t0 = self.clock.monotonic()
         async with lock, contextlib.AsyncExitStack() as held:
             try:
-                try:
-                    # Across instances: exactly one commits this store-window (worker.locks).
-                    await held.enter_async_context(
-                        self.window_lock.hold(store.id, self.cfg.instance.lock_wait_s)
-                    )
-                except WindowLocked as exc:
-                    return self._locked(store, window_at, result, exc)
-                log.info(
-                    "store %s: window %s starts",
-                    store.id,
-                    window_at.isoformat(),
-                    extra={"event": "window.start", "store": store.id, "source": store.source},
-                )
                 token = _DEADLINE.set(deadline)  # copied into the page tasks it creates
                 try:
+                    try:
+                        # Across instances: exactly one commits this store-window
+                        # (worker.locks). Taking it is a sink call like any other: while
+                        # the database is down it is retried until the deadline.
+                        await self._with_retry(
+                            "window lock",
+                            lambda: held.enter_async_context(
+                                self.window_lock.hold(store.id, self.cfg.instance.lock_wait_s)
+                            ),
+                            op="lock",
+                        )
+                    except WindowLocked as exc:
+                        return self._locked(store, window_at, result, exc)
+                    log.info(
+                        "store %s: window %s starts",
+                        store.id,
+                        window_at.isoformat(),
+                        extra={"event": "window.start", "store": store.id, "source": store.source},
+                    )
                     await self._commit_pages(store, window_at, result)
                 finally:
                     _DEADLINE.reset(token)
