@@ -63,8 +63,16 @@ def _http(cfg: Config, out: OutputConfig) -> AbstractAsyncContextManager[Output]
     return open_http_output(cfg, out)
 
 
-# Config `kind` -> factory. The MQTT output registers "mqtt" here (worker.sinks.mqtt).
-OUTPUTS: dict[str, OutputFactory] = {"http": _http}
+def _mqtt(cfg: Config, out: OutputConfig) -> AbstractAsyncContextManager[Output]:
+    from worker.config import MqttOutputConfig
+    from worker.sinks.mqtt import open_mqtt_output
+
+    assert isinstance(out, MqttOutputConfig)  # the registry is keyed by the config's tag
+    return open_mqtt_output(cfg, out)
+
+
+# Config `kind` -> factory.
+OUTPUTS: dict[str, OutputFactory] = {"http": _http, "mqtt": _mqtt}
 
 
 def output_kind(out: OutputConfig) -> str:
