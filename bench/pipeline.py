@@ -234,7 +234,11 @@ async def _backfill_stream(
 async def _backfill_pushes(
     session: aiohttp.ClientSession, st: _State, store: _Store, progress: _Progress
 ) -> dict[str, Any]:
-    headers = {**_ADMIN_H, "Content-Type": "application/x-ndjson"}
+    # Push routes take the store's own token only (the admin token is for operations).
+    headers = {
+        "Authorization": f"Bearer {store_token(store.name)}",
+        "Content-Type": "application/x-ndjson",
+    }
     url = f"{st.base}/v1/push/canonical/{store.name}"
     batches = data.read_batches(store.path, BACKFILL_BATCH)
     accepted = 0
