@@ -1,4 +1,5 @@
-"""Damaged SQLite files: detect at open, move aside, salvage what still reads.
+"""SQLite files: one connection on its own thread (`SqliteFile`); damaged files detected at
+open, moved aside, and what still reads salvaged.
 
 Used by the spool and the embedded SQLite sink so that a corrupted file is reported on
 /readyz and /status and the service keeps serving, instead of crash-looping at start-up.
@@ -6,17 +7,21 @@ Used by the spool and the embedded SQLite sink so that a corrupted file is repor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger("possync.files")
+T = TypeVar("T")
 
 
 def quick_check(path: Path) -> str | None:
@@ -215,3 +220,102 @@ def keep_copy(path: Path, why: str) -> Path:
         if src.exists():
             shutil.copyfile(src, Path(str(target) + suffix))
     return target
+
+
+class SqliteFile:
+    """One sqlite3 connection on its own thread; one function per hop, one transaction each.
+
+    The spool's file (`worker.buffers.sqlite_file.SpoolFile`) and the outbox's
+    (`worker.sinks.outbox`): the loop never blocks on SQLite or fsync, and the file has
+    exactly one writer. `schema` is run at connect; `name` names the thread and errors.
+    """
+
+    def __init__(self, path: Path, synchronous: str, schema: str, name: str) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._schema = schema
+        self._name = name
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"possync-{name}")
+        self._db: sqlite3.Connection | None = None
+
+    async def _hop(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError(f"the {self._name} file is closed")
+        return self._db
+
+    async def connect(self) -> None:
+        """Open the connection on the file's thread (WAL, busy timeout, the schema)."""
+
+        def go() -> None:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self._synchronous}")
+                db.execute("PRAGMA busy_timeout=5000")
+                db.executescript(self._schema)
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+
+        await self._hop(go)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run `fn(conn)` on the file's thread inside one transaction.
+
+        `durable=False` is for bookkeeping whose loss on power failure is harmless (acks,
+        holds, quarantine moves, scheduler state: each is redone idempotently). Those commit
+        with synchronous=NORMAL: safe against a process crash, no fsync of their own; the
+        next durable group commit fsyncs them along with itself. Appends are always durable.
+        """
+        relax = not durable and self._synchronous != "NORMAL"
+
+        def tx() -> T:
+            db = self._conn()
+            if relax:
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")  # fsync (synchronous=FULL): durable from here on
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                if relax:
+                    db.execute(f"PRAGMA synchronous={self._synchronous}")
+            return result
+
+        return await self._hop(tx)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only `fn(conn)` on the file's thread (one consistent view per call)."""
+        return await self.call(fn)
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` on the file's thread outside any transaction of ours (salvage)."""
+        return await self._hop(lambda: fn(self._conn()))
+
+    async def close(self, *, checkpoint: bool) -> None:
+        """Checkpoint the WAL (when asked), close the connection, then end the thread."""
+
+        def go() -> None:
+            db, self._db = self._db, None
+            if db is None:
+                return
+            try:
+                if checkpoint:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.close()
+
+        try:
+            await self._hop(go)
+        finally:
+            # The thread is idle now: joining it is immediate, but never on the loop.
+            await asyncio.to_thread(self._pool.shutdown, True)

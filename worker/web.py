@@ -42,12 +42,17 @@ _JSON = msgspec.json.Encoder(decimal_format="string")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def json_bytes(data: Any) -> bytes:
+    """`data` as the JSON every answer uses (msgspec; Decimals as strings, datetimes ISO-8601)."""
+    return _JSON.encode(data)
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """A JSON response encoded by msgspec (Decimals as strings, datetimes ISO-8601)."""
     return web.Response(
-        body=_JSON.encode(data), status=status, content_type="application/json", headers=headers
+        body=json_bytes(data), status=status, content_type="application/json", headers=headers
     )
 
 

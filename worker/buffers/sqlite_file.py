@@ -21,14 +21,13 @@ import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from worker.buffers import salvage
 from worker.config import SpoolConfig
-from worker.sqlite_files import mark_opened, move_aside
+from worker.sqlite_files import SqliteFile, mark_opened, move_aside
 
 log = logging.getLogger("possync.spool")
 T = TypeVar("T")
@@ -72,96 +71,11 @@ SPOOL_INSERT = (
 )
 
 
-class SpoolFile:
-    """One sqlite3 connection on its own thread; one function per hop, one transaction each."""
+class SpoolFile(SqliteFile):
+    """The spool's file: its schema on the shared one-thread connection."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
-        self.path = path
-        self._synchronous = synchronous
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="possync-spool")
-        self._db: sqlite3.Connection | None = None
-
-    async def _hop(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise sqlite3.ProgrammingError("the spool file is closed")
-        return self._db
-
-    async def connect(self) -> None:
-        """Open the connection on the file's thread (WAL, busy timeout, the schema)."""
-
-        def go() -> None:
-            db = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(f"PRAGMA synchronous={self._synchronous}")
-                db.execute("PRAGMA busy_timeout=5000")
-                db.executescript(SCHEMA)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-
-        await self._hop(go)
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        """Run `fn(conn)` on the file's thread inside one transaction.
-
-        `durable=False` is for bookkeeping whose loss on power failure is harmless (acks,
-        holds, quarantine moves, scheduler state: each is redone idempotently). Those commit
-        with synchronous=NORMAL: safe against a process crash, no fsync of their own; the
-        next durable group commit fsyncs them along with itself. Appends are always durable.
-        """
-        relax = not durable and self._synchronous != "NORMAL"
-
-        def tx() -> T:
-            db = self._conn()
-            if relax:
-                db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-                db.execute("COMMIT")  # fsync (synchronous=FULL): durable from here on
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                if relax:
-                    db.execute(f"PRAGMA synchronous={self._synchronous}")
-            return result
-
-        return await self._hop(tx)
-
-    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only `fn(conn)` on the file's thread (one consistent view per call)."""
-        return await self.call(fn)
-
-    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(conn)` on the file's thread outside any transaction of ours (salvage)."""
-        return await self._hop(lambda: fn(self._conn()))
-
-    async def close(self, *, checkpoint: bool) -> None:
-        """Checkpoint the WAL (when asked), close the connection, then end the thread."""
-
-        def go() -> None:
-            db, self._db = self._db, None
-            if db is None:
-                return
-            try:
-                if checkpoint:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                db.close()
-
-        try:
-            await self._hop(go)
-        finally:
-            # The thread is idle now: joining it is immediate, but never on the loop.
-            await asyncio.to_thread(self._pool.shutdown, True)
+        super().__init__(path, synchronous, SCHEMA, "spool")
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,16 +114,9 @@ class FanoutBook:
     async def _append(self, items: Sequence[Staged]) -> None:
         try:
             await self.outbox.append(items)
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc):
-                raise SinkFull("outbox: disk full") from None
-            raise SinkError(
-                f"outbox append failed ({type(exc).__name__})",
-                retriable=True,
-                field="outbox",
-                retry_after_s=5,
-            ) from None
         except sqlite3.Error as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+                raise SinkFull("outbox: disk full") from None
             raise SinkError(
                 f"outbox append failed ({type(exc).__name__})",
                 retriable=True,

@@ -1,8 +1,8 @@
 """The durable outbox: committed events waiting for each `[[outputs]]` destination.
 
 One SQLite file, `<data_dir>/outbox.db` (WAL, `synchronous=FULL`), with its one connection on
-its own one-thread executor (like the spool's `SpoolFile`: the loop never blocks on SQLite or
-fsync, and the file has exactly one writer). It is its own file, not a table of the sink:
+its own one-thread executor (`worker.sqlite_files.SqliteFile`, as the spool's: the loop never
+blocks on SQLite or fsync, and the file has exactly one writer). It is its own file, not a table of the sink:
 the sink may be PostgreSQL shared by many instances, while the outbox is this instance's
 delivery queue; and not a table of the spool, whose file has its own salvage rules.
 
@@ -46,8 +46,7 @@ import random
 import sqlite3
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -62,6 +61,7 @@ from worker.health import Health
 from worker.metrics import Metrics
 from worker.sinks.base import utc_text
 from worker.sinks.outputs import OutEvent, Output
+from worker.sqlite_files import SqliteFile
 
 log = logging.getLogger("possync.outbox")
 T = TypeVar("T")
@@ -152,79 +152,11 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class OutboxFile:
-    """One sqlite3 connection on its own thread; one function per hop, one transaction each."""
+class OutboxFile(SqliteFile):
+    """The outbox's file: its schema, always synchronous=FULL between bookkeeping writes."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="possync-outbox")
-        self._db: sqlite3.Connection | None = None
-
-    async def _hop(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
-
-    async def connect(self) -> None:
-        """Open on the file's thread: WAL, synchronous=FULL, the schema."""
-
-        def go() -> None:
-            db = sqlite3.connect(self.path, isolation_level=None)
-            try:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")
-                db.execute("PRAGMA busy_timeout=5000")
-                db.executescript(SCHEMA)
-            except BaseException:
-                db.close()
-                raise
-            self._db = db
-
-        await self._hop(go)
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        """`fn(conn)` in one write transaction, committed (fsync) when this returns.
-
-        `durable=False` is for delivery bookkeeping (delivered / parked marks, due triggers
-        made ready): committed with synchronous=NORMAL, safe against a process crash, lost
-        only on power loss, which re-delivers those pages (at least once, never lost). The
-        next durable append fsyncs them along with itself. Appends are always durable."""
-
-        def tx() -> T:
-            db = self._db
-            if db is None:
-                raise sqlite3.ProgrammingError("the outbox file is closed")
-            if not durable:
-                db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            finally:
-                if not durable:
-                    db.execute("PRAGMA synchronous=FULL")
-            return result
-
-        return await self._hop(tx)
-
-    async def close(self) -> None:
-        """Checkpoint, close the connection, end the thread."""
-
-        def go() -> None:
-            db, self._db = self._db, None
-            if db is not None:
-                try:
-                    with contextlib.suppress(sqlite3.Error):
-                        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                finally:
-                    db.close()
-
-        try:
-            await self._hop(go)
-        finally:
-            await asyncio.to_thread(self._pool.shutdown, True)
+        super().__init__(path, "FULL", SCHEMA, "outbox")
 
 
 class Outbox:
@@ -571,7 +503,7 @@ async def open_outbox(
         await outbox.relane()
         yield outbox
     finally:
-        await file.close()
+        await file.close(checkpoint=True)
 
 
 @contextlib.asynccontextmanager

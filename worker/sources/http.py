@@ -15,15 +15,12 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from worker import keys
 from worker.intake import Envelope, IngestOutcome, check_headers, rejections_json
-from worker.web import bearer, json_response, media_type, read_body
-
-_JSON = msgspec.json.Encoder(decimal_format="string")
+from worker.web import bearer, json_bytes, json_response, media_type, read_body
 
 
 def outcome_json(out: IngestOutcome) -> dict[str, Any]:
@@ -84,13 +81,14 @@ def _clean_outcome(accepted: int, duplicates: int, visible_at: datetime | None) 
 
     It depends only on these three values; `visible_at` moves at each window of the store.
     """
-    return _JSON.encode(
-        {
-            "accepted": accepted,
-            "duplicates": duplicates,
-            "rejected": [],
-            "rejected_count": 0,
-            "dropped": {},
-            "visible_at": visible_at.isoformat() if visible_at else None,
-        }
+    return json_bytes(
+        outcome_json(
+            IngestOutcome(
+                accepted=accepted,
+                duplicates=duplicates,
+                rejected=[],
+                dropped={},
+                visible_at=visible_at,
+            )
+        )
     )
