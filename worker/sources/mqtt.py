@@ -55,7 +55,8 @@ Invariants
    a queue and we stop reading the socket until a slot frees.
 
 Shutdown: stop dispatching (queued, unstarted messages stay un-acked), let running ingests
-finish and ack, abandon held retries, send DISCONNECT (the session survives it); after
+finish and ack, abandon held retries, wait for one round trip (a re-SUBSCRIBE, answered only
+once the broker has processed our PUBACKs), send DISCONNECT (the session survives it); after
 `drain_timeout_s` the task is cancelled and awaited.
 """
 
@@ -395,6 +396,12 @@ class MqttSource:
         self._changed()
         if self._running:
             await asyncio.wait(set(self._running))
+        # A round trip before DISCONNECT: the broker answers a SUBSCRIBE only after it has
+        # processed every PUBACK sent before it. Without it, a client taking the session over
+        # at once (a restart) can win the race against our last PUBACKs, and the broker
+        # re-sends messages we had acknowledged (deduplicated by the intake, but needless).
+        with contextlib.suppress(OSError, TimeoutError, Refused):
+            await conn.subscribe(self.subscription)
         conn.disconnect()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(conn.closed), timeout=self.cfg.keepalive_s)
