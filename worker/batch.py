@@ -25,7 +25,7 @@ import msgspec
 from worker.records import Sale, Void
 
 
-class SaleRow(msgspec.Struct, frozen=True, kw_only=True):
+class SaleRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A validated sale ready for commit. `sale.business_date` is always set."""
 
     sale: Sale
@@ -51,7 +51,7 @@ def warnings_of(stored: str | None) -> list[str]:
     return [stored]
 
 
-class TriggerEvent(msgspec.Struct, frozen=True, kw_only=True):
+class TriggerEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One sales-trigger event (outbox row). `event_id` is deterministic: store:sale:trigger."""
 
     event_id: str

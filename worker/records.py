@@ -72,7 +72,7 @@ def version_of(version: int | None, updated_at: datetime | None) -> int:
 _US = datetime.resolution  # one microsecond as a timedelta
 
 
-class Address(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Address(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """A postal address."""
 
     line1: Text | None = None
@@ -94,6 +94,7 @@ class Customer(
     frozen=True,
     forbid_unknown_fields=True,
     kw_only=True,
+    gc=False,
     tag="customer",
     tag_field="type",
 ):
@@ -139,6 +140,7 @@ class Product(
     frozen=True,
     forbid_unknown_fields=True,
     kw_only=True,
+    gc=False,
     tag="product",
     tag_field="type",
 ):
@@ -177,7 +179,7 @@ class Product(
 LineKind = Literal["item", "gift_card", "fee", "service", "shipping", "deposit"]
 
 
-class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """One line of a sale. `quantity` is signed: negative means returned.
 
     `sku` is None when the POS sends none for the line (Lightspeed X lines may carry only the
@@ -210,7 +212,7 @@ class SaleLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         return self.quantity * self.unit_price - self.discount
 
 
-class Tender(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Tender(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """A payment (positive) or refund (negative).
 
     `method` is the POS's human name for the payment type ("Cash", "EFTPOS", "shopify_payments");
@@ -229,7 +231,7 @@ class Tender(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 AdjustmentKind = Literal["discount", "tax", "shipping", "fee", "tip", "rounding", "other"]
 
 
-class Adjustment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class Adjustment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, gc=False):
     """An order-level figure that no line carries, as the POS states it.
 
     `amount` is signed as it moves the sale: an order-level discount is negative. How each
@@ -258,6 +260,7 @@ class Sale(
     frozen=True,
     forbid_unknown_fields=True,
     kw_only=True,
+    gc=False,
     tag="sale",
     tag_field="type",
 ):
@@ -320,6 +323,7 @@ class Void(
     frozen=True,
     forbid_unknown_fields=True,
     kw_only=True,
+    gc=False,
     tag="void",
     tag_field="type",
 ):

@@ -155,7 +155,7 @@ _ZERO = Decimal(0)
 _PRECISION = 64
 
 
-class Failure(msgspec.Struct, frozen=True):
+class Failure(msgspec.Struct, frozen=True, gc=False):
     """One failed rule: its id, the field path and a human message."""
 
     rule: str
@@ -163,7 +163,7 @@ class Failure(msgspec.Struct, frozen=True):
     message: str
 
 
-class BatchItem(msgspec.Struct, frozen=True):
+class BatchItem(msgspec.Struct, frozen=True, gc=False):
     """One spooled row: its spool sequence, the record and how many windows it has been held."""
 
     seq: int

@@ -38,7 +38,7 @@ class AppendResult(msgspec.Struct, frozen=True):
     duplicates: int
 
 
-class Entry(msgspec.Struct, frozen=True):
+class Entry(msgspec.Struct, frozen=True, gc=False):
     """One pending row."""
 
     seq: int
