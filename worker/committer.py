@@ -291,24 +291,43 @@ class Committer:
     async def _commit_pages(
         self, store: StoreConfig, window_at: datetime, result: WindowResult
     ) -> None:
-        """Commit the window page by page, preparing page n+1 while page n is written.
+        """Commit the window page by page, three pages in flight.
 
-        Preparing (lease, decode, validate) is Python work; writing is SQLite work that
-        releases the GIL, so overlapping them roughly halves a large window. A reference
-        from page n+1 to a sale of page n still resolves: that sale is pending in the spool
-        until page n is acked.
+        While page n is written to the sink, page n+1 is prepared (lease, decode, validate:
+        Python work) and page n-1 is settled in the spool (ack, quarantine, hold: SQLite
+        work on the spool's thread). Finalize-after-confirm holds per page: a page is
+        settled only once its own sink transaction has returned. Pages settle in order. A
+        reference from page n+1 to a sale of page n still resolves: that sale is pending in
+        the spool until page n is acked, and committed in the sink once it is.
         """
         nxt: asyncio.Task[_Page | None] = asyncio.create_task(self._next_page(store, window_at, 0))
+        settling: asyncio.Task[None] | None = None
         try:
             while True:
                 page = await nxt
                 if page is None:
-                    return
+                    break
                 nxt = asyncio.create_task(self._next_page(store, window_at, page.lease.last_seq))
                 try:
-                    await self._write_page(page, result)
-                finally:
+                    await self._sink_write(page)
+                    if settling is not None:
+                        await settling  # pages settle in order
+                except BaseException:
+                    # Not settled (its sink write failed, or the page before failed to
+                    # settle): its rows stay pending for the next window.
                     await self.spool.release(page.lease.lease_id)
+                    raise
+                settling = asyncio.create_task(self._settle(page, result))
+            if settling is not None:
+                await settling
+        except BaseException:
+            # The first failure is what the caller sees; a page still settling is awaited
+            # so nothing is left running unobserved (cut short, its rows stay pending and
+            # the next window finds them already in the sink).
+            if settling is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await settling
+            raise
         finally:
             if not nxt.done():
                 nxt.cancel()
@@ -340,8 +359,22 @@ class Committer:
             raise
         return _Page(lease=lease, verdict=verdict, batch=batch, broken=broken)
 
-    async def _write_page(self, page: _Page, result: WindowResult) -> None:
-        """Write one prepared page to the sink, then settle its rows in the spool."""
+    async def _sink_write(self, page: _Page) -> None:
+        """Write one prepared page to the sink (retried like every sink call)."""
+        batch = page.batch
+        if batch.sales or batch.voids:
+            await self._with_retry(
+                f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch), op="commit"
+            )
+
+    async def _settle(self, page: _Page, result: WindowResult) -> None:
+        """Settle a page the sink has confirmed: ack, quarantine, hold; then free its lease."""
+        try:
+            await self._settle_rows(page, result)
+        finally:
+            await self.spool.release(page.lease.lease_id)
+
+    async def _settle_rows(self, page: _Page, result: WindowResult) -> None:
         verdict, batch, broken, lease_id = (
             page.verdict,
             page.batch,
@@ -349,10 +382,6 @@ class Committer:
             page.lease.lease_id,
         )
         rows, voids, triggers = batch.sales, batch.voids, batch.triggers
-        if rows or voids:
-            await self._with_retry(
-                f"commit of {batch.batch_id}", lambda: self.sink.commit_sales(batch), op="commit"
-            )
         done = (
             [s for s, _ in verdict.sales] + [s for s, _ in verdict.voids] + list(verdict.superseded)
         )
