@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import msgspec
 
-from worker.records import Sale, Void
+from worker.records import Sale, Void, encode
 
 
 class SaleRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -33,6 +33,13 @@ class SaleRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     customer_linked: bool = True
     # What validation let through but wants seen: "rule: message", one per warning.
     warnings: tuple[str, ...] = ()
+    # `encode(sale)`, when the window already has it (the spooled bytes with the business
+    # date filled in, `records.localized_body`): the sinks store it instead of encoding again.
+    body: bytes | None = None
+
+    def body_text(self) -> str:
+        """The canonical JSON of the sale, as the sinks store it."""
+        return (self.body if self.body is not None else encode(self.sale)).decode()
 
     def warning_text(self) -> str | None:
         """The warnings as the sinks store them: a JSON array, or NULL when there are none."""

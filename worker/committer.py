@@ -633,7 +633,8 @@ def _decode_page(
     broken: list[tuple[int, list[dict[str, Any]]]] = []
     for e in entries:
         try:
-            items.append(BatchItem(seq=e.seq, record=SPOOLED_DECODER.decode(e.body), held=e.held))
+            record = SPOOLED_DECODER.decode(e.body)
+            items.append(BatchItem(seq=e.seq, record=record, held=e.held, body=e.body))
         except DECODE_ERRORS as exc:
             err = invalid_from(exc)
             broken.append((e.seq, [{"rule": "schema", "field": err.field, "message": err.message}]))

@@ -401,6 +401,28 @@ def localize(sale: Sale, zone: ZoneInfo) -> Sale:
     return msgspec.structs.replace(sale, business_date=business_date(sale.occurred_at, zone))
 
 
+_NO_BUSINESS_DATE = b'"business_date":null'
+
+
+def localized_body(body: bytes, before: Sale, after: Sale) -> bytes | None:
+    """`encode(after)` made from `body` (= `encode(before)`) where `after = localize(before)`.
+
+    `localize` changes nothing or fills `business_date` only. In the encoding, the key
+    `"business_date":null` can stand only at the sale's top level: no nested record has the
+    field, attribute values are strings (never null), and inside a JSON string every quote is
+    escaped, so the unescaped pattern cannot occur there. Filling it in place gives the bytes
+    `encode(after)` would, without encoding the sale again. None (encode instead) when the
+    body does not hold the pattern exactly once, e.g. one spooled by a version whose encoding
+    differed.
+    """
+    if after is before:
+        return body
+    if after.business_date is None or body.count(_NO_BUSINESS_DATE) != 1:
+        return None
+    filled = b'"business_date":"' + after.business_date.isoformat().encode() + b'"'
+    return body.replace(_NO_BUSINESS_DATE, filled)
+
+
 _TYPE_NAMES: dict[type, str] = {
     Customer: "customer",
     Product: "product",

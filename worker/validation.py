@@ -79,6 +79,7 @@ from worker.records import (
     Void,
     invalid_from,
     localize,
+    localized_body,
 )
 
 __all__ = [
@@ -169,6 +170,7 @@ class BatchItem(msgspec.Struct, frozen=True, gc=False):
     seq: int
     record: Sale | Void
     held: int = 0
+    body: bytes | None = None  # the spooled bytes the record was decoded from (None: unknown)
 
 
 class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -476,11 +478,13 @@ def validate_batch(items: Sequence[BatchItem], ctx: ValidationContext) -> BatchV
                     " committed unlinked",
                 )
             )
+        sale = localize(record, ctx.zone)
         row = SaleRow(
-            sale=localize(record, ctx.zone),
+            sale=sale,
             version=record.effective_version,
             customer_linked=linked,
             warnings=tuple(_warning_text(w) for w in warnings),
+            body=None if item.body is None else localized_body(item.body, record, sale),
         )
         verdict.sales.append((item.seq, row))
     return verdict

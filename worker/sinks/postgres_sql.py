@@ -222,7 +222,7 @@ def product_row(p: Product) -> tuple[Any, ...]:
 
 def sale_row(row: SaleRow) -> tuple[Any, ...]:
     """The `SALE` columns of one sale."""
-    return (*sale_values(row), row.warning_text(), encode(row.sale).decode())
+    return (*sale_values(row), row.warning_text(), row.body_text())
 
 
 class PostgresDialect:

@@ -7,7 +7,7 @@ fixed-width UTC text, dates ISO text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,7 +28,6 @@ from worker.sinks.sql_rows import (
     AS_TEXT,
     TRIGGER_COLUMNS,
     customer_values,
-    line_values,
     money_text,
     product_values,
     sale_values,
@@ -146,8 +145,37 @@ def sale_params(
         row.warning_text(),
         committed_at,
         batch_id,
-        encode(row.sale).decode(),
+        row.body_text(),
     )
+
+
+def line_params(store: str, rows: Sequence[SaleRow]) -> Iterator[tuple[Any, ...]]:
+    """`INSERT_LINE`'s parameters: `(store, *_text(v)) for v in line_values(rows)`, with the
+    conversions written out per column (the hottest loop of a window's sink write; a test
+    holds it equal to the generic form)."""
+    mt = money_text
+    for row in rows:
+        sid = row.sale.id
+        for no, ln in enumerate(row.sale.lines, 1):
+            restock = ln.restock
+            yield (
+                store,
+                sid,
+                no,
+                ln.line_id,
+                ln.sku,
+                ln.product_id,
+                ln.description,
+                ln.category,
+                mt(ln.quantity),
+                mt(ln.unit_price),
+                mt(ln.discount),
+                mt(ln.tax),
+                ln.line_kind,
+                ln.employee_id,
+                ln.original_line_id,
+                None if restock is None else int(restock),
+            )
 
 
 def void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
@@ -331,7 +359,7 @@ class SqliteDialect:
         self, tx: aiosqlite.Connection, store: str, rows: Sequence[SaleRow]
     ) -> None:
         """Insert the lines and tenders of these sales (streamed, like the sales)."""
-        await tx.executemany(INSERT_LINE, ((store, *_text(v)) for v in line_values(rows)))
+        await tx.executemany(INSERT_LINE, line_params(store, rows))
         await tx.executemany(INSERT_TENDER, ((store, *_text(v)) for v in tender_values(rows)))
 
     async def void_existing(
