@@ -3,7 +3,8 @@
 The reference below is the path backfill took before the lean decoder (and still takes for
 whatever the lean one refuses): `RECORD_DECODER`, `invalid_from`, origin and business date
 set on the sale, `encode`, the spool row of `SqliteSpool.append`. Every generated line must
-come out of `parse_lines` exactly as out of the reference.
+come out of `parse_lines` exactly as out of the reference: the same rejection text and
+field, the same key, version and origin, and a body the window decodes to the same record.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from tests.factories import sale_dict
 from worker.records import (
     DECODE_ERRORS,
     RECORD_DECODER,
+    SPOOLED_DECODER,
     Adjustment,
     Sale,
     SaleLine,
+    Spooled,
     Tender,
     Void,
     business_date,
@@ -59,12 +62,18 @@ def reference(line: bytes) -> Outcome:
             r.id,
             r.effective_version,
             getattr(r, "origin", "pos"),
-            encode(r),
+            decoded(encode(r)),
         )
     return "entity", r
 
 
+def decoded(body: bytes) -> Spooled:
+    """A spooled body as the window reads it."""
+    return SPOOLED_DECODER.decode(body)
+
+
 def lean(line: bytes) -> Outcome:
+    """parse_lines on one line; a row's body is compared as the record it decodes to."""
     chunk = bp.parse_lines([(7, 100, line)], ZONE, 1 << 20, 40)
     assert chunk.records == 1
     if chunk.rejected:
@@ -74,7 +83,7 @@ def lean(line: bytes) -> Outcome:
     if chunk.rows:
         ((row,),) = (chunk.rows,)
         assert chunk.nbytes == len(row[4])
-        return "row", row
+        return "row", (*row[:4], decoded(row[4]))
     ((entity,),) = (chunk.entities,)
     return "entity", entity
 
@@ -192,6 +201,24 @@ def test_fixed_corpus_takes_the_lean_path_and_matches() -> None:
     assert lean(with_numbers) == reference(with_numbers)  # full path: JSON-number money
 
 
+def test_lean_body_is_the_canonical_json_without_defaults() -> None:
+    """Every value as the full encoder writes it; only fields at their default are left out."""
+    line = orjson.dumps(sale_dict("S-1", lines=2, at=AT, customer_id="C-1"))
+    (row,) = bp.parse_lines([(1, 0, line)], ZONE, 1 << 20, 0).rows
+    kind, (_, _, _, _, record) = reference(line)
+    assert kind == "row"
+    full = orjson.loads(encode(record))
+    lean_body = orjson.loads(row[4])
+    nested = ("lines", "tenders", "adjustments")
+    top = {k: v for k, v in lean_body.items() if k not in nested}
+    assert top == {k: v for k, v in full.items() if k in top}
+    for name in nested:
+        for mine, theirs in zip(lean_body.get(name, []), full[name], strict=True):
+            assert mine == {k: v for k, v in theirs.items() if k in mine}
+    assert lean_body["origin"] == "backfill" and lean_body["business_date"] == "2026-03-08"
+    assert len(row[4]) < 0.8 * len(encode(record))
+
+
 def test_money_pattern_takes_only_strings_decimal_prints_unchanged() -> None:
     for text in ["0", "-0", "12.50", "999999999999.99999999", "0.000001", "-0.00001"]:
         assert bp.MONEY.fullmatch(text) and str(Decimal(text)) == text
@@ -241,6 +268,6 @@ def test_lean_structs_mirror_the_records_field_by_field() -> None:
             default = str(theirs.default) if isinstance(theirs.default, Decimal) else theirs.default
             assert mine.default == default and mine.required == theirs.required
         a, b = twin.__struct_config__, cls.__struct_config__
-        assert (a.tag, a.tag_field, a.forbid_unknown_fields, a.frozen, a.omit_defaults) == (
-            b.tag, b.tag_field, b.forbid_unknown_fields, b.frozen, b.omit_defaults
+        assert (a.tag, a.tag_field, a.forbid_unknown_fields, a.frozen) == (
+            b.tag, b.tag_field, b.forbid_unknown_fields, b.frozen
         )  # fmt: skip
