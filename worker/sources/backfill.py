@@ -3,9 +3,13 @@
     POST /v1/backfill/{source}/{store}?offset=N&commit=now&commit_every_s=5&final=1
          (admin token; body = NDJSON of canonical records, or one native export file)
 
-    request.content --256 KiB reads--> LineSplitter (carries the partial last line)
-        -> RECORD_DECODER per line (a bad line is rejected by index, line, offset, field)
-        -> batches of 5,000 -> Intake.route(priority="bulk", origin="backfill")
+    request.content --slices of up to 256 KiB (one read + what is already buffered)-->
+        one worker-thread hop per slice: LineSplitter (carries the partial last line)
+        -> backfill_parse.parse_lines: lean decoder, the full one for what it refuses
+           (a bad line is rejected by index, line, offset, field, as the full decoder says)
+        -> spool rows encoded on that thread (origin "backfill", business date set)
+        -> batches of 5,000 -> SqliteSpool.append_rows(priority="bulk"); customers and
+           products of the batch -> Intake.ingest (the sink), after the spool's room check
            (one batch in flight while the next is parsed; the spool writer puts live
             appends first and fills its group with bulk rows)
         -> [commit=now] committer.commit_store(store, now, force=True), rate-limited
@@ -28,8 +32,9 @@ Invariants
   duplicates. `offset` is bookkeeping only: echoed as `last_offset` and added to the byte
   offsets of rejections, so they are absolute in the client's file. The resume itself is
   client-side (`possync backfill` keeps `<FILE>.possync-offset`).
-* Live first: the parser yields to the event loop after each network read, and longer
-  while `spool.live_waiting()`; the spool writer serves live appends before bulk ones.
+* Live first: parsing runs on a worker thread, so the loop serves live pushes meanwhile;
+  each batch yields to the loop, longer while `spool.live_waiting()`; the spool writer
+  serves live appends before bulk ones.
 * No triggers: every sale is marked `origin: "backfill"`; the window commit writes no
   trigger events for such sales (worker/triggers.py).
 """
