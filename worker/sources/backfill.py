@@ -87,6 +87,8 @@ log = logging.getLogger("possync.backfill")
 
 BATCH_RECORDS = 5_000
 READ_BYTES = 256 * 1024
+# A parse slice: one read topped up with what is buffered, up to this (one thread hop each).
+SLICE_BYTES = 1024 * 1024
 # How many extra event-loop turns the parser gives away while live appends are staged.
 _LIVE_YIELDS = 64
 _RECENT = 20
@@ -671,7 +673,7 @@ async def _stream_ndjson(
 
 
 async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[bytes]:
-    """The body in slices: one read, topped up to `READ_BYTES` with what is already buffered.
+    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered.
 
     A slice never waits for more than its first read, so a client that pauses has all it
     sent parsed (and counted) at once.
@@ -683,8 +685,8 @@ async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIt
             return
         parts = [data]
         have = len(data)
-        while have < READ_BYTES:
-            more = content.read_nowait(READ_BYTES - have)
+        while have < SLICE_BYTES:
+            more = content.read_nowait(SLICE_BYTES - have)
             if not more:
                 break
             parts.append(more)
