@@ -35,6 +35,7 @@ from worker.backfill_cli import (
     send_file,
 )
 from worker.config import Config
+from worker.records import RECORD_DECODER, SPOOLED_DECODER, Sale, business_date, type_of
 from worker.sources.backfill import BACKFILLS, BATCH_RECORDS
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
@@ -564,3 +565,49 @@ def test_line_splitter_is_independent_of_where_the_stream_is_cut() -> None:
     ]
     for cut in range(len(body) + 1):
         assert _split_all(body, cut) == expected, cut
+
+
+# ---------------------------------------------------------------------- lean and full paths
+
+
+async def test_lean_and_full_paths_spool_the_same_records(h: Harness) -> None:
+    """Lines the lean decoder takes and lines only the full one takes (JSON-number money,
+    leading zeros) end up as the records the full decoder makes; a bad amount is rejected
+    with the full decoder's words."""
+    lean = [orjson.dumps(sale_dict(f"L-{i}", at=NOW)) for i in range(30)]
+    numbers = [orjson.dumps({**sale_dict(f"N-{i}", at=NOW), "tax": 1.5}) for i in range(5)]
+    zeros = [orjson.dumps({**sale_dict(f"Z-{i}", at=NOW), "tip": "007.50"}) for i in range(5)]
+    bad = orjson.dumps({**sale_dict("BAD-1", at=NOW), "total": "1e13"})
+    void = orjson.dumps({"type": "void", "id": "L-0", "occurred_at": NOW.isoformat()})
+    lines = [*lean, *numbers, bad, *zeros, void]
+    status, out = await post(h, ndjson(lines))
+    assert status == 200, out
+    assert (out["accepted"], out["rejected_count"]) == (41, 1)
+    (rej,) = out["rejected"]
+    assert (rej["index"], rej["field"]) == (35, "$.total")
+    assert rej["error"] == "`total` magnitude must be below 1e12"
+    entries = await pending_entries(h)
+    zone = h.app[keys.CONFIG].store_zone(h.app[keys.INTAKE].store("S1"))
+    want: dict[tuple[str, str], Any] = {}
+    for line in [*lean, *numbers, *zeros, void]:
+        r = RECORD_DECODER.decode(line)
+        if isinstance(r, Sale):
+            r = msgspec.structs.replace(
+                r, origin="backfill", business_date=business_date(r.occurred_at, zone)
+            )
+        want[(type_of(r), r.id)] = r
+    got = {(e.kind, e.rid): SPOOLED_DECODER.decode(e.body) for e in entries}
+    assert got == want
+    assert {e.origin for e in entries if e.kind == "sale"} == {"backfill"}
+
+
+async def test_a_full_spool_refuses_the_batch_before_its_customers_land(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path, spool={"max_records_per_store": 5})
+    async with running(cfg) as h:
+        customer = orjson.dumps({"type": "customer", "id": "C-9", "first_name": "Ada"})
+        status, out = await post(h, ndjson([customer, *sale_lines(10)]))
+        assert status == 503, out
+        assert out["field"] == "store"
+        resp = await h.client.get("/v1/stores/S1/customers/C-9", headers=h.admin())
+        assert resp.status == 404
+        assert await pending_entries(h) == []

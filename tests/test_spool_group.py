@@ -11,12 +11,15 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.factories import T0, make_sale
 from worker.buffers.base import AppendResult
 from worker.buffers.sqlite import open_spool
 from worker.clock import FakeClock
 from worker.config import SpoolConfig
-from worker.records import Sale
+from worker.errors import SpoolFull
+from worker.records import Sale, encode
 
 Push = tuple[str, list[Sale]]
 
@@ -108,3 +111,46 @@ async def test_a_failed_group_attempt_leaves_nothing_behind(tmp_path: Path) -> N
     finally:
         con.close()
     assert order == ["k5"] + [f"k{i}" for i in range(10) if i != 5]
+
+
+def _full_table(path: Path) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(
+            "SELECT seq, store, kind, rid, version, origin, received_at, state, size, body"
+            " FROM spool ORDER BY seq"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+async def test_append_rows_writes_and_answers_as_append(tmp_path: Path) -> None:
+    """The backfill's pre-encoded rows: the same group, answers and bytes as `append`."""
+
+    def rows(records: list[Sale]) -> list[tuple[str, str, int, str, bytes]]:
+        return [("sale", r.id, r.effective_version, r.origin, encode(r)) for r in records]
+
+    async with open_spool(SpoolConfig(), tmp_path / "rows.db", FakeClock(T0)) as spool:
+        for store, records in SEED:
+            await spool.append_rows(store, rows(records))
+        got = await asyncio.gather(*(spool.append_rows(s, rows(r)) for s, r in GROUP))
+        pending = {s: spool.stats(s).pending for s in ("S1", "S2")}
+        assert spool.stats("S1").bytes == sum(
+            size for store, _, _, state, size in _table(tmp_path / "rows.db")
+            if store == "S1" and state == 0
+        )  # fmt: skip
+    grouped, _, pending_grouped = await _grouped(tmp_path / "grouped.db")
+    assert got == grouped and pending == pending_grouped
+    assert _full_table(tmp_path / "rows.db") == _full_table(tmp_path / "grouped.db")
+
+
+async def test_check_room_rows_refuses_what_append_rows_would(tmp_path: Path) -> None:
+    cfg = SpoolConfig(max_records_per_store=3)
+    async with open_spool(cfg, tmp_path / "s.db", FakeClock(T0)) as spool:
+        spool.check_room_rows("S1", 3, 100)
+        with pytest.raises(SpoolFull):
+            spool.check_room_rows("S1", 4, 100)
+        body = encode(make_sale("x"))
+        with pytest.raises(SpoolFull):
+            await spool.append_rows("S1", [("sale", f"x{i}", 0, "pos", body) for i in range(4)])
+        assert spool.stats("S1").pending == 0

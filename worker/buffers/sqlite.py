@@ -86,15 +86,20 @@ from worker.sqlite_files import flag_file, quick_check
 
 log = logging.getLogger("possync.spool")
 
+# One spooled record as staged: (kind, rid, version, origin, canonical body).
+Row = tuple[str, str, int, str, bytes]
+
 
 class _Append:
     """One request's records, staged until the group commit answers it."""
 
-    __slots__ = ("future", "rows", "store")
+    __slots__ = ("future", "nbytes", "received_at", "rows", "store")
 
-    def __init__(self, store: str, rows: list[tuple[str, str, int, str, float, bytes]]) -> None:
+    def __init__(self, store: str, rows: Sequence[Row], received_at: float, nbytes: int) -> None:
         self.store = store
-        self.rows = rows  # (kind, rid, version, origin, received_at, body)
+        self.rows = rows  # (kind, rid, version, origin, body)
+        self.received_at = received_at  # unix s, one for the whole request
+        self.nbytes = nbytes
         self.future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
 
 
@@ -194,24 +199,35 @@ class SqliteSpool:
         if not records:
             return AppendResult(0, 0)
         self._check_open()
-        now = self._clock.now().timestamp()
         rows = [
-            (
-                type_of(r),
-                r.id,
-                r.effective_version,
-                getattr(r, "origin", "pos"),
-                now,
-                encode(r),
-            )
+            (type_of(r), r.id, r.effective_version, getattr(r, "origin", "pos"), encode(r))
             for r in records
         ]
-        nbytes = sum(len(r[5]) for r in rows)
+        return await self.append_rows(store, rows, priority=priority)
+
+    async def append_rows(
+        self,
+        store: str,
+        rows: Sequence[Row],
+        *,
+        priority: Priority = "live",
+        nbytes: int | None = None,
+    ) -> AppendResult:
+        """`append` of records already encoded by the caller (backfill encodes off the loop).
+
+        Each row is (kind, id, effective version, origin, canonical body); `nbytes` is the
+        sum of the bodies' lengths when the caller has it. Same guarantees as `append`.
+        """
+        if not rows:
+            return AppendResult(0, 0)
+        self._check_open()
+        if nbytes is None:
+            nbytes = sum(len(r[4]) for r in rows)
         self._check_room(store, len(rows), nbytes)
         staged = self._staged.setdefault(store, _Counts())
         staged.rows += len(rows)
         staged.bytes += nbytes
-        item = _Append(store, rows)
+        item = _Append(store, rows, self._clock.now().timestamp(), nbytes)
         (self._live if priority == "live" else self._bulk).append(item)
         self._wake.set()
         try:
@@ -219,6 +235,11 @@ class SqliteSpool:
         finally:
             staged.rows -= len(rows)
             staged.bytes -= nbytes
+
+    def check_room_rows(self, store: str, rows: int, nbytes: int) -> None:
+        """`check_room` for rows already encoded: `rows` records of `nbytes` bytes in all."""
+        self._check_open()
+        self._check_room(store, rows, nbytes)
 
     def live_waiting(self) -> bool:
         """True while live appends are staged (bulk producers yield to them)."""
@@ -531,7 +552,8 @@ def _write_group(
         accepted = 0
         drows = 0
         dbytes = 0
-        for kind, rid, version, origin, received_at, body in item.rows:
+        received_at = item.received_at
+        for kind, rid, version, origin, body in item.rows:
             size = len(body)
             # Fast path: a new key is one statement (the common case, above all in backfill).
             cur = db.execute(insert, (store, kind, rid, version, origin, received_at, size, body))
@@ -569,7 +591,7 @@ _BULK_FAST_PATH = 16
 
 def _new_rows(item: _Append) -> dict[str, tuple[int, int]]:
     """The pending-count delta of a request whose rows were all new keys."""
-    return {item.store: (len(item.rows), sum(len(r[5]) for r in item.rows))}
+    return {item.store: (len(item.rows), item.nbytes)}
 
 
 def _insert_all_new(db: sqlite3.Connection, insert: str, items: Sequence[_Append]) -> bool:
@@ -583,9 +605,10 @@ def _insert_all_new(db: sqlite3.Connection, insert: str, items: Sequence[_Append
     db.execute("SAVEPOINT bulk")
     before = db.total_changes
     params = [
-        (item.store, k, rid, v, o, at, len(body), body)
+        (store, k, rid, v, o, at, len(body), body)
         for item in items
-        for k, rid, v, o, at, body in item.rows
+        for store, at in ((item.store, item.received_at),)
+        for k, rid, v, o, body in item.rows
     ]
     db.executemany(insert, params)
     if db.total_changes - before == len(params):

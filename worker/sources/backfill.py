@@ -3,9 +3,13 @@
     POST /v1/backfill/{source}/{store}?offset=N&commit=now&commit_every_s=5&final=1
          (admin token; body = NDJSON of canonical records, or one native export file)
 
-    request.content --256 KiB reads--> LineSplitter (carries the partial last line)
-        -> RECORD_DECODER per line (a bad line is rejected by index, line, offset, field)
-        -> batches of 5,000 -> Intake.route(priority="bulk", origin="backfill")
+    request.content --slices of up to 256 KiB (one read + what is already buffered)-->
+        one worker-thread hop per slice: LineSplitter (carries the partial last line)
+        -> backfill_parse.parse_lines: lean decoder, the full one for what it refuses
+           (a bad line is rejected by index, line, offset, field, as the full decoder says)
+        -> spool rows encoded on that thread (origin "backfill", business date set)
+        -> batches of 5,000 -> SqliteSpool.append_rows(priority="bulk"); customers and
+           products of the batch -> Intake.ingest (the sink), after the spool's room check
            (one batch in flight while the next is parsed; the spool writer puts live
             appends first and fills its group with bulk rows)
         -> [commit=now] committer.commit_store(store, now, force=True), rate-limited
@@ -28,8 +32,9 @@ Invariants
   duplicates. `offset` is bookkeeping only: echoed as `last_offset` and added to the byte
   offsets of rejections, so they are absolute in the client's file. The resume itself is
   client-side (`possync backfill` keeps `<FILE>.possync-offset`).
-* Live first: the parser yields to the event loop after each network read, and longer
-  while `spool.live_waiting()`; the spool writer serves live appends before bulk ones.
+* Live first: parsing runs on a worker thread, so the loop serves live pushes meanwhile;
+  each batch yields to the loop, longer while `spool.live_waiting()`; the spool writer
+  serves live appends before bulk ones.
 * No triggers: every sale is marked `origin: "backfill"`; the window commit writes no
   trigger events for such sales (worker/triggers.py).
 """
@@ -42,8 +47,8 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -57,7 +62,7 @@ from worker.adapters.canonical import NDJSON_TYPES
 from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
 from worker.adapters.streaming import LineSplitter, TextLines, run_threaded
-from worker.buffers.base import Buffer
+from worker.buffers.base import AppendResult, Buffer, Priority
 from worker.committer import WindowResult
 from worker.config import StoreConfig
 from worker.errors import (
@@ -67,7 +72,8 @@ from worker.errors import (
     UnsupportedMediaType,
 )
 from worker.intake import Envelope, IngestOutcome, Intake
-from worker.records import DECODE_ERRORS, RECORD_DECODER, Record, Sale, business_date, invalid_from
+from worker.records import SPOOLED_DECODER, Record, Sale, business_date
+from worker.sources.backfill_parse import Chunk, Row, parse_lines
 from worker.web import (
     body_error,
     json_response,
@@ -81,6 +87,8 @@ log = logging.getLogger("possync.backfill")
 
 BATCH_RECORDS = 5_000
 READ_BYTES = 256 * 1024
+# A parse slice: one read topped up with what is buffered, up to this (one thread hop each).
+SLICE_BYTES = 1024 * 1024
 # How many extra event-loop turns the parser gives away while live appends are staged.
 _LIVE_YIELDS = 64
 _RECENT = 20
@@ -90,6 +98,26 @@ _STREAM_TYPES = NDJSON_TYPES | {
     "application/octet-stream",
     "text/plain",
 }
+
+
+@runtime_checkable
+class RowSpool(Protocol):
+    """A spool that takes rows encoded by the caller (`SqliteSpool.append_rows`)."""
+
+    async def append_rows(
+        self,
+        store: str,
+        rows: list[Row],
+        *,
+        priority: Priority = "live",
+        nbytes: int | None = None,
+    ) -> AppendResult:
+        """Stage encoded rows; return when their group is on disk."""
+        ...
+
+    def check_room_rows(self, store: str, rows: int, nbytes: int) -> None:
+        """Raise SpoolFull / Unavailable now if that many rows and bytes would be refused."""
+        ...
 
 
 class BackfillRejection(msgspec.Struct, frozen=True):
@@ -317,15 +345,60 @@ class _Writer:
 
     async def submit(self, records: list[Record]) -> None:
         """Wait for the batch in flight, then start writing this one."""
-        run = self.run
-        if run.records >= self._next_progress:
-            self._next_progress = run.records + PROGRESS_EVERY
-            fields = run.log_fields()
-            log.info("backfill progress", extra={"event": "backfill.progress", **fields})
+        self._progress()
         _mark_history(records, self.zone)
         await self._drain_route()
         await yield_to_live(self.spool)
-        batch = Envelope(
+        self._route = asyncio.create_task(
+            self.intake.ingest(self._envelope(records)),
+            name=f"backfill-route-{self.run.id}",
+        )
+
+    async def submit_chunk(self, chunk: Chunk) -> None:
+        """`submit` for NDJSON already decoded and encoded off the loop (`parse_lines`)."""
+        self._progress()
+        await self._drain_route()
+        await yield_to_live(self.spool)
+        self._route = asyncio.create_task(
+            self._write_chunk(chunk), name=f"backfill-route-{self.run.id}"
+        )
+
+    async def _write_chunk(self, chunk: Chunk) -> IngestOutcome:
+        store = self.store.id
+        rows = chunk.rows
+        entities = IngestOutcome(accepted=0, duplicates=0, rejected=[], dropped={}, visible_at=None)
+        spool = self.spool
+        if chunk.entities:
+            if rows:
+                # Decide the whole batch first, as `Intake.route` does for a mixed push: no
+                # upsert lands before a 503 for its sales.
+                if isinstance(spool, RowSpool):
+                    spool.check_room_rows(store, len(rows), chunk.nbytes)
+                else:
+                    spool.check_room(store, [SPOOLED_DECODER.decode(r[4]) for r in rows])
+            entities = await self.intake.ingest(self._envelope(chunk.entities))
+        if not rows:
+            return entities
+        if isinstance(spool, RowSpool):
+            res = await spool.append_rows(store, rows, priority="bulk", nbytes=chunk.nbytes)
+        else:  # a Buffer without row appends: decode the canonical bodies back
+            res = await spool.append(
+                store, [SPOOLED_DECODER.decode(r[4]) for r in rows], priority="bulk"
+            )
+        return IngestOutcome(
+            accepted=entities.accepted + res.accepted,
+            duplicates=entities.duplicates + res.duplicates,
+            rejected=[],
+            dropped={},
+            visible_at=self.intake.windows.visible_at(self.store),
+            realtime=entities.realtime,
+            spooled=len(rows),
+            realtime_duplicates=entities.realtime_duplicates,
+            spooled_duplicates=res.duplicates,
+        )
+
+    def _envelope(self, records: Sequence[Record]) -> Envelope:
+        return Envelope(
             source=self.source,
             store=self.store.id,
             records=records,
@@ -333,10 +406,13 @@ class _Writer:
             origin="backfill",
             authorized=True,  # the admin token, checked by the handler
         )
-        self._route = asyncio.create_task(
-            self.intake.ingest(batch),
-            name=f"backfill-route-{self.run.id}",
-        )
+
+    def _progress(self) -> None:
+        run = self.run
+        if run.records >= self._next_progress:
+            self._next_progress = run.records + PROGRESS_EVERY
+            fields = run.log_fields()
+            log.info("backfill progress", extra={"event": "backfill.progress", **fields})
 
     async def _drain_route(self) -> None:
         task, self._route = self._route, None
@@ -560,43 +636,67 @@ async def backfill(request: web.Request) -> web.Response:
 async def _stream_ndjson(
     request: web.Request, run: BackfillRun, writer: _Writer, limit: int, max_line: int
 ) -> None:
+    """Canonical NDJSON: each slice of reads decoded and encoded in one worker-thread hop.
+
+    The loop stays free while a slice is parsed (live pushes are served), and the spool
+    writes the batch before it meanwhile.
+    """
     splitter = LineSplitter(max_line)
-    batch: list[Record] = []
-    index = 0
+    zone = writer.zone
     base = run.offset
+    batch = Chunk()
 
-    def take(lines: Iterator[tuple[int, int, bytes | None]]) -> None:
-        nonlocal index
-        for line_no, pos, line in lines:
-            if line is None:
-                run.reject(index, line_no, base + pos, f"line longer than {max_line} bytes", "$")
-            elif not line:
-                continue  # blank lines are not records
-            else:
-                try:
-                    batch.append(RECORD_DECODER.decode(line))
-                except DECODE_ERRORS as exc:
-                    err = invalid_from(exc)
-                    run.reject(index, line_no, base + pos, err.message, err.field)
-            index += 1
-            run.records += 1
+    def parse(data: bytes, last: bool) -> Chunk:
+        lines = itertools.chain(splitter.feed(data), splitter.finish() if last else ())
+        return parse_lines(lines, zone, max_line, run.records)
 
-    async for chunk in request.content.iter_chunked(READ_BYTES):
-        if run.bytes + len(chunk) > limit:
+    async def take(data: bytes, last: bool) -> None:
+        nonlocal batch
+        # One hop at a time: the splitter is fed in order, and an error path has nothing
+        # left running on the thread (the hop is awaited, it is not a Task).
+        got = await asyncio.to_thread(parse, data, last)
+        for index, line_no, pos, error, field in got.rejected:
+            run.reject(index, line_no, base + pos, error, field)
+        run.records += got.records
+        batch.rows.extend(got.rows)
+        batch.nbytes += got.nbytes
+        batch.entities.extend(got.entities)
+        if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
+            await writer.submit_chunk(batch)
+            batch = Chunk()
+
+    async for data in _slices(request, run, limit):
+        await take(data, last=False)
+    await take(b"", last=True)
+    if batch.rows or batch.entities:
+        await writer.submit_chunk(batch)
+
+
+async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[bytes]:
+    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered.
+
+    A slice never waits for more than its first read, so a client that pauses has all it
+    sent parsed (and counted) at once.
+    """
+    content = request.content
+    while True:
+        data = await content.read(READ_BYTES)
+        if not data:
+            return
+        parts = [data]
+        have = len(data)
+        while have < SLICE_BYTES:
+            more = content.read_nowait(SLICE_BYTES - have)
+            if not more:
+                break
+            parts.append(more)
+            have += len(more)
+        if run.bytes + have > limit:
             raise PayloadTooLarge(
                 f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
             )
-        run.bytes += len(chunk)
-        take(splitter.feed(chunk))
-        if len(batch) >= BATCH_RECORDS:
-            await writer.submit(batch)
-            batch = []
-        else:
-            # Parsing is CPU work on the loop: hand it over between reads.
-            await yield_to_live(writer.spool)
-    take(splitter.finish())
-    if batch:
-        await writer.submit(batch)
+        run.bytes += have
+        yield data if len(parts) == 1 else b"".join(parts)
 
 
 async def _buffered(
