@@ -1,4 +1,5 @@
-"""`listen` keeps start-up objects out of the collector while it serves, and hands them back."""
+"""`listen` tunes the collector while it serves (start-up objects frozen, a larger young
+generation) and puts it back as it was when it stops."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import orjson
 from tests.appserver import S1_TOKEN
 from tests.factories import sale_dict
 from tests.test_http_hardening import NOW, served
+from worker.app import YOUNG_GC_THRESHOLD
 
 
 async def test_startup_objects_are_frozen_while_serving_and_released_after(
     tmp_path: Path,
 ) -> None:
     assert gc.get_freeze_count() == 0
+    before = gc.get_threshold()
+    assert before[0] != YOUNG_GC_THRESHOLD
     async with served(tmp_path) as srv:
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
         # The app, its routes, the open spool and sink, every imported module.
         assert gc.get_freeze_count() > 10_000
         async with aiohttp.ClientSession() as session:
@@ -28,3 +33,4 @@ async def test_startup_objects_are_frozen_while_serving_and_released_after(
             )
             assert resp.status == 202
     assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
