@@ -10,6 +10,7 @@ fsynced, so afterwards the spool must hold at least as many sales as there were 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ class PushSettings:
     force_loadgen: bool = False
 
 
+def _cpu_s(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _text(r: LoadResult) -> str:
     return f"{r.rps:,.0f} req/s, p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms"
 
@@ -65,7 +76,14 @@ async def _measure(
             "force_loadgen": s.force_loadgen,
         }
         warm = await closed_loop(url, run=f"{kind}-warm", duration_s=s.warmup_s, **common)
+        # CPU per answered request, whole server and its main (event-loop) thread: a figure
+        # other load on a shared machine moves far less than req/s.
+        pid = proc.pid
+        cpu0, loop0 = _cpu_s(pid), _cpu_s(pid, pid)
         res = await closed_loop(url, run=f"{kind}-run", duration_s=s.duration_s, **common)
+        cpu1, loop1 = _cpu_s(pid), _cpu_s(pid, pid)
+        cpu = f"CPU {1e6 * (cpu1 - cpu0) / max(res.ok, 1):.0f} us/req"
+        cpu += f" (loop thread {1e6 * (loop1 - loop0) / max(res.ok, 1):.0f})"
         if kind == "durable":
             base = url.split("/v1/")[0]
             async with aiohttp.ClientSession() as session:
@@ -74,7 +92,7 @@ async def _measure(
             acked = warm.ok + res.ok
             if pending < acked:
                 raise RuntimeError(f"spool holds {pending} sales but {acked} got a 202")
-        print(f"  push {kind:8} {_text(res)}  ({res.tool}, errors {res.errors})", flush=True)
+        print(f"  push {kind:8} {_text(res)}, {cpu}  ({res.tool}, errors {res.errors})", flush=True)
         return res
 
 

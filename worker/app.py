@@ -29,6 +29,7 @@ are logged by type only: no header value, no traceback.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
@@ -329,6 +330,9 @@ def _idle(handler: RequestHandler) -> bool:
     return handler.transport is not None and not handler._request_in_progress
 
 
+YOUNG_GC_THRESHOLD = 7_000  # while serving; see `listen`
+
+
 class Listening(NamedTuple):
     """What `listen` yields: the bound port and the connection cap (its counts)."""
 
@@ -372,9 +376,25 @@ async def listen(
             )
         else:
             listener = await loop.create_server(cap, sock=sock, ssl=ssl_context, backlog=1024)
+        # Everything built so far (config, routes, the spool's and sink's start-up state,
+        # imported modules) lives as long as the process: out of the collector's sight, so
+        # that a full collection walks only what requests made. Measured under the push
+        # load (64 connections, 6 s): full collections took 211 ms, the longest a 40 ms
+        # stall of the loop; frozen, 5.6 ms and 8 ms. Unfrozen at shutdown (in-process
+        # servers in tests hand their objects back to the collector).
+        gc.freeze()
+        # The youngest generation is collected when tracked allocations outnumber frees by
+        # its threshold (CPython's 700). 64 pushes in flight hold a few thousand objects, so
+        # at 700 the collector ran ~140 times a second (16 us per push) and freed next to
+        # nothing: requests free their objects by reference count. At 7,000 it ran once in
+        # 6 s of the same load. Cyclic garbage still triggers it after 7,000 objects.
+        thresholds = gc.get_threshold()
+        gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
         try:
             yield Listening(listener.sockets[0].getsockname()[1], cap)
         finally:
+            gc.set_threshold(*thresholds)
+            gc.unfreeze()
             listener.close()
     finally:
         await runner.cleanup()
