@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gc
 
+from worker.app import YOUNG_GC_THRESHOLD, young_gc_threshold
 from worker.batch import SaleRow
 from worker.buffers.base import Entry
-from worker.cli import GC_GEN0, gc_threshold
 from worker.records import RECORD_DECODER, SPOOLED_DECODER, Customer, Product, Sale
 from worker.validation import BatchItem
 
@@ -65,7 +65,7 @@ def test_untracked_records_are_still_freed() -> None:
 
 
 def test_gc_threshold_default_and_override() -> None:
-    assert gc_threshold({}) == GC_GEN0
-    assert gc_threshold({"POSSYNC_GC_GEN0": "700"}) == 700
+    assert young_gc_threshold({}) == YOUNG_GC_THRESHOLD
+    assert young_gc_threshold({"POSSYNC_GC_GEN0": "700"}) == 700
     for junk in ("", "abc", "-5", "0", "99", "10000001", "1e9"):
-        assert gc_threshold({"POSSYNC_GC_GEN0": junk}) == GC_GEN0, junk
+        assert young_gc_threshold({"POSSYNC_GC_GEN0": junk}) == YOUNG_GC_THRESHOLD, junk

@@ -32,9 +32,10 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from http import HTTPStatus
 from typing import Any, NamedTuple
@@ -330,7 +331,20 @@ def _idle(handler: RequestHandler) -> bool:
     return handler.transport is not None and not handler._request_in_progress
 
 
-YOUNG_GC_THRESHOLD = 7_000  # while serving; see `listen`
+# The young generation's threshold while serving (CPython's default: 700); see `listen`.
+YOUNG_GC_THRESHOLD = 50_000
+
+
+def young_gc_threshold(env: Mapping[str, str]) -> int:
+    """YOUNG_GC_THRESHOLD, or `POSSYNC_GC_GEN0`: a benchmark's switch to compare thresholds on
+    the same build (like `POSSYNC_SWITCH_INTERVAL_MS`), not a setting; a value outside
+    [100, 10,000,000] is ignored."""
+    raw = env.get("POSSYNC_GC_GEN0")
+    try:
+        n = int(raw) if raw else YOUNG_GC_THRESHOLD
+    except ValueError:
+        n = YOUNG_GC_THRESHOLD
+    return n if 100 <= n <= 10_000_000 else YOUNG_GC_THRESHOLD
 
 
 class Listening(NamedTuple):
@@ -386,10 +400,13 @@ async def listen(
         # The youngest generation is collected when tracked allocations outnumber frees by
         # its threshold (CPython's 700). 64 pushes in flight hold a few thousand objects, so
         # at 700 the collector ran ~140 times a second (16 us per push) and freed next to
-        # nothing: requests free their objects by reference count. At 7,000 it ran once in
-        # 6 s of the same load. Cyclic garbage still triggers it after 7,000 objects.
+        # nothing: requests free their objects by reference count; at 7,000 it ran once in
+        # 6 s of the same load. A window page is thousands of decoded records: its decode
+        # cost 29.6 us per sale at 700, 18.3 at 50,000, 15.4 with the collector off (5,000
+        # sales alive, in-process). Records are untracked (`gc=False`, they cannot form
+        # cycles); cyclic garbage of aiohttp and asyncio is still collected, a little later.
         thresholds = gc.get_threshold()
-        gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
+        gc.set_threshold(young_gc_threshold(os.environ), *thresholds[1:])
         try:
             yield Listening(listener.sockets[0].getsockname()[1], cap)
         finally:

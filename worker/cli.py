@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import os
 import signal
 import socket
@@ -51,30 +50,6 @@ def switch_interval_s(env: Mapping[str, str]) -> float:
     except ValueError:
         ms = SWITCH_INTERVAL_MS
     return (ms if 0 < ms <= 1000 else SWITCH_INTERVAL_MS) / 1000
-
-
-# Young-generation threshold of CPython's cyclic GC for `serve` (CPython's default: 700
-# allocations). A window page is thousands of decoded records; at 700 the collector ran every
-# few sales and traversed every young container each time: the page decode cost 29.6 us per
-# sale with the default against 18.3 us at 50,000 and 15.4 us with the collector off (5,000
-# sales kept alive, this machine). Records never form cycles (frozen structs of scalars and
-# lists, untracked: `gc=False`), so the collector only ever finds aiohttp's and asyncio's
-# occasional cycles, a little later. Older generations keep CPython's ratios.
-GC_GEN0 = 50_000
-
-
-def gc_threshold(env: Mapping[str, str]) -> int:
-    """The young-generation GC threshold for `serve`: GC_GEN0, or `POSSYNC_GC_GEN0`.
-
-    Like `POSSYNC_SWITCH_INTERVAL_MS`, a benchmark's switch to compare thresholds on the same
-    build, not a setting; a value outside [100, 10,000,000] is ignored.
-    """
-    raw = env.get("POSSYNC_GC_GEN0")
-    try:
-        n = int(raw) if raw else GC_GEN0
-    except ValueError:
-        n = GC_GEN0
-    return n if 100 <= n <= 10_000_000 else GC_GEN0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -125,10 +100,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     port = sock.getsockname()[1]
     app = build_app(cfg, credentials=creds)
-    # Everything alive now (modules, config, the app) lives as long as the process: moved to
-    # the permanent generation, the collector stops traversing it on every full collection.
-    gc.collect()
-    gc.freeze()
     scheme = "https" if cfg.http.tls_cert else "http"
     host = f"[{cfg.http.host}]" if ":" in cfg.http.host else cfg.http.host
     base = f"{scheme}://{host}:{port}"
@@ -195,7 +166,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         uvloop.install()
         sys.setswitchinterval(switch_interval_s(os.environ))
-        _gen0, gen1, gen2 = gc.get_threshold()
-        gc.set_threshold(gc_threshold(os.environ), gen1, gen2)
         return _serve(args)
     parser.error(f"unknown command {args.command}")

@@ -413,11 +413,13 @@ def localized_body(body: bytes, before: Sale, after: Sale) -> bytes | None:
     escaped, so the unescaped pattern cannot occur there. Filling it in place gives the bytes
     `encode(after)` would, without encoding the sale again. None (encode instead) when the
     body does not hold the pattern exactly once, e.g. one spooled by a version whose encoding
-    differed.
+    differed, or one written without its default fields (the backfill spools those: stored
+    as they are, the sink's sale detail would lack the defaults a pushed sale shows); and
+    None when `localize` changed nothing, since the body's form cannot then be told.
     """
-    if after is before:
-        return body
-    if after.business_date is None or body.count(_NO_BUSINESS_DATE) != 1:
+    if after is before or after.business_date is None:
+        return None
+    if body.count(_NO_BUSINESS_DATE) != 1:
         return None
     filled = b'"business_date":"' + after.business_date.isoformat().encode() + b'"'
     return body.replace(_NO_BUSINESS_DATE, filled)
