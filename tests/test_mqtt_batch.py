@@ -76,6 +76,17 @@ async def test_batch_decides_each_envelope_as_ingest_would(tmp_path: Path) -> No
         assert outcomes[3].realtime == 1
         assert h.spool.stats("S1").pending == 2
         assert h.spool.stats("S2").pending == 1
+        # The metrics count every record once, duplicates and refusals as `ingest` would.
+        reg = h.app[keys.METRICS].registry
+
+        def sample(name: str, **labels: str) -> float | None:
+            value: float | None = reg.get_sample_value(name, {"source": "canonical", **labels})
+            return value
+
+        s1_sales = {"store": "S1", "type": "sale"}
+        assert sample("possync_records_received_total", **s1_sales) == 3  # B-1 twice, B-3
+        assert sample("possync_records_duplicate_total", **s1_sales) == 1
+        assert sample("possync_records_received_total", store="S2", type="sale") == 1
         # S1's and S2's spooled records: one append each, both in the same group commit.
         assert h.spool.groups - groups <= 2
         # Every refusal is exactly the one `ingest` gives for that envelope alone.

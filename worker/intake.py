@@ -365,7 +365,7 @@ class Intake:
         exact either way; durability is the same for both (every record is on disk).
         """
         results: list[IngestOutcome | Exception | None] = [None] * len(envelopes)
-        groups: dict[tuple[str, str, str | None], _Shared] = {}
+        groups: dict[tuple[str, str, str, str | None], _Shared] = {}
         others: list[tuple[int, Coroutine[Any, Any, IngestOutcome]]] = []
         for i, envelope in enumerate(envelopes):
             try:
@@ -383,7 +383,7 @@ class Intake:
             except Exception as exc:  # noqa: BLE001 - this envelope's own outcome
                 results[i] = exc
                 continue
-            key = (store.id, envelope.priority, envelope.origin)
+            key = (envelope.source, store.id, envelope.priority, envelope.origin)
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Shared(store)
@@ -415,20 +415,41 @@ class Intake:
             return
         duplicates = res.duplicates
         visible_at = self.windows.visible_at(store)
-        for i, envelope, parsed, n in group.members:
+        rejected = 0
+        dropped: dict[str, int] = {}
+        for i, _, parsed, n in group.members:
             dups = min(n, duplicates)
             duplicates -= dups
-            outcome = IngestOutcome(
+            results[i] = IngestOutcome(
                 accepted=n - dups,
                 duplicates=dups,
-                rejected=[],
-                dropped={},
+                rejected=parsed.rejected,
+                rejected_count=parsed.rejected_count,
+                dropped=parsed.dropped,
                 visible_at=visible_at,
                 spooled=n,
                 spooled_duplicates=dups,
             )
-            self._count(envelope, store, parsed, outcome)
-            results[i] = outcome
+            rejected += parsed.rejected_count
+            for reason, k in parsed.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + k
+        # Counted once for the group: the same totals as `_count` per envelope would add.
+        m = self.metrics
+        source = first.source
+        total = IngestOutcome(
+            accepted=res.accepted,
+            duplicates=res.duplicates,
+            rejected=[],
+            dropped={},
+            visible_at=visible_at,
+            spooled=len(group.records),
+            spooled_duplicates=res.duplicates,
+        )
+        m.count_push(source, store.id, group.records, total)
+        if rejected:
+            m.child(m.rejected, source, store.id).inc(rejected)
+        for reason, k in dropped.items():
+            m.child(m.dropped, source, store.id, reason).inc(k)
 
     async def route(
         self,
@@ -522,7 +543,7 @@ class Intake:
 
 
 class _Shared:
-    """The envelopes of one batch whose spooled records share one append."""
+    """The envelopes of one batch (one source, store, priority, origin) sharing one append."""
 
     __slots__ = ("members", "records", "store")
 

@@ -566,17 +566,24 @@ class MqttSource:
             results = await self._intake.ingest_batch(envelopes) if envelopes else []
         except Exception as exc:  # noqa: BLE001 - the batch call itself failed: hold each
             results = [exc] * len(envelopes)
+        durable: list[_Inbound] = []
         for item, envelope, res in zip(items, envelopes, results, strict=True):
             if isinstance(res, IngestOutcome):
                 if res.rejected:
                     later.append(self._accepted_with_notice(item, res))
                 else:
-                    item.conn.complete(item.msg)
+                    durable.append(item)
             elif isinstance(res, PossyncError) and not is_transient(res):
                 later.append(self._reject(item, res))
             else:
                 self._failed(item, res)
                 later.append(self._retry(item, envelope, res))
+        # Their acks in one pass per connection (a batch is one connection's in practice).
+        by_conn: dict[Connection, list[Message]] = {}
+        for item in durable:
+            by_conn.setdefault(item.conn, []).append(item.msg)
+        for conn, msgs in by_conn.items():
+            conn.complete_many(msgs)
         if len(later) == 1:
             await later[0]
         elif later:

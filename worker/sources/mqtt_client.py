@@ -30,7 +30,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
@@ -267,14 +267,21 @@ class Connection:
 
     def complete(self, msg: paho.MQTTMessage) -> None:
         """The message is durable (or refused for good): ack it once its turn comes."""
-        if msg.qos == 0 or msg.mid not in self._order:
-            return
-        self._order[msg.mid] = _DONE
-        if not self.alive:
+        self.complete_many((msg,))
+
+    def complete_many(self, msgs: Iterable[paho.MQTTMessage]) -> None:
+        """`complete` for each of `msgs` (a burst made durable together), in one ack pass."""
+        order = self._order
+        changed = False
+        for msg in msgs:
+            if msg.qos and msg.mid in order:
+                order[msg.mid] = _DONE
+                changed = True
+        if not changed or not self.alive:
             return
         acked = 0
-        while self._order:
-            mid, status = next(iter(self._order.items()))
+        while order:
+            mid, status = next(iter(order.items()))
             if status != _DONE:
                 break
             try:
@@ -284,7 +291,7 @@ class Connection:
                 # re-sends it on the next session (ingest is idempotent).
                 self._loop.call_soon(self.abort, f"ack failed: {exc}")
                 break
-            del self._order[mid]
+            del order[mid]
             acked += 1
         self.events.acked(self, acked)
 
