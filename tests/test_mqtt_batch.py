@@ -189,3 +189,41 @@ async def test_burst_with_bad_and_held_messages_over_a_real_broker(
             # The held message is never acked while S2 is full; leaving abandons it.
         assert source.state.acked == 2
         assert source.state.abandoned >= 1
+
+
+class _RefusesOneId:
+    """The real spool, except that an append holding record `poison` raises a plain bug."""
+
+    def __init__(self, spool: Any, poison: str) -> None:
+        self._spool = spool
+        self._poison = poison
+        self.calls: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spool, name)
+
+    async def append(self, store: str, records: Any, *, priority: Any = "live") -> Any:
+        ids = [r.id for r in records]
+        self.calls.append(ids)
+        if self._poison in ids:
+            raise ValueError("cannot encode this record")
+        return await self._spool.append(store, records, priority=priority)
+
+
+async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
+    tmp_path: Path,
+) -> None:
+    async with running(make_config(tmp_path), NOW) as h:
+        intake = h.app[keys.INTAKE]
+        real = intake.spool
+        intake.spool = _RefusesOneId(real, "P-2")
+        try:
+            got = await intake.ingest_batch(
+                [canonical("S1", sale_dict(f"P-{i}", at=NOW)) for i in (1, 2, 3)]
+            )
+        finally:
+            intake.spool = real
+        assert isinstance(got[1], ValueError)
+        assert [isinstance(o, IngestOutcome) and o.accepted for o in (got[0], got[2])] == [1, 1]
+        assert h.spool.stats("S1").pending == 2
+        assert intake.spool is real

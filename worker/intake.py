@@ -39,7 +39,7 @@ from worker.adapters.base import MAX_REJECTIONS, Adapter, Parsed, Rejection, Sto
 from worker.buffers.base import Buffer
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
-from worker.errors import AuthError, NotFound, RecordInvalid
+from worker.errors import AuthError, NotFound, PossyncError, RecordInvalid
 from worker.metrics import Metrics
 from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
@@ -410,6 +410,11 @@ class Intake:
         try:
             res = await self.spool.append(store.id, group.records, priority=first.priority)
         except Exception as exc:  # noqa: BLE001 - the outcome of every member
+            if len(group.members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
+                # Not a state of the spool (full, down) but maybe one member's records: each
+                # member alone, so the culprit fails only itself.
+                await asyncio.gather(*(self._append_shared(g, results) for g in group.split()))
+                return
             for i, *_ in group.members:
                 results[i] = exc
             return
@@ -552,6 +557,18 @@ class _Shared:
         # (index in the batch, envelope, its parse, how many of `records` are its own)
         self.members: list[tuple[int, Envelope, Parsed, int]] = []
         self.records: list[Spooled] = []
+
+    def split(self) -> list[_Shared]:
+        """One group per member."""
+        out: list[_Shared] = []
+        start = 0
+        for member in self.members:
+            one = _Shared(self.store)
+            one.members.append(member)
+            one.records = self.records[start : start + member[3]]
+            start += member[3]
+            out.append(one)
+        return out
 
 
 def _spooled_only(records: Sequence[Record], envelope: Envelope) -> list[Spooled] | None:

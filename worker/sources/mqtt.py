@@ -28,11 +28,11 @@ subscribe `{prefix}/+/+/+` at QoS 1 on every connect (idempotent), with retain-h
 
 Invariants
 ----------
-1. A QoS 1 message is PUBACKed only after `intake.ingest` returned for it (records durable),
+1. A QoS 1 message is PUBACKed only after the intake returned its outcome (records durable),
    or after it was refused for good and the refusal was published (see 4).
 2. PUBACKs go out in the order the PUBLISHes arrived, as MQTT requires [MQTT-4.6.0-2]: a
    finished message waits for every earlier one on the same connection. Ingests still run
-   concurrently (up to `max_inflight`); only the acknowledgement is ordered.
+   concurrently (up to `max_inflight` messages); only the acknowledgement is ordered.
 3. An acknowledgement belongs to the connection the message arrived on. Each connection is
    a fresh paho client; a message whose connection died is never acked (the broker has
    re-sent it on the new session, where its copy is acked on its own). Intake writes are
@@ -51,8 +51,19 @@ Invariants
    is held, it is abandoned un-acked and the broker re-sends it when the session resumes.
 6. Backpressure: the CONNECT carries Receive Maximum = `max_inflight`, so a compliant broker
    never has more than that many un-acked QoS 1 messages out to us; at most `max_inflight`
-   ingests run at once; anything beyond (QoS 0, or a broker ignoring the limit) waits in
-   a queue and we stop reading the socket until a slot frees.
+   messages are being ingested at once; anything beyond (QoS 0, or a broker ignoring the
+   limit) waits in a queue and we stop reading the socket until a slot frees.
+
+Batches
+-------
+The messages read in one readable event (a burst, `mqtt_client._READ_BURST` packets at
+most) are dispatched together once the read returns: one task and one
+`Intake.ingest_batch` for as many of them as free slots allow. The intake decides each
+message on its own (its outcome, its refusal, its notice) and writes the sales and voids of
+all of them in one spool append, so a burst of N messages costs one group commit and one
+wake-up instead of N. A message whose ingest failed transiently is then held and retried
+alone (5); refused ones are published and acked on their own (4); the rest are acked in one
+pass. One bad message never fails its neighbours (tests/test_mqtt_batch.py).
 
 Shutdown: stop dispatching (queued, unstarted messages stay un-acked), let running ingests
 finish and ack, abandon held retries, wait for one round trip (a re-SUBSCRIBE, answered only
