@@ -25,10 +25,18 @@ The baseline's stop time is taken by the subscriber itself, at its last `on_mess
 (paho sends that PUBACK as the callback returns; CLOCK_MONOTONIC is one clock for every
 process). possync's is its own PUBACK counter, `/status` -> `mqtt.acked`; but `/status`
 costs possync ~3 ms of work per call, so it is asked only once the spool holds every
-message (`GET /v1/stores/LIVE/spool`, ~0.25 ms, every `poll_s`; a PUBACK follows its
-fsync at once, in order), then every 2 ms until the count is reached. The stop time is
-late by up to about one `poll_s` plus two answers, and the polls cost possync a little
-loop time: both count against possync, never for it.
+message (`GET /v1/stores/LIVE/spool` every `poll_s`; a PUBACK follows its fsync at once,
+in order), then every 2 ms until the count is reached. The stop time is late by up to about
+one `poll_s` plus two answers, and the polls cost possync work: both count against possync,
+never for it. `poll_s` is 50 ms: each spool answer runs a query (the oldest pending row) on
+the spool's own connection thread, the one that group-commits, and at 10 ms those queries
+took 17% of that thread during the drain (py-spy, `bench.profile mqtt`), where a 50 ms poll
+costs at most 1-2% of a several-second drain in lateness.
+
+The spool groups' count, size and commit time are read from possync's /metrics before and
+after the rounds (`spool_groups`): the share of the drain the writer spent committing says
+whether the fsync pipeline (bounded by Receive Maximum messages in flight) or the event
+loop is the limit.
 """
 
 from __future__ import annotations
@@ -70,7 +78,7 @@ class MqttSettings:
     messages: int
     warmup: int
     rounds: int = 1  # interleaved drains (baseline, possync); the median of each counts
-    poll_s: float = 0.01
+    poll_s: float = 0.05
 
 
 def payloads(n: int) -> list[bytes]:
@@ -265,8 +273,8 @@ async def _acked(
         await asyncio.sleep(0.002)
 
 
-async def spool_groups(session: aiohttp.ClientSession, base: str) -> tuple[float, float]:
-    """(records, groups) the spool has group-committed so far, from possync's /metrics."""
+async def spool_groups(session: aiohttp.ClientSession, base: str) -> tuple[float, float, float]:
+    """(records, groups, seconds) the spool has group-committed so far, from /metrics."""
     async with session.get(f"{base}/metrics", headers=_ADMIN_H) as resp:
         text = await resp.text()
         if resp.status != 200:
@@ -277,11 +285,13 @@ async def spool_groups(session: aiohttp.ClientSession, base: str) -> tuple[float
         if name in (
             "possync_spool_group_size_records_sum",
             "possync_spool_group_size_records_count",
+            "possync_spool_group_commit_duration_seconds_sum",
         ):
             found[name] = float(value)
     return (
         found.get("possync_spool_group_size_records_sum", 0.0),
         found.get("possync_spool_group_size_records_count", 0.0),
+        found.get("possync_spool_group_commit_duration_seconds_sum", 0.0),
     )
 
 
@@ -385,7 +395,14 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
     grouped = groups_after[0] - groups_before[0]
     groups = groups_after[1] - groups_before[1]
     per_group = grouped / groups if groups else 0.0
-    print(f"  possync: {groups:,.0f} spool groups, {per_group:,.1f} messages each", flush=True)
+    committing = groups_after[2] - groups_before[2]  # summed over every round
+    busy = committing / sum(ours_s)
+    print(
+        f"  possync: {groups:,.0f} spool groups, {per_group:,.1f} messages each, "
+        f"{1000 * committing / groups if groups else 0.0:.1f} ms each; the spool writer "
+        f"committed {100 * busy:.0f}% of the drain time",
+        flush=True,
+    )
     ratio = rate / base_rate
     how = f", median of {s.rounds} rounds" if s.rounds > 1 else ""
     return [
@@ -413,6 +430,7 @@ async def run(workdir: Path, s: MqttSettings) -> list[Row]:
                 "bytes_per_message": size,
                 "spool_groups": groups,
                 "messages_per_group": per_group,
+                "group_commit_seconds": committing,
             },
         )
     ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -130,6 +130,16 @@ class FakeIntake:
             self.active -= 1
             self.completed += 1
             await self._notify()
+
+    async def ingest_batch(self, envelopes: Sequence[Envelope]) -> list[IngestOutcome | Exception]:
+        """Each envelope through `ingest`, concurrently (Intake's own batch is tested apart)."""
+        got = await asyncio.gather(*(self.ingest(e) for e in envelopes), return_exceptions=True)
+        out: list[IngestOutcome | Exception] = []
+        for res in got:
+            if isinstance(res, BaseException) and not isinstance(res, Exception):
+                raise res
+            out.append(res)
+        return out
 
     async def _notify(self) -> None:
         async with self.cond:

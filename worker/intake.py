@@ -28,18 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import msgspec
 
 from worker.adapters import adapter_for, get_adapter, store_context
-from worker.adapters.base import MAX_REJECTIONS, Parsed, Rejection, StoreContext
+from worker.adapters.base import MAX_REJECTIONS, Adapter, Parsed, Rejection, StoreContext
 from worker.buffers.base import Buffer
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
-from worker.errors import AuthError, NotFound, RecordInvalid
+from worker.errors import AuthError, NotFound, PossyncError, RecordInvalid
 from worker.metrics import Metrics
 from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
@@ -162,6 +162,14 @@ class Ingest(Protocol):
         ...
 
 
+class BatchIngest(Ingest, Protocol):
+    """`Ingest` plus a batch entry (the MQTT source's bursts)."""
+
+    async def ingest_batch(self, envelopes: Sequence[Envelope]) -> list[IngestOutcome | Exception]:
+        """One outcome or error per envelope, each decided on its own (see Intake)."""
+        ...
+
+
 class Intake:
     """Routes parsed records to the sink or the spool. One per app; the `Ingest` of every source."""
 
@@ -266,6 +274,15 @@ class Intake:
             return await self.route(
                 store, envelope.records, priority=envelope.priority, origin=envelope.origin
             )
+        adapter = self._admitted_adapter(envelope, store)
+        if len(envelope.body) > _THREAD_PARSE_BYTES:
+            parsed = await asyncio.to_thread(self._parse_checked, envelope, store, adapter.signed)
+        else:
+            parsed = self._parse_checked(envelope, store, adapter.signed)
+        return await self._write(envelope, store, parsed)
+
+    def _admitted_adapter(self, envelope: Envelope, store: StoreConfig) -> Adapter:
+        """The envelope's adapter, after its credential check (404 / 401)."""
         source = envelope.source
         adapter = get_adapter(source)
         if adapter is None:
@@ -273,16 +290,28 @@ class Intake:
         # Signed sources (Shopify) authenticate by HMAC of the raw body inside the adapter.
         if not envelope.authorized and not adapter.signed:
             self.authorize(store, envelope.token)
+        return adapter
+
+    def _parse_checked(self, envelope: Envelope, store: StoreConfig, signed: bool) -> Parsed:
+        """`parse`, with a signed source's every AuthError as its one 401."""
         try:
-            if len(envelope.body) > _THREAD_PARSE_BYTES:
-                parsed = await asyncio.to_thread(self.parse, envelope, store)
-            else:
-                parsed = self.parse(envelope, store)
+            return self.parse(envelope, store)
         except AuthError:
-            if not adapter.signed:
+            if not signed:
                 raise
             # Bad base64, wrong signature, no secret: one answer, whatever the reason.
-            raise signed_denied(source) from None
+            raise signed_denied(envelope.source) from None
+
+    def _nothing_acceptable(self, envelope: Envelope, store: StoreConfig, parsed: Parsed) -> None:
+        """400 (counted) when every item of the payload was rejected."""
+        if not parsed.records and parsed.rejected:
+            m = self.metrics
+            m.child(m.rejected, envelope.source, store.id).inc(parsed.rejected_count)
+            raise NothingAcceptable(parsed.rejected, parsed.rejected_count)
+
+    async def _write(self, envelope: Envelope, store: StoreConfig, parsed: Parsed) -> IngestOutcome:
+        """Route a parsed payload (delivery-id dedup first) and count it."""
+        source = envelope.source
         if parsed.delivery_id and await self.spool.state.seen_delivery(
             store.id, source, parsed.delivery_id
         ):
@@ -295,24 +324,137 @@ class Intake:
                 dropped=parsed.dropped,
                 visible_at=self.windows.visible_at(store),
             )
-        if not parsed.records and parsed.rejected:
-            self.metrics.child(self.metrics.rejected, source, store.id).inc(parsed.rejected_count)
-            raise NothingAcceptable(parsed.rejected, parsed.rejected_count)
+        self._nothing_acceptable(envelope, store, parsed)
         outcome = await self.route(
             store, parsed.records, priority=envelope.priority, origin=envelope.origin
         )
         if parsed.delivery_id:
             await self.spool.state.remember_delivery(store.id, source, parsed.delivery_id)
+        self._count(envelope, store, parsed, outcome)
+        return outcome
+
+    def _count(
+        self, envelope: Envelope, store: StoreConfig, parsed: Parsed, outcome: IngestOutcome
+    ) -> None:
+        """Give `outcome` the parse's refusals and drops, and count the push."""
         outcome.rejected = parsed.rejected
         outcome.rejected_count = parsed.rejected_count
         outcome.dropped = parsed.dropped
         m = self.metrics
+        source = envelope.source
         m.count_push(source, store.id, parsed.records, outcome)
         if parsed.rejected_count:
             m.child(m.rejected, source, store.id).inc(parsed.rejected_count)
         for reason, n in parsed.dropped.items():
             m.child(m.dropped, source, store.id, reason).inc(n)
-        return outcome
+
+    async def ingest_batch(self, envelopes: Sequence[Envelope]) -> list[IngestOutcome | Exception]:
+        """Ingest many payloads at once (an MQTT burst): one outcome or error per envelope.
+
+        Each envelope is decided on its own, exactly as `ingest` decides it (404, 401, 400,
+        NothingAcceptable, item rejections): one bad payload fails only itself. Payloads of
+        spooled records only (sales, voids: the common case) share ONE `spool.append` per
+        store and priority, so a burst costs one group commit and one wake-up; any other
+        payload (entities, manual sales, delivery ids, large bodies) takes `ingest`'s own
+        path, concurrently. A failed shared append (SpoolFull, Unavailable, ...) is the
+        error of every envelope of it: the caller retries them one by one.
+
+        Accepted and duplicates: one append reports its group's totals only. When it found
+        no duplicate (the all-new case) every envelope's split is exact; otherwise the
+        duplicates are assigned to the group's envelopes in order. Totals and metrics are
+        exact either way; durability is the same for both (every record is on disk).
+        """
+        results: list[IngestOutcome | Exception | None] = [None] * len(envelopes)
+        groups: dict[tuple[str, str, str, str | None], _Shared] = {}
+        others: list[tuple[int, Coroutine[Any, Any, IngestOutcome]]] = []
+        for i, envelope in enumerate(envelopes):
+            try:
+                store = self.store(envelope.store)
+                if envelope.records is not None or len(envelope.body) > _THREAD_PARSE_BYTES:
+                    others.append((i, self.ingest(envelope)))
+                    continue
+                adapter = self._admitted_adapter(envelope, store)
+                parsed = self._parse_checked(envelope, store, adapter.signed)
+                spooled = None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
+                if spooled is None:
+                    others.append((i, self._write(envelope, store, parsed)))
+                    continue
+                self._nothing_acceptable(envelope, store, parsed)
+            except Exception as exc:  # noqa: BLE001 - this envelope's own outcome
+                results[i] = exc
+                continue
+            key = (envelope.source, store.id, envelope.priority, envelope.origin)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = _Shared(store)
+            group.members.append((i, envelope, parsed, len(spooled)))
+            group.records.extend(spooled)
+        jobs = [self._append_shared(g, results) for g in groups.values()]
+        jobs += [_into(results, i, coro) for i, coro in others]
+        if len(jobs) == 1:
+            await jobs[0]
+        elif jobs:
+            await asyncio.gather(*jobs)
+        out: list[IngestOutcome | Exception] = []
+        for res in results:
+            assert res is not None
+            out.append(res)
+        return out
+
+    async def _append_shared(
+        self, group: _Shared, results: list[IngestOutcome | Exception | None]
+    ) -> None:
+        """One append for the group's records; then each member's outcome (see ingest_batch)."""
+        store = group.store
+        first = group.members[0][1]
+        try:
+            res = await self.spool.append(store.id, group.records, priority=first.priority)
+        except Exception as exc:  # noqa: BLE001 - the outcome of every member
+            if len(group.members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
+                # Not a state of the spool (full, down) but maybe one member's records: each
+                # member alone, so the culprit fails only itself.
+                await asyncio.gather(*(self._append_shared(g, results) for g in group.split()))
+                return
+            for i, *_ in group.members:
+                results[i] = exc
+            return
+        duplicates = res.duplicates
+        visible_at = self.windows.visible_at(store)
+        rejected = 0
+        dropped: dict[str, int] = {}
+        for i, _, parsed, n in group.members:
+            dups = min(n, duplicates)
+            duplicates -= dups
+            results[i] = IngestOutcome(
+                accepted=n - dups,
+                duplicates=dups,
+                rejected=parsed.rejected,
+                rejected_count=parsed.rejected_count,
+                dropped=parsed.dropped,
+                visible_at=visible_at,
+                spooled=n,
+                spooled_duplicates=dups,
+            )
+            rejected += parsed.rejected_count
+            for reason, k in parsed.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + k
+        # Counted once for the group: the same totals as `_count` per envelope would add.
+        m = self.metrics
+        source = first.source
+        total = IngestOutcome(
+            accepted=res.accepted,
+            duplicates=res.duplicates,
+            rejected=[],
+            dropped={},
+            visible_at=visible_at,
+            spooled=len(group.records),
+            spooled_duplicates=res.duplicates,
+        )
+        m.count_push(source, store.id, group.records, total)
+        if rejected:
+            m.child(m.rejected, source, store.id).inc(rejected)
+        for reason, k in dropped.items():
+            m.child(m.dropped, source, store.id, reason).inc(k)
 
     async def route(
         self,
@@ -403,3 +545,56 @@ class Intake:
     ) -> tuple[int, int]:
         res = await self.spool.append(store, records, priority=priority)
         return res.accepted, res.duplicates
+
+
+class _Shared:
+    """The envelopes of one batch (one source, store, priority, origin) sharing one append."""
+
+    __slots__ = ("members", "records", "store")
+
+    def __init__(self, store: StoreConfig) -> None:
+        self.store = store
+        # (index in the batch, envelope, its parse, how many of `records` are its own)
+        self.members: list[tuple[int, Envelope, Parsed, int]] = []
+        self.records: list[Spooled] = []
+
+    def split(self) -> list[_Shared]:
+        """One group per member."""
+        out: list[_Shared] = []
+        start = 0
+        for member in self.members:
+            one = _Shared(self.store)
+            one.members.append(member)
+            one.records = self.records[start : start + member[3]]
+            start += member[3]
+            out.append(one)
+        return out
+
+
+def _spooled_only(records: Sequence[Record], envelope: Envelope) -> list[Spooled] | None:
+    """The records as `route` would spool them, or None unless every one goes to the spool."""
+    origin = envelope.origin
+    out: list[Spooled] = []
+    for r in records:
+        if isinstance(r, Sale):
+            if origin is not None and r.origin != origin:
+                r = msgspec.structs.replace(r, origin=origin)
+            if r.origin == "manual":
+                return None
+            out.append(r)
+        elif isinstance(r, Void):
+            out.append(r)
+        else:
+            return None
+    return out or None
+
+
+async def _into(
+    results: list[IngestOutcome | Exception | None],
+    i: int,
+    coro: Coroutine[Any, Any, IngestOutcome],
+) -> None:
+    try:
+        results[i] = await coro
+    except Exception as exc:  # noqa: BLE001 - this envelope's own outcome
+        results[i] = exc

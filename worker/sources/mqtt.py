@@ -28,11 +28,11 @@ subscribe `{prefix}/+/+/+` at QoS 1 on every connect (idempotent), with retain-h
 
 Invariants
 ----------
-1. A QoS 1 message is PUBACKed only after `intake.ingest` returned for it (records durable),
+1. A QoS 1 message is PUBACKed only after the intake returned its outcome (records durable),
    or after it was refused for good and the refusal was published (see 4).
 2. PUBACKs go out in the order the PUBLISHes arrived, as MQTT requires [MQTT-4.6.0-2]: a
    finished message waits for every earlier one on the same connection. Ingests still run
-   concurrently (up to `max_inflight`); only the acknowledgement is ordered.
+   concurrently (up to `max_inflight` messages); only the acknowledgement is ordered.
 3. An acknowledgement belongs to the connection the message arrived on. Each connection is
    a fresh paho client; a message whose connection died is never acked (the broker has
    re-sent it on the new session, where its copy is acked on its own). Intake writes are
@@ -51,8 +51,19 @@ Invariants
    is held, it is abandoned un-acked and the broker re-sends it when the session resumes.
 6. Backpressure: the CONNECT carries Receive Maximum = `max_inflight`, so a compliant broker
    never has more than that many un-acked QoS 1 messages out to us; at most `max_inflight`
-   ingests run at once; anything beyond (QoS 0, or a broker ignoring the limit) waits in
-   a queue and we stop reading the socket until a slot frees.
+   messages are being ingested at once; anything beyond (QoS 0, or a broker ignoring the
+   limit) waits in a queue and we stop reading the socket until a slot frees.
+
+Batches
+-------
+The messages read in one readable event (a burst, `mqtt_client._READ_BURST` packets at
+most) are dispatched together once the read returns: one task and one
+`Intake.ingest_batch` for as many of them as free slots allow. The intake decides each
+message on its own (its outcome, its refusal, its notice) and writes the sales and voids of
+all of them in one spool append, so a burst of N messages costs one group commit and one
+wake-up instead of N. A message whose ingest failed transiently is then held and retried
+alone (5); refused ones are published and acked on their own (4); the rest are acked in one
+pass. One bad message never fails its neighbours (tests/test_mqtt_batch.py).
 
 Shutdown: stop dispatching (queued, unstarted messages stay un-acked), let running ingests
 finish and ack, abandon held retries, wait for one round trip (a re-SUBSCRIBE, answered only
@@ -68,7 +79,7 @@ import logging
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 from urllib.parse import unquote
@@ -81,7 +92,7 @@ from worker.clock import Clock
 from worker.config import Config, MqttConfig
 from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.health import Health
-from worker.intake import Envelope, Ingest
+from worker.intake import BatchIngest, Envelope, IngestOutcome
 from worker.sources.mqtt_client import ConnectFlags, Connection, Message, Refused
 
 log = logging.getLogger("possync.mqtt")
@@ -206,7 +217,7 @@ class MqttSource:
     def __init__(
         self,
         cfg: MqttConfig,
-        intake: Ingest,
+        intake: BatchIngest,
         clock: Clock,
         *,
         rng: random.Random | None = None,
@@ -220,7 +231,10 @@ class MqttSource:
         self._conn: Connection | None = None
         self._gen = 0
         self._queue: deque[_Inbound] = deque()
-        self._running: set[asyncio.Task[None]] = set()
+        # The batch tasks running, each with its number of messages; `_busy` is their sum.
+        self._running: dict[asyncio.Task[None], int] = {}
+        self._busy = 0
+        self._pump_soon = False
         self._tg: asyncio.TaskGroup | None = None
         self._task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -282,7 +296,7 @@ class MqttSource:
     # -- state -----------------------------------------------------------------------
 
     def _changed(self) -> None:
-        self.state.inflight = len(self._running)
+        self.state.inflight = self._busy
         self.state.queued = len(self._queue)
         for fut in self._watchers:
             if not fut.done():
@@ -461,7 +475,7 @@ class MqttSource:
         self._changed()
 
     def message(self, conn: Connection, msg: Message) -> None:
-        """A PUBLISH: queued for an ingest slot (in arrival order)."""
+        """A PUBLISH: queued (in arrival order) for the next batch; see `_pump`."""
         self.state.received += 1
         if msg.dup:
             self.state.redelivered += 1
@@ -473,29 +487,40 @@ class MqttSource:
             conn.abandon(msg)
             return
         self._queue.append(_Inbound(conn, msg))
-        self._pump()
+        if self._busy + len(self._queue) >= self.cfg.max_inflight:
+            # No slot for the next one: stop reading now, not after the burst (invariant 6).
+            conn.pause_reading()
+            self.state.paused = True
+        if not self._pump_soon:
+            # Messages read in this same readable event (a burst) join one batch: the pump
+            # runs once they are all queued.
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self._pump)
 
     def _pump(self) -> None:
-        """Start queued messages while slots are free; pause reading while any must wait."""
+        """Start the queued messages free slots allow, as one batch (one task, one ingest_batch);
+        pause reading while any must wait."""
+        self._pump_soon = False
         tg = self._tg
-        while (
-            tg is not None
-            and not self._stop.is_set()
-            and self._queue
-            and len(self._running) < self.cfg.max_inflight
-        ):
-            item = self._queue.popleft()
-            if not item.conn.alive:
-                continue  # re-sent by the broker on the new session
-            coro = self._handle(item)
-            try:
-                task = tg.create_task(coro)
-            except RuntimeError:  # the TaskGroup is shutting down: leave it to the broker
-                coro.close()
-                item.conn.abandon(item.msg)
-                break
-            self._running.add(task)
-            task.add_done_callback(self._handled)
+        room = self.cfg.max_inflight - self._busy
+        if tg is not None and not self._stop.is_set() and self._queue and room > 0:
+            batch: list[_Inbound] = []
+            while self._queue and len(batch) < room:
+                item = self._queue.popleft()
+                if item.conn.alive:  # else: re-sent by the broker on the new session
+                    batch.append(item)
+            if batch:
+                coro = self._handle_batch(batch)
+                try:
+                    task = tg.create_task(coro)
+                except RuntimeError:  # the TaskGroup is shutting down: leave it to the broker
+                    coro.close()
+                    for item in batch:
+                        item.conn.abandon(item.msg)
+                else:
+                    self._running[task] = len(batch)
+                    self._busy += len(batch)
+                    task.add_done_callback(self._handled)
         conn = self._conn
         if conn is not None:
             if self._queue:
@@ -506,23 +531,20 @@ class MqttSource:
         self._changed()
 
     def _handled(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
+        self._busy -= self._running.pop(task, 0)
         # A failed or cancelled handler means the TaskGroup is aborting: start nothing new.
         if not task.cancelled() and task.exception() is None:
             self._pump()
         else:
             self._changed()
 
-    async def _handle(self, item: _Inbound) -> None:
-        conn, msg = item.conn, item.msg
-        try:
-            route = parse_topic(self.cfg.prefix, msg.topic)
-        except RecordInvalid as exc:
-            await self._reject(item, exc)
-            return
+    def _envelope(self, item: _Inbound) -> Envelope:
+        """The message as an intake envelope; RecordInvalid(field="topic") for a bad topic."""
+        msg = item.msg
+        route = parse_topic(self.cfg.prefix, msg.topic)
         headers, declared = _headers_of(msg.properties)
         payload = bytes(msg.payload)
-        envelope = Envelope(
+        return Envelope(
             source=route.source,
             store=route.store,
             body=payload,
@@ -531,40 +553,102 @@ class MqttSource:
             topic=route.topic,
             authorized=True,  # over MQTT, authentication is the broker's job
         )
+
+    async def _handle_batch(self, batch: list[_Inbound]) -> None:
+        """A burst: one `ingest_batch`, then each message on its own (invariants 1, 4, 5).
+
+        Durable ones are completed at once (their PUBACKs wait only for earlier messages);
+        refusals are published then completed; transient failures are held and retried one
+        by one, so no message's failure touches its neighbours' outcome.
+        """
+        items: list[_Inbound] = []
+        envelopes: list[Envelope] = []
+        later: list[Coroutine[Any, Any, None]] = []
+        for item in batch:
+            try:
+                envelope = self._envelope(item)
+            except RecordInvalid as exc:
+                later.append(self._reject(item, exc))
+                continue
+            items.append(item)
+            envelopes.append(envelope)
+        results: Sequence[IngestOutcome | Exception]
+        try:
+            results = await self._intake.ingest_batch(envelopes) if envelopes else []
+        except Exception as exc:  # noqa: BLE001 - the batch call itself failed: hold each
+            results = [exc] * len(envelopes)
+        durable: list[_Inbound] = []
+        for item, envelope, res in zip(items, envelopes, results, strict=True):
+            if isinstance(res, IngestOutcome):
+                if res.rejected:
+                    later.append(self._accepted_with_notice(item, res))
+                else:
+                    durable.append(item)
+            elif isinstance(res, PossyncError) and not is_transient(res):
+                later.append(self._reject(item, res))
+            else:
+                self._failed(item, res)
+                later.append(self._retry(item, envelope, res))
+        # Their acks in one pass per connection (a batch is one connection's in practice).
+        by_conn: dict[Connection, list[Message]] = {}
+        for item in durable:
+            by_conn.setdefault(item.conn, []).append(item.msg)
+        for conn, msgs in by_conn.items():
+            conn.complete_many(msgs)
+        if len(later) == 1:
+            await later[0]
+        elif later:
+            await asyncio.gather(*later)
+
+    async def _accepted_with_notice(self, item: _Inbound, outcome: IngestOutcome) -> None:
+        await self._notice_items(
+            item.conn, item.msg.topic, outcome.rejected, outcome.rejected_count
+        )
+        item.conn.complete(item.msg)
+
+    def _failed(self, item: _Inbound, exc: BaseException) -> None:
+        """Record a transient (or unexpected) ingest failure of a held message."""
+        topic = item.msg.topic
+        if isinstance(exc, PossyncError):
+            self._error(f"ingest {topic}: {type(exc).__name__}: {exc.message}")
+            log.warning("transient ingest failure on %s (held, not acked): %s", topic, exc)
+        else:
+            name = type(exc).__name__  # its type only: its text can quote the payload
+            self._error(f"ingest {topic}: {name}")
+            log.error("unexpected ingest failure on %s (held): %s", topic, name)
+
+    async def _retry(self, item: _Inbound, envelope: Envelope, failure: BaseException) -> None:
+        """Hold a message whose ingest failed transiently: back off, ingest it alone, repeat."""
+        conn, msg = item.conn, item.msg
         attempt = 0
         while True:
-            if not conn.alive:
-                conn.abandon(msg)
+            retry_after = (
+                float(failure.retry_after_s or 0) if isinstance(failure, PossyncError) else 0.0
+            )
+            self.state.retries += 1
+            delay = self._backoff(attempt, floor_s=retry_after)
+            attempt += 1
+            self._changed()
+            deadline = self._clock.now() + timedelta(seconds=delay)
+            if not await self._clock.wait_until(deadline, conn.release) or not conn.alive:
+                conn.abandon(msg)  # connection lost or stopping: the broker re-sends it
                 return
-            retry_after: float = 0.0
             try:
                 outcome = await self._intake.ingest(envelope)
             except PossyncError as exc:
                 if not is_transient(exc):
                     await self._reject(item, exc)
                     return
-                retry_after = float(exc.retry_after_s or 0)
-                self._error(f"ingest {msg.topic}: {type(exc).__name__}: {exc.message}")
-                log.warning("transient ingest failure on %s (held, not acked): %s", msg.topic, exc)
+                failure = exc
             except Exception as exc:  # noqa: BLE001 - unknown failure: hold, never ack
-                name = type(exc).__name__  # its type only: its text can quote the payload
-                self._error(f"ingest {msg.topic}: {name}")
-                log.error("unexpected ingest failure on %s (held): %s", msg.topic, name)  # noqa: TRY400
+                failure = exc
             else:
                 if outcome.rejected:
-                    await self._notice_items(
-                        conn, msg.topic, outcome.rejected, outcome.rejected_count
-                    )
-                conn.complete(msg)
+                    await self._accepted_with_notice(item, outcome)
+                else:
+                    conn.complete(msg)
                 return
-            self.state.retries += 1
-            delay = self._backoff(attempt, floor_s=retry_after)
-            attempt += 1
-            self._changed()
-            deadline = self._clock.now() + timedelta(seconds=delay)
-            if not await self._clock.wait_until(deadline, conn.release):
-                conn.abandon(msg)  # connection lost or stopping: the broker re-sends it
-                return
+            self._failed(item, failure)
 
     def _rejected_topic(self, topic: str) -> str:
         # `{prefix}/{source}/{store}/{kind}` -> `{prefix}/rejected/{source}/{store}/{kind}`: one
@@ -611,7 +695,7 @@ class MqttSource:
 @contextlib.asynccontextmanager
 async def open_mqtt_source(
     cfg: Config,
-    intake: Ingest,
+    intake: BatchIngest,
     clock: Clock,
     *,
     health: Health | None = None,

@@ -11,7 +11,16 @@ when it is complete is the source's business (`worker.sources.mqtt`).
 Why paho-mqtt directly, not aiomqtt: see `worker.sources.mqtt`. Every line here uses
 paho's public API only (`on_socket_open/close/register_write/unregister_write` +
 `loop_read/loop_write/loop_misc`, as in paho's `examples/loop_asyncio.py`, and
-`Client(manual_ack=True)` + `Client.ack(mid, qos)`).
+`Client(manual_ack=True)` + `Client.ack(mid, qos)`), with one exception, `lean_properties`:
+
+paho decodes every received packet's MQTT 5 properties into a fresh `Properties`, whose
+constructor rebuilds its two lookup tables (27 names, 27 identifiers) each time and whose
+`unpack` first clears all 27 names: ~18 us per PUBLISH, the largest single cost of our intake
+(issue 11 profile). `_LeanProperties` is a `Properties` whose tables are built once and shared
+(paho never writes to them after construction), and whose `unpack` skips clearing a fresh
+instance. It replaces the name `Properties` in `paho.mqtt._packet` (the decoder module) only,
+and only when that name is paho's own class (else paho is left as it is). Decoding is
+otherwise paho's own code; the tests of user properties and content types run through it.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Protocol
 
 import paho.mqtt.client as paho
@@ -40,6 +49,34 @@ _TICK_S: Final = 1.0  # paho's keepalive bookkeeping runs on real time (time.mon
 _READ_BURST: Final = 256  # packets read per readable event at most (others' turn after)
 
 _PENDING, _DONE, _ABANDONED = 0, 1, 2
+
+
+class _LeanProperties(Properties):
+    """paho's `Properties` with its lookup tables built once (see the module docstring)."""
+
+    _TEMPLATE: Final = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    types = _TEMPLATE.types
+    names = _TEMPLATE.names
+    properties = _TEMPLATE.properties
+
+    def __init__(self, packetType: int) -> None:
+        object.__setattr__(self, "packetType", packetType)
+        object.__setattr__(self, "_fresh", True)
+
+    def unpack(self, buffer: bytes) -> tuple[Properties, int]:
+        """paho's unpack; a fresh instance has nothing to clear, and most packets no property."""
+        if self.__dict__.pop("_fresh", False) and buffer[:1] == b"\x00":
+            return self, 1  # property length 0: one byte, nothing set
+        return super().unpack(buffer)  # type: ignore[no-any-return, no-untyped-call]
+
+
+def lean_properties() -> None:
+    """Make paho's packet decoder build `_LeanProperties` (idempotent; see the docstring)."""
+    from paho.mqtt import _packet
+
+    if getattr(_packet, "Properties", None) is Properties:
+        _packet.Properties = _LeanProperties  # type: ignore[attr-defined]
+
 
 Message = paho.MQTTMessage
 ConnectFlags = paho.ConnectFlags
@@ -86,6 +123,7 @@ class Connection:
         self.gen = gen
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        lean_properties()
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
@@ -229,14 +267,21 @@ class Connection:
 
     def complete(self, msg: paho.MQTTMessage) -> None:
         """The message is durable (or refused for good): ack it once its turn comes."""
-        if msg.qos == 0 or msg.mid not in self._order:
-            return
-        self._order[msg.mid] = _DONE
-        if not self.alive:
+        self.complete_many((msg,))
+
+    def complete_many(self, msgs: Iterable[paho.MQTTMessage]) -> None:
+        """`complete` for each of `msgs` (a burst made durable together), in one ack pass."""
+        order = self._order
+        changed = False
+        for msg in msgs:
+            if msg.qos and msg.mid in order:
+                order[msg.mid] = _DONE
+                changed = True
+        if not changed or not self.alive:
             return
         acked = 0
-        while self._order:
-            mid, status = next(iter(self._order.items()))
+        while order:
+            mid, status = next(iter(order.items()))
             if status != _DONE:
                 break
             try:
@@ -246,7 +291,7 @@ class Connection:
                 # re-sends it on the next session (ingest is idempotent).
                 self._loop.call_soon(self.abort, f"ack failed: {exc}")
                 break
-            del self._order[mid]
+            del order[mid]
             acked += 1
         self.events.acked(self, acked)
 
