@@ -38,6 +38,11 @@ class AppendResult(msgspec.Struct, frozen=True):
     duplicates: int
 
 
+# One spooled record as the caller encoded it: (kind, rid, effective version, origin,
+# canonical body).
+SpoolRow = tuple[str, str, int, str, bytes]
+
+
 class Entry(msgspec.Struct, frozen=True, gc=False):
     """One pending row."""
 
@@ -228,6 +233,10 @@ class Buffer(Protocol):
         """Raise now (SpoolFull, Unavailable) if `append(store, records)` would be refused."""
         ...
 
+    def check_room_rows(self, store: str, rows: int, nbytes: int) -> None:
+        """`check_room` for rows already encoded: `rows` records of `nbytes` bytes in all."""
+        ...
+
     def live_waiting(self) -> bool:
         """True while live appends are staged (bulk producers yield to them)."""
         ...
@@ -236,6 +245,17 @@ class Buffer(Protocol):
         self, store: str, records: Sequence[Spooled], *, priority: Priority = "live"
     ) -> AppendResult:
         """Stage, group-commit, and return once every accepted record is on disk."""
+        ...
+
+    async def append_rows(
+        self,
+        store: str,
+        rows: Sequence[SpoolRow],
+        *,
+        priority: Priority = "live",
+        nbytes: int | None = None,
+    ) -> AppendResult:
+        """`append` of records the caller already encoded (`nbytes`: their bodies' total)."""
         ...
 
     async def lease(self, store: str, *, upto: datetime, after_seq: int, limit: int) -> Lease:

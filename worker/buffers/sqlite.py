@@ -73,7 +73,7 @@ from typing import Any
 import orjson
 
 from worker.buffers import salvage
-from worker.buffers.base import AppendResult, Entry, Lease, Priority, StoreStats
+from worker.buffers.base import AppendResult, Entry, Lease, Priority, SpoolRow, StoreStats
 from worker.buffers.quarantine import SqliteQuarantine
 from worker.buffers.sqlite_file import SPOOL_INSERT, SpoolFile, open_spool_file
 from worker.buffers.state import SqliteState
@@ -86,8 +86,7 @@ from worker.sqlite_files import flag_file, quick_check
 
 log = logging.getLogger("possync.spool")
 
-# One spooled record as staged: (kind, rid, version, origin, canonical body).
-Row = tuple[str, str, int, str, bytes]
+Row = SpoolRow
 
 
 class _Append:

@@ -38,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from worker.buffers.base import SpoolRow
 from worker.records import (
     DECODE_ERRORS,
     ENCODER,
@@ -137,8 +138,7 @@ LINE_MONEY = ("quantity", "unit_price", "discount", "tax")
 TENDER_MONEY = ("amount",)
 ADJUSTMENT_MONEY = ("amount",)
 
-# (kind, rid, version, origin, body): what the spool's row append takes.
-Row = tuple[str, str, int, str, bytes]
+Row = SpoolRow  # what the spool's row append takes
 
 
 _SALE_GET = operator.attrgetter(*SALE_MONEY)
@@ -175,15 +175,24 @@ class Chunk:
         self.records = 0
 
 
+def mark_history(record: Sale, zone: ZoneInfo) -> None:
+    """Set `origin="backfill"` and the business date on a sale the parser just built, in place.
+
+    `msgspec.structs.replace` would re-run every field check of the sale; nothing else holds
+    the object yet, so setting the two (valid) values directly is safe.
+    """
+    if record.origin != "backfill":
+        msgspec.structs.force_setattr(record, "origin", "backfill")
+    if record.business_date is None:
+        msgspec.structs.force_setattr(
+            record, "business_date", business_date(record.occurred_at, zone)
+        )
+
+
 def row_of(record: Sale | Void, zone: ZoneInfo) -> Row:
     """A fully decoded sale or void as a backfill spool row (origin, business date set)."""
     if type(record) is Sale:
-        if record.origin != "backfill":
-            msgspec.structs.force_setattr(record, "origin", "backfill")
-        if record.business_date is None:
-            msgspec.structs.force_setattr(
-                record, "business_date", business_date(record.occurred_at, zone)
-            )
+        mark_history(record, zone)
         version = version_of(record.version, record.updated_at)
         return ("sale", record.id, version, "backfill", ENCODER.encode(record))
     return ("void", record.id, record.version or 0, "pos", ENCODER.encode(record))
