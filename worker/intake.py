@@ -285,20 +285,37 @@ class Intake:
             # (Every store takes `canonical`: `adapter_for` has nothing to refuse here.)
             lean = lean_rows(envelope.body, envelope.content_type)
             if lean is not None:
-                return await self._append_lean(envelope, store, lean)
+                accepted, duplicates = await self.append_lean(
+                    store, envelope.source, lean, envelope.priority
+                )
+                return IngestOutcome(
+                    accepted=accepted,
+                    duplicates=duplicates,
+                    rejected=[],
+                    dropped={},
+                    visible_at=self.windows.visible_at(store),
+                    spooled=len(lean.rows),
+                    spooled_duplicates=duplicates,
+                )
         parsed = self._parse_checked(envelope, store, adapter.signed)
         return await self._write(envelope, store, parsed)
 
-    async def _append_lean(
-        self, envelope: Envelope, store: StoreConfig, lean: LeanRows
-    ) -> IngestOutcome:
-        """Spool a thin push's rows; the outcome and counts `_write` gives the same records."""
+    async def append_lean(
+        self,
+        store: StoreConfig,
+        source: str,
+        lean: LeanRows,
+        priority: Literal["live", "bulk"] = "live",
+    ) -> tuple[int, int]:
+        """Spool a thin push's rows and count them as `_write` counts the same records.
+
+        (accepted, duplicates); the push is spooled only, so its `visible_at` is the store's.
+        """
         n = len(lean.rows)
         res = await self.spool.append_rows(
-            store.id, lean.rows, priority=envelope.priority, nbytes=lean.nbytes
+            store.id, lean.rows, priority=priority, nbytes=lean.nbytes
         )
         m = self.metrics
-        source = envelope.source
         sales = n - lean.voids
         # What `Metrics.count_push` counts for these records and this outcome.
         if sales:
@@ -308,15 +325,7 @@ class Intake:
         if res.duplicates:
             kind = group_type("sale", sales, "void", lean.voids)
             m.child(m.duplicates, source, store.id, kind).inc(res.duplicates)
-        return IngestOutcome(
-            accepted=res.accepted,
-            duplicates=res.duplicates,
-            rejected=[],
-            dropped={},
-            visible_at=self.windows.visible_at(store),
-            spooled=n,
-            spooled_duplicates=res.duplicates,
-        )
+        return res.accepted, res.duplicates
 
     def _admitted_adapter(self, envelope: Envelope, store: StoreConfig) -> Adapter:
         """The envelope's adapter, after its credential check (404 / 401)."""
