@@ -209,6 +209,15 @@ class _RefusesOneId:
             raise ValueError("cannot encode this record")
         return await self._spool.append(store, records, priority=priority)
 
+    async def append_rows(
+        self, store: str, rows: Any, *, priority: Any = "live", nbytes: Any = None
+    ) -> Any:
+        ids = [row[1] for row in rows]  # (kind, id, version, origin, body)
+        self.calls.append(ids)
+        if self._poison in ids:
+            raise ValueError("cannot encode this record")
+        return await self._spool.append_rows(store, rows, priority=priority, nbytes=nbytes)
+
 
 async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
     tmp_path: Path,

@@ -36,14 +36,14 @@ import msgspec
 
 from worker.adapters import adapter_for, get_adapter, store_context
 from worker.adapters.base import MAX_REJECTIONS, Adapter, Parsed, Rejection, StoreContext
-from worker.buffers.base import Buffer
+from worker.buffers.base import Buffer, SpoolRow
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
 from worker.errors import AuthError, NotFound, PossyncError, RecordInvalid
 from worker.metrics import Metrics, group_type
 from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
-from worker.sources.push_parse import LeanRows, lean_rows
+from worker.sources.push_parse import LeanRows, lean_rows, spool_row
 from worker.web import token_ok
 
 if TYPE_CHECKING:
@@ -315,17 +315,21 @@ class Intake:
         res = await self.spool.append_rows(
             store.id, lean.rows, priority=priority, nbytes=lean.nbytes
         )
-        m = self.metrics
-        sales = n - lean.voids
-        # What `Metrics.count_push` counts for these records and this outcome.
-        if sales:
-            m.child(m.received, source, store.id, "sale").inc(sales)
-        if lean.voids:
-            m.child(m.received, source, store.id, "void").inc(lean.voids)
-        if res.duplicates:
-            kind = group_type("sale", sales, "void", lean.voids)
-            m.child(m.duplicates, source, store.id, kind).inc(res.duplicates)
+        self._count_spooled(source, store.id, n - lean.voids, lean.voids, res.duplicates)
         return res.accepted, res.duplicates
+
+    def _count_spooled(
+        self, source: str, store_id: str, sales: int, voids: int, duplicates: int
+    ) -> None:
+        """What `Metrics.count_push` counts for one spool append of sales and voids only."""
+        m = self.metrics
+        if sales:
+            m.child(m.received, source, store_id, "sale").inc(sales)
+        if voids:
+            m.child(m.received, source, store_id, "void").inc(voids)
+        if duplicates:
+            kind = group_type("sale", sales, "void", voids)
+            m.child(m.duplicates, source, store_id, kind).inc(duplicates)
 
     def _admitted_adapter(self, envelope: Envelope, store: StoreConfig) -> Adapter:
         """The envelope's adapter, after its credential check (404 / 401)."""
@@ -420,12 +424,23 @@ class Intake:
                     others.append((i, self.ingest(envelope)))
                     continue
                 adapter = self._admitted_adapter(envelope, store)
-                parsed = self._parse_checked(envelope, store, adapter.signed)
-                spooled = None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
-                if spooled is None:
-                    others.append((i, self._write(envelope, store, parsed)))
-                    continue
-                self._nothing_acceptable(envelope, store, parsed)
+                lean = None
+                if envelope.source == "canonical" and envelope.origin is None:
+                    lean = lean_rows(envelope.body, envelope.content_type)  # as in `ingest`
+                if lean is not None:
+                    parsed = Parsed()
+                    rows, voids = lean.rows, lean.voids
+                else:
+                    parsed = self._parse_checked(envelope, store, adapter.signed)
+                    spooled = (
+                        None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
+                    )
+                    if spooled is None:
+                        others.append((i, self._write(envelope, store, parsed)))
+                        continue
+                    self._nothing_acceptable(envelope, store, parsed)
+                    rows = [spool_row(r) for r in spooled]
+                    voids = sum(row[0] == "void" for row in rows)
             except Exception as exc:  # noqa: BLE001 - this envelope's own outcome
                 results[i] = exc
                 continue
@@ -433,8 +448,8 @@ class Intake:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Shared(store)
-            group.members.append((i, envelope, parsed, len(spooled)))
-            group.records.extend(spooled)
+            group.members.append((i, envelope, parsed, len(rows), voids))
+            group.rows.extend(rows)
         jobs = [self._append_shared(g, results) for g in groups.values()]
         jobs += [_into(results, i, coro) for i, coro in others]
         if len(jobs) == 1:
@@ -454,7 +469,7 @@ class Intake:
         store = group.store
         first = group.members[0][1]
         try:
-            res = await self.spool.append(store.id, group.records, priority=first.priority)
+            res = await self.spool.append_rows(store.id, group.rows, priority=first.priority)
         except Exception as exc:  # noqa: BLE001 - the outcome of every member
             if len(group.members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
                 # Not a state of the spool (full, down) but maybe one member's records: each
@@ -468,7 +483,9 @@ class Intake:
         visible_at = self.windows.visible_at(store)
         rejected = 0
         dropped: dict[str, int] = {}
-        for i, _, parsed, n in group.members:
+        voids = 0
+        for i, _, parsed, n, v in group.members:
+            voids += v
             dups = min(n, duplicates)
             duplicates -= dups
             results[i] = IngestOutcome(
@@ -487,16 +504,7 @@ class Intake:
         # Counted once for the group: the same totals as `_count` per envelope would add.
         m = self.metrics
         source = first.source
-        total = IngestOutcome(
-            accepted=res.accepted,
-            duplicates=res.duplicates,
-            rejected=[],
-            dropped={},
-            visible_at=visible_at,
-            spooled=len(group.records),
-            spooled_duplicates=res.duplicates,
-        )
-        m.count_push(source, store.id, group.records, total)
+        self._count_spooled(source, store.id, len(group.rows) - voids, voids, res.duplicates)
         if rejected:
             m.child(m.rejected, source, store.id).inc(rejected)
         for reason, k in dropped.items():
@@ -596,13 +604,14 @@ class Intake:
 class _Shared:
     """The envelopes of one batch (one source, store, priority, origin) sharing one append."""
 
-    __slots__ = ("members", "records", "store")
+    __slots__ = ("members", "rows", "store")
 
     def __init__(self, store: StoreConfig) -> None:
         self.store = store
-        # (index in the batch, envelope, its parse, how many of `records` are its own)
-        self.members: list[tuple[int, Envelope, Parsed, int]] = []
-        self.records: list[Spooled] = []
+        # (index in the batch, envelope, its parse, how many of `rows` are its own, voids
+        # among them); a thin member's parse is empty (nothing refused or dropped)
+        self.members: list[tuple[int, Envelope, Parsed, int, int]] = []
+        self.rows: list[SpoolRow] = []
 
     def split(self) -> list[_Shared]:
         """One group per member."""
@@ -611,7 +620,7 @@ class _Shared:
         for member in self.members:
             one = _Shared(self.store)
             one.members.append(member)
-            one.records = self.records[start : start + member[3]]
+            one.rows = self.rows[start : start + member[3]]
             start += member[3]
             out.append(one)
         return out
