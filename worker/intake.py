@@ -17,6 +17,10 @@ Every source (HTTP push, MQTT, inbox files, uploads, backfill) hands the intake 
 carries either the raw body (parsed here by the source's adapter, with the store's
 `StoreContext` built once at start-up) or records a streaming source already read.
 
+A canonical payload of sales and voids only (the common push and MQTT message) takes the
+thin path: `worker.sources.push_parse` decodes it once with the lean decoder into spool rows;
+whatever it declines is parsed by the adapter as above, which decides every refusal.
+
 Credentials come first (`admit`, from the headers, before the body is read): push routes take
 only the store's own token (the admin token is for reads and operations); a signed source
 (Shopify) needs its signature header and a configured secret, and is verified against the

@@ -4,7 +4,9 @@ A push is authenticated from its headers before its body is read (the store's ow
 or for a signed source a configured secret and the signature header); body limits are
 enforced from Content-Length before reading and again while reading, so an oversized body
 is never held whole. Every error is JSON `{"error", "field"}` with a precise status
-(`worker.web`). The 202 body (`outcome_json`) is shared with file uploads and the inbox.
+(`worker.web`). A canonical push of sales and voids only is spooled as the lean rows of
+`worker.sources.push_parse` and answered with cached bytes; anything else goes through
+`Intake.ingest`. The 202 body (`outcome_json`) is shared with file uploads and the inbox.
 Reads, admin and health live in `worker.api`; the route table in `worker.api.routes`.
 """
 
