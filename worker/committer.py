@@ -8,6 +8,9 @@ Finalize only after the sink confirms: rows are acked after `commit_sales` retur
 anywhere re-leases the same rows; the sink is idempotent by batch id and by (sale, version),
 and trigger events by event id, so a rerun leaves each sale in the sink exactly once.
 
+Rows are checked once: a page decodes what this code spooled without its intake checks
+(`worker.page_decode`); validation runs the rules of the window.
+
 Also here, on the same validation and sink machinery: manual sales (validated and committed
 at once, `commit_manual`), a quarantined record's recheck, and the dry-run preview. The timing
 is not here: `worker.scheduler` fires `commit_store` at the instants `worker.windows` gives.
@@ -38,7 +41,8 @@ from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
 from worker.locks import LocalLock, WindowLock, WindowLocked
 from worker.metrics import Metrics
-from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
+from worker.page_decode import SPOOL_KEY, decode_page, keep_mark, load_mark
+from worker.records import Sale, Void, localize
 from worker.sinks.base import Sink
 from worker.triggers import match_triggers
 from worker.validation import (
@@ -53,8 +57,6 @@ from worker.validation import (
 from worker.windows import NextWindows
 
 log = logging.getLogger("possync.committer")
-# The spool's own entry in its state table (a store id cannot hold ":").
-_SPOOL_KEY = ":spool"
 T = TypeVar("T")
 # When the sink retries of the running commit give up (an admin commit's deadline); None:
 # retry until the sink is back or the service stops.
@@ -123,28 +125,33 @@ class Committer:
         # Spool seqs are per spool: on a shared sink the batch ids of two instances' spools
         # must not meet (the second would be taken for a rerun of the first and dropped).
         self.batch_prefix = ""
+        # Rows of seq >= this were checked at intake by this code (None: no row is).
+        self.checked_from: int | None = None
 
     # ----------------------------------------------------------------- state
 
     async def __aenter__(self) -> Committer:
         """Restore the window state; the committer is then ready."""
         await self.load_state()
+        self.checked_from = await load_mark(self.spool)
         if type(self.cfg.sink).__struct_config__.tag != "sqlite":
             self.batch_prefix = await self._spool_id() + "/"
         return self
 
     async def _spool_id(self) -> str:
         """A random id kept in the spool for its life (stable across restarts)."""
-        state = await self.spool.state.get(_SPOOL_KEY)
+        state = await self.spool.state.get(SPOOL_KEY)
         sid = state.get("id")
         if not isinstance(sid, str) or not sid:
             sid = secrets.token_hex(8)
-            await self.spool.state.put(_SPOOL_KEY, {"id": sid})
+            await self.spool.state.put(SPOOL_KEY, {"id": sid})
         return sid
 
     async def __aexit__(self, *exc: object) -> None:
-        """Set the stop event, so running sink retries end promptly."""
+        """Set the stop event, so running sink retries end promptly; record a clean stop."""
         self.stop.set()
+        if self.checked_from is not None:
+            await keep_mark(self.spool, self.checked_from)
 
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
@@ -347,7 +354,7 @@ class Committer:
         try:
             # Decoding and validating a page is pure CPU; it runs in a worker thread so the
             # event loop keeps answering pushes (the GIL is handed back every switch interval).
-            items, broken = await asyncio.to_thread(_decode_page, lease.entries)
+            items, broken = await asyncio.to_thread(decode_page, lease.entries, self.checked_from)
             # The lookups are retried like the write itself: a window that starts while the
             # sink is down waits for it instead of failing until the next window.
             ctx = await self._with_retry("lookup", lambda: self._context(store, items), op="lookup")
@@ -595,7 +602,7 @@ class Committer:
     async def preview(self, store: StoreConfig) -> dict[str, Any]:
         """Dry run: validate everything pending for a store without writing."""
         entries = await self.spool.pending_entries(store.id)
-        items, failed = await asyncio.to_thread(_decode_page, entries)
+        items, failed = await asyncio.to_thread(decode_page, entries, self.checked_from)
         rids = {e.seq: e.rid for e in entries}
         broken = [{"seq": seq, "rid": rids[seq], "failures": fs} for seq, fs in failed]
         verdict = validate_batch(items, await self._context(store, items))
@@ -623,22 +630,6 @@ class _Page(msgspec.Struct, frozen=True):
     verdict: BatchVerdict
     batch: CommitBatch
     broken: list[tuple[int, list[dict[str, Any]]]]
-
-
-def _decode_page(
-    entries: list[Entry],
-) -> tuple[list[BatchItem], list[tuple[int, list[dict[str, Any]]]]]:
-    """Decode spooled rows; an undecodable one fails the `schema` rule."""
-    items: list[BatchItem] = []
-    broken: list[tuple[int, list[dict[str, Any]]]] = []
-    for e in entries:
-        try:
-            record = SPOOLED_DECODER.decode(e.body)
-            items.append(BatchItem(seq=e.seq, record=record, held=e.held, body=e.body))
-        except DECODE_ERRORS as exc:
-            err = invalid_from(exc)
-            broken.append((e.seq, [{"rule": "schema", "field": err.field, "message": err.message}]))
-    return items, broken
 
 
 def _store_policy(store: StoreConfig) -> dict[str, RulePolicy]:
