@@ -20,6 +20,7 @@ under another `INTAKE_CHECKS` are decoded by the full decoder (`worker.committer
 from __future__ import annotations
 
 import contextvars
+import copy
 import re
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
@@ -442,7 +443,11 @@ def localize(sale: Sale, zone: ZoneInfo) -> Sale:
     """Fill `business_date` from the store's zone when the adapter did not set it."""
     if sale.business_date is not None:
         return sale
-    return msgspec.structs.replace(sale, business_date=business_date(sale.occurred_at, zone))
+    # A copy with one (valid) date set: `msgspec.structs.replace` would run every field check
+    # of the sale again (2-3 us per sale, on a sale already checked).
+    out = copy.copy(sale)
+    msgspec.structs.force_setattr(out, "business_date", business_date(sale.occurred_at, zone))
+    return out
 
 
 _NO_BUSINESS_DATE = b'"business_date":null'
@@ -463,10 +468,12 @@ def localized_body(body: bytes, before: Sale, after: Sale) -> bytes | None:
     """
     if after is before or after.business_date is None:
         return None
-    if body.count(_NO_BUSINESS_DATE) != 1:
+    # Exactly once, found from the end (the key is near it); the pattern cannot overlap itself.
+    at = body.rfind(_NO_BUSINESS_DATE)
+    if at < 0 or body.find(_NO_BUSINESS_DATE, 0, at) >= 0:
         return None
     filled = b'"business_date":"' + after.business_date.isoformat().encode() + b'"'
-    return body.replace(_NO_BUSINESS_DATE, filled)
+    return b"".join((body[:at], filled, body[at + len(_NO_BUSINESS_DATE) :]))
 
 
 _TYPE_NAMES: dict[type, str] = {
