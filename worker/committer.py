@@ -50,6 +50,7 @@ from worker.validation import (
     BatchVerdict,
     Failure,
     ValidationContext,
+    context_ids,
     rule_policy,
     validate_batch,
     validate_sale,
@@ -354,10 +355,12 @@ class Committer:
         try:
             # Decoding and validating a page is pure CPU; it runs in a worker thread so the
             # event loop keeps answering pushes (the GIL is handed back every switch interval).
-            items, broken = await asyncio.to_thread(decode_page, lease.entries, self.checked_from)
+            items, broken, ids = await asyncio.to_thread(_decode, lease.entries, self.checked_from)
             # The lookups are retried like the write itself: a window that starts while the
             # sink is down waits for it instead of failing until the next window.
-            ctx = await self._with_retry("lookup", lambda: self._context(store, items), op="lookup")
+            ctx = await self._with_retry(
+                "lookup", lambda: self._context(store, items, ids), op="lookup"
+            )
             verdict, batch = await asyncio.to_thread(
                 self._prepare, store, window_at, lease.entries, items, ctx, self.clock.now()
             )
@@ -475,20 +478,18 @@ class Committer:
             skipped=skipped,
         )
 
-    async def _context(self, store: StoreConfig, items: Sequence[BatchItem]) -> ValidationContext:
-        customers = {
-            r.customer_id for i in items if isinstance(r := i.record, Sale) and r.customer_id
-        }
-        originals = {
-            r.original_id for i in items if isinstance(r := i.record, Sale) and r.original_id
-        }
-        void_targets = {i.record.id for i in items if isinstance(i.record, Void)}
+    async def _context(
+        self,
+        store: StoreConfig,
+        items: Sequence[BatchItem],
+        ids: tuple[set[str], set[str]] | None = None,
+    ) -> ValidationContext:
+        """The sink's and spool's answers for a batch (`ids`: its `context_ids`, if known)."""
+        # References to sales of this same page need no lookup (validation sees the page).
+        customers, refs = context_ids(items) if ids is None else ids
         existing_customers = (
             await self.sink.existing_customers(store.id, customers) if customers else set()
         )
-        # References to sales of this same page need no lookup (validation sees the page).
-        in_page = {i.record.id for i in items if isinstance(i.record, Sale)}
-        refs = (originals | void_targets) - in_page
         existing_sales = await self.sink.existing_sales(store.id, refs) if refs else set()
         # A return's original or a void's target may sit in a later page of this window.
         missing = sorted(refs - existing_sales)
@@ -630,6 +631,14 @@ class _Page(msgspec.Struct, frozen=True):
     verdict: BatchVerdict
     batch: CommitBatch
     broken: list[tuple[int, list[dict[str, Any]]]]
+
+
+def _decode(
+    entries: list[Entry], checked_from: int | None
+) -> tuple[list[BatchItem], list[tuple[int, list[dict[str, Any]]]], tuple[set[str], set[str]]]:
+    """A page decoded, and the ids its context must look up (off the loop, in one hop)."""
+    items, broken = decode_page(entries, checked_from)
+    return items, broken, context_ids(items)
 
 
 def _store_policy(store: StoreConfig) -> dict[str, RulePolicy]:

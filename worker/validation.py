@@ -106,6 +106,7 @@ __all__ = [
     "BatchVerdict",
     "Failure",
     "ValidationContext",
+    "context_ids",
     "decode_spooled",
     "rule_policy",
     "tolerance",
@@ -209,6 +210,25 @@ def decode_spooled(data: bytes | str) -> Spooled | Failure:
     except DECODE_ERRORS as exc:
         err: RecordInvalid = invalid_from(exc)
         return Failure(RULE_SCHEMA, err.field or "$", err.message)
+
+
+def context_ids(items: Sequence[BatchItem]) -> tuple[set[str], set[str]]:
+    """What a batch's `ValidationContext` must look up: the customers its sales name, and the
+    sales its returns and voids name that are not in the batch itself."""
+    customers: set[str] = set()
+    named: set[str] = set()
+    in_batch: set[str] = set()
+    for item in items:
+        r = item.record
+        if isinstance(r, Sale):
+            in_batch.add(r.id)
+            if r.customer_id:
+                customers.add(r.customer_id)
+            if r.original_id:
+                named.add(r.original_id)
+        else:
+            named.add(r.id)
+    return customers, named - in_batch
 
 
 def tolerance(currency: str) -> Decimal:
