@@ -27,7 +27,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -42,7 +42,7 @@ from worker.errors import RecordInvalid, SinkError
 from worker.locks import LocalLock, WindowLock, WindowLocked
 from worker.metrics import Metrics
 from worker.page_decode import SPOOL_KEY, decode_page, keep_mark, load_mark
-from worker.records import Sale, Void, localize
+from worker.records import Sale, Void, business_date, localize
 from worker.sinks.base import Sink
 from worker.triggers import match_triggers
 from worker.validation import (
@@ -443,10 +443,16 @@ class Committer:
         verdict = validate_batch(items, ctx)
         voided = {v.id for _, v in verdict.voids}
         triggers: list[TriggerEvent] = []
+        today = business_date(now, self._zones[store.id])
         for _, row in verdict.sales:
             triggers.extend(
                 self._triggers_for(
-                    row, store, now, voided=row.sale.id in voided, skipped=verdict.skipped
+                    row,
+                    store,
+                    now,
+                    voided=row.sale.id in voided,
+                    skipped=verdict.skipped,
+                    today=today,
                 )
             )
         rows = [row for _, row in verdict.sales]
@@ -465,6 +471,7 @@ class Committer:
         *,
         voided: bool = False,
         skipped: Counter[str] | None = None,
+        today: date | None = None,
     ) -> list[TriggerEvent]:
         """Trigger events of one committed sale (none once it is voided in the same batch)."""
         return match_triggers(
@@ -476,6 +483,7 @@ class Committer:
             self.cfg.trigger_max_age_days,
             voided=voided,
             skipped=skipped,
+            today=today,
         )
 
     async def _context(
