@@ -320,3 +320,9 @@ async def test_window_quarantines_what_an_older_intake_spooled_and_commits_the_r
         assert item.rid == "OLD-1"
         message = "`total` at most 8 decimal places"
         assert item.reasons == [{"rule": "schema", "field": "$.total", "message": message}]
+    # The app's clean stop kept the mark: the next start reads rows of this run the lean way.
+    async with open_spool(cfg.spool, cfg.spool_path, FakeClock(NOW)) as spool:
+        mark = (await spool.state.get(SPOOL_KEY))[CHECKS_KEY]
+        last = await spool.state.last_seq()
+        assert mark == {"version": INTAKE_CHECKS, "from_seq": 3, "through_seq": last}
+        assert await load_mark(spool) == 3
