@@ -14,7 +14,7 @@ the full decoders, adapters build records through them, backfill's lean parser a
 same checks as one pattern. A window reading back a row that this code spooled decodes it
 with `decode_checked`: the same decoders and constraints with the `__post_init__` checks
 skipped (in the calling context only), so the record is the one intake built. Rows spooled
-under another `INTAKE_CHECKS` are decoded by the full decoder (`worker.committer`).
+under another `INTAKE_CHECKS` are decoded by the full decoder (`worker.page_decode`).
 """
 
 from __future__ import annotations
