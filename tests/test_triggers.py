@@ -305,3 +305,13 @@ def test_total_bounds_property(total_c: int, lo_c: int, hi_c: int) -> None:
     s = sale(total=total)
     t = TriggerConfig(name="t", min_total=str(lo), max_total=str(hi))
     assert trigger_matches(t, s) is (lo <= total <= hi)
+
+
+def test_today_given_once_per_page_is_the_store_local_date_of_now() -> None:
+    """The window passes `today` (one per page); the age rule then reads it, not `now`."""
+    r = row(business_date=date(2026, 3, 10))
+    today = localize(sale(occurred_at=NOW), NY).business_date
+    assert today == date(2026, 3, 10)
+    fired = match(r, [THANKS], max_age_days=0, today=today)
+    assert len(fired) == 1 and fired == match(r, [THANKS], max_age_days=0)
+    assert match(r, [THANKS], max_age_days=0, today=date(2026, 3, 11)) == []

@@ -8,6 +8,9 @@ Finalize only after the sink confirms: rows are acked after `commit_sales` retur
 anywhere re-leases the same rows; the sink is idempotent by batch id and by (sale, version),
 and trigger events by event id, so a rerun leaves each sale in the sink exactly once.
 
+Rows are checked once: a page decodes what this code spooled without its intake checks
+(`worker.page_decode`); validation runs the rules of the window.
+
 Also here, on the same validation and sink machinery: manual sales (validated and committed
 at once, `commit_manual`), a quarantined record's recheck, and the dry-run preview. The timing
 is not here: `worker.scheduler` fires `commit_store` at the instants `worker.windows` gives.
@@ -24,7 +27,7 @@ import random
 import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -38,7 +41,8 @@ from worker.config import Config, RulePolicy, StoreConfig
 from worker.errors import RecordInvalid, SinkError
 from worker.locks import LocalLock, WindowLock, WindowLocked
 from worker.metrics import Metrics
-from worker.records import DECODE_ERRORS, SPOOLED_DECODER, Sale, Void, invalid_from, localize
+from worker.page_decode import SPOOL_KEY, decode_page, keep_mark, load_mark
+from worker.records import Sale, Void, business_date, localize
 from worker.sinks.base import Sink
 from worker.triggers import match_triggers
 from worker.validation import (
@@ -46,6 +50,7 @@ from worker.validation import (
     BatchVerdict,
     Failure,
     ValidationContext,
+    context_ids,
     rule_policy,
     validate_batch,
     validate_sale,
@@ -53,8 +58,6 @@ from worker.validation import (
 from worker.windows import NextWindows
 
 log = logging.getLogger("possync.committer")
-# The spool's own entry in its state table (a store id cannot hold ":").
-_SPOOL_KEY = ":spool"
 T = TypeVar("T")
 # When the sink retries of the running commit give up (an admin commit's deadline); None:
 # retry until the sink is back or the service stops.
@@ -123,28 +126,33 @@ class Committer:
         # Spool seqs are per spool: on a shared sink the batch ids of two instances' spools
         # must not meet (the second would be taken for a rerun of the first and dropped).
         self.batch_prefix = ""
+        # Rows of seq >= this were checked at intake by this code (None: no row is).
+        self.checked_from: int | None = None
 
     # ----------------------------------------------------------------- state
 
     async def __aenter__(self) -> Committer:
         """Restore the window state; the committer is then ready."""
         await self.load_state()
+        self.checked_from = await load_mark(self.spool)
         if type(self.cfg.sink).__struct_config__.tag != "sqlite":
             self.batch_prefix = await self._spool_id() + "/"
         return self
 
     async def _spool_id(self) -> str:
         """A random id kept in the spool for its life (stable across restarts)."""
-        state = await self.spool.state.get(_SPOOL_KEY)
+        state = await self.spool.state.get(SPOOL_KEY)
         sid = state.get("id")
         if not isinstance(sid, str) or not sid:
             sid = secrets.token_hex(8)
-            await self.spool.state.put(_SPOOL_KEY, {"id": sid})
+            await self.spool.state.put(SPOOL_KEY, {"id": sid})
         return sid
 
     async def __aexit__(self, *exc: object) -> None:
-        """Set the stop event, so running sink retries end promptly."""
+        """Set the stop event, so running sink retries end promptly; record a clean stop."""
         self.stop.set()
+        if self.checked_from is not None:
+            await keep_mark(self.spool, self.checked_from)
 
     async def load_state(self) -> None:
         """Restore paused flags and last windows from the spool's state table."""
@@ -347,10 +355,12 @@ class Committer:
         try:
             # Decoding and validating a page is pure CPU; it runs in a worker thread so the
             # event loop keeps answering pushes (the GIL is handed back every switch interval).
-            items, broken = await asyncio.to_thread(_decode_page, lease.entries)
+            items, broken, ids = await asyncio.to_thread(_decode, lease.entries, self.checked_from)
             # The lookups are retried like the write itself: a window that starts while the
             # sink is down waits for it instead of failing until the next window.
-            ctx = await self._with_retry("lookup", lambda: self._context(store, items), op="lookup")
+            ctx = await self._with_retry(
+                "lookup", lambda: self._context(store, items, ids), op="lookup"
+            )
             verdict, batch = await asyncio.to_thread(
                 self._prepare, store, window_at, lease.entries, items, ctx, self.clock.now()
             )
@@ -433,10 +443,16 @@ class Committer:
         verdict = validate_batch(items, ctx)
         voided = {v.id for _, v in verdict.voids}
         triggers: list[TriggerEvent] = []
+        today = business_date(now, self._zones[store.id])
         for _, row in verdict.sales:
             triggers.extend(
                 self._triggers_for(
-                    row, store, now, voided=row.sale.id in voided, skipped=verdict.skipped
+                    row,
+                    store,
+                    now,
+                    voided=row.sale.id in voided,
+                    skipped=verdict.skipped,
+                    today=today,
                 )
             )
         rows = [row for _, row in verdict.sales]
@@ -455,6 +471,7 @@ class Committer:
         *,
         voided: bool = False,
         skipped: Counter[str] | None = None,
+        today: date | None = None,
     ) -> list[TriggerEvent]:
         """Trigger events of one committed sale (none once it is voided in the same batch)."""
         return match_triggers(
@@ -466,22 +483,21 @@ class Committer:
             self.cfg.trigger_max_age_days,
             voided=voided,
             skipped=skipped,
+            today=today,
         )
 
-    async def _context(self, store: StoreConfig, items: Sequence[BatchItem]) -> ValidationContext:
-        customers = {
-            r.customer_id for i in items if isinstance(r := i.record, Sale) and r.customer_id
-        }
-        originals = {
-            r.original_id for i in items if isinstance(r := i.record, Sale) and r.original_id
-        }
-        void_targets = {i.record.id for i in items if isinstance(i.record, Void)}
+    async def _context(
+        self,
+        store: StoreConfig,
+        items: Sequence[BatchItem],
+        ids: tuple[set[str], set[str]] | None = None,
+    ) -> ValidationContext:
+        """The sink's and spool's answers for a batch (`ids`: its `context_ids`, if known)."""
+        # References to sales of this same page need no lookup (validation sees the page).
+        customers, refs = context_ids(items) if ids is None else ids
         existing_customers = (
             await self.sink.existing_customers(store.id, customers) if customers else set()
         )
-        # References to sales of this same page need no lookup (validation sees the page).
-        in_page = {i.record.id for i in items if isinstance(i.record, Sale)}
-        refs = (originals | void_targets) - in_page
         existing_sales = await self.sink.existing_sales(store.id, refs) if refs else set()
         # A return's original or a void's target may sit in a later page of this window.
         missing = sorted(refs - existing_sales)
@@ -595,7 +611,7 @@ class Committer:
     async def preview(self, store: StoreConfig) -> dict[str, Any]:
         """Dry run: validate everything pending for a store without writing."""
         entries = await self.spool.pending_entries(store.id)
-        items, failed = await asyncio.to_thread(_decode_page, entries)
+        items, failed = await asyncio.to_thread(decode_page, entries, self.checked_from)
         rids = {e.seq: e.rid for e in entries}
         broken = [{"seq": seq, "rid": rids[seq], "failures": fs} for seq, fs in failed]
         verdict = validate_batch(items, await self._context(store, items))
@@ -625,20 +641,12 @@ class _Page(msgspec.Struct, frozen=True):
     broken: list[tuple[int, list[dict[str, Any]]]]
 
 
-def _decode_page(
-    entries: list[Entry],
-) -> tuple[list[BatchItem], list[tuple[int, list[dict[str, Any]]]]]:
-    """Decode spooled rows; an undecodable one fails the `schema` rule."""
-    items: list[BatchItem] = []
-    broken: list[tuple[int, list[dict[str, Any]]]] = []
-    for e in entries:
-        try:
-            record = SPOOLED_DECODER.decode(e.body)
-            items.append(BatchItem(seq=e.seq, record=record, held=e.held, body=e.body))
-        except DECODE_ERRORS as exc:
-            err = invalid_from(exc)
-            broken.append((e.seq, [{"rule": "schema", "field": err.field, "message": err.message}]))
-    return items, broken
+def _decode(
+    entries: list[Entry], checked_from: int | None
+) -> tuple[list[BatchItem], list[tuple[int, list[dict[str, Any]]]], tuple[set[str], set[str]]]:
+    """A page decoded, and the ids its context must look up (off the loop, in one hop)."""
+    items, broken = decode_page(entries, checked_from)
+    return items, broken, context_ids(items)
 
 
 def _store_policy(store: StoreConfig) -> dict[str, RulePolicy]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -82,15 +82,21 @@ def match_triggers(
     *,
     voided: bool = False,
     skipped: Counter[str] | None = None,
+    today: date | None = None,
 ) -> list[TriggerEvent]:
-    """One event per matching trigger rule for a committed sale, in config order."""
+    """One event per matching trigger rule for a committed sale, in config order.
+
+    `today` is `business_date(now, zone)` when the caller has it (one per page, not per sale).
+    """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     sale = row.sale
     if voided or sale.origin == "backfill" or sale.kind == "return":
         return []
     sold_on = sale.business_date or business_date(sale.occurred_at, zone)
-    if (business_date(now, zone) - sold_on).days > max_age_days:
+    if today is None:
+        today = business_date(now, zone)
+    if (today - sold_on).days > max_age_days:
         return []
     events: list[TriggerEvent] = []
     reachable = sale.customer_id is not None and row.customer_linked

@@ -59,6 +59,7 @@ duplicates, so a corrected version does not restart the hold.
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -105,6 +106,7 @@ __all__ = [
     "BatchVerdict",
     "Failure",
     "ValidationContext",
+    "context_ids",
     "decode_spooled",
     "rule_policy",
     "tolerance",
@@ -210,6 +212,25 @@ def decode_spooled(data: bytes | str) -> Spooled | Failure:
         return Failure(RULE_SCHEMA, err.field or "$", err.message)
 
 
+def context_ids(items: Sequence[BatchItem]) -> tuple[set[str], set[str]]:
+    """What a batch's `ValidationContext` must look up: the customers its sales name, and the
+    sales its returns and voids name that are not in the batch itself."""
+    customers: set[str] = set()
+    named: set[str] = set()
+    in_batch: set[str] = set()
+    for item in items:
+        r = item.record
+        if isinstance(r, Sale):
+            in_batch.add(r.id)
+            if r.customer_id:
+                customers.add(r.customer_id)
+            if r.original_id:
+                named.add(r.original_id)
+        else:
+            named.add(r.id)
+    return customers, named - in_batch
+
+
 def tolerance(currency: str) -> Decimal:
     """How far two of a sale's figures may differ: one minor unit of its currency."""
     return quantum(currency)
@@ -223,119 +244,137 @@ def rule_policy(
 
 
 def _money_failures(
-    sale: Sale, cash_rounding: Decimal | None, warnings: list[Failure]
+    sale: Sale, unit: Decimal, cash_rounding: Decimal | None, warnings: list[Failure]
 ) -> list[Failure]:
+    """The sum rules, to within `unit`; the caller holds a Decimal context of `_PRECISION`."""
     failures: list[Failure] = []
-    unit = tolerance(sale.currency)
-
-    def off_by(actual: Decimal, expected: Decimal) -> bool:
-        return abs(actual - expected) > unit
-
-    with localcontext() as ctx:
-        ctx.prec = _PRECISION
-        lines_sum = _ZERO
-        line_discounts = _ZERO
-        for line in sale.lines:
-            lines_sum += line.quantity * line.unit_price - line.discount
-            line_discounts += line.discount
-        order_discounts = _ZERO
-        for adj in sale.adjustments:
-            if adj.kind == "discount":
-                order_discounts += adj.amount
-        expected_subtotal = lines_sum + order_discounts
-        if off_by(sale.subtotal, expected_subtotal):
-            detail = f" + order discounts ({order_discounts})" if sale.adjustments else ""
+    lines_sum = _ZERO
+    line_discounts = _ZERO
+    for line in sale.lines:
+        discount = line.discount
+        lines_sum += line.quantity * line.unit_price - discount
+        line_discounts += discount
+    order_discounts = _ZERO
+    for adj in sale.adjustments:
+        if adj.kind == "discount":
+            order_discounts += adj.amount
+    expected_subtotal = lines_sum + order_discounts
+    subtotal = sale.subtotal
+    if abs(subtotal - expected_subtotal) > unit:
+        detail = f" + order discounts ({order_discounts})" if sale.adjustments else ""
+        failures.append(
+            Failure(
+                RULE_SUBTOTAL_SUM,
+                "$.subtotal",
+                f"subtotal {subtotal} != sum of lines (quantity x unit_price - discount)"
+                f"{detail} {expected_subtotal}",
+            )
+        )
+    if sale.discount is not None:
+        stated = line_discounts - order_discounts
+        if abs(sale.discount - stated) > unit:
             failures.append(
                 Failure(
-                    RULE_SUBTOTAL_SUM,
-                    "$.subtotal",
-                    f"subtotal {sale.subtotal} != sum of lines (quantity x unit_price - discount)"
-                    f"{detail} {expected_subtotal}",
+                    RULE_DISCOUNT_SUM,
+                    "$.discount",
+                    f"discount {sale.discount} != line discounts {line_discounts}"
+                    f" + order discounts {-order_discounts} = {stated}",
                 )
             )
-        if sale.discount is not None:
-            stated = line_discounts - order_discounts
-            if off_by(sale.discount, stated):
-                failures.append(
+    total = sale.total
+    tax = _ZERO if sale.tax_included else sale.tax
+    expected_total = subtotal + tax + sale.shipping + sale.fees + sale.tip + sale.rounding
+    if abs(total - expected_total) > unit:
+        parts = "subtotal + shipping + fees + tip + rounding (tax included)"
+        if not sale.tax_included:
+            parts = "subtotal + tax + shipping + fees + tip + rounding"
+        failures.append(
+            Failure(RULE_TOTAL_SUM, "$.total", f"total {total} != {parts} {expected_total}")
+        )
+    if sale.tenders_known:
+        tendered = _ZERO
+        for tender in sale.tenders:
+            tendered += tender.amount
+        diff = tendered - total
+        if abs(diff) > unit:
+            if cash_rounding is not None and abs(diff) * 2 <= cash_rounding:
+                warnings.append(
                     Failure(
-                        RULE_DISCOUNT_SUM,
-                        "$.discount",
-                        f"discount {sale.discount} != line discounts {line_discounts}"
-                        f" + order discounts {-order_discounts} = {stated}",
+                        RULE_TENDERS_SUM,
+                        "$.tenders",
+                        f"tenders sum to {tendered}, total is {total}: a difference of"
+                        f" {diff} within cash rounding to {cash_rounding} {sale.currency}",
                     )
                 )
-        tax = _ZERO if sale.tax_included else sale.tax
-        expected_total = sale.subtotal + tax + sale.shipping + sale.fees + sale.tip + sale.rounding
-        if off_by(sale.total, expected_total):
-            parts = "subtotal + shipping + fees + tip + rounding (tax included)"
-            if not sale.tax_included:
-                parts = "subtotal + tax + shipping + fees + tip + rounding"
+            else:
+                message = (
+                    f"no tenders for a total of {total}"
+                    if not sale.tenders
+                    else f"tenders sum to {tendered}, total is {total}"
+                )
+                failures.append(Failure(RULE_TENDERS_SUM, "$.tenders", message))
+    return failures
+
+
+class _Rules:
+    """The intrinsic rules under one context, with what they need computed once per batch."""
+
+    __slots__ = ("_cash", "_latest", "_now", "_units")
+
+    def __init__(self, ctx: ValidationContext) -> None:
+        self._now = ctx.now
+        self._latest = ctx.now + MAX_FUTURE
+        self._cash = ctx.cash_rounding
+        self._units: dict[str, Decimal] = {}
+
+    def failures(self, sale: Sale, warnings: list[Failure]) -> list[Failure]:
+        """Every intrinsic rule the sale fails (before policy); cash-rounding warnings join
+        `warnings`. The caller holds a Decimal context of `_PRECISION`."""
+        failures: list[Failure] = []
+        currency = sale.currency
+        if currency not in KNOWN_CURRENCIES:
+            failures.append(
+                Failure(RULE_CURRENCY_KNOWN, "$.currency", f"unknown currency {currency!r}")
+            )
+        presentment = sale.presentment_currency
+        if presentment is not None and presentment not in KNOWN_CURRENCIES:
             failures.append(
                 Failure(
-                    RULE_TOTAL_SUM, "$.total", f"total {sale.total} != {parts} {expected_total}"
+                    RULE_CURRENCY_KNOWN,
+                    "$.presentment_currency",
+                    f"unknown currency {presentment!r}",
                 )
             )
-        if sale.tenders_known:
-            tendered = _ZERO
-            for tender in sale.tenders:
-                tendered += tender.amount
-            diff = tendered - sale.total
-            if abs(diff) > unit:
-                if cash_rounding is not None and abs(diff) * 2 <= cash_rounding:
-                    warnings.append(
-                        Failure(
-                            RULE_TENDERS_SUM,
-                            "$.tenders",
-                            f"tenders sum to {tendered}, total is {sale.total}: a difference of"
-                            f" {diff} within cash rounding to {cash_rounding} {sale.currency}",
-                        )
-                    )
-                else:
-                    message = (
-                        f"no tenders for a total of {sale.total}"
-                        if not sale.tenders
-                        else f"tenders sum to {tendered}, total is {sale.total}"
-                    )
-                    failures.append(Failure(RULE_TENDERS_SUM, "$.tenders", message))
-    return failures
-
-
-def _intrinsic_failures(
-    sale: Sale, now: datetime, cash_rounding: Decimal | None, warnings: list[Failure]
-) -> list[Failure]:
-    failures: list[Failure] = []
-    if sale.currency not in KNOWN_CURRENCIES:
-        failures.append(
-            Failure(RULE_CURRENCY_KNOWN, "$.currency", f"unknown currency {sale.currency!r}")
-        )
-    if sale.presentment_currency is not None and sale.presentment_currency not in KNOWN_CURRENCIES:
-        failures.append(
-            Failure(
-                RULE_CURRENCY_KNOWN,
-                "$.presentment_currency",
-                f"unknown currency {sale.presentment_currency!r}",
+        if not sale.lines:
+            failures.append(
+                Failure(RULE_LINES_NONEMPTY, "$.lines", "a sale needs at least one line")
             )
-        )
-    if not sale.lines:
-        failures.append(Failure(RULE_LINES_NONEMPTY, "$.lines", "a sale needs at least one line"))
-    failures.extend(_money_failures(sale, cash_rounding, warnings))
-    if sale.occurred_at > now + MAX_FUTURE:
-        failures.append(
-            Failure(
-                RULE_OCCURRED_AT_FUTURE,
-                "$.occurred_at",
-                f"occurred_at {sale.occurred_at.isoformat()} is more than a day after {now.isoformat()}",
+        unit = self._units.get(currency)
+        if unit is None:
+            unit = self._units[currency] = tolerance(currency)
+        cash = self._cash if self._cash is not None else CASH_ROUNDING.get(currency)
+        money = _money_failures(sale, unit, cash, warnings)
+        if money:
+            failures.extend(money)
+        occurred = sale.occurred_at
+        if occurred > self._latest:
+            failures.append(
+                Failure(
+                    RULE_OCCURRED_AT_FUTURE,
+                    "$.occurred_at",
+                    f"occurred_at {occurred.isoformat()} is more than a day after"
+                    f" {self._now.isoformat()}",
+                )
             )
-        )
-    if sale.occurred_at < OLDEST:
-        failures.append(
-            Failure(
-                RULE_OCCURRED_AT_TOO_OLD,
-                "$.occurred_at",
-                f"occurred_at {sale.occurred_at.isoformat()} is before 2000-01-01",
+        if occurred < OLDEST:
+            failures.append(
+                Failure(
+                    RULE_OCCURRED_AT_TOO_OLD,
+                    "$.occurred_at",
+                    f"occurred_at {occurred.isoformat()} is before 2000-01-01",
+                )
             )
-        )
-    return failures
+        return failures
 
 
 class _Known:
@@ -358,10 +397,6 @@ def _reference_failures(sale: Sale, known: _Known) -> list[Failure]:
             )
         ]
     return []
-
-
-def _cash_step(sale: Sale, ctx: ValidationContext) -> Decimal | None:
-    return ctx.cash_rounding if ctx.cash_rounding is not None else CASH_ROUNDING.get(sale.currency)
 
 
 def _apply_policy(
@@ -389,21 +424,25 @@ def validate_sale(sale: Sale, ctx: ValidationContext) -> list[Failure]:
     entry is not held), unless the policy for `return.original` is `warn` or `off`.
     """
     warnings: list[Failure] = []
-    failures = _intrinsic_failures(sale, ctx.now, _cash_step(sale, ctx), warnings)
+    with localcontext() as dctx:
+        dctx.prec = _PRECISION
+        failures = _Rules(ctx).failures(sale, warnings)
     return _apply_policy(failures + _reference_failures(sale, _Known(ctx)), ctx, warnings)
 
 
 def _collapse(items: Sequence[BatchItem]) -> tuple[list[BatchItem], list[int], dict[str, int]]:
     """Winners per (type, id), superseded seqs, and each sale id's highest hold count."""
-    winners: dict[tuple[str, str], BatchItem] = {}
+    winners: dict[tuple[bool, str], BatchItem] = {}
     superseded: list[int] = []
     held: dict[str, int] = {}
     for item in items:
         record = item.record
+        rid = record.id
         is_sale = isinstance(record, Sale)
-        key = ("sale" if is_sale else "void", record.id)
         if is_sale:
-            held[record.id] = max(held.get(record.id, 0), item.held)
+            count = held.get(rid, 0)
+            held[rid] = item.held if item.held > count else count
+        key = (is_sale, rid)
         current = winners.get(key)
         if current is None:
             winners[key] = item
@@ -414,7 +453,10 @@ def _collapse(items: Sequence[BatchItem]) -> tuple[list[BatchItem], list[int], d
             winners[key] = item
         else:
             superseded.append(item.seq)
-    return sorted(winners.values(), key=lambda i: i.seq), superseded, held
+    return sorted(winners.values(), key=_SEQ), superseded, held
+
+
+_SEQ = operator.attrgetter("seq")
 
 
 def validate_batch(items: Sequence[BatchItem], ctx: ValidationContext) -> BatchVerdict:
@@ -423,68 +465,79 @@ def validate_batch(items: Sequence[BatchItem], ctx: ValidationContext) -> BatchV
     batch_sales = frozenset(i.record.id for i in items if isinstance(i.record, Sale))
     known = _Known(ctx, batch_sales)
     verdict = BatchVerdict(superseded=sorted(superseded))
-    for item in winners:
-        record = item.record
-        if isinstance(record, Void):
-            if record.id in known:
-                verdict.voids.append((item.seq, record))
+    rules = _Rules(ctx)
+    customers = ctx.existing_customers
+    zone = ctx.zone
+    with localcontext() as dctx:
+        dctx.prec = _PRECISION
+        for item in winners:
+            record = item.record
+            if isinstance(record, Void):
+                _void(item, record, known, ctx, verdict)
                 continue
-            message = (
-                f"void of unknown sale {record.id!r} (not committed, pending or in this batch)"
-            )
-            failure = Failure(RULE_VOID_TARGET, "$.id", message)
-            if ctx.policy.get(RULE_VOID_TARGET, "quarantine") == "quarantine":
-                verdict.quarantined.append((item.seq, [failure]))
-            else:  # the void is kept: its sale ends voided whenever it arrives
-                verdict.voids.append((item.seq, record))
-            continue
-        warnings: list[Failure] = []
-        failures = _apply_policy(
-            _intrinsic_failures(record, ctx.now, _cash_step(record, ctx), warnings), ctx, warnings
-        )
-        if failures:
-            verdict.quarantined.append((item.seq, failures))
-            continue
-        held = held_counts[record.id]
-        unknown_original = _reference_failures(record, known)
-        customer = record.customer_id
-        waits_customer = customer is not None and customer not in ctx.existing_customers
-        if (unknown_original or waits_customer) and held < ctx.hold_windows:
-            verdict.held.append(item.seq)
-            continue
-        if unknown_original:
-            (failure,) = unknown_original
-            policy = ctx.policy.get(RULE_RETURN_ORIGINAL, "warn")
-            if policy == "quarantine":
-                verdict.quarantined.append((item.seq, unknown_original))
+            warnings: list[Failure] = []
+            failures = rules.failures(record, warnings)
+            if failures:
+                failures = _apply_policy(failures, ctx, warnings)
+                if failures:
+                    verdict.quarantined.append((item.seq, failures))
+                    continue
+            held = held_counts[record.id]
+            unknown_original = _reference_failures(record, known) if record.kind == "return" else []
+            customer = record.customer_id
+            waits_customer = customer is not None and customer not in customers
+            if (unknown_original or waits_customer) and held < ctx.hold_windows:
+                verdict.held.append(item.seq)
                 continue
-            if policy == "warn":
+            if unknown_original:
+                (failure,) = unknown_original
+                policy = ctx.policy.get(RULE_RETURN_ORIGINAL, "warn")
+                if policy == "quarantine":
+                    verdict.quarantined.append((item.seq, unknown_original))
+                    continue
+                if policy == "warn":
+                    warnings.append(
+                        Failure(
+                            RULE_RETURN_ORIGINAL,
+                            failure.field,
+                            f"original sale {record.original_id!r} unknown after {held} held"
+                            " window(s); committed as an unlinked return",
+                        )
+                    )
+            linked = True
+            if waits_customer:
+                linked = False
                 warnings.append(
                     Failure(
-                        RULE_RETURN_ORIGINAL,
-                        failure.field,
-                        f"original sale {record.original_id!r} unknown after {held} held"
-                        " window(s); committed as an unlinked return",
+                        RULE_CUSTOMER_HOLD,
+                        "$.customer_id",
+                        f"customer {customer!r} not in the sink after {held} held window(s);"
+                        " committed unlinked",
                     )
                 )
-        linked = True
-        if waits_customer:
-            linked = False
-            warnings.append(
-                Failure(
-                    RULE_CUSTOMER_HOLD,
-                    "$.customer_id",
-                    f"customer {customer!r} not in the sink after {held} held window(s);"
-                    " committed unlinked",
-                )
+            sale = localize(record, zone)
+            body = item.body
+            row = SaleRow(
+                sale=sale,
+                version=record.effective_version,
+                customer_linked=linked,
+                warnings=tuple([_warning_text(w) for w in warnings]) if warnings else (),
+                body=None if body is None else localized_body(body, record, sale),
             )
-        sale = localize(record, ctx.zone)
-        row = SaleRow(
-            sale=sale,
-            version=record.effective_version,
-            customer_linked=linked,
-            warnings=tuple(_warning_text(w) for w in warnings),
-            body=None if item.body is None else localized_body(item.body, record, sale),
-        )
-        verdict.sales.append((item.seq, row))
+            verdict.sales.append((item.seq, row))
     return verdict
+
+
+def _void(
+    item: BatchItem, record: Void, known: _Known, ctx: ValidationContext, verdict: BatchVerdict
+) -> None:
+    """A void commits when its sale is known to possync; otherwise as the policy says."""
+    if record.id in known:
+        verdict.voids.append((item.seq, record))
+        return
+    message = f"void of unknown sale {record.id!r} (not committed, pending or in this batch)"
+    failure = Failure(RULE_VOID_TARGET, "$.id", message)
+    if ctx.policy.get(RULE_VOID_TARGET, "quarantine") == "quarantine":
+        verdict.quarantined.append((item.seq, [failure]))
+    else:  # the void is kept: its sale ends voided whenever it arrives
+        verdict.voids.append((item.seq, record))

@@ -177,6 +177,10 @@ class BufferState(Protocol):
         """Upsert per-store state."""
         ...
 
+    async def last_seq(self) -> int:
+        """The highest seq any row of the buffer has had (0: none); later rows get higher."""
+        ...
+
 
 class Buffer(Protocol):
     """Durable per-store buffer with one writer."""

@@ -4,6 +4,8 @@
   Shopify webhook's `X-Shopify-Webhook-Id`), kept a week, well past the sender's retries.
   Intake asks before parsing and remembers after the push was stored.
 * `kv(store, key, value)`: the scheduler's state per store (last window, paused), JSON.
+* `last_seq`: where the spool's seqs stand (AUTOINCREMENT: a seq is never given twice), so
+  the committer can tell rows spooled before a mark from rows spooled after it.
 
 Each write is one transaction on the spool file's thread (`SpoolFile.run`), durable on
 return like an append.
@@ -73,3 +75,13 @@ class SqliteState:
                 rows,
             )
         )
+
+    async def last_seq(self) -> int:
+        """The highest seq the spool has given a row (0: none); later rows get higher ones."""
+
+        def q(db: sqlite3.Connection) -> int:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name='spool'").fetchone()
+            top = db.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()
+            return max(int(row[0]) if row else 0, int(top[0]))
+
+        return await self._file.read(q)
