@@ -5,8 +5,9 @@
   Intake asks before parsing and remembers after the push was stored.
 * `kv(store, key, value)`: the scheduler's state per store (last window, paused), JSON.
 
-Each write is one transaction on the spool file's thread (`SpoolFile.run`), durable on
-return like an append.
+Each write is one transaction on the spool file's writer thread (`SpoolFile.run`),
+durable on return like an append; each read is one snapshot on its reader thread
+(`SpoolFile.read`), which holds every write that returned before it.
 """
 
 from __future__ import annotations
