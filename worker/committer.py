@@ -502,6 +502,10 @@ class Committer:
         # A return's original or a void's target may sit in a later page of this window.
         missing = sorted(refs - existing_sales)
         pending = await self.spool.pending_ids(store.id, "sale", missing) if missing else set()
+        # The page before may have been committed and retired between the two lookups (the
+        # sink confirms before the spool retires): what neither had is asked again.
+        if gone := set(missing) - pending:
+            existing_sales |= await self.sink.existing_sales(store.id, gone)
         return ValidationContext(
             store=store.id,
             zone=self._zones[store.id],

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import struct
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -222,21 +223,52 @@ def keep_copy(path: Path, why: str) -> Path:
     return target
 
 
+# The writer's own `wal_autocheckpoint` when checkpoints have their own connection: only a
+# backstop, far above the 1,000 frames at which the owner's checkpoints run.
+WRITER_AUTOCHECKPOINT = 20_000
+
+
 class SqliteFile:
     """One sqlite3 connection on its own thread; one function per hop, one transaction each.
 
     The spool's file (`worker.buffers.sqlite_file.SpoolFile`) and the outbox's
     (`worker.sinks.outbox`): the loop never blocks on SQLite or fsync, and the file has
     exactly one writer. `schema` is run at connect; `name` names the thread and errors.
+
+    With `reader=True` the file also gets a read-only connection on a second thread: `read`
+    runs there (one WAL snapshot per call), so reads never queue behind writes on the
+    writer's thread, and the writer's connection does not checkpoint (no
+    `wal_autocheckpoint`): `checkpoint` copies the WAL back on a third connection and
+    thread, so a commit never pays for a checkpoint. Whoever opens such a file runs
+    `checkpoint` (the spool: an owned task after writes). Without `reader`, `read` runs on
+    the writer's thread and SQLite checkpoints as usual.
     """
 
-    def __init__(self, path: Path, synchronous: str, schema: str, name: str) -> None:
+    def __init__(
+        self, path: Path, synchronous: str, schema: str, name: str, *, reader: bool = False
+    ) -> None:
         self.path = path
         self._synchronous = synchronous
         self._schema = schema
         self._name = name
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"possync-{name}")
         self._db: sqlite3.Connection | None = None
+        self._reader = reader
+        self._read_pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"possync-{name}-read")
+            if reader
+            else None
+        )
+        self._ckpt_pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"possync-{name}-ckpt")
+            if reader
+            else None
+        )
+        self._rdb: sqlite3.Connection | None = None
+        self._cdb: sqlite3.Connection | None = None
+        self._shm: int | None = None  # fd of the WAL index, read by `wal_backlog`
+        # Called on the loop after each committed `run` (the spool's checkpointer wakes).
+        self.on_commit: Callable[[], None] | None = None
 
     async def _hop(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
@@ -255,6 +287,10 @@ class SqliteFile:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute(f"PRAGMA synchronous={self._synchronous}")
                 db.execute("PRAGMA busy_timeout=5000")
+                if self._reader:
+                    # Checkpoints run on their own connection (`checkpoint`), not inside a
+                    # commit of the writer; this one only backs them up (a WAL of ~80 MiB).
+                    db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
                 db.executescript(self._schema)
             except BaseException:
                 db.close()
@@ -262,6 +298,21 @@ class SqliteFile:
             self._db = db
 
         await self._hop(go)
+        if self._read_pool is not None and self._ckpt_pool is not None:
+            loop = asyncio.get_running_loop()
+            self._rdb = await loop.run_in_executor(self._read_pool, self._open_side)
+            self._cdb = await loop.run_in_executor(self._ckpt_pool, self._open_side)
+
+    def _open_side(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")  # the checkpoint's fsyncs
+            db.execute("PRAGMA query_only=ON")  # checkpoints are allowed; writes are not
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run `fn(conn)` on the file's thread inside one transaction.
@@ -290,18 +341,94 @@ class SqliteFile:
                     db.execute(f"PRAGMA synchronous={self._synchronous}")
             return result
 
-        return await self._hop(tx)
+        result = await self._hop(tx)
+        if self.on_commit is not None:
+            self.on_commit()
+        return result
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only `fn(conn)` on the file's thread (one consistent view per call)."""
-        return await self.call(fn)
+        """Run a read-only `fn(conn)` (one consistent view per call).
+
+        On the reader's thread when there is one: one read transaction, so every statement
+        of `fn` sees the same snapshot, which holds every write committed before the call.
+        """
+        if self._read_pool is None:
+            return await self.call(fn)
+
+        def go() -> T:
+            db = self._rdb
+            if db is None:
+                raise sqlite3.ProgrammingError(f"the {self._name} file is closed")
+            db.execute("BEGIN")
+            try:
+                return fn(db)
+            finally:
+                db.execute("COMMIT")  # ends the read transaction: releases the snapshot
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, go)
+
+    async def checkpoint(self) -> tuple[int, int, int]:
+        """A PASSIVE WAL checkpoint on the checkpointer's connection: (busy, log, copied).
+
+        PASSIVE never waits for the writer or the readers: it copies what it can, and the
+        writer restarts the WAL from its beginning once every frame was copied back.
+        """
+        if self._ckpt_pool is None:
+            raise sqlite3.ProgrammingError(f"the {self._name} file checkpoints by itself")
+
+        def go() -> tuple[int, int, int]:
+            db = self._cdb
+            if db is None:
+                raise sqlite3.ProgrammingError(f"the {self._name} file is closed")
+            row = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        return await asyncio.get_running_loop().run_in_executor(self._ckpt_pool, go)
+
+    def wal_backlog(self) -> int:
+        """WAL frames not yet copied back into the file (0 when there is no WAL index).
+
+        Read from the WAL index (`-shm`, sqlite.org/walformat.html: the header's mxFrame at
+        offset 16, the checkpoint's nBackfill at 96), a page of shared memory: no lock, no
+        SQLite call, so it is cheap enough to ask after every commit. A read that races a
+        header update only moves the next checkpoint by one commit.
+        """
+        if self._shm is None:
+            try:
+                self._shm = os.open(str(self.path) + "-shm", os.O_RDONLY)
+            except FileNotFoundError:
+                return 0
+        head = os.pread(self._shm, 100, 0)
+        if len(head) < 100 or head[12] != 1:  # isInit
+            return 0
+        max_frame = int(struct.unpack_from("=I", head, 16)[0])
+        backfilled = int(struct.unpack_from("=I", head, 96)[0])
+        return max(0, max_frame - backfilled)
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` on the file's thread outside any transaction of ours (salvage)."""
         return await self._hop(lambda: fn(self._conn()))
 
     async def close(self, *, checkpoint: bool) -> None:
-        """Checkpoint the WAL (when asked), close the connection, then end the thread."""
+        """Close the side connections, checkpoint the WAL (when asked), close, end threads."""
+        loop = asyncio.get_running_loop()
+        if self._shm is not None:
+            os.close(self._shm)
+            self._shm = None
+        for pool, attr in ((self._read_pool, "_rdb"), (self._ckpt_pool, "_cdb")):
+            if pool is None:
+                continue
+
+            def shut(attr: str = attr) -> None:
+                side: sqlite3.Connection | None = getattr(self, attr)
+                setattr(self, attr, None)
+                if side is not None:
+                    side.close()
+
+            try:
+                await loop.run_in_executor(pool, shut)
+            finally:
+                await asyncio.to_thread(pool.shutdown, True)
 
         def go() -> None:
             db, self._db = self._db, None

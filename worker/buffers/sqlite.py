@@ -22,12 +22,21 @@ the recovery.
 
 Invariants
 
-* One writer. Every statement runs on the spool file's single thread (`SpoolFile`: a
-  one-thread executor owning the sqlite3 connection), and each public operation is ONE
+* One writer. Every write runs on the spool file's writer thread (`SpoolFile`: a
+  one-thread executor owning the writer's sqlite3 connection), and each public write is ONE
   function that runs there inside ONE transaction (`SpoolFile.run`). Appends from
   concurrent requests are coalesced by the group-commit task into one transaction:
   everything staged when the task wakes is written, committed (fsync), and only then is each
   waiting request answered. A 202 therefore means "on disk".
+* Reads never queue behind writes: lease pages, pending ids / entries, oldest, the lists of
+  the quarantine and state rooms run on a read-only connection on a second thread
+  (`SpoolFile.read`), each call one WAL snapshot that holds every write committed before it.
+  WAL checkpoints run on a third connection (the `spool-checkpoint` task, owned like the
+  writer: PASSIVE, once 1,000 frames wait, SQLite's own autocheckpoint figure); the writer's
+  commits never run one (its `wal_autocheckpoint` is only a backstop far above that).
+* Window work yields to live appends: before each ack / hold / quarantine slice on the
+  writer's thread, while live appends are staged or a group is being written, the slice
+  waits for that one group (`_yield_to_live`), so a push waits for at most one slice.
 * Dedup by natural key and version: a record whose (store, kind, id) exists with a version
   >= its own is a duplicate (also after the row was committed and retired: retired rows keep
   key and version, body dropped). A newer version replaces the row under a NEW seq, so a
@@ -36,9 +45,9 @@ Invariants
   with `SpoolFull` (503 + Retry-After) before anything is written: backpressure, no drops.
 * Leases are in memory. A crash forgets them, so every leased-but-unacknowledged row is
   simply pending again at start-up. Ack happens only after the sink confirmed the commit.
-* The writer and the background integrity check are owned by the app's health registry
-  (`Health.owned_task`): a dead writer fails /readyz (`task:spool-writer`) and every
-  waiting append; at shutdown the writer drains its last group before it is cancelled.
+* The writer, the checkpointer and the background integrity check are owned by the app's
+  health registry (`Health.owned_task`): a dead writer fails /readyz (`task:spool-writer`)
+  and every waiting append (a dead checkpointer: `task:spool-checkpoint`); at shutdown the writer drains its last group before it is cancelled.
 * Only appends pay an fsync of their own. Acks, holds and quarantine moves commit with
   synchronous=NORMAL (WAL: safe against a process crash; on power loss the last of them may
   roll back, which re-offers rows the sink already has: the next window finds them
@@ -61,6 +70,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 import time
@@ -75,7 +85,8 @@ import orjson
 from worker.buffers import salvage
 from worker.buffers.base import AppendResult, Entry, Lease, Priority, SpoolRow, StoreStats
 from worker.buffers.quarantine import SqliteQuarantine
-from worker.buffers.sqlite_file import SPOOL_INSERT, SpoolFile, open_spool_file
+from worker.buffers.sqlite_file import SpoolFile, open_spool_file
+from worker.buffers.sqlite_group import Append, write_group
 from worker.buffers.state import SqliteState
 from worker.clock import Clock
 from worker.config import SpoolConfig
@@ -87,19 +98,6 @@ from worker.sqlite_files import flag_file, quick_check
 log = logging.getLogger("possync.spool")
 
 Row = SpoolRow
-
-
-class _Append:
-    """One request's records, staged until the group commit answers it."""
-
-    __slots__ = ("future", "nbytes", "received_at", "rows", "store")
-
-    def __init__(self, store: str, rows: Sequence[Row], received_at: float, nbytes: int) -> None:
-        self.store = store
-        self.rows = rows  # (kind, rid, version, origin, body)
-        self.received_at = received_at  # unix s, one for the whole request
-        self.nbytes = nbytes
-        self.future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
 
 
 class _Counts:
@@ -131,11 +129,14 @@ class SqliteSpool:
         self.path = file.path
         self.quarantined = SqliteQuarantine(file, clock, self._credit)
         self.state = SqliteState(file, clock)
-        self._live: deque[_Append] = deque()
-        self._bulk: deque[_Append] = deque()
+        self._live: deque[Append] = deque()
+        self._bulk: deque[Append] = deque()
         self._staged: dict[str, _Counts] = {}
         self._counts = counts
         self._wake = asyncio.Event()
+        self._in_group = False  # a group commit is on the writer's thread
+        self._after_group: list[asyncio.Future[None]] = []  # window work yielding to it
+        self._written = asyncio.Event()  # a write committed: the checkpointer looks
         self._leases: dict[int, tuple[str, frozenset[int]]] = {}
         self._next_lease = 1
         self.failed: BaseException | None = None
@@ -149,6 +150,9 @@ class SqliteSpool:
         self.integrity: str | None = None  # None until the background check has run
         self.integrity_task: asyncio.Task[None] | None = None
         self.writer_task: asyncio.Task[None] | None = None
+        self.checkpoints = 0  # WAL checkpoints run by `run_checkpoints`
+        self.checkpointed = asyncio.Event()  # set after each of them (tests wait on it)
+        file.on_commit = self._written.set
 
     @property
     def writer_alive(self) -> bool:
@@ -226,11 +230,13 @@ class SqliteSpool:
         staged = self._staged.setdefault(store, _Counts())
         staged.rows += len(rows)
         staged.bytes += nbytes
-        item = _Append(store, rows, self._clock.now().timestamp(), nbytes)
+        item = Append(store, rows, self._clock.now().timestamp(), nbytes)
         (self._live if priority == "live" else self._bulk).append(item)
         self._wake.set()
         try:
-            return await asyncio.shield(item.future)
+            # Not shielded: a cancelled request only cancels its own future; its rows stay
+            # staged and the group writes them (answering a done future is skipped).
+            return await item.future
         finally:
             staged.rows -= len(rows)
             staged.bytes -= nbytes
@@ -246,7 +252,7 @@ class SqliteSpool:
 
     async def run_writer(self) -> None:
         """The group-commit loop. Owned by `open_spool`; its death fails every waiter."""
-        group: list[_Append] = []  # the group in flight: its waiters are failed too
+        group: list[Append] = []  # the group in flight: its waiters are failed too
         try:
             while True:
                 await self._wake.wait()
@@ -268,9 +274,9 @@ class SqliteSpool:
             self._fail_all(Unavailable(f"spool writer died: {exc}", field=None), group)
             raise
 
-    def _take_group(self) -> list[_Append]:
+    def _take_group(self) -> list[Append]:
         limit = self._cfg.max_group_records
-        group: list[_Append] = []
+        group: list[Append] = []
         n = 0
         # Live requests first; bulk (backfill) only fills what is left of the group.
         for queue in (self._live, self._bulk):
@@ -280,10 +286,37 @@ class SqliteSpool:
                 n += len(item.rows)
         return group
 
-    async def _commit_group(self, group: list[_Append]) -> None:
+    async def _commit_group(self, group: list[Append]) -> None:
+        self._in_group = True
+        try:
+            await self._write(group)
+        finally:
+            self._in_group = False
+            waiters, self._after_group = self._after_group, []
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+
+    async def _yield_to_live(self) -> None:
+        """Before a slice of window work on the writer's thread: let live appends go first.
+
+        Waits for one group commit when live appends are staged or a group is being
+        written, never longer: the writer submits its next group in the same loop step
+        as it finishes one, so staged pushes stay ahead of the slice, and window work
+        still advances one slice per group under constant live load.
+        """
+        if not (self._live or self._in_group) or not self.writer_alive:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._after_group.append(waiter)
+        if not self._in_group:
+            self._wake.set()
+        await waiter
+
+    async def _write(self, group: list[Append]) -> None:
         t0 = time.perf_counter()  # a latency measurement, not a schedule: real time
         try:
-            results = await self.file.run(lambda db: _write_group(db, group))
+            results = await self.file.run(lambda db: write_group(db, group))
         except Exception as exc:
             err = (
                 _storage_error(exc)
@@ -308,7 +341,11 @@ class SqliteSpool:
             if not item.future.done():
                 item.future.set_result(result)
 
-    def _fail_all(self, exc: Exception, inflight: list[_Append]) -> None:
+    def _fail_all(self, exc: Exception, inflight: list[Append]) -> None:
+        waiters, self._after_group = self._after_group, []
+        for w in waiters:  # window work waiting for a group goes on (and meets the error)
+            if not w.done():
+                w.set_result(None)
         for item in inflight:
             if not item.future.done():
                 item.future.set_exception(exc)
@@ -353,6 +390,7 @@ class SqliteSpool:
         # window finds them unchanged there and retires them).
         for i in range(0, len(mine), _SLICE):
             part = mine[i : i + _SLICE]
+            await self._yield_to_live()
             freed = await self.file.run(functools.partial(_retire, seqs=part), durable=False)
             self._debit(store, freed)
         self._forget(lease_id, mine)
@@ -361,6 +399,7 @@ class SqliteSpool:
         """Count one more hold on these rows and leave them pending."""
         _, mine = self._lease_seqs(lease_id, seqs)
         if mine:
+            await self._yield_to_live()
             await self.file.run(
                 lambda db: db.executemany(
                     "UPDATE spool SET held=held+1 WHERE seq=?", [(s,) for s in mine]
@@ -398,6 +437,7 @@ class SqliteSpool:
                 size += got[0]
             return rows, size
 
+        await self._yield_to_live()
         freed = await self.file.run(q, durable=False)
         self._debit(store, freed)
         self._forget(lease_id, mine)
@@ -486,11 +526,10 @@ class SqliteSpool:
 
         def q(db: sqlite3.Connection) -> list[Entry]:
             cur = db.execute(
-                "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
-                "WHERE store=? AND state=0 ORDER BY seq LIMIT ?",
+                f"SELECT {_ENTRY_COLS} FROM spool WHERE store=? AND state=0 ORDER BY seq LIMIT ?",
                 (store, limit),
             )
-            return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
+            return list(itertools.starmap(Entry, cur))
 
         return await self.file.read(q)
 
@@ -527,95 +566,30 @@ class SqliteSpool:
         """Pending rows over all stores."""
         return sum(c.rows for c in self._counts.values())
 
+    async def run_checkpoints(self) -> None:
+        """Copy the WAL back into the file, off the writer's thread. Owned by `open_spool`.
 
-def _write_group(
-    db: sqlite3.Connection, group: list[_Append]
-) -> list[tuple[AppendResult, dict[str, tuple[int, int]]]]:
-    """The group-commit body (runs on the DB thread inside one transaction).
+        After a commit, once `_CHECKPOINT_FRAMES` frames wait in the WAL (SQLite's own
+        autocheckpoint figure), one PASSIVE checkpoint on the checkpointer's connection:
+        the writer's commits never run one themselves (`SqliteFile` with `reader=True`).
+        """
+        while True:
+            await self._written.wait()
+            self._written.clear()
+            if self.file.wal_backlog() >= _CHECKPOINT_FRAMES:
+                await self.file.checkpoint()
+                self.checkpoints += 1
+                self.checkpointed.set()
 
-    The whole group is first one executemany (every request of the group: many MQTT
-    messages or HTTP pushes of one record each cost one C loop, not a statement each);
-    only when some key exists does it fall back to each request, row by row.
-    """
-    insert = SPOOL_INSERT
-    if _insert_all_new(db, insert, group):
-        return [(AppendResult(len(item.rows), 0), _new_rows(item)) for item in group]
-    out: list[tuple[AppendResult, dict[str, tuple[int, int]]]] = []
-    for item in group:
-        store = item.store
-        n = len(item.rows)
-        # A group of one request has just failed this very attempt: skip it.
-        if len(group) > 1 and n >= _BULK_FAST_PATH and _insert_all_new(db, insert, (item,)):
-            out.append((AppendResult(n, 0), _new_rows(item)))
-            continue
-        accepted = 0
-        drows = 0
-        dbytes = 0
-        received_at = item.received_at
-        for kind, rid, version, origin, body in item.rows:
-            size = len(body)
-            # Fast path: a new key is one statement (the common case, above all in backfill).
-            cur = db.execute(insert, (store, kind, rid, version, origin, received_at, size, body))
-            if cur.rowcount == 1:
-                accepted += 1
-                drows += 1
-                dbytes += size
-                continue
-            old = db.execute(
-                "SELECT seq, version, state, size FROM spool WHERE store=? AND kind=? AND rid=?",
-                (store, kind, rid),
-            ).fetchone()
-            if old[1] >= version:
-                continue  # duplicate: same or older version than what we have (or committed)
-            # A newer version: replace under a new seq so an in-flight commit of the old one
-            # cannot retire it.
-            db.execute("DELETE FROM spool WHERE seq=?", (old[0],))
-            db.execute(insert, (store, kind, rid, version, origin, received_at, size, body))
-            accepted += 1
-            if old[2] == 0:
-                dbytes += size - old[3]
-            else:
-                drows += 1
-                dbytes += size
-        out.append((AppendResult(accepted, n - accepted), {store: (drows, dbytes)}))
-    return out
 
+# An `Entry`'s fields, in its order.
+_ENTRY_COLS = "seq, store, kind, rid, version, origin, received_at, held, body"
 
 # Rows per lease read / ack transaction: bounds how long a live append can queue behind them.
 _SLICE = 500
 
-# Requests of at least this many rows first try one executemany (backfill, batches).
-_BULK_FAST_PATH = 16
-
-
-def _new_rows(item: _Append) -> dict[str, tuple[int, int]]:
-    """The pending-count delta of a request whose rows were all new keys."""
-    return {item.store: (len(item.rows), item.nbytes)}
-
-
-def _insert_all_new(db: sqlite3.Connection, insert: str, items: Sequence[_Append]) -> bool:
-    """Insert every row of `items` in one executemany if all keys are new; else undo, False.
-
-    A fresh history load, or a burst of new sales, is all new keys, so this is SQLite's C
-    loop instead of a Python statement per row. Any existing key (a duplicate or a newer
-    version, also one repeated inside the group) rolls the attempt back and the caller takes
-    the row-by-row path, which classifies each row exactly.
-    """
-    db.execute("SAVEPOINT bulk")
-    before = db.total_changes
-    params = [
-        (store, k, rid, v, o, at, len(body), body)
-        for item in items
-        for store, at in ((item.store, item.received_at),)
-        for k, rid, v, o, body in item.rows
-    ]
-    db.executemany(insert, params)
-    if db.total_changes - before == len(params):
-        db.execute("RELEASE bulk")
-        return True
-    db.execute("ROLLBACK TO bulk")
-    db.execute("RELEASE bulk")
-    return False
+# WAL frames (pages) that make the checkpointer run: SQLite's default autocheckpoint.
+_CHECKPOINT_FRAMES = 1000
 
 
 def _lease_slice(
@@ -623,11 +597,12 @@ def _lease_slice(
 ) -> list[Entry]:
     """Up to `n` pending rows of a store with seq > after, received at or before cutoff."""
     cur = db.execute(
-        "SELECT seq, kind, rid, version, origin, received_at, held, body FROM spool "
+        f"SELECT {_ENTRY_COLS} FROM spool "
         "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
         (store, after, cutoff, n),
     )
-    return [Entry(r[0], store, r[1], r[2], r[3], r[4], r[5], r[6], r[7]) for r in cur]
+    # Each row is an Entry's fields in order: built in C (starmap), not indexed in Python.
+    return list(itertools.starmap(Entry, cur))
 
 
 def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
@@ -679,6 +654,7 @@ async def open_spool(
         async with (
             owner.owned_task("spool-writer", spool.run_writer()) as writer,
             owner.owned_task("spool-integrity", spool.check_integrity(), once=True) as checker,
+            owner.owned_task("spool-checkpoint", spool.run_checkpoints()),
         ):
             spool.writer_task = writer
             spool.integrity_task = checker

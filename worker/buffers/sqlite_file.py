@@ -1,11 +1,14 @@
-"""The spool's file: its schema, its one sqlite3 connection on its one thread, its recovery.
+"""The spool's file: its schema, its writer connection on its one thread, its recovery.
 
 `SpoolFile` owns a `sqlite3.Connection` that lives on a private single-thread executor
-(`ThreadPoolExecutor(max_workers=1)`). Every statement of the spool, the quarantine and
-the state rooms runs there, so the file has exactly one writer and the event loop never
+(`ThreadPoolExecutor(max_workers=1)`). Every write of the spool, the quarantine and the
+state rooms runs there, so the file has exactly one writer and the event loop never
 blocks on SQLite or fsync. A call is one hop: `run(fn)` hands one function to the thread
 and that function is one transaction (`BEGIN IMMEDIATE` .. `COMMIT`), so a group commit
-of many requests costs one hop, not one per row.
+of many requests costs one hop, not one per row. Reads (`read`: lease pages, pending ids,
+lists) run on a read-only connection on a second thread, each in one WAL snapshot, and
+WAL checkpoints on a third (`checkpoint`; the writer's connection never checkpoints), so
+neither queues in front of a group commit (`SqliteFile` with `reader=True`).
 
 `open_spool_file` creates or recovers the file before anything reads it (the recovery
 rules are in `worker.buffers.sqlite`'s module head): WAL frame check and copies, move a
@@ -75,7 +78,7 @@ class SpoolFile(SqliteFile):
     """The spool's file: its schema on the shared one-thread connection."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
-        super().__init__(path, synchronous, SCHEMA, "spool")
+        super().__init__(path, synchronous, SCHEMA, "spool", reader=True)
 
 
 @dataclass(frozen=True, slots=True)

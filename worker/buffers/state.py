@@ -7,8 +7,9 @@
 * `last_seq`: where the spool's seqs stand (AUTOINCREMENT: a seq is never given twice), so
   the committer can tell rows spooled before a mark from rows spooled after it.
 
-Each write is one transaction on the spool file's thread (`SpoolFile.run`), durable on
-return like an append.
+Each write is one transaction on the spool file's writer thread (`SpoolFile.run`),
+durable on return like an append; each read is one snapshot on its reader thread
+(`SpoolFile.read`), which holds every write that returned before it.
 """
 
 from __future__ import annotations
