@@ -34,16 +34,8 @@ from worker.errors import (
 )
 from worker.health import Health
 from worker.intake import Envelope, IngestOutcome
-from worker.sources.mqtt import (
-    JSON,
-    NDJSON,
-    MqttSource,
-    MqttState,
-    content_type_for,
-    is_transient,
-    open_mqtt_source,
-    parse_topic,
-)
+from worker.sources.mqtt import MqttSource, MqttState, is_transient, open_mqtt_source
+from worker.sources.mqtt_route import JSON, NDJSON, content_type_for, parse_topic
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
