@@ -19,6 +19,7 @@ from tests.appserver import S1_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
 from worker.cli import SWITCH_INTERVAL_MS, switch_interval_s
 from worker.intake import IngestOutcome
+from worker.records import RECORD_DECODER, SPOOLED_DECODER
 from worker.sources.http import outcome_json
 
 NOW = datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # 11:00 in New York
@@ -122,3 +123,19 @@ def test_switch_interval_defaults_and_override() -> None:
     assert switch_interval_s({"POSSYNC_SWITCH_INTERVAL_MS": "5"}) == 0.005
     for bad in ("", "fast", "0", "-1", "5000"):
         assert switch_interval_s({"POSSYNC_SWITCH_INTERVAL_MS": bad}) == SWITCH_INTERVAL_MS / 1000
+
+
+async def test_a_canonical_sale_is_spooled_by_the_thin_parse(h: Harness) -> None:
+    """Decoded once by the lean decoder: the spooled body leaves out the default fields."""
+    body = orjson.dumps(sale_dict("T-9", at=NOW))
+    resp = await h.client.post(URL, data=body, headers=_headers())
+    assert resp.status == 202
+    (entry,) = await h.spool.pending_entries("S1")
+    assert SPOOLED_DECODER.decode(entry.body) == RECORD_DECODER.decode(body)
+    assert b"business_date" not in entry.body
+    again = await h.client.post(URL, data=body, headers=_headers())
+    assert await again.read() == _general(0, 1, VISIBLE)
+    metrics = await (await h.client.get("/metrics", headers=h.admin())).text()
+    labels = 'source="canonical",store="S1",type="sale"'
+    assert f"possync_records_received_total{{{labels}}} 2.0" in metrics
+    assert f"possync_records_duplicate_total{{{labels}}} 1.0" in metrics
