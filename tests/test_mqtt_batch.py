@@ -22,6 +22,7 @@ from tests.factories import sale_dict
 from worker import keys
 from worker.errors import NotFound, PossyncError, RecordInvalid, SpoolFull
 from worker.intake import Envelope, IngestOutcome, NothingAcceptable
+from worker.records import RECORD_DECODER, SPOOLED_DECODER
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -209,6 +210,15 @@ class _RefusesOneId:
             raise ValueError("cannot encode this record")
         return await self._spool.append(store, records, priority=priority)
 
+    async def append_rows(
+        self, store: str, rows: Any, *, priority: Any = "live", nbytes: Any = None
+    ) -> Any:
+        ids = [row[1] for row in rows]  # the thin path's rows: (kind, id, version, origin, body)
+        self.calls.append(ids)
+        if self._poison in ids:
+            raise ValueError("cannot encode this record")
+        return await self._spool.append_rows(store, rows, priority=priority, nbytes=nbytes)
+
 
 async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
     tmp_path: Path,
@@ -216,7 +226,7 @@ async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
     async with running(make_config(tmp_path), NOW) as h:
         intake = h.app[keys.INTAKE]
         real = intake.spool
-        intake.spool = _RefusesOneId(real, "P-2")
+        intake.spool = wrapped = _RefusesOneId(real, "P-2")
         try:
             got = await intake.ingest_batch(
                 [canonical("S1", sale_dict(f"P-{i}", at=NOW)) for i in (1, 2, 3)]
@@ -227,3 +237,31 @@ async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
         assert [isinstance(o, IngestOutcome) and o.accepted for o in (got[0], got[2])] == [1, 1]
         assert h.spool.stats("S1").pending == 2
         assert intake.spool is real
+        # One append shared by the burst, then each member alone.
+        assert wrapped.calls == [["P-1", "P-2", "P-3"], ["P-1"], ["P-2"], ["P-3"]]
+
+
+async def test_a_burst_of_canonical_sales_is_one_thin_append(tmp_path: Path) -> None:
+    """Decoded once by the thin parse (bodies without default fields), one append for all."""
+    async with running(make_config(tmp_path), NOW) as h:
+        intake = h.app[keys.INTAKE]
+        real = intake.spool
+        intake.spool = wrapped = _RefusesOneId(real, "none")
+        bodies = [orjson.dumps(sale_dict(f"T-{i}", lines=i % 3, at=NOW)) for i in range(5)]
+        void = orjson.dumps({"type": "void", "id": "T-0", "occurred_at": NOW.isoformat()})
+        try:
+            got = await intake.ingest_batch([canonical("S1", b) for b in [*bodies, void]])
+            again = await intake.ingest_batch([canonical("S1", bodies[0])])
+        finally:
+            intake.spool = real
+        assert [isinstance(o, IngestOutcome) and o.accepted for o in got] == [1] * 6
+        assert isinstance(again[0], IngestOutcome)
+        assert (again[0].accepted, again[0].duplicates) == (0, 1)
+        assert wrapped.calls == [[f"T-{i}" for i in range(5)] + ["T-0"], ["T-0"]]
+        entries = await h.spool.pending_entries("S1")
+        sales = {e.rid: e.body for e in entries if e.kind == "sale"}
+        assert len(sales) == 5 and [e.kind for e in entries].count("void") == 1
+        for i, body in enumerate(bodies):
+            stored = sales[f"T-{i}"]
+            assert SPOOLED_DECODER.decode(stored) == RECORD_DECODER.decode(body)
+            assert b"business_date" not in stored  # the thin rows', not the full encoding

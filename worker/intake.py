@@ -391,7 +391,8 @@ class Intake:
         Each envelope is decided on its own, exactly as `ingest` decides it (404, 401, 400,
         NothingAcceptable, item rejections): one bad payload fails only itself. Payloads of
         spooled records only (sales, voids: the common case) share ONE `spool.append` per
-        store and priority, so a burst costs one group commit and one wake-up; any other
+        store and priority (those the thin parse takes, one `append_rows` of their rows, as
+        `ingest` spools them), so a burst costs one group commit and one wake-up; any other
         payload (entities, manual sales, delivery ids, large bodies) takes `ingest`'s own
         path, concurrently. A failed shared append (SpoolFull, Unavailable, ...) is the
         error of every envelope of it: the caller retries them one by one.
@@ -404,6 +405,7 @@ class Intake:
         results: list[IngestOutcome | Exception | None] = [None] * len(envelopes)
         groups: dict[tuple[str, str, str, str | None], _Shared] = {}
         others: list[tuple[int, Coroutine[Any, Any, IngestOutcome]]] = []
+        leans: dict[tuple[str, str], list[tuple[int, Envelope, LeanRows]]] = {}
         for i, envelope in enumerate(envelopes):
             try:
                 store = self.store(envelope.store)
@@ -411,6 +413,14 @@ class Intake:
                     others.append((i, self.ingest(envelope)))
                     continue
                 adapter = self._admitted_adapter(envelope, store)
+                if envelope.source == "canonical" and envelope.origin is None:
+                    # `ingest`'s thin path, the batch's lean messages sharing one append.
+                    lean = lean_rows(envelope.body, envelope.content_type)
+                    if lean is not None:
+                        leans.setdefault((store.id, envelope.priority), []).append(
+                            (i, envelope, lean)
+                        )
+                        continue
                 parsed = self._parse_checked(envelope, store, adapter.signed)
                 spooled = None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
                 if spooled is None:
@@ -427,6 +437,7 @@ class Intake:
             group.members.append((i, envelope, parsed, len(spooled)))
             group.records.extend(spooled)
         jobs = [self._append_shared(g, results) for g in groups.values()]
+        jobs += [self._append_leans(self._stores[k[0]], m, results) for k, m in leans.items()]
         jobs += [_into(results, i, coro) for i, coro in others]
         if len(jobs) == 1:
             await jobs[0]
@@ -437,6 +448,42 @@ class Intake:
             assert res is not None
             out.append(res)
         return out
+
+    async def _append_leans(
+        self,
+        store: StoreConfig,
+        members: list[tuple[int, Envelope, LeanRows]],
+        results: list[IngestOutcome | Exception | None],
+    ) -> None:
+        """`_append_lean` of a batch's thin members as one append; then each member's outcome.
+
+        Failures and duplicates are shared out as `_append_shared` does."""
+        rows = [row for *_, lean in members for row in lean.rows]
+        nbytes = sum(lean.nbytes for *_, lean in members)
+        voids = sum(lean.voids for *_, lean in members)
+        try:
+            total = await self._append_lean(members[0][1], store, LeanRows(rows, nbytes, voids))
+        except Exception as exc:  # noqa: BLE001 - the outcome of every member
+            if len(members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
+                await asyncio.gather(*(self._append_leans(store, [m], results) for m in members))
+                return
+            for i, *_ in members:
+                results[i] = exc
+            return
+        duplicates = total.duplicates
+        for i, _, lean in members:
+            n = len(lean.rows)
+            dups = min(n, duplicates)
+            duplicates -= dups
+            results[i] = IngestOutcome(
+                accepted=n - dups,
+                duplicates=dups,
+                rejected=[],
+                dropped={},
+                visible_at=total.visible_at,
+                spooled=n,
+                spooled_duplicates=dups,
+            )
 
     async def _append_shared(
         self, group: _Shared, results: list[IngestOutcome | Exception | None]
