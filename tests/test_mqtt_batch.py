@@ -16,13 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests import test_push_parse
 from tests.appserver import S2_TOKEN, make_config, running
 from tests.factories import sale_dict
+from tests.test_backfill_parse import sale_lines
 from worker import keys
 from worker.errors import NotFound, PossyncError, RecordInvalid, SpoolFull
 from worker.intake import Envelope, IngestOutcome, NothingAcceptable
 from worker.records import RECORD_DECODER, SPOOLED_DECODER
+from worker.sources.mqtt_route import JSON, content_type_for
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -265,3 +270,29 @@ async def test_a_burst_of_canonical_sales_is_one_thin_append(tmp_path: Path) -> 
             stored = sales[f"T-{i}"]
             assert SPOOLED_DECODER.decode(stored) == RECORD_DECODER.decode(body)
             assert b"business_date" not in stored  # the thin rows', not the full encoding
+
+
+_pads = st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t"])
+
+
+@given(st.lists(st.one_of(sale_lines(), test_push_parse._voids), min_size=1, max_size=3), _pads)
+def test_the_thin_parse_of_an_mqtt_payload_equals_the_general_path(
+    items: list[bytes], pad: bytes
+) -> None:
+    """With the content type the MQTT source gives a payload (sniffed, no property), the thin
+    parse answers only what the adapter and full decoder would: one object, an array, or
+    several objects a line each (NDJSON, always the general path's)."""
+    for body in (items[0], b"[" + b",".join(items) + b"]", b"\n".join(items)):
+        body = pad + body + pad
+        content_type = content_type_for("sale", body)
+        answered = test_push_parse.check(body, content_type)
+        if content_type != JSON:
+            assert not answered
+
+
+def test_the_common_mqtt_payload_takes_the_thin_parse() -> None:
+    for body in (
+        orjson.dumps(sale_dict("S-1", lines=2, at=NOW)),
+        b"\n" + orjson.dumps([sale_dict("S-2", at=NOW)]),
+    ):
+        assert test_push_parse.check(body, content_type_for("sale", body))
