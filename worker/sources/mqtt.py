@@ -92,7 +92,8 @@ from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.health import Health
 from worker.intake import BatchIngest, Envelope, IngestOutcome
 from worker.sources.mqtt_client import ConnectFlags, Connection, Message, Refused
-from worker.sources.mqtt_route import envelope_of, subscription_filter
+from worker.sources.mqtt_route import envelope_of
+from worker.sources.mqtt_route import subscription_filter as subscription_filter  # re-exported
 
 log = logging.getLogger("possync.mqtt")
 
