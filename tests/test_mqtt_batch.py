@@ -218,7 +218,7 @@ class _RefusesOneId:
     async def append_rows(
         self, store: str, rows: Any, *, priority: Any = "live", nbytes: Any = None
     ) -> Any:
-        ids = [row[1] for row in rows]  # the thin path's rows: (kind, id, version, origin, body)
+        ids = [row[1] for row in rows]  # (kind, id, version, origin, body)
         self.calls.append(ids)
         if self._poison in ids:
             raise ValueError("cannot encode this record")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -17,8 +18,9 @@ import pytest
 
 from tests.appserver import S1_TOKEN, Harness, make_config, running
 from tests.factories import sale_dict
+from worker import keys
 from worker.cli import SWITCH_INTERVAL_MS, switch_interval_s
-from worker.intake import IngestOutcome
+from worker.intake import Envelope, IngestOutcome
 from worker.records import RECORD_DECODER, SPOOLED_DECODER
 from worker.sources.http import outcome_json
 
@@ -139,3 +141,30 @@ async def test_a_canonical_sale_is_spooled_by_the_thin_parse(h: Harness) -> None
     labels = 'source="canonical",store="S1",type="sale"'
     assert f"possync_records_received_total{{{labels}}} 2.0" in metrics
     assert f"possync_records_duplicate_total{{{labels}}} 1.0" in metrics
+
+
+async def test_a_burst_spools_thin_and_general_members_in_one_group(h: Harness) -> None:
+    """`ingest_batch`: lean rows and the general path's rows share one append, same outcomes."""
+
+    def env(record: dict[str, Any]) -> Envelope:
+        return Envelope(
+            source="canonical",
+            store="S1",
+            body=orjson.dumps(record),
+            content_type="application/json",
+            authorized=True,
+        )
+
+    number_money = {**sale_dict("B-2", at=NOW), "tax": 1.5}  # the full decoder's
+    void = {"type": "void", "id": "B-0", "occurred_at": NOW.isoformat()}
+    intake = h.app[keys.INTAKE]
+    groups = h.spool.groups
+    got = await intake.ingest_batch([env(sale_dict("B-1", at=NOW)), env(number_money), env(void)])
+    assert [(o.accepted, o.duplicates) for o in got if isinstance(o, IngestOutcome)] == [(1, 0)] * 3
+    assert h.spool.groups == groups + 1
+    bodies = {e.rid: e.body for e in await h.spool.pending_entries("S1")}
+    assert b"business_date" not in bodies["B-1"]  # lean
+    assert b'"business_date":null' in bodies["B-2"]  # the full encoder's
+    assert SPOOLED_DECODER.decode(bodies["B-2"]) == RECORD_DECODER.decode(
+        orjson.dumps(number_money)
+    )

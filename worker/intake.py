@@ -17,6 +17,10 @@ Every source (HTTP push, MQTT, inbox files, uploads, backfill) hands the intake 
 carries either the raw body (parsed here by the source's adapter, with the store's
 `StoreContext` built once at start-up) or records a streaming source already read.
 
+A canonical payload of sales and voids only (the common push and MQTT message) takes the
+thin path: `worker.sources.push_parse` decodes it once with the lean decoder into spool rows;
+whatever it declines is parsed by the adapter as above, which decides every refusal.
+
 Credentials come first (`admit`, from the headers, before the body is read): push routes take
 only the store's own token (the admin token is for reads and operations); a signed source
 (Shopify) needs its signature header and a configured secret, and is verified against the
@@ -36,14 +40,14 @@ import msgspec
 
 from worker.adapters import adapter_for, get_adapter, store_context
 from worker.adapters.base import MAX_REJECTIONS, Adapter, Parsed, Rejection, StoreContext
-from worker.buffers.base import Buffer
+from worker.buffers.base import Buffer, SpoolRow
 from worker.clock import Clock
 from worker.config import Config, StoreConfig
 from worker.errors import AuthError, NotFound, PossyncError, RecordInvalid
 from worker.metrics import Metrics, group_type
 from worker.records import Customer, Entity, Product, Record, Sale, Spooled, Void
 from worker.sinks.base import Sink
-from worker.sources.push_parse import LeanRows, lean_rows
+from worker.sources.push_parse import LeanRows, lean_rows, spool_row
 from worker.web import token_ok
 
 if TYPE_CHECKING:
@@ -285,38 +289,51 @@ class Intake:
             # (Every store takes `canonical`: `adapter_for` has nothing to refuse here.)
             lean = lean_rows(envelope.body, envelope.content_type)
             if lean is not None:
-                return await self._append_lean(envelope, store, lean)
+                accepted, duplicates = await self.append_lean(
+                    store, envelope.source, lean, envelope.priority
+                )
+                return IngestOutcome(
+                    accepted=accepted,
+                    duplicates=duplicates,
+                    rejected=[],
+                    dropped={},
+                    visible_at=self.windows.visible_at(store),
+                    spooled=len(lean.rows),
+                    spooled_duplicates=duplicates,
+                )
         parsed = self._parse_checked(envelope, store, adapter.signed)
         return await self._write(envelope, store, parsed)
 
-    async def _append_lean(
-        self, envelope: Envelope, store: StoreConfig, lean: LeanRows
-    ) -> IngestOutcome:
-        """Spool a thin push's rows; the outcome and counts `_write` gives the same records."""
+    async def append_lean(
+        self,
+        store: StoreConfig,
+        source: str,
+        lean: LeanRows,
+        priority: Literal["live", "bulk"] = "live",
+    ) -> tuple[int, int]:
+        """Spool a thin push's rows and count them as `_write` counts the same records.
+
+        (accepted, duplicates); the push is spooled only, so its `visible_at` is the store's.
+        """
         n = len(lean.rows)
         res = await self.spool.append_rows(
-            store.id, lean.rows, priority=envelope.priority, nbytes=lean.nbytes
+            store.id, lean.rows, priority=priority, nbytes=lean.nbytes
         )
+        self._count_spooled(source, store.id, n - lean.voids, lean.voids, res.duplicates)
+        return res.accepted, res.duplicates
+
+    def _count_spooled(
+        self, source: str, store_id: str, sales: int, voids: int, duplicates: int
+    ) -> None:
+        """What `Metrics.count_push` counts for one spool append of sales and voids only."""
         m = self.metrics
-        source = envelope.source
-        sales = n - lean.voids
-        # What `Metrics.count_push` counts for these records and this outcome.
         if sales:
-            m.child(m.received, source, store.id, "sale").inc(sales)
-        if lean.voids:
-            m.child(m.received, source, store.id, "void").inc(lean.voids)
-        if res.duplicates:
-            kind = group_type("sale", sales, "void", lean.voids)
-            m.child(m.duplicates, source, store.id, kind).inc(res.duplicates)
-        return IngestOutcome(
-            accepted=res.accepted,
-            duplicates=res.duplicates,
-            rejected=[],
-            dropped={},
-            visible_at=self.windows.visible_at(store),
-            spooled=n,
-            spooled_duplicates=res.duplicates,
-        )
+            m.child(m.received, source, store_id, "sale").inc(sales)
+        if voids:
+            m.child(m.received, source, store_id, "void").inc(voids)
+        if duplicates:
+            kind = group_type("sale", sales, "void", voids)
+            m.child(m.duplicates, source, store_id, kind).inc(duplicates)
 
     def _admitted_adapter(self, envelope: Envelope, store: StoreConfig) -> Adapter:
         """The envelope's adapter, after its credential check (404 / 401)."""
@@ -391,8 +408,7 @@ class Intake:
         Each envelope is decided on its own, exactly as `ingest` decides it (404, 401, 400,
         NothingAcceptable, item rejections): one bad payload fails only itself. Payloads of
         spooled records only (sales, voids: the common case) share ONE `spool.append` per
-        store and priority (those the thin parse takes, one `append_rows` of their rows, as
-        `ingest` spools them), so a burst costs one group commit and one wake-up; any other
+        store and priority, so a burst costs one group commit and one wake-up; any other
         payload (entities, manual sales, delivery ids, large bodies) takes `ingest`'s own
         path, concurrently. A failed shared append (SpoolFull, Unavailable, ...) is the
         error of every envelope of it: the caller retries them one by one.
@@ -405,7 +421,6 @@ class Intake:
         results: list[IngestOutcome | Exception | None] = [None] * len(envelopes)
         groups: dict[tuple[str, str, str, str | None], _Shared] = {}
         others: list[tuple[int, Coroutine[Any, Any, IngestOutcome]]] = []
-        leans: dict[tuple[str, str], list[tuple[int, Envelope, LeanRows]]] = {}
         for i, envelope in enumerate(envelopes):
             try:
                 store = self.store(envelope.store)
@@ -413,20 +428,23 @@ class Intake:
                     others.append((i, self.ingest(envelope)))
                     continue
                 adapter = self._admitted_adapter(envelope, store)
+                lean = None
                 if envelope.source == "canonical" and envelope.origin is None:
-                    # `ingest`'s thin path, the batch's lean messages sharing one append.
-                    lean = lean_rows(envelope.body, envelope.content_type)
-                    if lean is not None:
-                        leans.setdefault((store.id, envelope.priority), []).append(
-                            (i, envelope, lean)
-                        )
+                    lean = lean_rows(envelope.body, envelope.content_type)  # as in `ingest`
+                if lean is not None:
+                    parsed = Parsed()
+                    rows, voids = lean.rows, lean.voids
+                else:
+                    parsed = self._parse_checked(envelope, store, adapter.signed)
+                    spooled = (
+                        None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
+                    )
+                    if spooled is None:
+                        others.append((i, self._write(envelope, store, parsed)))
                         continue
-                parsed = self._parse_checked(envelope, store, adapter.signed)
-                spooled = None if parsed.delivery_id else _spooled_only(parsed.records, envelope)
-                if spooled is None:
-                    others.append((i, self._write(envelope, store, parsed)))
-                    continue
-                self._nothing_acceptable(envelope, store, parsed)
+                    self._nothing_acceptable(envelope, store, parsed)
+                    rows = [spool_row(r) for r in spooled]
+                    voids = sum(row[0] == "void" for row in rows)
             except Exception as exc:  # noqa: BLE001 - this envelope's own outcome
                 results[i] = exc
                 continue
@@ -434,10 +452,9 @@ class Intake:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = _Shared(store)
-            group.members.append((i, envelope, parsed, len(spooled)))
-            group.records.extend(spooled)
+            group.members.append((i, envelope, parsed, len(rows), voids))
+            group.rows.extend(rows)
         jobs = [self._append_shared(g, results) for g in groups.values()]
-        jobs += [self._append_leans(self._stores[k[0]], m, results) for k, m in leans.items()]
         jobs += [_into(results, i, coro) for i, coro in others]
         if len(jobs) == 1:
             await jobs[0]
@@ -449,42 +466,6 @@ class Intake:
             out.append(res)
         return out
 
-    async def _append_leans(
-        self,
-        store: StoreConfig,
-        members: list[tuple[int, Envelope, LeanRows]],
-        results: list[IngestOutcome | Exception | None],
-    ) -> None:
-        """`_append_lean` of a batch's thin members as one append; then each member's outcome.
-
-        Failures and duplicates are shared out as `_append_shared` does."""
-        rows = [row for *_, lean in members for row in lean.rows]
-        nbytes = sum(lean.nbytes for *_, lean in members)
-        voids = sum(lean.voids for *_, lean in members)
-        try:
-            total = await self._append_lean(members[0][1], store, LeanRows(rows, nbytes, voids))
-        except Exception as exc:  # noqa: BLE001 - the outcome of every member
-            if len(members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
-                await asyncio.gather(*(self._append_leans(store, [m], results) for m in members))
-                return
-            for i, *_ in members:
-                results[i] = exc
-            return
-        duplicates = total.duplicates
-        for i, _, lean in members:
-            n = len(lean.rows)
-            dups = min(n, duplicates)
-            duplicates -= dups
-            results[i] = IngestOutcome(
-                accepted=n - dups,
-                duplicates=dups,
-                rejected=[],
-                dropped={},
-                visible_at=total.visible_at,
-                spooled=n,
-                spooled_duplicates=dups,
-            )
-
     async def _append_shared(
         self, group: _Shared, results: list[IngestOutcome | Exception | None]
     ) -> None:
@@ -492,7 +473,7 @@ class Intake:
         store = group.store
         first = group.members[0][1]
         try:
-            res = await self.spool.append(store.id, group.records, priority=first.priority)
+            res = await self.spool.append_rows(store.id, group.rows, priority=first.priority)
         except Exception as exc:  # noqa: BLE001 - the outcome of every member
             if len(group.members) > 1 and not (isinstance(exc, PossyncError) and exc.retriable):
                 # Not a state of the spool (full, down) but maybe one member's records: each
@@ -506,7 +487,9 @@ class Intake:
         visible_at = self.windows.visible_at(store)
         rejected = 0
         dropped: dict[str, int] = {}
-        for i, _, parsed, n in group.members:
+        voids = 0
+        for i, _, parsed, n, v in group.members:
+            voids += v
             dups = min(n, duplicates)
             duplicates -= dups
             results[i] = IngestOutcome(
@@ -525,16 +508,7 @@ class Intake:
         # Counted once for the group: the same totals as `_count` per envelope would add.
         m = self.metrics
         source = first.source
-        total = IngestOutcome(
-            accepted=res.accepted,
-            duplicates=res.duplicates,
-            rejected=[],
-            dropped={},
-            visible_at=visible_at,
-            spooled=len(group.records),
-            spooled_duplicates=res.duplicates,
-        )
-        m.count_push(source, store.id, group.records, total)
+        self._count_spooled(source, store.id, len(group.rows) - voids, voids, res.duplicates)
         if rejected:
             m.child(m.rejected, source, store.id).inc(rejected)
         for reason, k in dropped.items():
@@ -634,13 +608,14 @@ class Intake:
 class _Shared:
     """The envelopes of one batch (one source, store, priority, origin) sharing one append."""
 
-    __slots__ = ("members", "records", "store")
+    __slots__ = ("members", "rows", "store")
 
     def __init__(self, store: StoreConfig) -> None:
         self.store = store
-        # (index in the batch, envelope, its parse, how many of `records` are its own)
-        self.members: list[tuple[int, Envelope, Parsed, int]] = []
-        self.records: list[Spooled] = []
+        # (index in the batch, envelope, its parse, how many of `rows` are its own, voids
+        # among them); a thin member's parse is empty (nothing refused or dropped)
+        self.members: list[tuple[int, Envelope, Parsed, int, int]] = []
+        self.rows: list[SpoolRow] = []
 
     def split(self) -> list[_Shared]:
         """One group per member."""
@@ -649,7 +624,7 @@ class _Shared:
         for member in self.members:
             one = _Shared(self.store)
             one.members.append(member)
-            one.records = self.records[start : start + member[3]]
+            one.rows = self.rows[start : start + member[3]]
             start += member[3]
             out.append(one)
         return out

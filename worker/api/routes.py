@@ -23,6 +23,8 @@ from worker.sources.http import push
 from worker.sources.inbox_upload import upload
 from worker.web import expect_admin, expect_after_credentials, expect_now
 
+PUSH_PATH = "/v1/push/{source}/{store}"
+
 
 def add_routes(app: web.Application) -> None:
     """Register every route of the app."""
@@ -31,7 +33,7 @@ def add_routes(app: web.Application) -> None:
     post = partial(r.add_post, expect_handler=expect_now)
     post_authed = partial(r.add_post, expect_handler=expect_after_credentials)
     # Sources: what comes in.
-    post_authed("/v1/push/{source}/{store}", push)
+    post_authed(PUSH_PATH, push)
     # Health and status.
     get("/healthz", status.healthz)
     get("/readyz", status.readyz)

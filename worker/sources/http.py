@@ -4,7 +4,9 @@ A push is authenticated from its headers before its body is read (the store's ow
 or for a signed source a configured secret and the signature header); body limits are
 enforced from Content-Length before reading and again while reading, so an oversized body
 is never held whole. Every error is JSON `{"error", "field"}` with a precise status
-(`worker.web`). The 202 body (`outcome_json`) is shared with file uploads and the inbox.
+(`worker.web`). A canonical push of sales and voids only is spooled as the lean rows of
+`worker.sources.push_parse` and answered with cached bytes; anything else goes through
+`Intake.ingest`. The 202 body (`outcome_json`) is shared with file uploads and the inbox.
 Reads, admin and health live in `worker.api`; the route table in `worker.api.routes`.
 """
 
@@ -20,6 +22,7 @@ from multidict import CIMultiDict
 
 from worker import keys
 from worker.intake import Envelope, IngestOutcome, check_headers, rejections_json
+from worker.sources.push_parse import lean_rows
 from worker.web import bearer, json_bytes, json_response, media_type, read_body
 
 
@@ -48,13 +51,25 @@ async def push(request: web.Request) -> web.Response:
     store = intake.admit(source, request.match_info["store"], headers, bearer(request))
     check_headers(headers)
     body = await read_body(request, app[keys.CONFIG].http.max_body_bytes)
+    content_type = media_type(request)
+    if source == "canonical":
+        # The thin path (`worker.sources.push_parse`): sales and voids decoded once and
+        # spooled as rows; None for anything else, which `ingest` decides as it always has.
+        lean = lean_rows(body, content_type)
+        if lean is not None:
+            accepted, duplicates = await intake.append_lean(store, source, lean)
+            return web.Response(
+                body=_clean_outcome(accepted, duplicates, intake.windows.visible_at(store)),
+                status=202,
+                headers=_JSON_HEADERS.copy(),
+            )
     query = request.query if request.query_string else _NO_QUERY
     out = await intake.ingest(
         Envelope(
             source=source,
             store=store.id,
             body=body,
-            content_type=media_type(request),
+            content_type=content_type,
             headers=headers,
             topic=headers.get("X-Shopify-Topic") or query.get("topic"),
             filename=query.get("filename"),

@@ -29,7 +29,7 @@ import msgspec
 
 from worker.adapters.canonical import JSON_TYPES
 from worker.buffers.base import SpoolRow
-from worker.records import DECODE_ERRORS, ENCODER, version_of
+from worker.records import DECODE_ERRORS, ENCODER, Spooled, type_of, version_of
 from worker.sources.backfill_parse import (
     LEAN_DECODER,
     LeanSale,
@@ -67,6 +67,17 @@ def _row(raw: bytes | msgspec.Raw) -> SpoolRow | None:
     if type(r) is LeanVoid:
         return ("void", r.id, r.version or 0, "pos", ENCODER.encode(r))
     return None  # pragma: no cover - the decoder's union has no third member
+
+
+def spool_row(record: Spooled) -> SpoolRow:
+    """The row `SqliteSpool.append` stages for a record the full decoder built."""
+    return (
+        type_of(record),
+        record.id,
+        record.effective_version,
+        getattr(record, "origin", "pos"),
+        ENCODER.encode(record),
+    )
 
 
 def lean_rows(body: bytes, content_type: str) -> LeanRows | None:
