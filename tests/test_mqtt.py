@@ -34,16 +34,8 @@ from worker.errors import (
 )
 from worker.health import Health
 from worker.intake import Envelope, IngestOutcome
-from worker.sources.mqtt import (
-    JSON,
-    NDJSON,
-    MqttSource,
-    MqttState,
-    content_type_for,
-    is_transient,
-    open_mqtt_source,
-    parse_topic,
-)
+from worker.sources.mqtt import MqttSource, MqttState, is_transient, open_mqtt_source
+from worker.sources.mqtt_route import JSON, NDJSON, content_type_for, parse_topic
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -246,15 +238,24 @@ def test_topic_routes() -> None:
     r = parse_topic("org/pos", "org/pos/lightspeed/s2/sale.update")
     assert (r.source, r.store, r.topic) == ("lightspeed", "s2", "sale.update")
     for bad in ("pos/canonical/s1/widget", "pos//s1/sale", "other/canonical/s1/sale"):
-        with pytest.raises(RecordInvalid) as exc:
-            parse_topic("pos", bad)
-        assert exc.value.field == "topic"
+        for _ in range(2):  # routes are cached, refusals are not: the second one raises too
+            with pytest.raises(RecordInvalid) as exc:
+                parse_topic("pos", bad)
+            assert exc.value.field == "topic"
+    assert parse_topic("pos", "pos/canonical/s1/sale") == parse_topic(
+        "pos", "pos/canonical/s1/sale"
+    )
+    assert parse_topic("org", "org/canonical/s1/sale").store == "s1"  # the prefix is in the key
+    with pytest.raises(RecordInvalid):
+        parse_topic("org", "pos/canonical/s1/sale")
 
 
 def test_content_type_decision() -> None:
     assert content_type_for("sale", b'{"id": "a"}') == JSON
     assert content_type_for("batch", b' [{"id": "a"}, {"id": "b"}]') == JSON
     assert content_type_for("batch", b'{"id": "a"}\n{"id": "b"}\n') == NDJSON
+    assert content_type_for("batch", b'\n{"id": "a"}\r\n{"id": "b"}') == NDJSON
+    assert content_type_for("sale", b'\n{"id": "a"}\n') == JSON
     assert content_type_for("sale", b'{\n  "lines": [\n    {"sku": "x"}\n  ]\n}') == JSON
     assert content_type_for("ndjson", b'{"id": "a"}') == NDJSON
     assert content_type_for("sale", b"x", "Application/JSON; charset=utf-8") == JSON

@@ -16,12 +16,18 @@ from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests import test_push_parse
 from tests.appserver import S2_TOKEN, make_config, running
 from tests.factories import sale_dict
+from tests.test_backfill_parse import sale_lines
 from worker import keys
 from worker.errors import NotFound, PossyncError, RecordInvalid, SpoolFull
 from worker.intake import Envelope, IngestOutcome, NothingAcceptable
+from worker.records import RECORD_DECODER, SPOOLED_DECODER
+from worker.sources.mqtt_route import JSON, content_type_for
 
 if TYPE_CHECKING:
     from tests.plugins.mosquitto import MosquittoServer
@@ -225,7 +231,7 @@ async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
     async with running(make_config(tmp_path), NOW) as h:
         intake = h.app[keys.INTAKE]
         real = intake.spool
-        intake.spool = _RefusesOneId(real, "P-2")
+        intake.spool = wrapped = _RefusesOneId(real, "P-2")
         try:
             got = await intake.ingest_batch(
                 [canonical("S1", sale_dict(f"P-{i}", at=NOW)) for i in (1, 2, 3)]
@@ -236,3 +242,64 @@ async def test_shared_append_failing_on_one_record_fails_only_its_envelope(
         assert [isinstance(o, IngestOutcome) and o.accepted for o in (got[0], got[2])] == [1, 1]
         assert h.spool.stats("S1").pending == 2
         assert intake.spool is real
+        # One append shared by the burst, then each member alone.
+        assert wrapped.calls == [["P-1", "P-2", "P-3"], ["P-1"], ["P-2"], ["P-3"]]
+
+
+async def test_a_burst_of_canonical_sales_is_one_thin_append(tmp_path: Path) -> None:
+    """Decoded once by the thin parse (bodies without default fields), one append for all."""
+    async with running(make_config(tmp_path), NOW) as h:
+        intake = h.app[keys.INTAKE]
+        real = intake.spool
+        intake.spool = wrapped = _RefusesOneId(real, "none")
+        bodies = [orjson.dumps(sale_dict(f"T-{i}", lines=i % 3, at=NOW)) for i in range(5)]
+        void = orjson.dumps({"type": "void", "id": "T-0", "occurred_at": NOW.isoformat()})
+        try:
+            got = await intake.ingest_batch([canonical("S1", b) for b in [*bodies, void]])
+            again = await intake.ingest_batch([canonical("S1", bodies[0])])
+        finally:
+            intake.spool = real
+        assert [isinstance(o, IngestOutcome) and o.accepted for o in got] == [1] * 6
+        assert isinstance(again[0], IngestOutcome)
+        assert (again[0].accepted, again[0].duplicates) == (0, 1)
+        assert wrapped.calls == [[f"T-{i}" for i in range(5)] + ["T-0"], ["T-0"]]
+        entries = await h.spool.pending_entries("S1")
+        sales = {e.rid: e.body for e in entries if e.kind == "sale"}
+        assert len(sales) == 5 and [e.kind for e in entries].count("void") == 1
+        for i, body in enumerate(bodies):
+            stored = sales[f"T-{i}"]
+            assert SPOOLED_DECODER.decode(stored) == RECORD_DECODER.decode(body)
+            assert b"business_date" not in stored  # the thin rows', not the full encoding
+
+
+_pads = st.sampled_from([b"", b" ", b"\n", b"\r\n", b"\t"])
+_voids = st.fixed_dictionaries(
+    {"type": st.just("void"), "id": st.sampled_from(["V-1", ""])},
+    optional={
+        "occurred_at": st.sampled_from(["2026-03-08T06:30:00Z", "2026-03-08T06:30:00"]),
+        "version": st.sampled_from([0, 3, "3", None]),
+    },
+).map(orjson.dumps)
+
+
+@given(st.lists(st.one_of(sale_lines(), _voids), min_size=1, max_size=3), _pads)
+def test_the_thin_parse_of_an_mqtt_payload_equals_the_general_path(
+    items: list[bytes], pad: bytes
+) -> None:
+    """With the content type the MQTT source gives a payload (sniffed, no property), the thin
+    parse answers only what the adapter and full decoder would: one object, an array, or
+    several objects a line each (NDJSON, always the general path's)."""
+    for body in (items[0], b"[" + b",".join(items) + b"]", b"\n".join(items)):
+        body = pad + body + pad
+        content_type = content_type_for("sale", body)
+        answered = test_push_parse.check(body, content_type)
+        if content_type != JSON:
+            assert not answered
+
+
+def test_the_common_mqtt_payload_takes_the_thin_parse() -> None:
+    for body in (
+        orjson.dumps(sale_dict("S-1", lines=2, at=NOW)),
+        b"\n" + orjson.dumps([sale_dict("S-2", at=NOW)]),
+    ):
+        assert test_push_parse.check(body, content_type_for("sale", body))

@@ -1,7 +1,8 @@
 """MQTT source: `{prefix}/{source}/{store}/{kind}` in, PUBACK only once the intake made it durable.
 
-The policy: topics -> `Envelope` -> `Ingest.ingest`, when to acknowledge, what to publish
-on refusal, retries and reconnects. The socket, paho and the PUBACK ordering are
+The policy: `Envelope` -> `Ingest.ingest`, when to acknowledge, what to publish on refusal,
+retries and reconnects. A message becomes its envelope in `worker.sources.mqtt_route`
+(topic levels, content type, user properties). The socket, paho and the PUBACK ordering are
 `worker.sources.mqtt_client.Connection`, which reports back through `ConnectionEvents`
 (this `MqttSource` implements them). The connection loop is a task owned by the app's
 `Health` registry, so `/readyz` shows `task:mqtt` dead if it dies.
@@ -77,15 +78,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
-from urllib.parse import unquote
 
 import msgspec
-from paho.mqtt.properties import Properties
 
 from worker.adapters.base import MAX_REJECTIONS, Rejection
 from worker.clock import Clock
@@ -94,15 +92,13 @@ from worker.errors import PossyncError, RecordInvalid, Unavailable
 from worker.health import Health
 from worker.intake import BatchIngest, Envelope, IngestOutcome
 from worker.sources.mqtt_client import ConnectFlags, Connection, Message, Refused
+from worker.sources.mqtt_route import envelope_of
+from worker.sources.mqtt_route import subscription_filter as subscription_filter  # re-exported
 
 log = logging.getLogger("possync.mqtt")
 
-CANONICAL_KINDS: Final = frozenset({"customer", "product", "sale", "void", "batch", "ndjson"})
-JSON: Final = "application/json"
-NDJSON: Final = "application/x-ndjson"
 _BACKOFF_BASE_S: Final = 0.5
 _STABLE_S: Final = 10.0  # a connection up this long resets the reconnect backoff
-_FORM_LINE = re.compile(rb"^[A-Za-z0-9_.~%+\[\]-]+=[^,\t]*$")
 _NOTICE = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -129,73 +125,6 @@ class MqttState(msgspec.Struct, kw_only=True):
     queued: int = 0  # received, waiting for an in-flight slot
     paused: bool = False  # socket reads paused for backpressure
     stopping: bool = False  # shutdown began: draining running ingests
-
-
-class _Route(msgspec.Struct, frozen=True):
-    source: str
-    store: str
-    kind: str  # the raw topic level, as published
-    topic: str  # `kind` percent-decoded: passed to ingest as `topic=`
-
-
-def subscription_filter(prefix: str, shared_group: str = "") -> str:
-    """`{prefix}/+/+/+`, or `$share/{group}/{prefix}/+/+/+`: the broker then hands each
-    message to one member of the group (MQTT 5 shared subscription; messages keep their
-    own topic, so `parse_topic` is unchanged)."""
-    plain = f"{prefix}/+/+/+"
-    return f"$share/{shared_group}/{plain}" if shared_group else plain
-
-
-def parse_topic(prefix: str, topic: str) -> _Route:
-    """`{prefix}/{source}/{store}/{kind}` -> route; RecordInvalid(field="topic") otherwise."""
-    head = prefix + "/"
-    levels = topic[len(head) :].split("/") if topic.startswith(head) else []
-    if len(levels) != 3 or not all(levels):
-        raise RecordInvalid(
-            f"topic {topic!r} is not {prefix}/{{source}}/{{store}}/{{kind}}", field="topic"
-        )
-    source, store, kind = levels
-    if source == "canonical" and kind not in CANONICAL_KINDS:
-        raise RecordInvalid(
-            f"unknown kind {kind!r} for canonical: one of {', '.join(sorted(CANONICAL_KINDS))}",
-            field="topic",
-        )
-    # A topic level cannot hold "/", so native topics such as Shopify's "orders/create" are
-    # published percent-encoded ("orders%2Fcreate").
-    return _Route(source, store, kind, unquote(kind))
-
-
-def content_type_for(kind: str, payload: bytes, declared: str | None = None) -> str:
-    """The media type to hand the adapter (see docs/mqtt.md, "Content type")."""
-    if declared:
-        return declared.split(";", 1)[0].strip().lower()
-    if kind == "ndjson":
-        return NDJSON
-    body = payload.strip()
-    first = body[:1]
-    if first == b"[":
-        return JSON
-    if first == b"{":
-        # Several top-level objects, one per line, is NDJSON. Pretty-printed JSON never puts
-        # a "{" in column 0 after the first line (nested objects are indented).
-        return NDJSON if b"\n{" in body else JSON
-    if first == b"<":
-        return "application/xml"
-    line = body.split(b"\n", 1)[0]
-    if b"\n" not in body and _FORM_LINE.match(line):
-        return "application/x-www-form-urlencoded"
-    return "text/csv"
-
-
-def _headers_of(props: Properties | None) -> tuple[dict[str, str], str | None]:
-    """MQTT 5 user properties as lower-cased headers, plus the Content Type property."""
-    if props is None:
-        return {}, None
-    headers: dict[str, str] = {}
-    for name, value in getattr(props, "UserProperty", None) or []:
-        headers[str(name).lower()] = str(value)
-    declared = getattr(props, "ContentType", None)
-    return headers, (str(declared) if declared else None)
 
 
 def is_transient(exc: PossyncError) -> bool:
@@ -538,22 +467,6 @@ class MqttSource:
         else:
             self._changed()
 
-    def _envelope(self, item: _Inbound) -> Envelope:
-        """The message as an intake envelope; RecordInvalid(field="topic") for a bad topic."""
-        msg = item.msg
-        route = parse_topic(self.cfg.prefix, msg.topic)
-        headers, declared = _headers_of(msg.properties)
-        payload = bytes(msg.payload)
-        return Envelope(
-            source=route.source,
-            store=route.store,
-            body=payload,
-            content_type=content_type_for(route.kind, payload, declared),
-            headers=headers,
-            topic=route.topic,
-            authorized=True,  # over MQTT, authentication is the broker's job
-        )
-
     async def _handle_batch(self, batch: list[_Inbound]) -> None:
         """A burst: one `ingest_batch`, then each message on its own (invariants 1, 4, 5).
 
@@ -566,7 +479,7 @@ class MqttSource:
         later: list[Coroutine[Any, Any, None]] = []
         for item in batch:
             try:
-                envelope = self._envelope(item)
+                envelope = envelope_of(self.cfg.prefix, item.msg)
             except RecordInvalid as exc:
                 later.append(self._reject(item, exc))
                 continue

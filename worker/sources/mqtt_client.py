@@ -11,16 +11,8 @@ when it is complete is the source's business (`worker.sources.mqtt`).
 Why paho-mqtt directly, not aiomqtt: see `worker.sources.mqtt`. Every line here uses
 paho's public API only (`on_socket_open/close/register_write/unregister_write` +
 `loop_read/loop_write/loop_misc`, as in paho's `examples/loop_asyncio.py`, and
-`Client(manual_ack=True)` + `Client.ack(mid, qos)`), with one exception, `lean_properties`:
-
-paho decodes every received packet's MQTT 5 properties into a fresh `Properties`, whose
-constructor rebuilds its two lookup tables (27 names, 27 identifiers) each time and whose
-`unpack` first clears all 27 names: ~18 us per PUBLISH, the largest single cost of our intake
-(issue 11 profile). `_LeanProperties` is a `Properties` whose tables are built once and shared
-(paho never writes to them after construction), and whose `unpack` skips clearing a fresh
-instance. It replaces the name `Properties` in `paho.mqtt._packet` (the decoder module) only,
-and only when that name is paho's own class (else paho is left as it is). Decoding is
-otherwise paho's own code; the tests of user properties and content types run through it.
+`Client(manual_ack=True)` + `Client.ack(mid, qos)`). The one paho internal we touch, paho's
+per-packet property decoding, is `worker.sources.mqtt_properties`, with its guards.
 """
 
 from __future__ import annotations
@@ -41,6 +33,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from worker.config import MqttConfig
+from worker.sources import mqtt_properties
 
 log = logging.getLogger("possync.mqtt")
 
@@ -49,33 +42,6 @@ _TICK_S: Final = 1.0  # paho's keepalive bookkeeping runs on real time (time.mon
 _READ_BURST: Final = 256  # packets read per readable event at most (others' turn after)
 
 _PENDING, _DONE, _ABANDONED = 0, 1, 2
-
-
-class _LeanProperties(Properties):
-    """paho's `Properties` with its lookup tables built once (see the module docstring)."""
-
-    _TEMPLATE: Final = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    types = _TEMPLATE.types
-    names = _TEMPLATE.names
-    properties = _TEMPLATE.properties
-
-    def __init__(self, packetType: int) -> None:
-        object.__setattr__(self, "packetType", packetType)
-        object.__setattr__(self, "_fresh", True)
-
-    def unpack(self, buffer: bytes) -> tuple[Properties, int]:
-        """paho's unpack; a fresh instance has nothing to clear, and most packets no property."""
-        if self.__dict__.pop("_fresh", False) and buffer[:1] == b"\x00":
-            return self, 1  # property length 0: one byte, nothing set
-        return super().unpack(buffer)  # type: ignore[no-any-return, no-untyped-call]
-
-
-def lean_properties() -> None:
-    """Make paho's packet decoder build `_LeanProperties` (idempotent; see the docstring)."""
-    from paho.mqtt import _packet
-
-    if getattr(_packet, "Properties", None) is Properties:
-        _packet.Properties = _LeanProperties  # type: ignore[attr-defined]
 
 
 Message = paho.MQTTMessage
@@ -123,7 +89,7 @@ class Connection:
         self.gen = gen
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
-        lean_properties()
+        mqtt_properties.install()  # paho decodes PUBLISH properties faster (safe or not at all)
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
