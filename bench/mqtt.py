@@ -90,6 +90,15 @@ def payloads(n: int) -> list[bytes]:
     return list(stream)
 
 
+_OUTSTANDING = 50_000
+
+
+def _published(info: paho.MQTTMessageInfo, topic: str) -> None:
+    info.wait_for_publish(timeout=300)
+    if not info.is_published():
+        raise RuntimeError(f"publish to {topic}: no PUBACK from the broker")
+
+
 def publish_all(port: int, topic: str, bodies: list[bytes]) -> float:
     """Publish every body at QoS 1 and wait for the broker's PUBACKs; seconds it took."""
     client = paho.Client(
@@ -101,11 +110,16 @@ def publish_all(port: int, topic: str, bodies: list[bytes]) -> float:
     client.connect(HOST, port)
     client.loop_start()
     try:
-        infos = [client.publish(topic, body, qos=1) for body in bodies]
-        for info in infos:
-            info.wait_for_publish(timeout=300)
-            if not info.is_published():
-                raise RuntimeError(f"publish to {topic}: no PUBACK from the broker")
+        # Message ids are 16 bits: at most _OUTSTANDING unacknowledged at once, or paho
+        # refuses a publish whose id is still in flight (ERR_QUEUE_SIZE; the full run's
+        # 100,000-message rounds hit it).
+        infos: list[paho.MQTTMessageInfo] = []
+        for i, body in enumerate(bodies):
+            if i >= _OUTSTANDING:
+                _published(infos[i - _OUTSTANDING], topic)
+            infos.append(client.publish(topic, body, qos=1))
+        for info in infos[-_OUTSTANDING:]:
+            _published(info, topic)
         return time.monotonic() - t0
     finally:
         client.disconnect()
