@@ -47,7 +47,6 @@ the app's list of running and recent backfills (/status, metrics).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 from collections.abc import AsyncIterator, Mapping
@@ -62,7 +61,7 @@ from worker.adapters.base import AdapterContext, Rejection
 from worker.adapters.canonical import NDJSON_TYPES
 from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
-from worker.adapters.streaming import LineSplitter, TextLines, run_threaded
+from worker.adapters.streaming import TextLines, run_threaded
 from worker.config import StoreConfig
 from worker.errors import (
     PayloadTooLarge,
@@ -71,8 +70,10 @@ from worker.errors import (
 )
 from worker.intake import Envelope, Intake
 from worker.records import Record
-from worker.sources.backfill_parse import Chunk, parse_lines
+from worker.sources.backfill_parse import Chunk
+from worker.sources.backfill_proc import DEPTH, PARSE_POOL, Parse, SliceCutter
 from worker.sources.backfill_runs import BACKFILLS, BackfillRun, add_backfills
+from worker.sources.backfill_worker import Blob
 from worker.sources.backfill_writer import BackfillWriter
 from worker.web import (
     body_error,
@@ -224,40 +225,73 @@ async def backfill(request: web.Request) -> web.Response:
 async def _stream_ndjson(
     request: web.Request, run: BackfillRun, writer: BackfillWriter, limit: int, max_line: int
 ) -> None:
-    """Canonical NDJSON: each slice of reads decoded and encoded in one worker-thread hop.
+    """Canonical NDJSON: each slice of reads parsed by the parse pool (`backfill_proc`).
 
-    The loop stays free while a slice is parsed (live pushes are served), and the spool
-    writes the batch before it meanwhile.
+    Two tasks of this request: the reader cuts slices and submits them, at most `DEPTH`
+    ahead of the taker, which consumes the parses in order and hands batches to the
+    writer. So the loop reads while a slice is parsed and the batch before it is spooled,
+    and a client that pauses has all it sent parsed (and counted) at once.
     """
-    splitter = LineSplitter(max_line)
+    pool = request.app[PARSE_POOL]
     zone = writer.zone
     base = run.offset
-    batch = Chunk()
+    # A slice's parse (None if it had no whole line) and the over-long partial line it
+    # ended with (line number, position), if any; None ends the stream.
+    queue: asyncio.Queue[tuple[Parse | None, tuple[int, int] | None] | None]
+    queue = asyncio.Queue(maxsize=DEPTH - 1)  # + the one the taker is waiting for
 
-    def parse(data: bytes, last: bool) -> Chunk:
-        lines = itertools.chain(splitter.feed(data), splitter.finish() if last else ())
-        return parse_lines(lines, zone, max_line, run.records)
+    async def read() -> None:
+        cutter = SliceCutter(max_line)
+        async for data in _slices(request, run, limit):
+            await put(*cutter.feed(data))
+        await put(cutter.finish(), None)
+        await queue.put(None)
 
-    async def take(data: bytes, last: bool) -> None:
-        nonlocal batch
-        # One hop at a time: the splitter is fed in order, and an error path has nothing
-        # left running on the thread (the hop is awaited, it is not a Task).
-        got = await asyncio.to_thread(parse, data, last)
-        for index, line_no, pos, error, field in got.rejected:
-            run.reject(index, line_no, base + pos, error, field)
-        run.records += got.records
-        batch.rows.extend(got.rows)
-        batch.nbytes += got.nbytes
-        batch.entities.extend(got.entities)
-        if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
+    async def put(blob: Blob | None, long: tuple[int, int] | None) -> None:
+        if blob is not None or long is not None:
+            parse = pool.submit(blob, zone, max_line) if blob is not None else None
+            await queue.put((parse, long))
+
+    async def take() -> None:
+        batch = Chunk()
+        while (item := await queue.get()) is not None:
+            parse, long = item
+            if parse is not None:
+                got = await pool.result(parse)
+                first = run.records  # the slice's rejection indexes count from 0
+                for index, line_no, pos, error, field in got.rejected:
+                    run.reject(first + index, line_no, base + pos, error, field)
+                run.records += got.records
+                batch.rows.extend(got.rows)
+                batch.nbytes += got.nbytes
+                batch.entities.extend(got.entities)
+            if long is not None:
+                error = f"line longer than {max_line} bytes"
+                run.reject(run.records, long[0], base + long[1], error, "$")
+                run.records += 1
+            if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
+                await writer.submit_chunk(batch)
+                batch = Chunk()
+        if batch.rows or batch.entities:
             await writer.submit_chunk(batch)
-            batch = Chunk()
 
-    async for data in _slices(request, run, limit):
-        await take(data, last=False)
-    await take(b"", last=True)
-    if batch.rows or batch.entities:
-        await writer.submit_chunk(batch)
+    reader = asyncio.ensure_future(read())
+    taker = asyncio.ensure_future(take())
+    try:
+        await asyncio.wait({reader, taker}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (reader, taker):
+            if task.done() and task.exception() is not None:
+                task.result()  # the request fails with the error as raised
+        await taker
+    finally:
+        # Owned: an error path (or a cancelled request) leaves neither task nor parse behind.
+        for task in (reader, taker):
+            task.cancel()
+        await asyncio.gather(reader, taker, return_exceptions=True)
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is not None and item[0] is not None:
+                await item[0].abandon()
 
 
 async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[bytes]:

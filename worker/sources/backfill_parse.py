@@ -113,6 +113,7 @@ def lean_struct(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
         frozen=cfg.frozen,
         forbid_unknown_fields=cfg.forbid_unknown_fields,
         kw_only=True,
+        gc=cfg.gc,  # untracked like the records (they hold no cycles): no young collections
         tag=cfg.tag,
         tag_field=cfg.tag_field,
         # Encoded without the fields at their defaults: the spooled body is about 60 % of the

@@ -18,6 +18,7 @@ from aiohttp import web
 from worker import keys
 from worker.adapters.base import MAX_REJECTIONS, Parsed
 from worker.errors import PossyncError
+from worker.sources.backfill_proc import add_parse_pool
 
 _RECENT = 20
 
@@ -197,6 +198,7 @@ def add_backfills(app: web.Application) -> None:
     if BACKFILLS in app:
         return
     app[BACKFILLS] = Backfills()
+    add_parse_pool(app)
     metrics = app.get(keys.METRICS)
     if metrics is not None:
         stores = [s.id for s in app[keys.CONFIG].stores]
