@@ -3,15 +3,16 @@
     POST /v1/backfill/{source}/{store}?offset=N&commit=now&commit_every_s=5&final=1
          (admin token; body = NDJSON of canonical records, or one native export file)
 
-    request.content --slices of up to 256 KiB (one read + what is already buffered)-->
-        one worker-thread hop per slice: LineSplitter (carries the partial last line)
-        -> backfill_parse.parse_lines: lean decoder, the full one for what it refuses
+    request.content --slices of up to 1 MiB (one read + what is already buffered)-->
+        SliceCutter (carries the partial last line) -> the whole lines of the slice
+        -> the parse pool (backfill_proc: a worker process, up to 2 slices in flight):
+           backfill_parse.parse_lines: lean decoder, the full one for what it refuses
            (a bad line is rejected by index, line, offset, field, as the full decoder says)
-        -> spool rows encoded on that thread (origin "backfill", business date set)
+           -> spool rows encoded there (origin "backfill", business date set)
         -> batches of 5,000 -> SqliteSpool.append_rows(priority="bulk"); customers and
            products of the batch -> Intake.ingest (the sink), after the spool's room check
-           (one batch in flight while the next is parsed; the spool writer puts live
-            appends first and fills its group with bulk rows)
+           (backfill_writer: two batches of rows in flight while the next is parsed; the
+            spool writer puts live appends first and fills its group with bulk rows)
         -> [commit=now] committer.commit_store(store, now, force=True), rate-limited
         -> 200 {"accepted", "duplicates", "rejected", "rejected_count", "records", ...}
 
@@ -19,7 +20,7 @@ Invariants
 
 * Bounded memory: the body is never held whole. At any time the handler holds one network
   read, one partial line (at most `http.max_body_bytes`; a longer line is rejected and
-  skipped), the batch being parsed and the one batch being written.
+  skipped), two slices at the parse pool, the batch being filled and two being written.
   Exception: sources other than `canonical` NDJSON (native export files, JSON arrays) have
   no incremental parser yet; their body is buffered up to `http.max_body_bytes` and parsed
   whole by the source's adapter.
@@ -32,7 +33,7 @@ Invariants
   duplicates. `offset` is bookkeeping only: echoed as `last_offset` and added to the byte
   offsets of rejections, so they are absolute in the client's file. The resume itself is
   client-side (`possync backfill` keeps `<FILE>.possync-offset`).
-* Live first: parsing runs on a worker thread, so the loop serves live pushes meanwhile;
+* Live first: parsing runs in a worker process (or thread), so the loop serves live pushes;
   each batch yields to the loop, longer while `spool.live_waiting()`; the spool writer
   serves live appends before bulk ones.
 * No triggers: every sale is marked `origin: "backfill"`; the window commit writes no
@@ -91,7 +92,7 @@ __all__ = ["BACKFILLS", "BATCH_RECORDS", "add_backfills", "backfill"]
 
 BATCH_RECORDS = 5_000
 READ_BYTES = 256 * 1024
-# A parse slice: one read topped up with what is buffered, up to this (one thread hop each).
+# A parse slice: one read topped up with what is buffered, up to this (one parse each).
 SLICE_BYTES = 1024 * 1024
 PROGRESS_EVERY = 100_000  # records between two backfill.progress log events
 _STREAM_TYPES = NDJSON_TYPES | {

@@ -1,5 +1,5 @@
 """Backfill writing: parsed batches routed to the spool (and the sink for entities), one batch
-in flight while the next is parsed, and commit-now commits as the stream goes.
+or two in flight while the next is parsed, and commit-now commits as the stream goes.
 
 Invariants
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -34,12 +36,14 @@ from worker.sources.backfill_runs import BACKFILLS, BackfillRun
 
 log = logging.getLogger("possync.backfill")
 
+# NDJSON batches of rows being written at once (see BackfillWriter.submit_chunk).
+ROUTES_IN_FLIGHT = 2
 # How many extra event-loop turns the parser gives away while live appends are staged.
 _LIVE_YIELDS = 64
 
 
 class BackfillWriter:
-    """Routes batches with one route call in flight, and commits as it goes when asked.
+    """Routes batches (up to `ROUTES_IN_FLIGHT` at once), and commits as it goes when asked.
 
     Owns its tasks: `close()` cancels and awaits whatever is still running, so a failed or
     abandoned request leaves nothing behind (spool appends are shielded and still finish).
@@ -67,31 +71,39 @@ class BackfillWriter:
         self.state = app[BACKFILLS]
         self.clock = app[keys.CLOCK]
         self.zone = app[keys.CONFIG].store_zone(store)
-        self._route: asyncio.Task[IngestOutcome] | None = None
+        self._routes: deque[asyncio.Task[IngestOutcome]] = deque()  # oldest first
+        self._barrier = False  # the newest in flight upserts entities (see submit_chunk)
         self._commit: asyncio.Task[WindowResult] | None = None
         self._uncommitted = False
         self._progress_every = progress_every
         self._next_progress = progress_every
 
     async def submit(self, records: list[Record]) -> None:
-        """Wait for the batch in flight, then start writing this one."""
+        """Wait for the batches in flight, then start writing this one."""
         self._progress()
         _mark_history(records, self.zone)
-        await self._drain_route()
+        await self._drain_routes(keep=0)
         await yield_to_live(self.spool)
-        self._route = asyncio.create_task(
-            self.intake.ingest(self._envelope(records)),
-            name=f"backfill-route-{self.run.id}",
-        )
+        self._start(self.intake.ingest(self._envelope(records)), barrier=True)
 
     async def submit_chunk(self, chunk: Chunk) -> None:
-        """`submit` for NDJSON already decoded and encoded off the loop (`parse_lines`)."""
+        """`submit` for NDJSON already decoded and encoded off the loop (`parse_lines`).
+
+        Batches of rows only are written `ROUTES_IN_FLIGHT` deep: the spool writer finds the
+        next one staged when a group commits (and may take both in one group). They are
+        staged in file order: each task stages its rows before its first await, and tasks
+        start in the order they were created. A batch with entities upserts them first, so
+        it is a barrier: it waits for every batch before it, and the next one waits for it.
+        """
         self._progress()
-        await self._drain_route()
+        barrier = bool(chunk.entities)
+        await self._drain_routes(keep=0 if barrier or self._barrier else ROUTES_IN_FLIGHT - 1)
         await yield_to_live(self.spool)
-        self._route = asyncio.create_task(
-            self._write_chunk(chunk), name=f"backfill-route-{self.run.id}"
-        )
+        self._start(self._write_chunk(chunk), barrier=barrier)
+
+    def _start(self, coro: Coroutine[Any, Any, IngestOutcome], *, barrier: bool) -> None:
+        self._routes.append(asyncio.create_task(coro, name=f"backfill-route-{self.run.id}"))
+        self._barrier = barrier
 
     async def _write_chunk(self, chunk: Chunk) -> IngestOutcome:
         store = self.store.id
@@ -136,21 +148,21 @@ class BackfillWriter:
             fields = run.log_fields()
             log.info("backfill progress", extra={"event": "backfill.progress", **fields})
 
-    async def _drain_route(self) -> None:
-        task, self._route = self._route, None
-        if task is None:
-            return
-        out = await task
-        run = self.run
-        run.accepted += out.accepted
-        run.duplicates += out.duplicates
-        run.realtime += out.realtime
-        run.spooled += out.spooled
-        if out.visible_at is not None:
-            run.visible_at = out.visible_at.isoformat()
-        if out.spooled:
-            self._uncommitted = True
-        await self._maybe_commit(force=False)
+    async def _drain_routes(self, *, keep: int) -> None:
+        """Account for the oldest batches in flight until at most `keep` are left."""
+        while len(self._routes) > keep:
+            out = await self._routes[0]
+            self._routes.popleft()
+            run = self.run
+            run.accepted += out.accepted
+            run.duplicates += out.duplicates
+            run.realtime += out.realtime
+            run.spooled += out.spooled
+            if out.visible_at is not None:
+                run.visible_at = out.visible_at.isoformat()
+            if out.spooled:
+                self._uncommitted = True
+            await self._maybe_commit(force=False)
 
     async def _maybe_commit(self, *, force: bool) -> None:
         if not self.commit_now or not self._uncommitted:
@@ -193,8 +205,8 @@ class BackfillWriter:
             self._uncommitted = True
 
     async def finish(self, *, final: bool) -> None:
-        """Wait for the last batch (and the running commit); commit once more if `final`."""
-        await self._drain_route()
+        """Wait for the last batches (and the running commit); commit once more if `final`."""
+        await self._drain_routes(keep=0)
         if self._commit is not None:
             await asyncio.wait({self._commit})
             self._collect_commit()
@@ -206,8 +218,9 @@ class BackfillWriter:
 
     async def close(self) -> None:
         """Cancel and await anything still running (error paths)."""
-        tasks = [t for t in (self._route, self._commit) if t is not None]
-        self._route = self._commit = None
+        tasks = [*self._routes, *([self._commit] if self._commit is not None else [])]
+        self._routes.clear()
+        self._commit = None
         for task in tasks:
             task.cancel()
         # Their outcome no longer matters (the request failed); awaiting them is what does.
