@@ -23,7 +23,7 @@ from worker.adapters.streaming import LineSplitter
 from worker.app import YOUNG_GC_THRESHOLD
 from worker.errors import Unavailable
 from worker.sources.backfill_proc import PARSE_POOL, ParsePool, SliceCutter
-from worker.sources.backfill_worker import WORKER_GC_THRESHOLD, iter_blob
+from worker.sources.backfill_worker import WORKER_GC_THRESHOLD, blob_data, iter_lines
 
 ZONE = ZoneInfo("America/New_York")
 
@@ -31,48 +31,63 @@ ZONE = ZoneInfo("America/New_York")
 # ---------------------------------------------------------------------- the cutter
 
 
-def _cut(feeds: list[bytes], max_line: int) -> list[tuple[int, int, bytes | None]]:
-    """What the handler sees: each slice's blob lines, then its over-long partial line."""
+def _cut(feeds: list[list[bytes]], max_line: int) -> list[tuple[int, int, bytes | None]]:
+    """What the handler sees: each slice's blob lines, then its over-long partial line,
+    numbered by counting the lines before (as the taker does)."""
     cutter = SliceCutter(max_line)
     out: list[tuple[int, int, bytes | None]] = []
-    for data in feeds:
-        blob, long = cutter.feed(data)
+    lines = 0
+
+    def take(blob: tuple[int, list[bytes], int]) -> None:
+        nonlocal lines
+        data = blob_data(blob)
+        got = list(iter_lines(data, blob[0], max_line))
+        assert len(got) == data.count(b"\n") + 1  # what parse_blob reports
+        out.extend((lines + n, pos, line) for n, pos, line in got)
+        lines += len(got)
+
+    for parts in feeds:
+        blob, long = cutter.feed(parts)
         if blob is not None:
-            out.extend(iter_blob(blob, max_line))
+            take(blob)
         if long is not None:
-            out.append((long[0], long[1], None))
+            lines += 1
+            out.append((lines, long, None))
     last = cutter.finish()
     if last is not None:
-        out.extend(iter_blob(last, max_line))
+        take(last)
     return out
 
 
-def _split(feeds: list[bytes], max_line: int) -> list[tuple[int, int, bytes | None]]:
+def _split(feeds: list[list[bytes]], max_line: int) -> list[tuple[int, int, bytes | None]]:
     splitter = LineSplitter(max_line)
     out: list[tuple[int, int, bytes | None]] = []
-    for data in feeds:
-        out.extend(splitter.feed(data))
+    for parts in feeds:
+        out.extend(splitter.feed(b"".join(parts)))
     out.extend(splitter.finish())
     return out
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(
     body=st.lists(st.sampled_from([b"a", b"bc", b" ", b"\n", b"\r\n", b"xyz\n"]), max_size=60),
-    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=16),
+    slice_of=st.integers(min_value=1, max_value=4),
     max_line=st.integers(min_value=1, max_value=12),
 )
 def test_cutter_yields_what_the_line_splitter_yields(
-    body: list[bytes], cuts: list[int], max_line: int
+    body: list[bytes], cuts: list[int], slice_of: int, max_line: int
 ) -> None:
+    """Any body, cut into reads anywhere, the reads grouped into slices of 1-4 reads."""
     data = b"".join(body)
     points = sorted({min(c, len(data)) for c in cuts})
-    feeds = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    reads = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    feeds = [reads[i : i + slice_of] for i in range(0, len(reads), slice_of)]
     assert _cut(feeds, max_line) == _split(feeds, max_line)
 
 
 def test_cutter_skips_a_long_line_over_many_slices() -> None:
-    feeds = [b"ok\n" + b"x" * 10, b"x" * 10, b"x" * 10, b"\nlast"]
+    feeds = [[b"ok\n", b"x" * 10], [b"x" * 10], [b"x" * 5, b"x" * 5], [b"\nla", b"st"]]
     got = _cut(feeds, 8)
     assert got == [(1, 0, b"ok"), (2, 3, None), (3, 34, b"last")]
     assert got == _split(feeds, 8)
@@ -153,8 +168,8 @@ def _workers() -> set[int]:
     return out
 
 
-def _big_blob(records: int) -> tuple[int, int, bytes]:
-    return (0, 0, b"\n".join(sale_lines(records)))
+def _big_blob(records: int) -> tuple[int, list[bytes], int]:
+    return (0, [b"\n".join(sale_lines(records))], 0)
 
 
 async def test_a_dead_worker_fails_its_parse_turns_readyz_red_and_is_replaced(
@@ -163,8 +178,8 @@ async def test_a_dead_worker_fails_its_parse_turns_readyz_red_and_is_replaced(
     async with running(make_config(tmp_path)) as h:
         pool = h.app[PARSE_POOL]
         before = _workers()
-        warm = await pool.result(pool.submit((0, 0, sale_lines(1)[0]), ZONE, 1 << 20))
-        assert warm.records == 1
+        warm, lines = await pool.result(pool.submit((0, sale_lines(1), 0), ZONE, 1 << 20))
+        assert (warm.records, lines) == (1, 1)
         (worker,) = _workers() - before
         # Far more than the worker can even receive before the signal lands.
         doomed = pool.submit(_big_blob(60_000), ZONE, 1 << 20)
@@ -197,7 +212,7 @@ async def test_a_closed_pool_refuses_work() -> None:
     pool = ParsePool("process")
     await pool.close()
     with pytest.raises(Unavailable, match="shutting down"):
-        pool.submit((0, 0, b"{}"), ZONE, 100)
+        pool.submit((0, [b"{}"], 0), ZONE, 100)
 
 
 _ORPHAN = """
@@ -207,7 +222,7 @@ from worker.sources.backfill_proc import ParsePool
 
 async def main():
     pool = ParsePool("process")
-    await pool.result(pool.submit((0, 0, b"{}"), ZoneInfo("UTC"), 100))
+    await pool.result(pool.submit((0, [b"{}"], 0), ZoneInfo("UTC"), 100))
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
         print(f.read(), flush=True)
     os._exit(0)  # as a SIGKILL would: the pool is never stopped

@@ -236,9 +236,9 @@ async def _stream_ndjson(
     pool = request.app[PARSE_POOL]
     zone = writer.zone
     base = run.offset
-    # A slice's parse (None if it had no whole line) and the over-long partial line it
-    # ended with (line number, position), if any; None ends the stream.
-    queue: asyncio.Queue[tuple[Parse | None, tuple[int, int] | None] | None]
+    # A slice's parse (None if it had no whole line) and the position of the over-long
+    # partial line it ended with, if any; None ends the stream.
+    queue: asyncio.Queue[tuple[Parse | None, int | None] | None]
     queue = asyncio.Queue(maxsize=DEPTH - 1)  # + the one the taker is waiting for
 
     async def read() -> None:
@@ -248,27 +248,30 @@ async def _stream_ndjson(
         await put(cutter.finish(), None)
         await queue.put(None)
 
-    async def put(blob: Blob | None, long: tuple[int, int] | None) -> None:
+    async def put(blob: Blob | None, long: int | None) -> None:
         if blob is not None or long is not None:
             parse = pool.submit(blob, zone, max_line) if blob is not None else None
             await queue.put((parse, long))
 
     async def take() -> None:
         batch = Chunk()
+        lines = 0  # lines of the body before the slice
         while (item := await queue.get()) is not None:
             parse, long = item
             if parse is not None:
-                got = await pool.result(parse)
-                first = run.records  # the slice's rejection indexes count from 0
+                got, n = await pool.result(parse)
+                first = run.records  # the slice's indexes and line numbers are its own
                 for index, line_no, pos, error, field in got.rejected:
-                    run.reject(first + index, line_no, base + pos, error, field)
+                    run.reject(first + index, lines + line_no, base + pos, error, field)
                 run.records += got.records
+                lines += n
                 batch.rows.extend(got.rows)
                 batch.nbytes += got.nbytes
                 batch.entities.extend(got.entities)
             if long is not None:
+                lines += 1
                 error = f"line longer than {max_line} bytes"
-                run.reject(run.records, long[0], base + long[1], error, "$")
+                run.reject(run.records, lines, base + long, error, "$")
                 run.records += 1
             if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
                 await writer.submit_chunk(batch)
@@ -295,8 +298,9 @@ async def _stream_ndjson(
                 await item[0].abandon()
 
 
-async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[bytes]:
-    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered.
+async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[list[bytes]]:
+    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered
+    (the reads as they came: the parse worker joins them).
 
     A slice never waits for more than its first read, so a client that pauses has all it
     sent parsed (and counted) at once.
@@ -319,7 +323,7 @@ async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIt
                 f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
             )
         run.bytes += have
-        yield data if len(parts) == 1 else b"".join(parts)
+        yield parts
 
 
 async def _buffered(

@@ -1,25 +1,27 @@
 """Backfill parse workers: NDJSON slices turned into spool rows outside the server's GIL.
 
     handler: request slices -> SliceCutter (the partial last line carried, as LineSplitter)
-        -> one blob of whole lines per slice -> ParsePool.parse(...)   (up to DEPTH in flight)
+        -> one blob of whole lines per slice -> ParsePool.submit(...)  (up to DEPTH in flight)
              process mode: a spawned worker process (concurrent.futures), parse_blob there
              thread mode:  a worker thread of this process, parse_blob there
-        <- Chunk (spool rows encoded, entities, rejections by slice-relative index), in order
+        <- (Chunk, line count): spool rows encoded, entities, rejections numbered from the
+           slice's first record and line; taken in order
 
 Why a process: the parse (lean decode, money check, encode: ~9 us a record) held the GIL
 for four fifths of a backfill (`python -m bench.profile backfill --gil`), so the event loop,
 the spool writer and the parse took turns on one core. In a worker process it runs on the
-other core; what crosses the pipe is one slice of bytes out and one pickled `Chunk` back
-(about 1 us a record to unpickle, on the pool's own result thread).
+other core; what crosses the pipe is one slice's reads out (the loop does not even join
+them) and one pickled `Chunk` back (about 1 us a record to unpickle, on the pool's own
+result thread).
 
 Invariants
 
 * Same verdicts, same rows. The worker runs `backfill_parse.parse_lines` over the lines
-  `iter_blob` cuts, and `SliceCutter` + `iter_blob` yield exactly what `LineSplitter`
-  yields for the same stream (tests/test_backfill_proc.py, with hypothesis). A slice is
-  parsed without state (its first line number and byte position travel with it; rejection
-  indexes are relative and the handler adds the records counted before), so slices can be
-  parsed anywhere and are consumed in order.
+  `backfill_worker.iter_lines` cuts, and `SliceCutter` + `iter_lines` (line numbers plus
+  the lines before) yield exactly what `LineSplitter` yields for the same stream
+  (tests/test_backfill_proc.py, with hypothesis). A slice is parsed without state (its
+  byte position travels with it; record indexes and line numbers are the slice's own and
+  the handler adds those before), so slices can be parsed anywhere and are taken in order.
 * Bounded: a request has at most `DEPTH` slices submitted and not yet consumed; a slice is
   at most `backfill.SLICE_BYTES` plus one carried line.
 * Owned, visible, no zombie: the pool is one app cleanup context (`add_parse_pool`). Its
@@ -47,8 +49,7 @@ from aiohttp import web
 
 from worker import keys
 from worker.errors import Unavailable
-from worker.sources.backfill_parse import Chunk
-from worker.sources.backfill_worker import Blob, parse_blob, worker_init
+from worker.sources.backfill_worker import Blob, Parsed, parse_blob, worker_init
 
 log = logging.getLogger("possync.backfill")
 
@@ -70,10 +71,12 @@ def parse_mode() -> ParseMode:
 class SliceCutter:
     """`LineSplitter` at slice granularity: whole lines as one blob, the rest carried.
 
-    `feed` returns the blob of the complete lines a slice makes available (without its
-    last newline; None when there is none) and, when the carried partial line outgrew
-    `max_line`, that line's (line number, position): it is rejected and skipped to its
-    newline, never buffered. `iter_blob` cuts a blob into `LineSplitter`'s triples.
+    `feed` takes a slice as the list of reads it was made of and returns the blob of the
+    complete lines it makes available (None when there is none) and, when the carried
+    partial line outgrew `max_line`, that line's byte position: it is rejected and skipped
+    to its newline, never buffered. The blob holds the reads themselves, not a copy (the
+    worker joins them): the loop copies only the partial last line. Line numbers are the
+    taker's to count (`parse_blob` returns how many lines a blob held).
     """
 
     def __init__(self, max_line: int) -> None:
@@ -81,45 +84,46 @@ class SliceCutter:
         self._carry = b""
         self._carry_at = 0
         self._pos = 0
-        self._line = 0
         self._skipping = False
 
-    def feed(self, chunk: bytes) -> tuple[Blob | None, tuple[int, int] | None]:
-        """The blob of whole lines `chunk` completes, and an over-long partial line."""
+    def feed(self, parts: list[bytes]) -> tuple[Blob | None, int | None]:
+        """The blob of whole lines a slice completes, and an over-long partial line's position."""
         at = self._pos
-        self._pos += len(chunk)
+        self._pos += sum(map(len, parts))
         if self._skipping:
-            nl = chunk.find(b"\n")
-            if nl < 0:
+            for i, part in enumerate(parts):
+                nl = part.find(b"\n")
+                if nl >= 0:
+                    parts = [part[nl + 1 :], *parts[i + 1 :]]
+                    at += nl + 1
+                    break
+                at += len(part)
+            else:
                 return None, None
             self._skipping = False
-            chunk = chunk[nl + 1 :]
-            at += nl + 1
         if self._carry:
-            chunk, at = self._carry + chunk, self._carry_at
+            parts = [self._carry, *parts]
+            at = self._carry_at
         blob: Blob | None = None
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            blob = (self._line, at, chunk[:cut])
-            self._line += chunk.count(b"\n", 0, cut) + 1
-            at += cut + 1
-            chunk = chunk[cut + 1 :]
-        if len(chunk) > self.max_line:
-            self._line += 1
+        for i in range(len(parts) - 1, -1, -1):
+            cut = parts[i].rfind(b"\n")
+            if cut >= 0:
+                trim = len(parts[i]) - cut  # the newline and what follows it
+                blob = (at, parts[: i + 1], trim)
+                at += sum(map(len, parts[: i + 1])) - trim + 1
+                parts = [parts[i][cut + 1 :], *parts[i + 1 :]]
+                break
+        if sum(map(len, parts)) > self.max_line:
             self._skipping = True
             self._carry = b""
-            return blob, (self._line, at)
-        self._carry, self._carry_at = chunk, at
+            return blob, at
+        self._carry, self._carry_at = b"".join(parts), at
         return blob, None
 
     def finish(self) -> Blob | None:
         """The last line when the stream does not end with a newline."""
         carry, self._carry = self._carry, b""
-        if not carry:
-            return None
-        blob = (self._line, self._carry_at, carry)
-        self._line += 1
-        return blob
+        return (self._carry_at, [carry], 0) if carry else None
 
 
 # ---------------------------------------------------------------------- the pool
@@ -132,8 +136,8 @@ class Parse:
 
     def __init__(
         self,
-        future: asyncio.Future[Chunk],
-        cf: concurrent.futures.Future[Chunk] | None = None,
+        future: asyncio.Future[Parsed],
+        cf: concurrent.futures.Future[Parsed] | None = None,
         executor: concurrent.futures.ProcessPoolExecutor | None = None,
     ) -> None:
         self.future = future
@@ -189,8 +193,8 @@ class ParsePool:
             cf = executor.submit(parse_blob, blob, zone, max_line)
         return Parse(asyncio.wrap_future(cf), cf, executor)
 
-    async def result(self, parse: Parse) -> Chunk:
-        """A submitted blob's `Chunk`; a dead worker becomes `Unavailable` (503)."""
+    async def result(self, parse: Parse) -> Parsed:
+        """A submitted blob's `Chunk` and line count; a dead worker becomes `Unavailable`."""
         try:
             chunk = await parse.future
         except BrokenProcessPool:

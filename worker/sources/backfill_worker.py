@@ -4,9 +4,10 @@ Kept apart so a spawned worker imports only this and `backfill_parse` (msgspec a
 record types: ~30 ms), not the server (aiohttp alone is ~100 ms): the first slice of the
 first backfill waits for that import.
 
-A blob is the whole lines one slice of the body completed, with the line count and byte
-position before it (`backfill_proc.SliceCutter`); `iter_blob` cuts it exactly as
-`LineSplitter` cuts the same bytes, so the worker needs no state between slices.
+A blob is the whole lines one slice of the body completed, with the byte position of the
+first (`backfill_proc.SliceCutter`); `iter_lines` cuts them exactly as `LineSplitter` cuts
+the same bytes, numbering them from the blob's first, so the worker needs no state between
+slices (the handler adds the lines and records before).
 """
 
 from __future__ import annotations
@@ -26,21 +27,32 @@ from worker.sources.backfill_parse import Chunk, parse_lines
 # not imported: that would import the server): a slice allocates some 10,000 objects.
 WORKER_GC_THRESHOLD = 50_000
 
-Blob = tuple[int, int, bytes]  # (lines before it, byte position of its first line, lines)
+# (byte position of its first line, the reads holding its lines, bytes to drop at the end:
+# the last newline and what follows it)
+Blob = tuple[int, list[bytes], int]
+Parsed = tuple[Chunk, int]  # the slice's rows etc. (line numbers from 1), how many lines
 
 
-def iter_blob(blob: Blob, max_line: int) -> Iterator[tuple[int, int, bytes | None]]:
-    """(line number, position, stripped line or None if over `max_line`) of a blob's lines."""
-    line, at, data = blob
-    for raw in data.split(b"\n"):
-        line += 1
+def blob_data(blob: Blob) -> bytes:
+    """The whole lines of a blob, without their last newline."""
+    _, pieces, trim = blob
+    data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+    return data[: len(data) - trim] if trim else data
+
+
+def iter_lines(data: bytes, at: int, max_line: int) -> Iterator[tuple[int, int, bytes | None]]:
+    """(line number from 1, position, stripped line or None if over `max_line`), as
+    `LineSplitter` yields them."""
+    for line, raw in enumerate(data.split(b"\n"), 1):
         yield line, at, raw.strip() if len(raw) <= max_line else None
         at += len(raw) + 1
 
 
-def parse_blob(blob: Blob, zone: ZoneInfo, max_line: int) -> Chunk:
-    """One slice's lines as a `Chunk`; its rejection indexes count from 0."""
-    return parse_lines(iter_blob(blob, max_line), zone, max_line, 0)
+def parse_blob(blob: Blob, zone: ZoneInfo, max_line: int) -> Parsed:
+    """One slice's lines as a `Chunk` (indexes and line numbers from the slice's first)."""
+    data = blob_data(blob)
+    chunk = parse_lines(iter_lines(data, blob[0], max_line), zone, max_line, 0)
+    return chunk, data.count(b"\n") + 1
 
 
 def worker_init() -> None:
