@@ -3,15 +3,16 @@
     POST /v1/backfill/{source}/{store}?offset=N&commit=now&commit_every_s=5&final=1
          (admin token; body = NDJSON of canonical records, or one native export file)
 
-    request.content --slices of up to 256 KiB (one read + what is already buffered)-->
-        one worker-thread hop per slice: LineSplitter (carries the partial last line)
-        -> backfill_parse.parse_lines: lean decoder, the full one for what it refuses
+    request.content --slices of up to 1 MiB (one read + what is already buffered)-->
+        SliceCutter (carries the partial last line) -> the whole lines of the slice
+        -> the parse pool (backfill_proc: a worker process, up to 2 slices in flight):
+           backfill_parse.parse_lines: lean decoder, the full one for what it refuses
            (a bad line is rejected by index, line, offset, field, as the full decoder says)
-        -> spool rows encoded on that thread (origin "backfill", business date set)
+           -> spool rows encoded there (origin "backfill", business date set)
         -> batches of 5,000 -> SqliteSpool.append_rows(priority="bulk"); customers and
            products of the batch -> Intake.ingest (the sink), after the spool's room check
-           (one batch in flight while the next is parsed; the spool writer puts live
-            appends first and fills its group with bulk rows)
+           (backfill_writer: two batches of rows in flight while the next is parsed; the
+            spool writer puts live appends first and fills its group with bulk rows)
         -> [commit=now] committer.commit_store(store, now, force=True), rate-limited
         -> 200 {"accepted", "duplicates", "rejected", "rejected_count", "records", ...}
 
@@ -19,7 +20,7 @@ Invariants
 
 * Bounded memory: the body is never held whole. At any time the handler holds one network
   read, one partial line (at most `http.max_body_bytes`; a longer line is rejected and
-  skipped), the batch being parsed and the one batch being written.
+  skipped), two slices at the parse pool, the batch being filled and two being written.
   Exception: sources other than `canonical` NDJSON (native export files, JSON arrays) have
   no incremental parser yet; their body is buffered up to `http.max_body_bytes` and parsed
   whole by the source's adapter.
@@ -32,24 +33,24 @@ Invariants
   duplicates. `offset` is bookkeeping only: echoed as `last_offset` and added to the byte
   offsets of rejections, so they are absolute in the client's file. The resume itself is
   client-side (`possync backfill` keeps `<FILE>.possync-offset`).
-* Live first: parsing runs on a worker thread, so the loop serves live pushes meanwhile;
+* Live first: parsing runs in a worker process (or thread), so the loop serves live pushes;
   each batch yields to the loop, longer while `spool.live_waiting()`; the spool writer
   serves live appends before bulk ones.
 * No triggers: every sale is marked `origin: "backfill"`; the window commit writes no
   trigger events for such sales (worker/triggers.py).
+
+The rooms: this module reads and parses the body (the handler, NDJSON slices, CSV and
+buffered sources); `backfill_parse` turns NDJSON lines into spool rows; `backfill_writer`
+routes the batches and runs commit-now; `backfill_runs` keeps each request's counters and
+the app's list of running and recent backfills (/status, metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any, Literal
-from zoneinfo import ZoneInfo
+from collections.abc import AsyncIterator, Mapping
 
 import msgspec
 from aiohttp import web
@@ -57,23 +58,24 @@ from aiohttp.http_exceptions import PayloadEncodingError
 
 from worker import keys
 from worker.adapters import get_adapter
-from worker.adapters.base import MAX_REJECTIONS, AdapterContext, Parsed, Rejection
+from worker.adapters.base import AdapterContext, Rejection
 from worker.adapters.canonical import NDJSON_TYPES
 from worker.adapters.mapping import CSV_TYPES, Item, MappingAdapter, MappingSpec, csv_items
 from worker.adapters.native import Dropped
-from worker.adapters.streaming import LineSplitter, TextLines, run_threaded
-from worker.buffers.base import Buffer
-from worker.committer import WindowResult
+from worker.adapters.streaming import TextLines, run_threaded
 from worker.config import StoreConfig
 from worker.errors import (
     PayloadTooLarge,
-    PossyncError,
     RecordInvalid,
     UnsupportedMediaType,
 )
-from worker.intake import Envelope, IngestOutcome, Intake
-from worker.records import Record, Sale
-from worker.sources.backfill_parse import Chunk, mark_history, parse_lines
+from worker.intake import Envelope, Intake
+from worker.records import Record
+from worker.sources.backfill_parse import Chunk
+from worker.sources.backfill_proc import DEPTH, PARSE_POOL, Parse, SliceCutter
+from worker.sources.backfill_runs import BACKFILLS, BackfillRun, add_backfills
+from worker.sources.backfill_worker import Blob
+from worker.sources.backfill_writer import BackfillWriter
 from worker.web import (
     body_error,
     json_response,
@@ -85,399 +87,20 @@ from worker.web import (
 
 log = logging.getLogger("possync.backfill")
 
+# Imported from here by the app and the tests; they live in backfill_runs.
+__all__ = ["BACKFILLS", "BATCH_RECORDS", "add_backfills", "backfill"]
+
 BATCH_RECORDS = 5_000
 READ_BYTES = 256 * 1024
-# A parse slice: one read topped up with what is buffered, up to this (one thread hop each).
+# A parse slice: one read topped up with what is buffered, up to this (one parse each).
 SLICE_BYTES = 1024 * 1024
-# How many extra event-loop turns the parser gives away while live appends are staged.
-_LIVE_YIELDS = 64
-_RECENT = 20
+PROGRESS_EVERY = 100_000  # records between two backfill.progress log events
 _STREAM_TYPES = NDJSON_TYPES | {
     "application/json-seq",
     "",
     "application/octet-stream",
     "text/plain",
 }
-
-
-class BackfillRejection(msgspec.Struct, frozen=True):
-    """One line that could not be read: record index, 1-based line in the body, absolute byte
-    offset of the line (request `offset` + position), reason and field path."""
-
-    index: int
-    line: int | None
-    offset: int | None
-    error: str
-    field: str | None
-
-
-PROGRESS_EVERY = 100_000  # records between two backfill.progress log events
-
-
-class BackfillRun:
-    """One running (or finished) backfill request: counters for /status and the response."""
-
-    def __init__(self, run_id: str, store: str, source: str, offset: int, started: str) -> None:
-        self.id = run_id
-        self.store = store
-        self.source = source
-        self.offset = offset
-        self.started = started
-        self._t0 = time.perf_counter()  # real elapsed time: a measurement, not a schedule
-        self.elapsed_s: float | None = None
-        self.state: Literal["running", "done", "failed"] = "running"
-        self.error: str | None = None
-        self.bytes = 0
-        self.records = 0
-        self.accepted = 0
-        self.duplicates = 0
-        self.realtime = 0
-        self.spooled = 0
-        self.rejected: list[BackfillRejection] = []
-        self.rejected_count = 0
-        self.dropped: dict[str, int] = {}
-        self.commits = 0
-        self.committed = 0
-        self.quarantined = 0
-        self.commit_error: str | None = None
-        self.visible_at: str | None = None
-
-    def reject(
-        self, index: int, line: int | None, offset: int | None, error: str, field: str | None
-    ) -> None:
-        """Count a rejection; keep the first `MAX_REJECTIONS` of them itemized (built only then)."""
-        self.rejected_count += 1
-        if len(self.rejected) < MAX_REJECTIONS:
-            self.rejected.append(BackfillRejection(index, line, offset, error, field))
-
-    def take_rejections(self, parsed: Parsed) -> None:
-        """An adapter's rejections: its itemized ones, then the ones it only counted."""
-        for r in parsed.rejected:
-            self.reject(r.index, None, None, r.error, r.field)
-        self.rejected_count += parsed.rejected_count - len(parsed.rejected)
-
-    def log_fields(self) -> dict[str, Any]:
-        """The figures of a backfill.progress / backfill.end log event."""
-        return {
-            "store": self.store,
-            "source": self.source,
-            "backfill": self.id,
-            "records": self.records,
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected_count,
-            "bytes": self.bytes,
-            "rate_records_s": self.rate(),
-        }
-
-    def elapsed(self) -> float:
-        """Seconds since the request started (frozen once it ended)."""
-        if self.elapsed_s is not None:
-            return self.elapsed_s
-        return time.perf_counter() - self._t0
-
-    def rate(self) -> float:
-        """Records read per second so far."""
-        elapsed = self.elapsed()
-        return round(self.records / elapsed, 1) if elapsed > 0 else 0.0
-
-    def snapshot(self) -> dict[str, Any]:
-        """The /status entry."""
-        return {
-            "id": self.id,
-            "store": self.store,
-            "source": self.source,
-            "state": self.state,
-            "started": self.started,
-            "elapsed_s": round(self.elapsed(), 3),
-            "records": self.records,
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": self.rejected_count,
-            "bytes": self.bytes,
-            "rate_records_s": self.rate(),
-            "offset": self.offset,
-            "commits": self.commits,
-            "error": self.error,
-        }
-
-    def result(self) -> dict[str, Any]:
-        """The response body."""
-        return {
-            "id": self.id,
-            "store": self.store,
-            "source": self.source,
-            "accepted": self.accepted,
-            "duplicates": self.duplicates,
-            "rejected": [msgspec.structs.asdict(r) for r in self.rejected],
-            "rejected_count": self.rejected_count,
-            "dropped": self.dropped,
-            "records": self.records,
-            "realtime": self.realtime,
-            "spooled": self.spooled,
-            "bytes": self.bytes,
-            "offset": self.offset,
-            "last_offset": self.offset + self.bytes,
-            "elapsed_s": round(self.elapsed(), 3),
-            "rate_records_s": self.rate(),
-            "visible_at": self.visible_at,
-            "commits": self.commits,
-            "committed": self.committed,
-            "quarantined": self.quarantined,
-            "commit_error": self.commit_error,
-        }
-
-
-class Backfills:
-    """Per app: the running backfills, the last few finished ones, and the commit rate limit."""
-
-    def __init__(self) -> None:
-        self.running: dict[str, BackfillRun] = {}
-        self.recent: deque[BackfillRun] = deque(maxlen=_RECENT)
-        # store -> clock.monotonic() of the last commit-now commit (shared by all requests).
-        self.last_commit: dict[str, float] = {}
-        self._ids = itertools.count(1)
-
-    def start(self, store: str, source: str, offset: int, started: str) -> BackfillRun:
-        """Register a new running backfill."""
-        run = BackfillRun(f"bf-{next(self._ids)}", store, source, offset, started)
-        self.running[run.id] = run
-        return run
-
-    def finish(self, run: BackfillRun, error: BaseException | None) -> None:
-        """Move a run from running to recent."""
-        run.elapsed_s = run.elapsed()
-        if error is not None:
-            run.state = "failed"
-            run.error = error.message if isinstance(error, PossyncError) else type(error).__name__
-        else:
-            run.state = "done"
-        self.running.pop(run.id, None)
-        self.recent.append(run)
-
-    def snapshot(self) -> dict[str, Any]:
-        """/status `backfills` section."""
-        return {
-            "running": [r.snapshot() for r in self.running.values()],
-            "recent": [r.snapshot() for r in reversed(self.recent)],
-        }
-
-
-BACKFILLS: web.AppKey[Backfills] = web.AppKey("backfills", Backfills)
-
-
-def backfill_status(app: web.Application) -> dict[str, Any]:
-    """Snapshot of running and recent backfills (the /status `backfills` section)."""
-    state = app.get(BACKFILLS)
-    return state.snapshot() if state is not None else {"running": [], "recent": []}
-
-
-def add_backfills(app: web.Application) -> None:
-    """The backfills' state, their metrics and /status section (idempotent); the route is
-    in `worker.api.routes`."""
-    if BACKFILLS in app:
-        return
-    app[BACKFILLS] = Backfills()
-    metrics = app.get(keys.METRICS)
-    if metrics is not None:
-        stores = [s.id for s in app[keys.CONFIG].stores]
-        metrics.watch_backfills(lambda: app[BACKFILLS].running.values(), stores)
-    extra = app.get(keys.STATUS_EXTRA)
-    if extra is not None:
-        extra["backfills"] = lambda: backfill_status(app)
-
-
-# ---------------------------------------------------------------------- writing
-
-
-class _Writer:
-    """Routes batches with one route call in flight, and commits as it goes when asked.
-
-    Owns its tasks: `close()` cancels and awaits whatever is still running, so a failed or
-    abandoned request leaves nothing behind (spool appends are shielded and still finish).
-    """
-
-    def __init__(
-        self,
-        app: web.Application,
-        store: StoreConfig,
-        source: str,
-        run: BackfillRun,
-        *,
-        commit_now: bool,
-        commit_every_s: float,
-    ) -> None:
-        self.app = app
-        self.intake: Intake = app[keys.INTAKE]
-        self.spool = app[keys.SPOOL]
-        self.store = store
-        self.source = source
-        self.run = run
-        self.commit_now = commit_now
-        self.commit_every_s = commit_every_s
-        self.state = app[BACKFILLS]
-        self.clock = app[keys.CLOCK]
-        self.zone = app[keys.CONFIG].store_zone(store)
-        self._route: asyncio.Task[IngestOutcome] | None = None
-        self._commit: asyncio.Task[WindowResult] | None = None
-        self._uncommitted = False
-        self._next_progress = PROGRESS_EVERY
-
-    async def submit(self, records: list[Record]) -> None:
-        """Wait for the batch in flight, then start writing this one."""
-        self._progress()
-        _mark_history(records, self.zone)
-        await self._drain_route()
-        await yield_to_live(self.spool)
-        self._route = asyncio.create_task(
-            self.intake.ingest(self._envelope(records)),
-            name=f"backfill-route-{self.run.id}",
-        )
-
-    async def submit_chunk(self, chunk: Chunk) -> None:
-        """`submit` for NDJSON already decoded and encoded off the loop (`parse_lines`)."""
-        self._progress()
-        await self._drain_route()
-        await yield_to_live(self.spool)
-        self._route = asyncio.create_task(
-            self._write_chunk(chunk), name=f"backfill-route-{self.run.id}"
-        )
-
-    async def _write_chunk(self, chunk: Chunk) -> IngestOutcome:
-        store = self.store.id
-        rows = chunk.rows
-        entities = IngestOutcome(accepted=0, duplicates=0, rejected=[], dropped={}, visible_at=None)
-        spool = self.spool
-        if chunk.entities:
-            if rows:
-                # Decide the whole batch first, as `Intake.route` does for a mixed push: no
-                # upsert lands before a 503 for its sales.
-                spool.check_room_rows(store, len(rows), chunk.nbytes)
-            entities = await self.intake.ingest(self._envelope(chunk.entities))
-        if not rows:
-            return entities
-        res = await spool.append_rows(store, rows, priority="bulk", nbytes=chunk.nbytes)
-        return IngestOutcome(
-            accepted=entities.accepted + res.accepted,
-            duplicates=entities.duplicates + res.duplicates,
-            rejected=[],
-            dropped={},
-            visible_at=self.intake.windows.visible_at(self.store),
-            realtime=entities.realtime,
-            spooled=len(rows),
-            realtime_duplicates=entities.realtime_duplicates,
-            spooled_duplicates=res.duplicates,
-        )
-
-    def _envelope(self, records: Sequence[Record]) -> Envelope:
-        return Envelope(
-            source=self.source,
-            store=self.store.id,
-            records=records,
-            priority="bulk",
-            origin="backfill",
-            authorized=True,  # the admin token, checked by the handler
-        )
-
-    def _progress(self) -> None:
-        run = self.run
-        if run.records >= self._next_progress:
-            self._next_progress = run.records + PROGRESS_EVERY
-            fields = run.log_fields()
-            log.info("backfill progress", extra={"event": "backfill.progress", **fields})
-
-    async def _drain_route(self) -> None:
-        task, self._route = self._route, None
-        if task is None:
-            return
-        out = await task
-        run = self.run
-        run.accepted += out.accepted
-        run.duplicates += out.duplicates
-        run.realtime += out.realtime
-        run.spooled += out.spooled
-        if out.visible_at is not None:
-            run.visible_at = out.visible_at.isoformat()
-        if out.spooled:
-            self._uncommitted = True
-        await self._maybe_commit(force=False)
-
-    async def _maybe_commit(self, *, force: bool) -> None:
-        if not self.commit_now or not self._uncommitted:
-            return
-        if self._commit is not None:
-            if not self._commit.done():
-                if not force:
-                    return  # one commit at a time; this batch waits for the next one
-                await asyncio.wait({self._commit})
-            self._collect_commit()
-        now = self.clock.monotonic()
-        last = self.state.last_commit.get(self.store.id, -math.inf)
-        if not force and now - last < self.commit_every_s:
-            return
-        self.state.last_commit[self.store.id] = now
-        self._uncommitted = False
-        # The commit runs while the next batches are parsed and spooled; it takes rows
-        # received up to now (later ones wait for the next commit or window).
-        self._commit = asyncio.create_task(
-            self.app[keys.COMMITTER].commit_store(self.store, self.clock.now(), force=True),
-            name=f"backfill-commit-{self.run.id}",
-        )
-
-    def _collect_commit(self) -> None:
-        task, self._commit = self._commit, None
-        if task is None:
-            return
-        try:
-            res = task.result()
-        except PossyncError as exc:
-            # The records are durable in the spool; the next window (or commit) takes them.
-            self.run.commit_error = exc.message
-            self._uncommitted = True
-            log.warning("backfill %s: commit-now failed: %s", self.run.id, exc.message)
-            return
-        self.run.commits += 1
-        self.run.committed += res.committed
-        self.run.quarantined += res.quarantined
-        if res.skipped:
-            self._uncommitted = True
-
-    async def finish(self, *, final: bool) -> None:
-        """Wait for the last batch (and the running commit); commit once more if `final`."""
-        await self._drain_route()
-        if self._commit is not None:
-            await asyncio.wait({self._commit})
-            self._collect_commit()
-        if self.commit_now:
-            await self._maybe_commit(force=final)
-            if self._commit is not None:
-                await asyncio.wait({self._commit})
-                self._collect_commit()
-
-    async def close(self) -> None:
-        """Cancel and await anything still running (error paths)."""
-        tasks = [t for t in (self._route, self._commit) if t is not None]
-        self._route = self._commit = None
-        for task in tasks:
-            task.cancel()
-        # Their outcome no longer matters (the request failed); awaiting them is what does.
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _mark_history(records: list[Record], zone: ZoneInfo) -> None:
-    """`mark_history` on the freshly parsed sales of a batch (`Intake.route` would copy each)."""
-    for r in records:
-        if type(r) is Sale:
-            mark_history(r, zone)
-
-
-async def yield_to_live(spool: Buffer) -> None:
-    """Give the event loop away once, and for a bounded while more when live appends wait."""
-    await asyncio.sleep(0)
-    for _ in range(_LIVE_YIELDS):
-        if not spool.live_waiting():
-            return
-        await asyncio.sleep(0)
 
 
 # ---------------------------------------------------------------------- the handler
@@ -546,8 +169,14 @@ async def backfill(request: web.Request) -> web.Response:
             csv_spec = spec
     state = app[BACKFILLS]
     run = state.start(store.id, source, params.offset, app[keys.CLOCK].now().isoformat())
-    writer = _Writer(
-        app, store, source, run, commit_now=params.commit_now, commit_every_s=params.commit_every_s
+    writer = BackfillWriter(
+        app,
+        store,
+        source,
+        run,
+        commit_now=params.commit_now,
+        commit_every_s=params.commit_every_s,
+        progress_every=PROGRESS_EVERY,
     )
     error: BaseException | None = None
     try:
@@ -595,46 +224,83 @@ async def backfill(request: web.Request) -> web.Response:
 
 
 async def _stream_ndjson(
-    request: web.Request, run: BackfillRun, writer: _Writer, limit: int, max_line: int
+    request: web.Request, run: BackfillRun, writer: BackfillWriter, limit: int, max_line: int
 ) -> None:
-    """Canonical NDJSON: each slice of reads decoded and encoded in one worker-thread hop.
+    """Canonical NDJSON: each slice of reads parsed by the parse pool (`backfill_proc`).
 
-    The loop stays free while a slice is parsed (live pushes are served), and the spool
-    writes the batch before it meanwhile.
+    Two tasks of this request: the reader cuts slices and submits them, at most `DEPTH`
+    ahead of the taker, which consumes the parses in order and hands batches to the
+    writer. So the loop reads while a slice is parsed and the batch before it is spooled,
+    and a client that pauses has all it sent parsed (and counted) at once.
     """
-    splitter = LineSplitter(max_line)
+    pool = request.app[PARSE_POOL]
     zone = writer.zone
     base = run.offset
-    batch = Chunk()
+    # A slice's parse (None if it had no whole line) and the position of the over-long
+    # partial line it ended with, if any; None ends the stream.
+    queue: asyncio.Queue[tuple[Parse | None, int | None] | None]
+    queue = asyncio.Queue(maxsize=DEPTH - 1)  # + the one the taker is waiting for
 
-    def parse(data: bytes, last: bool) -> Chunk:
-        lines = itertools.chain(splitter.feed(data), splitter.finish() if last else ())
-        return parse_lines(lines, zone, max_line, run.records)
+    async def read() -> None:
+        cutter = SliceCutter(max_line)
+        async for data in _slices(request, run, limit):
+            await put(*cutter.feed(data))
+        await put(cutter.finish(), None)
+        await queue.put(None)
 
-    async def take(data: bytes, last: bool) -> None:
-        nonlocal batch
-        # One hop at a time: the splitter is fed in order, and an error path has nothing
-        # left running on the thread (the hop is awaited, it is not a Task).
-        got = await asyncio.to_thread(parse, data, last)
-        for index, line_no, pos, error, field in got.rejected:
-            run.reject(index, line_no, base + pos, error, field)
-        run.records += got.records
-        batch.rows.extend(got.rows)
-        batch.nbytes += got.nbytes
-        batch.entities.extend(got.entities)
-        if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
+    async def put(blob: Blob | None, long: int | None) -> None:
+        if blob is not None or long is not None:
+            parse = pool.submit(blob, zone, max_line) if blob is not None else None
+            await queue.put((parse, long))
+
+    async def take() -> None:
+        batch = Chunk()
+        lines = 0  # lines of the body before the slice
+        while (item := await queue.get()) is not None:
+            parse, long = item
+            if parse is not None:
+                got, n = await pool.result(parse)
+                first = run.records  # the slice's indexes and line numbers are its own
+                for index, line_no, pos, error, field in got.rejected:
+                    run.reject(first + index, lines + line_no, base + pos, error, field)
+                run.records += got.records
+                lines += n
+                batch.rows.extend(got.rows)
+                batch.nbytes += got.nbytes
+                batch.entities.extend(got.entities)
+            if long is not None:
+                lines += 1
+                error = f"line longer than {max_line} bytes"
+                run.reject(run.records, lines, base + long, error, "$")
+                run.records += 1
+            if len(batch.rows) + len(batch.entities) >= BATCH_RECORDS:
+                await writer.submit_chunk(batch)
+                batch = Chunk()
+        if batch.rows or batch.entities:
             await writer.submit_chunk(batch)
-            batch = Chunk()
 
-    async for data in _slices(request, run, limit):
-        await take(data, last=False)
-    await take(b"", last=True)
-    if batch.rows or batch.entities:
-        await writer.submit_chunk(batch)
+    reader = asyncio.ensure_future(read())
+    taker = asyncio.ensure_future(take())
+    try:
+        await asyncio.wait({reader, taker}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in (reader, taker):
+            if task.done() and task.exception() is not None:
+                task.result()  # the request fails with the error as raised
+        await taker
+    finally:
+        # Owned: an error path (or a cancelled request) leaves neither task nor parse behind.
+        for task in (reader, taker):
+            task.cancel()
+        await asyncio.gather(reader, taker, return_exceptions=True)
+        while not queue.empty():
+            item = queue.get_nowait()
+            if item is not None and item[0] is not None:
+                await item[0].abandon()
 
 
-async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[bytes]:
-    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered.
+async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIterator[list[bytes]]:
+    """The body in slices: one read, topped up to `SLICE_BYTES` with what is already buffered
+    (the reads as they came: the parse worker joins them).
 
     A slice never waits for more than its first read, so a client that pauses has all it
     sent parsed (and counted) at once.
@@ -657,13 +323,13 @@ async def _slices(request: web.Request, run: BackfillRun, limit: int) -> AsyncIt
                 f"body larger than {limit} bytes (max_backfill_bytes)", field="body"
             )
         run.bytes += have
-        yield data if len(parts) == 1 else b"".join(parts)
+        yield parts
 
 
 async def _buffered(
     request: web.Request,
     run: BackfillRun,
-    writer: _Writer,
+    writer: BackfillWriter,
     store: StoreConfig,
     source: str,
     ctype: str,
@@ -715,7 +381,7 @@ def _context(request: web.Request, store: StoreConfig, ctype: str) -> AdapterCon
 async def _stream_csv(
     request: web.Request,
     run: BackfillRun,
-    writer: _Writer,
+    writer: BackfillWriter,
     spec: MappingSpec,
     ctx: AdapterContext,
     limit: int,
