@@ -38,7 +38,7 @@ from bench.procs import (
     RssSampler,
     free_port,
     possync_proc,
-    read_rss_bytes,
+    read_tree_rss_bytes,
     store_token,
     wait_ready,
     write_config,
@@ -304,7 +304,7 @@ async def _backfill(session: aiohttp.ClientSession, st: _State, proc: Proc) -> N
     )
     _log(f"backfill {total:,} records to {[x.name for x in st.stores]} via {how}")
     progress = _Progress(total // 2)
-    idle_rss = read_rss_bytes(proc.pid) or 0
+    idle_rss = read_tree_rss_bytes(proc.pid) or 0
     results = {}
     async with RssSampler(proc.pid, 0.1) as rss:
         t0 = time.monotonic()
@@ -343,7 +343,7 @@ async def _backfill(session: aiohttp.ClientSession, st: _State, proc: Proc) -> N
         st.rows.append(
             Row(
                 "rss",
-                f"P6 server RSS peak during backfill: {total:,} vs {total // 2:,} records",
+                f"P6 server RSS peak (with its worker processes) during backfill: {total:,} vs {total // 2:,} records",
                 full_peak,
                 fmt_mb(full_peak),
                 half_peak,

@@ -125,6 +125,35 @@ def read_rss_bytes(pid: int) -> int | None:
     return None
 
 
+def _children(pid: int) -> list[int]:
+    """Direct children of a process, from /proc/PID/task/*/children."""
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as f:
+                kids.extend(int(k) for k in f.read().split())
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return kids
+
+
+def read_tree_rss_bytes(pid: int) -> int | None:
+    """VmRSS of a process plus all its descendants (None once the process is gone).
+
+    The server parses backfill in a worker process (and multiprocessing starts a helper):
+    their memory is the server's memory too, so P6 counts the whole tree.
+    """
+    total = read_rss_bytes(pid)
+    if total is None:
+        return None
+    todo = _children(pid)
+    while todo:
+        kid = todo.pop()
+        total += read_rss_bytes(kid) or 0
+        todo.extend(_children(kid))
+    return total
+
+
 @dataclass
 class Proc:
     """A child process stopped on exit: SIGTERM, then SIGKILL after `grace_s`."""
@@ -255,7 +284,8 @@ async def spool_pending(session: aiohttp.ClientSession, base: str) -> int:
 
 
 class RssSampler:
-    """Samples a process's VmRSS every `interval_s` in a task: (monotonic time, bytes)."""
+    """Samples the VmRSS of a process and its descendants every `interval_s` in a task:
+    (monotonic time, bytes)."""
 
     def __init__(self, pid: int, interval_s: float = 0.1) -> None:
         self.pid = pid
@@ -265,7 +295,7 @@ class RssSampler:
 
     async def _run(self) -> None:
         while True:
-            rss = read_rss_bytes(self.pid)
+            rss = read_tree_rss_bytes(self.pid)
             if rss is None:
                 return
             self.samples.append((time.monotonic(), rss))
