@@ -347,3 +347,61 @@ def test_written_out_parameters_equal_the_generic_conversion(
     with pytest.raises(SinkError) as err:
         sale_params(STORE, undated, None, "at", "b1")
     assert err.value.field == "$.business_date"
+
+
+def test_only_sales_spooled_min_age_ago_are_shredded(tmp_path: Path) -> None:
+    spool, sink = tmp_path / "spool.db", tmp_path / "sink.db"
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    sale = Sale(
+        id="A-1",
+        occurred_at=now,
+        currency="USD",
+        lines=[],
+        subtotal=Decimal(0),
+        tax=Decimal(0),
+        total=Decimal(0),
+    )
+    db = sqlite3.connect(spool, isolation_level=None)
+    db.executescript(SPOOL_TABLE)
+    body = encode(sale)
+    db.execute(SPOOL_INSERT, (STORE, "sale", "A-1", 1, "pos", now.timestamp(), len(body), body))
+    db.close()
+    clock = FakeClock(now)
+    shredder = Shredder(spool, shred_path(sink), {STORE: ZONE}, clock, min_age_s=60)
+    assert shredder.step() == 0
+    clock.advance(59)
+    assert shredder.step() == 0
+    clock.advance(1)
+    assert shredder.step() == 1
+    assert shredder.shredded == 1
+    shredder.close()
+
+
+async def test_a_running_app_shreds_between_windows_and_the_window_copies(
+    tmp_path: Path,
+) -> None:
+    from tests.appserver import make_config, push_records, running, until
+    from tests.factories import sale_dict
+
+    cfg = make_config(tmp_path)
+    async with running(cfg, datetime(2026, 11, 20, 16, 0, tzinfo=UTC)) as h:
+        resp = await h.client.get("/readyz", headers=h.admin())
+        assert (await resp.json())["checks"]["task:sink-shredder"] == "ok"
+        await push_records(h, sale_dict("P-1"), sale_dict("P-2"))
+        h.clock.advance(61)  # old enough: the shredder's idle wait ends on the fake clock
+        shreds = shred_path(tmp_path / "clientbook.db")
+
+        def shredded() -> bool:
+            db = sqlite3.connect(shreds)
+            try:
+                return bool(db.execute("SELECT count(*) FROM shred_sales").fetchone() == (2,))
+            finally:
+                db.close()
+
+        await until(shredded)
+        resp = await h.client.post("/v1/admin/commit?store=S1", headers=h.admin())
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["stores"]["S1"]["committed"] == 2
+        assert h.sink._dialect.copied == 2
+        sale = await h.sink.get_sale("S1", "P-1")
+        assert sale is not None and sale["id"] == "P-1"

@@ -101,7 +101,7 @@ _PUT_TENDER = f"INSERT INTO shred_tenders VALUES ({_marks(2 + len(_TENDER_COLS))
 _IN = "IN (SELECT value FROM json_each(?))"
 _PENDING = (
     "SELECT seq, store, body FROM spool WHERE seq > ? AND kind = 'sale' AND state = 0"
-    " AND body IS NOT NULL ORDER BY seq LIMIT ?"
+    " AND body IS NOT NULL AND received_at <= ? ORDER BY seq LIMIT ?"
 )
 
 
@@ -317,6 +317,7 @@ class Shredder:
         *,
         slice_rows: int = 500,
         idle_s: float = 1.0,
+        min_age_s: float = 60.0,
     ) -> None:
         self.spool = spool
         self.shreds = shreds
@@ -324,7 +325,12 @@ class Shredder:
         self.clock = clock
         self.slice_rows = slice_rows
         self.idle_s = idle_s
+        # Only sales spooled at least this long ago: shredding costs about as much CPU as
+        # decoding a sale, so it runs in the quiet between windows, not beside intake bursts
+        # or a window that takes what just arrived (which binds its parameters instead).
+        self.min_age_s = min_age_s
         self.stop = asyncio.Event()
+        self.caught_up = asyncio.Event()  # set while nothing old enough is left to shred
         self.shredded = 0  # sales shredded since start (for tests and /metrics-style reads)
         self._conns: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
 
@@ -361,7 +367,8 @@ class Shredder:
         top = src.execute("SELECT coalesce(max(seq), 0) FROM spool").fetchone()[0]
         if top < cursor:  # a new spool (salvaged, or replaced): read it from the start
             cursor = 0
-        rows = src.execute(_PENDING, (cursor, self.slice_rows)).fetchall()
+        cutoff = self.clock.now().timestamp() - self.min_age_s
+        rows = src.execute(_PENDING, (cursor, cutoff, self.slice_rows)).fetchall()
         if not rows:
             return 0
         self._write(dst, rows)
@@ -435,11 +442,13 @@ class Shredder:
         while not self.stop.is_set():
             read = await self._finish(self.step)
             if read:
+                self.caught_up.clear()
                 pruned = False
                 continue
             if not pruned:
                 await self._finish(self.prune)
                 pruned = True
+            self.caught_up.set()
             deadline = self.clock.now() + timedelta(seconds=self.idle_s)
             await self.clock.wait_until(deadline, self.stop)
 
