@@ -26,6 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.appserver import until
 from worker.batch import CommitBatch, SaleRow
 from worker.buffers.sqlite_file import SPOOL_INSERT, SPOOL_TABLE
 from worker.clock import FakeClock
@@ -266,8 +267,10 @@ def test_a_shred_that_does_not_match_its_row_is_not_used(tmp_path: Path) -> None
 
 def test_the_sink_attaches_its_shreds_read_only(tmp_path: Path) -> None:
     async def check() -> None:
-        async with open_sqlite_sink(_config(tmp_path / "sink.db")) as sink:
+        # A name that must be percent-encoded in the URI that attaches the side file.
+        async with open_sqlite_sink(_config(tmp_path / "odd ?#% dir" / "sink.db")) as sink:
             assert isinstance(sink, SqliteSink)
+            assert sink._dialect.attached
             with pytest.raises(sqlite3.OperationalError, match="readonly"):
                 await sink._w.execute("DELETE FROM shred.shred_sales")
 
@@ -310,11 +313,23 @@ async def test_the_shredder_is_an_owned_task_visible_on_readyz(tmp_path: Path) -
     )
     health = Health()
     clock = FakeClock(datetime(2026, 11, 25, tzinfo=UTC))
-    # No spool file: the shredder's read fails, and /readyz names the task.
+    # No spool file yet: an operational error, shown as a note and retried.
     async with shredding(cfg, clock, health) as shredder:
         assert shredder is not None
+        await until(lambda: shredder.problem is not None)
+        assert "unable to open" in health.current_notes()["sink_shredder"]
+        assert (await health.run())["task:sink-shredder"] == "ok"
+        _spool(cfg.spool_path, [])
+        clock.advance(shredder.idle_s)
+        await asyncio.wait_for(shredder.caught_up.wait(), 20)
+        assert "sink_shredder" not in health.current_notes()
+    assert "sink_shredder" not in health.note_sources
+    # A spool that is not a database: the task dies, and /readyz names it.
+    cfg.spool_path.unlink()
+    cfg.spool_path.write_bytes(b"not a database" * 100)
+    async with shredding(cfg, clock, health):
         task = health.tasks["sink-shredder"]
-        with pytest.raises(sqlite3.OperationalError):
+        with pytest.raises(sqlite3.DatabaseError):
             await task
         assert (await health.run())["task:sink-shredder"].startswith("dead: ")
     assert "sink-shredder" not in health.tasks
@@ -380,7 +395,7 @@ def test_only_sales_spooled_min_age_ago_are_shredded(tmp_path: Path) -> None:
 async def test_a_running_app_shreds_between_windows_and_the_window_copies(
     tmp_path: Path,
 ) -> None:
-    from tests.appserver import make_config, push_records, running, until
+    from tests.appserver import make_config, push_records, running
     from tests.factories import sale_dict
 
     cfg = make_config(tmp_path)

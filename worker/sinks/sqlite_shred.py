@@ -32,7 +32,9 @@ Invariants:
   side file (attached `mode=ro`, so its `BEGIN IMMEDIATE` takes no lock on it). A lost or
   damaged side file costs speed only: the sink re-creates it at open, the parameter path
   covers whatever it lacks.
-* The shredder is owned by the health registry (`task:sink-shredder` on /readyz).
+* The shredder is owned by the health registry (`task:sink-shredder` on /readyz): a bug
+  kills it (red); an operational SQLite error (disk full, busy, I/O) is a note on /readyz
+  (`sink_shredder`) and is retried after `idle_s`, since shreds only save time.
 """
 
 from __future__ import annotations
@@ -105,6 +107,11 @@ _PENDING = (
 )
 
 
+def read_only(path: Path) -> str:
+    """The URI that opens `path` read-only (percent-encoded: any name is safe in it)."""
+    return path.resolve().as_uri() + "?mode=ro"
+
+
 def shred_path(sink: Path) -> Path:
     """The side file beside the sink database."""
     return Path(f"{sink}.shred")
@@ -144,7 +151,7 @@ async def attach(writer: aiosqlite.Connection, sink: Path) -> bool:
     path = shred_path(sink)
     try:
         await asyncio.to_thread(prepare, path)
-        await writer.execute(f"ATTACH DATABASE ? AS {ALIAS}", (f"file:{path}?mode=ro",))
+        await writer.execute(f"ATTACH DATABASE ? AS {ALIAS}", (read_only(path),))
     except (OSError, sqlite3.Error):
         log.warning("sink shreds %s not attached; every sale takes the parameter path", path)
         return False
@@ -331,6 +338,7 @@ class Shredder:
         self.min_age_s = min_age_s
         self.stop = asyncio.Event()
         self.caught_up = asyncio.Event()  # set while nothing old enough is left to shred
+        self.problem: str | None = None  # the last step's failure, while it lasts
         self.shredded = 0  # sales shredded since start (for tests and /metrics-style reads)
         self._conns: tuple[sqlite3.Connection, sqlite3.Connection] | None = None
 
@@ -340,12 +348,12 @@ class Shredder:
         checkpoints it: milliseconds per slice). Used by one job at a time, on a thread."""
         if self._conns is None:
             src = sqlite3.connect(
-                f"file:{self.spool}?mode=ro", uri=True, timeout=5.0, check_same_thread=False
+                read_only(self.spool), uri=True, timeout=5.0, check_same_thread=False
             )
             try:
                 dst = _connect(self.shreds, check_same_thread=False)
                 dst.executescript(SCHEMA)
-                dst.execute("ATTACH DATABASE ? AS spool", (f"file:{self.spool}?mode=ro",))
+                dst.execute("ATTACH DATABASE ? AS spool", (read_only(self.spool),))
             except BaseException:
                 src.close()
                 raise
@@ -398,7 +406,8 @@ class Shredder:
             dst.execute("INSERT OR REPLACE INTO shred_state VALUES ('cursor', ?)", (rows[-1][0],))
             dst.execute("COMMIT")
         except BaseException:
-            dst.execute("ROLLBACK")
+            if dst.in_transaction:  # SQLITE_FULL and I/O errors roll back by themselves
+                dst.execute("ROLLBACK")
             raise
         self.shredded += len(sales)
 
@@ -413,7 +422,8 @@ class Shredder:
             dst.execute(f"DELETE FROM shred_tenders WHERE {gone}")
             dst.execute("COMMIT")
         except BaseException:
-            dst.execute("ROLLBACK")
+            if dst.in_transaction:  # SQLITE_FULL and I/O errors roll back by themselves
+                dst.execute("ROLLBACK")
             raise
         return int(n)
 
@@ -440,15 +450,27 @@ class Shredder:
     async def _loop(self) -> None:
         pruned = True
         while not self.stop.is_set():
-            read = await self._finish(self.step)
+            try:
+                read = await self._finish(self.step)
+                if not read and not pruned:
+                    await self._finish(self.prune)
+                    pruned = True
+            except sqlite3.OperationalError as exc:
+                # Disk full, busy past the timeout, I/O: shreds only save time, so this is
+                # shown on /readyz as a note and retried; the windows bind every sale.
+                if self.problem is None:
+                    log.warning("sink shredder: %s; retrying", exc, extra={"event": "sink.shred"})
+                self.problem = str(exc)
+                self.close()
+                read = 0
+            else:
+                self.problem = None
             if read:
                 self.caught_up.clear()
                 pruned = False
                 continue
-            if not pruned:
-                await self._finish(self.prune)
-                pruned = True
-            self.caught_up.set()
+            if self.problem is None:
+                self.caught_up.set()
             deadline = self.clock.now() + timedelta(seconds=self.idle_s)
             await self.clock.wait_until(deadline, self.stop)
 
@@ -474,6 +496,16 @@ async def shredding(cfg: Config, clock: Clock, health: Health) -> AsyncIterator[
     if shredder is None:
         yield None
         return
-    async with health.owned_task("sink-shredder", shredder.run()):
-        yield shredder
-        shredder.stop.set()
+
+    def note() -> str | None:
+        if shredder.problem is None:
+            return None
+        return f"sink shredder failing ({shredder.problem}); windows bind every sale meanwhile"
+
+    health.note_sources["sink_shredder"] = note
+    try:
+        async with health.owned_task("sink-shredder", shredder.run()):
+            yield shredder
+            shredder.stop.set()
+    finally:
+        health.note_sources.pop("sink_shredder", None)
