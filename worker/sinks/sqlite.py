@@ -49,6 +49,10 @@ Invariants:
   -wal, `sinks.sqlite_file`), checked before and after every write and before every read:
   otherwise 503 (`SinkUnavailable`), nothing counted as written, and a database file that is
   back at the path is re-opened. SQLITE_FULL is `SinkFull` (507).
+* Sales shredded ahead of the window (`sinks.sqlite_shred`, the side file `<path>.shred`,
+  attached read-only to the writer) are copied by `INSERT ... SELECT` only when the shred's
+  body is byte for byte the batch row's; every other sale is bound column by column. The
+  tables hold the same rows either way.
 """
 
 from __future__ import annotations
