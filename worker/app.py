@@ -61,7 +61,6 @@ from worker.locks import open_window_lock
 from worker.metrics import Metrics
 from worker.scheduler import Scheduler
 from worker.sinks import open_sink
-from worker.sinks.sqlite_shred import shredding
 from worker.sources.backfill import add_backfills
 from worker.sources.inbox import open_inbox
 from worker.web import errors_middleware
@@ -125,15 +124,9 @@ async def _spool_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sink_ctx(app: web.Application) -> AsyncIterator[None]:
-    async with (
-        open_sink(
-            app[keys.CONFIG],
-            clock=app[keys.CLOCK],
-            health=app[keys.HEALTH],
-            metrics=app[keys.METRICS],
-        ) as sink,
-        shredding(app[keys.CONFIG], app[keys.CLOCK], app[keys.HEALTH]),
-    ):
+    async with open_sink(
+        app[keys.CONFIG], clock=app[keys.CLOCK], health=app[keys.HEALTH], metrics=app[keys.METRICS]
+    ) as sink:
         app[keys.SINK] = sink
         app[keys.HEALTH].add_check("sink", sink.health)
         damaged = getattr(sink, "recovered_from", None)

@@ -49,10 +49,6 @@ Invariants:
   -wal, `sinks.sqlite_file`), checked before and after every write and before every read:
   otherwise 503 (`SinkUnavailable`), nothing counted as written, and a database file that is
   back at the path is re-opened. SQLITE_FULL is `SinkFull` (507).
-* Sales shredded ahead of the window (`sinks.sqlite_shred`, the side file `<path>.shred`,
-  attached read-only to the writer) are copied by `INSERT ... SELECT` only when the shred's
-  body is byte for byte the batch row's; every other sale is bound column by column. The
-  tables hold the same rows either way.
 """
 
 from __future__ import annotations
@@ -77,7 +73,7 @@ from worker.sinks.sqlite_file import (
     reopen,
     space_problem,
 )
-from worker.sinks.sqlite_shred import ShreddedDialect, attach
+from worker.sinks.sqlite_rows import SqliteDialect
 from worker.sqlite_files import cheap_check, move_aside
 
 log = logging.getLogger("possync.sink")
@@ -139,8 +135,7 @@ class SqliteSink(SqlSink[aiosqlite.Connection]):
         path: Path,
         sc: SqliteSinkConfig | None = None,
     ) -> None:
-        self._dialect = ShreddedDialect()
-        super().__init__(self._dialect)
+        super().__init__(SqliteDialect())
         self.path = path
         # Set when the file was damaged at start-up and moved aside (shown on /readyz, /status).
         self.recovered_from: str | None = None
@@ -160,10 +155,6 @@ class SqliteSink(SqlSink[aiosqlite.Connection]):
     def close(self) -> None:
         """Refuse further calls (the connections are closed by `open_sqlite_sink`)."""
         self._closed = True
-
-    async def attach_shreds(self) -> None:
-        """Attach the shredded sales' side file to the current writer (when it can be)."""
-        self._dialect.attached = await attach(self._w, self.path)
 
     async def close_connections(self) -> None:
         """Close the current writer and reader (at exit)."""
@@ -204,7 +195,6 @@ class SqliteSink(SqlSink[aiosqlite.Connection]):
                 raise SinkUnavailable(self._lost_text())
             self._w, self._r = await reopen(self.path, self._sc, self._identity)
             self._identity = FileIdentity(self.path)
-            await self.attach_shreds()
             log.warning(
                 "sqlite sink %s: a database file is back at the path (%s before); re-opened",
                 self.path,
@@ -314,8 +304,6 @@ async def open_sqlite_sink(cfg: Config) -> AsyncIterator[SqliteSink]:
             damaged = move_aside(path, problem, "sqlite sink") if problem else None
             writer, reader = await open_pair(path, sc)
         sink = SqliteSink(writer, reader, path, sc)
-        # Shredded sales (`sinks.sqlite_shred`): copied in SQL when their shred matches.
-        await sink.attach_shreds()
         # The connections the sink holds at exit (it re-opens them if its file is restored).
         stack.push_async_callback(sink.close_connections)
         if damaged is not None:

@@ -28,10 +28,10 @@ from worker.sinks.sql_rows import (
     AS_TEXT,
     TRIGGER_COLUMNS,
     customer_values,
-    instant_text,
     money_text,
-    no_business_date,
     product_values,
+    sale_values,
+    tender_values,
     trigger_values,
 )
 
@@ -42,21 +42,14 @@ def _cols(names: str) -> tuple[str, ...]:
     return tuple(names.split())
 
 
-def newer_only(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    """The ON CONFLICT clause that lets only a strictly newer version land."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return (
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates} "
-        f"WHERE excluded.version > {table}.version"
-    )
-
-
 def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
     """INSERT ... ON CONFLICT DO UPDATE guarded so only a strictly newer version lands."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
     marks = ", ".join("?" for _ in columns)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
-        f"{newer_only(table, columns, key)}"
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates} "
+        f"WHERE excluded.version > {table}.version"
     )
 
 
@@ -72,17 +65,17 @@ _PRODUCT_COLS = _cols(
     "store id version sku name category price currency status is_unique_piece "
     "updated_at synced_at body"
 )
-SALE_COLS = _cols(
+_SALE_COLS = _cols(
     "store id version business_date occurred_at kind origin channel customer_id "
     "customer_linked employee_id original_id display_number location_id register_id "
     "currency subtotal tax total shipping fees tip line_count voided voided_at "
     "warning committed_at batch_id body"
 )
-LINE_COLS = _cols(
+_LINE_COLS = _cols(
     "store sale_id line_no line_id sku product_id description category quantity "
     "unit_price discount tax line_kind employee_id original_line_id restock"
 )
-TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference", "method_id")
+_TENDER_COLS = ("store", "sale_id", "seq", "method", "amount", "reference", "method_id")
 _VOID_COLS = ("store", "sale_id", "occurred_at", "reason", "version", "batch_id")
 _BATCH_COLS = _cols(
     "batch_id store window_at sales voids triggers total_sum ids_sha256 committed_at outcome"
@@ -90,9 +83,9 @@ _BATCH_COLS = _cols(
 
 UPSERT_CUSTOMER = _upsert("customers", _CUSTOMER_COLS, ("store", "id"))
 UPSERT_PRODUCT = _upsert("products", _PRODUCT_COLS, ("store", "id"))
-UPSERT_SALE = _upsert("sales", SALE_COLS, ("store", "id"))
-INSERT_LINE = _insert("sale_lines", LINE_COLS)
-INSERT_TENDER = _insert("tenders", TENDER_COLS)
+UPSERT_SALE = _upsert("sales", _SALE_COLS, ("store", "id"))
+INSERT_LINE = _insert("sale_lines", _LINE_COLS)
+INSERT_TENDER = _insert("tenders", _TENDER_COLS)
 INSERT_VOID = _insert("voids", _VOID_COLS, "ON CONFLICT (store, sale_id) DO NOTHING")
 INSERT_TRIGGER = _insert(
     "trigger_outbox", (*TRIGGER_COLUMNS, "batch_id"), "ON CONFLICT (event_id) DO NOTHING"
@@ -143,38 +136,10 @@ def product_params(store: str, p: Product, synced_at: str) -> tuple[Any, ...]:
 def sale_params(
     store: str, row: SaleRow, voided_at: str | None, committed_at: str, batch_id: str
 ) -> tuple[Any, ...]:
-    """`UPSERT_SALE`'s parameters: voided iff a void of the sale is kept. The conversions
-    of `(store, *_text(sale_values(row)), ...)` written out per column (a window builds one
-    per sale with the GIL held; a test holds it equal to the generic form)."""
-    s = row.sale
-    day = s.business_date
-    if day is None:
-        raise no_business_date(s.id)
-    mt = money_text
+    """`UPSERT_SALE`'s parameters: voided iff a void of the sale is kept."""
     return (
         store,
-        s.id,
-        row.version,
-        day.isoformat(),
-        instant_text(s.occurred_at),
-        s.kind,
-        s.origin,
-        s.channel,
-        s.customer_id,
-        int(row.customer_linked),
-        s.employee_id,
-        s.original_id,
-        s.display_number,
-        s.location_id,
-        s.register_id,
-        s.currency,
-        mt(s.subtotal),
-        mt(s.tax),
-        mt(s.total),
-        mt(s.shipping),
-        mt(s.fees),
-        mt(s.tip),
-        len(s.lines),
+        *_text(sale_values(row)),
         int(voided_at is not None),
         voided_at,
         row.warning_text(),
@@ -211,16 +176,6 @@ def line_params(store: str, rows: Sequence[SaleRow]) -> Iterator[tuple[Any, ...]
                 ln.original_line_id,
                 None if restock is None else int(restock),
             )
-
-
-def tender_params(store: str, rows: Sequence[SaleRow]) -> Iterator[tuple[Any, ...]]:
-    """`INSERT_TENDER`'s parameters: `(store, *_text(v)) for v in tender_values(rows)`
-    written out per column (a test holds it equal to the generic form)."""
-    mt = money_text
-    for row in rows:
-        sid = row.sale.id
-        for no, t in enumerate(row.sale.tenders, 1):
-            yield (store, sid, no, t.method, mt(t.amount), t.reference, t.method_id)
 
 
 def void_params(store: str, v: Void, batch_id: str) -> tuple[Any, ...]:
@@ -377,36 +332,20 @@ class SqliteDialect:
         committed_at: datetime,
     ) -> dict[str, bool]:
         """Write the (strictly newer) sales, voided where a void is kept."""
-        void_at = await self.voids_at(tx, batch.store, rows)
-        await self.upsert_params(tx, batch, rows, void_at, utc_text(committed_at))
-        return {row.sale.id: row.sale.id in void_at for row in rows}
-
-    async def voids_at(
-        self, tx: aiosqlite.Connection, store: str, rows: Sequence[SaleRow]
-    ) -> dict[str, str]:
-        """The instant of the kept void of each of these sales that has one."""
+        store = batch.store
         found = await tx.execute_fetchall(
             f"SELECT sale_id, occurred_at FROM voids WHERE store = ? AND sale_id IN {IN_IDS}",
             (store, json_list(row.sale.id for row in rows)),
         )
-        return {r[0]: r[1] for r in found}
-
-    async def upsert_params(
-        self,
-        tx: aiosqlite.Connection,
-        batch: CommitBatch,
-        rows: Sequence[SaleRow],
-        void_at: dict[str, str],
-        at: str,
-    ) -> None:
-        """`UPSERT_SALE` with every column bound from the row."""
-        store = batch.store
+        void_at: dict[str, str] = {r[0]: r[1] for r in found}
+        at = utc_text(committed_at)
         # A generator, not a list: the rows are built on the connection thread while
         # executemany consumes them, so a 5,000-sale batch does not stall the loop.
         await tx.executemany(
             UPSERT_SALE,
             (sale_params(store, row, void_at.get(row.sale.id), at, batch.batch_id) for row in rows),
         )
+        return {row.sale.id: row.sale.id in void_at for row in rows}
 
     async def delete_children(
         self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]
@@ -421,7 +360,7 @@ class SqliteDialect:
     ) -> None:
         """Insert the lines and tenders of these sales (streamed, like the sales)."""
         await tx.executemany(INSERT_LINE, line_params(store, rows))
-        await tx.executemany(INSERT_TENDER, tender_params(store, rows))
+        await tx.executemany(INSERT_TENDER, ((store, *_text(v)) for v in tender_values(rows)))
 
     async def void_existing(
         self, tx: aiosqlite.Connection, store: str, sale_ids: Sequence[str]
