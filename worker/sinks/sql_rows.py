@@ -10,7 +10,7 @@ representation the driver answers with.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +48,14 @@ TRIGGER_COLUMNS = (
 )
 # Sales Log columns that are booleans (SQLite answers 0/1).
 BOOL_COLS = frozenset({"customer_linked", "voided", "tax_included"})
+
+
+def instant_text(value: datetime) -> str:
+    """`utc_text`, without the conversion when the instant is already in UTC (what the
+    decoder gives for `Z` and `+00:00`): the same text, a third of the time."""
+    if value.tzinfo is UTC:
+        return value.isoformat(timespec="microseconds")
+    return utc_text(value)
 
 
 def money_text(value: Decimal) -> str:
@@ -103,15 +111,20 @@ def product_values(p: Product) -> tuple[Any, ...]:
     )
 
 
+def no_business_date(sale_id: str) -> SinkError:
+    """What a sink says of a sale the window did not give a business date."""
+    return SinkError(
+        f"sale {sale_id!r} has no business_date", retriable=False, field="$.business_date"
+    )
+
+
 def sale_values(row: SaleRow) -> tuple[Any, ...]:
     """id, version, business_date, occurred_at, kind, origin, channel, customer_id,
     customer_linked, employee_id, original_id, display_number, location_id, register_id,
     currency, subtotal, tax, total, shipping, fees, tip, line_count."""
     s = row.sale
     if s.business_date is None:
-        raise SinkError(
-            f"sale {s.id!r} has no business_date", retriable=False, field="$.business_date"
-        )
+        raise no_business_date(s.id)
     return (
         s.id,
         row.version,
