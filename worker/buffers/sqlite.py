@@ -623,12 +623,16 @@ def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
     return rows, size
 
 
+# Reads the partial index `spool_pending0` alone (tests/test_spool_index.py holds the plan).
+PENDING_COUNTS = (
+    "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
+)
+
+
 def _pending_counts(db: sqlite3.Connection) -> dict[str, _Counts]:
     """Pending rows and bytes per store: the first read of the file at start-up."""
     counts: dict[str, _Counts] = {}
-    for store, n, size in db.execute(
-        "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
-    ):
+    for store, n, size in db.execute(PENDING_COUNTS):
         c = counts.setdefault(store, _Counts())
         c.rows, c.bytes = int(n), int(size)
     return counts
