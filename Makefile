@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-long lint typecheck bench bench-quick services clean
+.PHONY: run test test-long lint typecheck bench bench-quick bench-tools services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +44,17 @@ test: $(STAMP) services lint typecheck
 test-long: $(STAMP) services
 	POSSYNC_LONG=1 $(BIN)/pytest -q -m '' --timeout 3600 tests/chaos tests/test_crash.py tests/test_spool.py
 
-bench: $(STAMP)
+# wrk drives P1/P2 from its own process; without it the bench falls back to the aiohttp
+# client, which cannot load bare aiohttp enough, and P1 is then reported but not judged.
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { echo "installing wrk for the push benchmarks"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+bench: $(STAMP) services bench-tools
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP)
+bench-quick: $(STAMP) services bench-tools
 	$(BIN)/python -m bench --quick
 
 clean:
