@@ -21,6 +21,7 @@ from tests.factories import T0, make_sale
 from worker.buffers.sqlite import PENDING_COUNTS, open_spool
 from worker.clock import FakeClock
 from worker.config import SpoolConfig
+from worker.errors import SpoolDamaged
 
 FAR = T0 + timedelta(days=1)
 
@@ -112,3 +113,27 @@ async def test_an_older_spool_gets_the_new_index_once_and_keeps_its_rows(
         async with open_spool(SpoolConfig(), path, FakeClock(T0)):
             pass
     assert not [r for r in caplog.records if getattr(r, "event", None) == "spool.index_rebuild"]
+
+
+async def test_a_damaged_data_page_found_by_a_lease_is_flagged_not_crashed(tmp_path: Path) -> None:
+    """Start-up no longer reads the bodies, so damage to a data page shows at the first read
+    of it: a lease raises `SpoolDamaged` (503, field "spool"), the file is flagged for the
+    next start's salvage, integrity says why, and `oldest` (for /status) degrades to None."""
+    path = tmp_path / "s.db"
+    big = "x" * 3000  # a few rows per 4 KiB page, so the middle of the file is row data
+    async with open_spool(SpoolConfig(), path, FakeClock(T0)) as spool:
+        await spool.append("S1", [make_sale(f"r{i}", attributes={"memo": big}) for i in range(60)])
+    data = bytearray(path.read_bytes())
+    middle = (len(data) // 4096 // 2) * 4096
+    data[middle : middle + 4096] = b"\xa5" * 4096
+    path.write_bytes(bytes(data))
+    async with open_spool(SpoolConfig(), path, FakeClock(T0)) as spool:
+        assert spool.stats("S1").pending == 60  # counted from the index alone
+        with pytest.raises(SpoolDamaged) as err:
+            await spool.lease("S1", upto=FAR, after_seq=0, limit=100)
+        assert err.value.status == 503
+        assert err.value.field == "spool"
+        assert spool.integrity is not None
+        assert "malformed" in spool.integrity
+        assert await spool.oldest("S1") is None
+    assert (tmp_path / "s.db.damaged").exists()

@@ -38,7 +38,7 @@ from worker.batch import CommitBatch, SaleRow, TriggerEvent
 from worker.buffers.base import Buffer, Entry, Lease
 from worker.clock import Clock
 from worker.config import Config, RulePolicy, StoreConfig
-from worker.errors import RecordInvalid, SinkError
+from worker.errors import RecordInvalid, SinkError, SpoolDamaged
 from worker.locks import LocalLock, WindowLock, WindowLocked
 from worker.metrics import Metrics
 from worker.page_decode import SPOOL_KEY, decode_page, keep_mark, load_mark
@@ -224,7 +224,7 @@ class Committer:
                     await self._commit_pages(store, window_at, result)
                 finally:
                     _DEADLINE.reset(token)
-            except SinkError as exc:
+            except (SinkError, SpoolDamaged) as exc:
                 result.error = exc.message
                 m = self.metrics
                 m.child(m.window_commits, store.id, "error").inc()
@@ -339,7 +339,7 @@ class Committer:
         finally:
             if not nxt.done():
                 nxt.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SinkError):
+            with contextlib.suppress(asyncio.CancelledError, SinkError, SpoolDamaged):
                 got = await nxt
                 if got is not None:
                     await self.spool.release(got.lease.lease_id)

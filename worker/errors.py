@@ -117,6 +117,17 @@ class Unavailable(PossyncError):
     retry_after_s = 5
 
 
+class SpoolDamaged(Unavailable):
+    """A page of the spool file could not be read (SQLite: corrupt, not a database). The
+    file is flagged, so the next start moves it aside and salvages every row that still
+    reads; until then the window cannot lease. 503 with `field` = "spool"."""
+
+    retry_after_s = 30
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="spool")
+
+
 class SinkError(PossyncError):
     """The sink refused or failed a write; `retriable` (per error: the driver's code decides
     it) drives the window's backoff."""

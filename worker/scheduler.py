@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from worker.clock import Clock
 from worker.committer import Committer, WindowResult
 from worker.config import Config, StoreConfig
-from worker.errors import SinkError
+from worker.errors import SinkError, SpoolDamaged
 from worker.windows import NextWindows
 
 # The scheduler's lines have always been the committer's: the logger name is kept for them.
@@ -107,7 +107,7 @@ class Scheduler:
             for t in tasks:
                 t.cancel()
             for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, SinkError):
+                with contextlib.suppress(asyncio.CancelledError, SinkError, SpoolDamaged):
                     await t
 
     def _start(self, store: StoreConfig, window_at: datetime) -> None:
@@ -126,7 +126,7 @@ class Scheduler:
     async def _commit(self, store: StoreConfig, window_at: datetime) -> WindowResult:
         try:
             return await self.committer.commit_store(store, window_at)
-        except SinkError as exc:  # logged by commit_store as window.failed
+        except (SinkError, SpoolDamaged) as exc:  # logged by commit_store as window.failed
             return WindowResult(
                 store=store.id, window_at=window_at, started_at=self.clock.now(), error=exc.message
             )

@@ -56,16 +56,41 @@ async def test_damaged_spool_and_sink_do_not_crash_loop(tmp_path: Path) -> None:
             (data / "clientbook.db").read_bytes()[:4096] + b"\x00garbage" * 512
         )
 
-        # Restarted on damaged files: it starts, serves, and says what happened.
+        # Restarted on damaged files: it starts, serves, and says what happened. The sink's
+        # damaged header is found at once. The spool's start-up reads only its pending index,
+        # not the damaged data page: the first window that leases the page finds it, answers
+        # 503 naming the spool (not a 500), flags the file, and says so on /readyz.
         await server.start()
         async with aiohttp.ClientSession() as s:
             async with s.get(f"{server.url}/readyz", headers=ADMIN_H) as r:
                 ready = await r.json()
                 assert r.status == 200, ready
-            assert "spool" in ready["notes"] and "sink" in ready["notes"]
+            assert "sink" in ready["notes"]
+            async with s.get(f"{server.url}/status", headers=ADMIN_H) as r:
+                assert (await r.json())["sink"]["recovered_from"]
+            async with s.post(f"{server.url}/v1/admin/commit?store=S1", headers=ADMIN_H) as r:
+                failed = await r.json()
+                assert r.status == 503, failed
+                assert failed["field"] == "spool"
+                assert "restart to salvage" in failed["error"]
+                assert r.headers["Retry-After"] == "30"
+            async with s.get(f"{server.url}/readyz", headers=ADMIN_H) as r:
+                ready = await r.json()
+            assert "spool_integrity" in ready["notes"], ready
+        assert (data / "spool.db.damaged").exists()
+        server.term()
+        assert await server.wait(limit_s=15) == 0
+
+        # The next start moves the flagged spool aside and salvages what still reads.
+        await server.start()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{server.url}/readyz", headers=ADMIN_H) as r:
+                ready = await r.json()
+                assert r.status == 200, ready
+            assert "spool" in ready["notes"], ready
             async with s.get(f"{server.url}/status", headers=ADMIN_H) as r:
                 status = await r.json()
-            assert status["spool"]["recovered_from"] and status["sink"]["recovered_from"]
+            assert status["spool"]["recovered_from"]
             salvaged = status["stores"]["S1"]["pending"]
             async with s.post(
                 f"{server.url}/v1/push/canonical/S1", data=sale_body("after"), headers=headers()

@@ -78,7 +78,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -90,7 +90,7 @@ from worker.buffers.sqlite_group import Append, write_group
 from worker.buffers.state import SqliteState
 from worker.clock import Clock
 from worker.config import SpoolConfig
-from worker.errors import SpoolFull, StorageFull, Unavailable
+from worker.errors import SpoolDamaged, SpoolFull, StorageFull, Unavailable
 from worker.health import Health
 from worker.records import Spooled, encode, type_of
 from worker.sqlite_files import flag_file, quick_check
@@ -106,6 +106,18 @@ class _Counts:
     def __init__(self) -> None:
         self.rows = 0
         self.bytes = 0
+
+
+T = TypeVar("T")
+
+# SQLite's primary result codes for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB).
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (not busy, full or closed)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _DAMAGE_CODES
 
 
 def _storage_error(exc: sqlite3.Error) -> Exception:
@@ -368,7 +380,7 @@ class SqliteSpool:
         cursor = after_seq
         while len(entries) < limit:
             n = min(_SLICE, limit - len(entries))
-            got = await self.file.read(functools.partial(_lease_slice, store, cursor, cutoff, n))
+            got = await self._read(functools.partial(_lease_slice, store, cursor, cutoff, n))
             entries.extend(e for e in got if e.seq not in leased)
             if len(got) < n:
                 break
@@ -483,7 +495,10 @@ class SqliteSpool:
             ).fetchone()
             return None if row is None or row[0] is None else float(row[0])
 
-        return await self.file.read(q)
+        # On a damaged file, unknown (None): /status still answers, its integrity says why.
+        with contextlib.suppress(SpoolDamaged):
+            return await self._read(q)
+        return None
 
     async def oldest_many(self, stores: Sequence[str]) -> dict[str, float]:
         """`oldest` of many stores in one hop to the reader thread (/status with many stores)."""
@@ -500,7 +515,11 @@ class SqliteSpool:
                     out[store] = float(row[0])
             return out
 
-        return await self.file.read(q) if stores else {}
+        if not stores:
+            return {}
+        with contextlib.suppress(SpoolDamaged):  # as `oldest`: unknown on a damaged file
+            return await self._read(q)
+        return {}
 
     async def pending_ids(self, store: str, kind: str, ids: Sequence[str]) -> set[str]:
         """Which of `ids` are pending (not retired) in the store's spool."""
@@ -519,7 +538,7 @@ class SqliteSpool:
                 found.update(r[0] for r in cur)
             return found
 
-        return await self.file.read(q)
+        return await self._read(q)
 
     async def pending_entries(self, store: str, limit: int = 100_000) -> list[Entry]:
         """Every pending row of a store (for previews)."""
@@ -531,7 +550,7 @@ class SqliteSpool:
             )
             return list(itertools.starmap(Entry, cur))
 
-        return await self.file.read(q)
+        return await self._read(q)
 
     async def check(self) -> None:
         """Readiness: the spool accepts a write transaction."""
@@ -561,6 +580,32 @@ class SqliteSpool:
             log.error(
                 "spool %s failed its integrity check (%s): restart to salvage", self.path, problem
             )
+
+    def found_damage(self, exc: sqlite3.Error) -> SpoolDamaged:
+        """A read hit a damaged page: flag the file for the next start's salvage, as the
+        background check does, and say so on /readyz (the integrity note) and /status."""
+        problem = f"{exc.__class__.__name__}: {exc}"
+        self.integrity = problem
+        try:
+            flag_file(self.path).write_text(problem, encoding="utf-8")
+        except OSError:
+            log.exception("spool %s: damage flag not written", self.path)
+        log.error(
+            "spool %s: a page could not be read (%s): restart to salvage",
+            self.path,
+            problem,
+            extra={"event": "spool.damaged"},
+        )
+        return SpoolDamaged(f"spool file is damaged ({problem}): restart to salvage it")
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """`file.read(fn)`, where damage of the file becomes `SpoolDamaged` (flagged)."""
+        try:
+            return await self.file.read(fn)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                raise self.found_damage(exc) from None
+            raise
 
     def total_pending(self) -> int:
         """Pending rows over all stores."""
