@@ -44,8 +44,7 @@ from bench.procs import (
     write_config,
 )
 from bench.report import Row, fmt_mb, fmt_rate
-from worker.buffers.sqlite import PENDING_COUNTS
-from worker.buffers.sqlite_file import SPOOL_TABLE
+from worker.buffers.sqlite_file import PENDING_COUNTS, SPOOL_TABLE
 
 PIPELINE = ("backfill", "rss", "commit", "restart", "p99")
 _ADMIN_H = {"Authorization": f"Bearer {ADMIN}"}

@@ -91,7 +91,7 @@ def profiled_server(
 
 
 _SPOOL_FUNCS = (
-    "SqliteSpool", "_write_group", "_retire", "_insert_all_new", "_lease_slice", "_pending_counts",
+    "SqliteSpool", "_write_group", "_retire", "_insert_all_new", "lease_slice", "_pending_counts",
     "open_spool",
 )  # fmt: skip
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.factories import T0, make_sale
-from worker.buffers.sqlite import PENDING_COUNTS, open_spool
+from worker.buffers.sqlite import open_spool
+from worker.buffers.sqlite_file import PENDING_COUNTS
 from worker.clock import FakeClock
 from worker.config import SpoolConfig
 from worker.errors import SpoolDamaged

@@ -70,6 +70,16 @@ def cheap_check(path: Path) -> str | None:
     return None
 
 
+# SQLite's primary result codes for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB).
+_DAMAGE_CODES = frozenset({11, 26})
+
+
+def is_damage(exc: sqlite3.Error) -> bool:
+    """Whether SQLite says the file itself is damaged (not busy, full or closed)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _DAMAGE_CODES
+
+
 def flag_file(path: Path) -> Path:
     """Where a background check leaves its verdict for the next start."""
     return path.with_name(path.name + ".damaged")
@@ -245,11 +255,20 @@ class SqliteFile:
     """
 
     def __init__(
-        self, path: Path, synchronous: str, schema: str, name: str, *, reader: bool = False
+        self,
+        path: Path,
+        synchronous: str,
+        schema: str,
+        name: str,
+        *,
+        reader: bool = False,
+        before_schema: Callable[[sqlite3.Connection], None] | None = None,
     ) -> None:
         self.path = path
         self._synchronous = synchronous
         self._schema = schema
+        # Run on the writer's connection just before the schema (e.g. to log a migration).
+        self._before_schema = before_schema
         self._name = name
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"possync-{name}")
         self._db: sqlite3.Connection | None = None
@@ -291,6 +310,8 @@ class SqliteFile:
                     # Checkpoints run on their own connection (`checkpoint`), not inside a
                     # commit of the writer; this one only backs them up (a WAL of ~80 MiB).
                     db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
+                if self._before_schema is not None:
+                    self._before_schema(db)
                 db.executescript(self._schema)
             except BaseException:
                 db.close()

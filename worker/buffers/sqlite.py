@@ -85,7 +85,13 @@ import orjson
 from worker.buffers import salvage
 from worker.buffers.base import AppendResult, Entry, Lease, Priority, SpoolRow, StoreStats
 from worker.buffers.quarantine import SqliteQuarantine
-from worker.buffers.sqlite_file import SpoolFile, open_spool_file
+from worker.buffers.sqlite_file import (
+    ENTRY_COLS,
+    PENDING_COUNTS,
+    SpoolFile,
+    lease_slice,
+    open_spool_file,
+)
 from worker.buffers.sqlite_group import Append, write_group
 from worker.buffers.state import SqliteState
 from worker.clock import Clock
@@ -93,7 +99,7 @@ from worker.config import SpoolConfig
 from worker.errors import SpoolDamaged, SpoolFull, StorageFull, Unavailable
 from worker.health import Health
 from worker.records import Spooled, encode, type_of
-from worker.sqlite_files import flag_file, quick_check
+from worker.sqlite_files import flag_file, is_damage, quick_check
 
 log = logging.getLogger("possync.spool")
 
@@ -109,15 +115,6 @@ class _Counts:
 
 
 T = TypeVar("T")
-
-# SQLite's primary result codes for a damaged file (SQLITE_CORRUPT, SQLITE_NOTADB).
-_DAMAGE_CODES = frozenset({11, 26})
-
-
-def is_damage(exc: sqlite3.Error) -> bool:
-    """Whether SQLite says the file itself is damaged (not busy, full or closed)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    return isinstance(code, int) and (code & 0xFF) in _DAMAGE_CODES
 
 
 def _storage_error(exc: sqlite3.Error) -> Exception:
@@ -380,7 +377,7 @@ class SqliteSpool:
         cursor = after_seq
         while len(entries) < limit:
             n = min(_SLICE, limit - len(entries))
-            got = await self._read(functools.partial(_lease_slice, store, cursor, cutoff, n))
+            got = await self._read(functools.partial(lease_slice, store, cursor, cutoff, n))
             entries.extend(e for e in got if e.seq not in leased)
             if len(got) < n:
                 break
@@ -486,22 +483,11 @@ class SqliteSpool:
 
     async def oldest(self, store: str) -> float | None:
         """Arrival time of the oldest pending row of a store."""
-
-        def q(db: sqlite3.Connection) -> float | None:
-            row = db.execute(
-                "SELECT min(received_at) FROM (SELECT received_at FROM spool WHERE store=? AND state=0 "
-                "ORDER BY seq LIMIT 1000)",
-                (store,),
-            ).fetchone()
-            return None if row is None or row[0] is None else float(row[0])
-
-        # On a damaged file, unknown (None): /status still answers, its integrity says why.
-        with contextlib.suppress(SpoolDamaged):
-            return await self._read(q)
-        return None
+        return (await self.oldest_many([store])).get(store)
 
     async def oldest_many(self, stores: Sequence[str]) -> dict[str, float]:
-        """`oldest` of many stores in one hop to the reader thread (/status with many stores)."""
+        """`oldest` of many stores in one hop to the reader thread (/status with many stores).
+        On a damaged file, unknown (left out): /status still answers, its integrity says why."""
 
         def q(db: sqlite3.Connection) -> dict[str, float]:
             out: dict[str, float] = {}
@@ -517,7 +503,7 @@ class SqliteSpool:
 
         if not stores:
             return {}
-        with contextlib.suppress(SpoolDamaged):  # as `oldest`: unknown on a damaged file
+        with contextlib.suppress(SpoolDamaged):
             return await self._read(q)
         return {}
 
@@ -545,7 +531,7 @@ class SqliteSpool:
 
         def q(db: sqlite3.Connection) -> list[Entry]:
             cur = db.execute(
-                f"SELECT {_ENTRY_COLS} FROM spool WHERE store=? AND state=0 ORDER BY seq LIMIT ?",
+                f"SELECT {ENTRY_COLS} FROM spool WHERE store=? AND state=0 ORDER BY seq LIMIT ?",
                 (store, limit),
             )
             return list(itertools.starmap(Entry, cur))
@@ -574,20 +560,25 @@ class SqliteSpool:
         delay = timedelta(seconds=self._cfg.integrity_check_delay_s)
         await self._clock.wait_until(self._clock.now() + delay, asyncio.Event())
         problem = await asyncio.to_thread(quick_check, self.path)
-        self.integrity = problem or "ok"
+        self.integrity = "ok"
         if problem:
-            flag_file(self.path).write_text(problem, encoding="utf-8")
+            self._flag(problem)
             log.error(
                 "spool %s failed its integrity check (%s): restart to salvage", self.path, problem
             )
+
+    def _flag(self, problem: str) -> None:
+        """Damage found: the next start moves the file aside and salvages it (`flag_file`);
+        /readyz and /status say so now (`integrity`)."""
+        self.integrity = problem
+        flag_file(self.path).write_text(problem, encoding="utf-8")
 
     def found_damage(self, exc: sqlite3.Error) -> SpoolDamaged:
         """A read hit a damaged page: flag the file for the next start's salvage, as the
         background check does, and say so on /readyz (the integrity note) and /status."""
         problem = f"{exc.__class__.__name__}: {exc}"
-        self.integrity = problem
         try:
-            flag_file(self.path).write_text(problem, encoding="utf-8")
+            self._flag(problem)
         except OSError:
             log.exception("spool %s: damage flag not written", self.path)
         log.error(
@@ -627,27 +618,11 @@ class SqliteSpool:
                 self.checkpointed.set()
 
 
-# An `Entry`'s fields, in its order.
-_ENTRY_COLS = "seq, store, kind, rid, version, origin, received_at, held, body"
-
 # Rows per lease read / ack transaction: bounds how long a live append can queue behind them.
 _SLICE = 500
 
 # WAL frames (pages) that make the checkpointer run: SQLite's default autocheckpoint.
 _CHECKPOINT_FRAMES = 1000
-
-
-def _lease_slice(
-    store: str, after: int, cutoff: float, n: int, db: sqlite3.Connection
-) -> list[Entry]:
-    """Up to `n` pending rows of a store with seq > after, received at or before cutoff."""
-    cur = db.execute(
-        f"SELECT {_ENTRY_COLS} FROM spool "
-        "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
-        (store, after, cutoff, n),
-    )
-    # Each row is an Entry's fields in order: built in C (starmap), not indexed in Python.
-    return list(itertools.starmap(Entry, cur))
 
 
 def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
@@ -666,12 +641,6 @@ def _retire(db: sqlite3.Connection, seqs: list[int]) -> tuple[int, int]:
             f"UPDATE spool SET state=2, body=NULL, size=0 WHERE state=0 AND seq IN ({marks})", chunk
         )
     return rows, size
-
-
-# Reads the partial index `spool_pending0` alone (tests/test_spool_index.py holds the plan).
-PENDING_COUNTS = (
-    "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
-)
 
 
 def _pending_counts(db: sqlite3.Connection) -> dict[str, _Counts]:

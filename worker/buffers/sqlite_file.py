@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.buffers import salvage
+from worker.buffers.base import Entry
 from worker.config import SpoolConfig
 from worker.sqlite_files import SqliteFile, mark_opened, move_aside
 
@@ -51,6 +53,30 @@ CREATE TABLE IF NOT EXISTS spool(
 DROP INDEX IF EXISTS spool_pending;
 CREATE INDEX IF NOT EXISTS spool_pending0 ON spool(store, state, seq, size) WHERE state=0;
 """
+
+# Pending rows and bytes per store, the first read at start-up: it reads `spool_pending0`
+# alone (tests/test_spool_index.py holds the plan).
+PENDING_COUNTS = (
+    "SELECT store, count(*), coalesce(sum(size), 0) FROM spool WHERE state=0 GROUP BY store"
+)
+
+# An `Entry`'s fields, in its order.
+ENTRY_COLS = "seq, store, kind, rid, version, origin, received_at, held, body"
+
+
+def lease_slice(
+    store: str, after: int, cutoff: float, n: int, db: sqlite3.Connection
+) -> list[Entry]:
+    """Up to `n` pending rows of a store with seq > after, received at or before cutoff
+    (walks `spool_pending0` in seq order)."""
+    cur = db.execute(
+        f"SELECT {ENTRY_COLS} FROM spool "
+        "WHERE store=? AND state=0 AND seq>? AND received_at<=? ORDER BY seq LIMIT ?",
+        (store, after, cutoff, n),
+    )
+    # Each row is an Entry's fields in order: built in C (starmap), not indexed in Python.
+    return list(itertools.starmap(Entry, cur))
+
 
 SCHEMA = (
     SPOOL_TABLE
@@ -83,35 +109,22 @@ class SpoolFile(SqliteFile):
     """The spool's file: its schema on the shared one-thread connection."""
 
     def __init__(self, path: Path, synchronous: str) -> None:
-        super().__init__(path, synchronous, SCHEMA, "spool", reader=True)
-
-    async def connect(self) -> None:
-        """Open as `SqliteFile.connect`; say so first when the schema rebuilds the index."""
-        if await asyncio.to_thread(_has_old_index, self.path):
-            log.warning(
-                "spool %s: replacing index spool_pending with spool_pending0 (once, after an"
-                " upgrade; it reads every pending row, so this start takes longer)",
-                self.path,
-                extra={"event": "spool.index_rebuild"},
-            )
-        await super().connect()
+        super().__init__(
+            path, synchronous, SCHEMA, "spool", reader=True, before_schema=_note_old_index
+        )
 
 
-def _has_old_index(path: Path) -> bool:
-    """Whether the file holds the index an older version made (`SPOOL_TABLE` replaces it)."""
-    if not path.exists():
-        return False
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='index' AND name='spool_pending'"
-            ).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False  # not readable as a database: the open's own checks say why
-    return row is not None
+def _note_old_index(db: sqlite3.Connection) -> None:
+    """Before the schema runs: say so when it is about to replace an older version's index."""
+    old = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='index' AND name='spool_pending'"
+    ).fetchone()
+    if old is not None:
+        log.warning(
+            "spool: replacing index spool_pending with spool_pending0 (once, after an"
+            " upgrade; it reads every pending row, so this start takes longer)",
+            extra={"event": "spool.index_rebuild"},
+        )
 
 
 @dataclass(frozen=True, slots=True)
